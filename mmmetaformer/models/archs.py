@@ -1,0 +1,147 @@
+"""Every published MetaFormer variant, as data.
+
+A family is a dict of layer configs shared by its sizes; a size adds
+``depths`` and ``dims`` (and any per-size override). ``METAFORMER_ARCHS``
+maps family -> size -> the full arch dict that ``MetaFormer`` builds from.
+Facts from "MetaFormer Is Actually What You Need for Vision" (v1) and
+"MetaFormer Baselines for Vision" (the rest).
+
+Arch dict keys (``ARCH_KEYS``):
+    depths, dims: blocks and channels per stage (required).
+    token_mixer_cfg: a mixer config, or a list of four (one per stage).
+    norm_cfg: block norm config, or a list of four.
+    mlp_act_cfg, mlp_ratio, mlp_bias: the channel MLP.
+    stem_norm_cfg, downsample_norm_cfg: norm after the stem conv / before
+        each downsampling conv (``None`` for none).
+    layer_scale_init_value, res_scale_init_value: a value, ``None``, or a
+        list of four.
+"""
+ARCH_KEYS = ('depths', 'dims', 'token_mixer_cfg', 'norm_cfg', 'mlp_act_cfg',
+             'mlp_ratio', 'mlp_bias', 'stem_norm_cfg', 'downsample_norm_cfg',
+             'layer_scale_init_value', 'res_scale_init_value')
+REQUIRED_ARCH_KEYS = ('depths', 'dims', 'token_mixer_cfg', 'norm_cfg')
+
+# Defaults of any arch dict (the generic MetaFormer's family).
+GENERIC_DEFAULTS = dict(
+    mlp_act_cfg=dict(type='GELU'),
+    mlp_ratio=4,
+    mlp_bias=False,
+    stem_norm_cfg=None,
+    downsample_norm_cfg=None,
+    layer_scale_init_value=None,
+    res_scale_init_value=None)
+
+POOLFORMER_SIZES = dict(
+    s12=dict(depths=[2, 2, 6, 2], dims=[64, 128, 320, 512]),
+    s24=dict(depths=[4, 4, 12, 4], dims=[64, 128, 320, 512]),
+    s36=dict(depths=[6, 6, 18, 6], dims=[64, 128, 320, 512]),
+    m36=dict(depths=[6, 6, 18, 6], dims=[96, 192, 384, 768]),
+    m48=dict(depths=[8, 8, 24, 8], dims=[96, 192, 384, 768]),
+)
+CONVFORMER_SIZES = dict(
+    s18=dict(depths=[3, 3, 9, 3], dims=[64, 128, 320, 512]),
+    s36=dict(depths=[3, 12, 18, 3], dims=[64, 128, 320, 512]),
+    m36=dict(depths=[3, 12, 18, 3], dims=[96, 192, 384, 576]),
+    b36=dict(depths=[3, 12, 18, 3], dims=[128, 256, 512, 768]),
+)
+
+# The baselines share stem/downsampling norms, the StarReLU MLP without bias
+# and residual scales in stages 3-4.
+_CHANNEL_LN = dict(type='LayerNorm2d', eps=1e-6, bias=False)
+_GLOBAL_GN = dict(type='GroupNorm1', eps=1e-6, bias=False)
+_BASELINE = dict(
+    stem_norm_cfg=_CHANNEL_LN,
+    downsample_norm_cfg=_CHANNEL_LN,
+    mlp_act_cfg=dict(type='StarReLU'),
+    mlp_bias=False,
+    layer_scale_init_value=None,
+    res_scale_init_value=[None, None, 1.0, 1.0])
+_POOL = dict(type='Pooling', pool_size=3)
+_SEPCONV = dict(type='SepConv')
+
+FAMILIES = dict(
+    poolformer=dict(
+        token_mixer_cfg=_POOL,
+        norm_cfg=dict(type='GroupNorm1', eps=1e-5),
+        mlp_act_cfg=dict(type='GELU'),
+        mlp_bias=True,
+        stem_norm_cfg=None,
+        downsample_norm_cfg=None,
+        layer_scale_init_value=1e-5,
+        res_scale_init_value=None),
+    poolformerv2=dict(_BASELINE, token_mixer_cfg=_POOL, norm_cfg=_GLOBAL_GN),
+    identityformer=dict(
+        _BASELINE,
+        token_mixer_cfg=dict(type='IdentityMixer'),
+        norm_cfg=_GLOBAL_GN),
+    randformer=dict(
+        _BASELINE,
+        token_mixer_cfg=[
+            dict(type='IdentityMixer'),
+            dict(type='IdentityMixer'),
+            dict(type='RandomMixing', num_tokens=196),
+            dict(type='RandomMixing', num_tokens=49)
+        ],
+        norm_cfg=_GLOBAL_GN),
+    convformer=dict(_BASELINE, token_mixer_cfg=_SEPCONV, norm_cfg=_CHANNEL_LN),
+    caformer=dict(
+        _BASELINE,
+        token_mixer_cfg=[
+            _SEPCONV, _SEPCONV,
+            dict(type='Attention', head_dim=32),
+            dict(type='Attention', head_dim=32)
+        ],
+        norm_cfg=_CHANNEL_LN),
+)
+
+FAMILY_SIZES = dict(
+    poolformer=dict(
+        POOLFORMER_SIZES,
+        # v1 uses a smaller layer-scale init for its deeper models.
+        **{
+            k: dict(v, layer_scale_init_value=1e-6)
+            for k, v in POOLFORMER_SIZES.items() if k in ('s36', 'm36', 'm48')
+        }),
+    poolformerv2=POOLFORMER_SIZES,
+    identityformer=POOLFORMER_SIZES,
+    randformer=POOLFORMER_SIZES,
+    convformer=CONVFORMER_SIZES,
+    caformer=CONVFORMER_SIZES,
+)
+
+METAFORMER_ARCHS = {
+    family: {size: dict(FAMILIES[family], **spec)
+             for size, spec in sizes.items()}
+    for family, sizes in FAMILY_SIZES.items()
+}
+
+# ConvMixer: dim, depth, depthwise kernel k, patch size p, activation.
+CONVMIXER_ARCH_KEYS = ('dim', 'depth', 'kernel_size', 'patch_size',
+                       'act_cfg')
+CONVMIXER_ARCHS = {
+    '768/32': dict(dim=768, depth=32, kernel_size=7, patch_size=7,
+                   act_cfg=dict(type='ReLU')),
+    '1024/20': dict(dim=1024, depth=20, kernel_size=9, patch_size=14,
+                    act_cfg=dict(type='GELU')),
+    '1536/20': dict(dim=1536, depth=20, kernel_size=9, patch_size=7,
+                    act_cfg=dict(type='GELU')),
+}
+
+# Official ImageNet-1K weights (reference.md section 3).
+_V1_URL = ('https://github.com/sail-sg/poolformer/releases/download/v1.0/'
+           'poolformer_{size}.pth.tar')
+_BASELINE_URL = 'https://huggingface.co/sail/dl/resolve/main/{family}/{family}_{size}.pth'
+_CONVMIXER_URL = ('https://github.com/tmp-iclr/convmixer/releases/download/'
+                  'timm-v1.0/convmixer_{name}.pth.tar')
+
+
+def pretrained_url(family, arch):
+    """The official ImageNet-1K checkpoint URL of ``family``/``arch``."""
+    if family == 'poolformer':
+        return _V1_URL.format(size=arch)
+    if family == 'convmixer':
+        return _CONVMIXER_URL.format(
+            name={'768/32': '768_32_ks7_p7_relu',
+                  '1024/20': '1024_20_ks9_p14',
+                  '1536/20': '1536_20_ks9_p7'}[arch])
+    return _BASELINE_URL.format(family=family, size=arch)

@@ -1,0 +1,160 @@
+"""Registered MetaFormer backbones: one generic class, families as presets.
+
+``MetaFormer`` builds any MetaFormer from an arch dict of layer configs (see
+``mmmetaformer/models/archs.py`` for the keys); its named archs are
+``<family>_<size>``, e.g. ``caformer_s18``. Each family class
+(``PoolFormer``, ``ConvFormer``, ...) only swaps in its own table of sizes
+and family layer defaults, so ``PoolFormer(arch='s12')`` and
+``MetaFormer(arch='poolformer_s12')`` are the same network, and an arch dict
+passed to a family class only needs what differs from the family.
+"""
+from functools import partial
+
+import torch.nn as nn
+from mmcv.cnn import build_activation_layer, build_norm_layer
+from mmengine.model import BaseModule
+
+from ...registry import MODELS
+from ..archs import (ARCH_KEYS, FAMILIES, GENERIC_DEFAULTS, METAFORMER_ARCHS,
+                     REQUIRED_ARCH_KEYS)
+from ..core import MetaFormerTrunk
+from .base import DenseBackboneMixin, reject_unknown_kwargs, resolve_arch
+
+
+def norm_factory(cfg):
+    """``cfg`` -> ``f(channels) -> nn.Module``; ``None`` -> ``None``."""
+    if cfg is None:
+        return None
+    return lambda channels: build_norm_layer(cfg, channels)[1]
+
+
+def mixer_factory(cfg):
+    """``cfg`` -> ``f(dim) -> nn.Module`` via the registry."""
+    return lambda dim: MODELS.build(dict(cfg, dim=dim))
+
+
+def _per_stage_cfgs(value, key, owner):
+    if isinstance(value, (list, tuple)):
+        if len(value) != 4:
+            raise ValueError(f'{owner} arch {key} must be one config or a '
+                             f'list of 4, got {len(value)}')
+        return list(value)
+    return [value] * 4
+
+
+@MODELS.register_module()
+class MetaFormer(DenseBackboneMixin, MetaFormerTrunk, BaseModule):
+    """A MetaFormer as an mmdet/mmseg backbone.
+
+    Args:
+        arch (str | dict): a name from ``arch_zoo`` or an arch dict.
+        in_channels (int): input image channels. Default 3.
+        out_indices (sequence[int]): stages to emit, from 0..3.
+            Default all four.
+        out_norm_cfg (dict | None): norm applied to each emitted output;
+            GroupNorm with one group by default (the PoolFormer detection
+            and segmentation models). ``None`` for none.
+        frozen_stages (int): -1 freezes nothing; k freezes the stem and
+            stages 0..k-1 (their downsampling included), also after
+            ``train()``.
+        norm_eval (bool): keep BatchNorm layers in eval mode while training.
+        with_cp (bool): non-reentrant activation checkpointing per block.
+        drop_path_rate (float): stochastic depth, linear over all blocks.
+        init_cfg (dict | None): ``dict(type='Pretrained', checkpoint=...)``
+            loads any published format (``format='auto'`` by default).
+
+    Outputs are NCHW at strides 4, 8, 16, 32 with the stage dims as
+    channels; ``out_channels`` lists the channels of the emitted ones.
+    """
+
+    arch_zoo = {
+        f'{family}_{size}': spec
+        for family, sizes in METAFORMER_ARCHS.items()
+        for size, spec in sizes.items()
+    }
+    family_defaults = GENERIC_DEFAULTS
+
+    def __init__(self,
+                 arch,
+                 in_channels=3,
+                 out_indices=(0, 1, 2, 3),
+                 out_norm_cfg=dict(type='GN', num_groups=1),
+                 frozen_stages=-1,
+                 norm_eval=False,
+                 with_cp=False,
+                 drop_path_rate=0.0,
+                 init_cfg=None,
+                 **unknown_kwargs):
+        owner = type(self).__name__
+        reject_unknown_kwargs(owner, unknown_kwargs, MetaFormer.__init__)
+        if not 0.0 <= drop_path_rate < 1.0:
+            raise ValueError(f'{owner} drop_path_rate={drop_path_rate} must '
+                             'be in [0, 1)')
+        spec = resolve_arch(owner, arch, self.arch_zoo, ARCH_KEYS,
+                            REQUIRED_ARCH_KEYS, self.family_defaults)
+        self.arch_settings = spec
+        if len(spec['depths']) != 4 or len(spec['dims']) != 4:
+            raise ValueError(f'{owner} arch needs 4 depths and 4 dims, got '
+                             f"{spec['depths']} and {spec['dims']}")
+        mlp_act_cfg = spec['mlp_act_cfg']
+        super().__init__(
+            depths=spec['depths'],
+            dims=spec['dims'],
+            token_mixers=[
+                mixer_factory(c) for c in _per_stage_cfgs(
+                    spec['token_mixer_cfg'], 'token_mixer_cfg', owner)
+            ],
+            norm_layers=[
+                norm_factory(c) for c in _per_stage_cfgs(
+                    spec['norm_cfg'], 'norm_cfg', owner)
+            ],
+            mlp_act_layer=partial(build_activation_layer, mlp_act_cfg),
+            mlp_ratio=spec['mlp_ratio'],
+            mlp_bias=spec['mlp_bias'],
+            stem_norm=norm_factory(spec['stem_norm_cfg']),
+            downsample_norm=norm_factory(spec['downsample_norm_cfg']),
+            layer_scale_init_values=spec['layer_scale_init_value'],
+            res_scale_init_values=spec['res_scale_init_value'],
+            drop_path_rate=drop_path_rate,
+            in_channels=in_channels)
+        self._setup_outputs(spec['dims'], out_indices, out_norm_cfg,
+                            frozen_stages, norm_eval, with_cp, init_cfg)
+
+    def stage_modules(self, i):
+        return [self.stages[i]]
+
+    def forward_stages(self, x, num_stages):
+        return MetaFormerTrunk.forward(self, x, num_stages)
+
+
+def _family(name, family):
+    """A registered preset class over ``MetaFormer`` for one family."""
+    cls = type(
+        name, (MetaFormer, ), {
+            '__doc__':
+            f'{name}: ``MetaFormer`` with the {family} layers. Archs: '
+            f"{', '.join(METAFORMER_ARCHS[family])}; a dict arch overrides "
+            f'the family defaults.',
+            'arch_zoo': METAFORMER_ARCHS[family],
+            'family_defaults': dict(GENERIC_DEFAULTS, **FAMILIES[family]),
+            '__module__': __name__,
+        })
+    return MODELS.register_module(module=cls)
+
+
+PoolFormer = _family('PoolFormer', 'poolformer')
+PoolFormerV2 = _family('PoolFormerV2', 'poolformerv2')
+IdentityFormer = _family('IdentityFormer', 'identityformer')
+RandFormer = _family('RandFormer', 'randformer')
+ConvFormer = _family('ConvFormer', 'convformer')
+CAFormer = _family('CAFormer', 'caformer')
+
+# family name (as in config file names) -> registered class name
+FAMILY_CLASSES = dict(
+    poolformer='PoolFormer',
+    poolformerv2='PoolFormerV2',
+    identityformer='IdentityFormer',
+    randformer='RandFormer',
+    convformer='ConvFormer',
+    caformer='CAFormer',
+    convmixer='ConvMixer')

@@ -1,0 +1,119 @@
+"""ConvMixer ("Patches Are All You Need?") and its multi-scale adapter.
+
+The trunk is isotropic: one ``[B, dim, H/p, W/p]`` map (floor division)::
+
+    stem      conv p x p / p -> act -> BN
+    blocks[i] x = x + BN(act(depthwise k x k 'same'(x)))
+              x = BN(act(pointwise 1x1(x)))
+
+Module names match ``timm.models.convmixer`` (``stem.0``, ``blocks.i.0.fn.0``
+...), so the released timm-format weights load as they are.
+
+A dense-prediction backbone must emit strides 4, 8, 16 and 32, and p = 7 or
+14 is not even a power of two. ``SimplePyramidAdapter`` (in the spirit of
+ViTDet's simple feature pyramid) resamples the single trunk map to the exact
+sizes a hierarchical MetaFormer emits at strides 4..32 (so the whole family
+shares one size arithmetic, ``stage_output_sizes``): bilinear interpolation
+where the level is finer than the trunk, area averaging where it is
+coarser. Each level projects the trunk map with a 1x1 conv to its channel
+count *before* resampling (cheaper at the fine levels), then applies
+``norm -> GELU -> 3x3 conv``. The adapter is new (not in any
+ImageNet checkpoint) and always trainable.
+"""
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .metaformer import run_blocks, stage_output_sizes
+
+
+class Residual(nn.Module):
+    """``x + fn(x)``; the attribute name ``fn`` matches timm's keys."""
+
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x):
+        return x + self.fn(x)
+
+
+class ConvMixerTrunk(nn.Module):
+    """The isotropic ConvMixer without its classifier.
+
+    Args:
+        dim (int): channels throughout.
+        depth (int): number of mixer layers.
+        kernel_size (int): depthwise kernel k.
+        patch_size (int): patch embedding kernel and stride p.
+        act_layer (callable): activation class (GELU or ReLU).
+        in_channels (int): input image channels.
+    """
+
+    def __init__(self, dim, depth, kernel_size, patch_size,
+                 act_layer=nn.GELU, in_channels=3):
+        super().__init__()
+        self.patch_size = patch_size
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, dim, patch_size, stride=patch_size),
+            act_layer(), nn.BatchNorm2d(dim))
+        self.blocks = nn.Sequential(*[
+            nn.Sequential(
+                Residual(
+                    nn.Sequential(
+                        nn.Conv2d(dim, dim, kernel_size, groups=dim,
+                                  padding='same'), act_layer(),
+                        nn.BatchNorm2d(dim))), nn.Conv2d(dim, dim, 1),
+                act_layer(), nn.BatchNorm2d(dim)) for _ in range(depth)
+        ])
+        self.with_cp = False
+
+    def set_with_cp(self, with_cp):
+        self.with_cp = with_cp
+
+    def forward(self, x):
+        return run_blocks(self.blocks, self.stem(x), self.with_cp)
+
+
+def resample_to(x, size):
+    """Bilinear when ``size`` is finer than ``x``, area average otherwise."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    if size[0] >= x.shape[-2] and size[1] >= x.shape[-1]:
+        return F.interpolate(x, size=size, mode='bilinear',
+                             align_corners=False)
+    return F.adaptive_avg_pool2d(x, size)
+
+
+class SimplePyramidAdapter(nn.Module):
+    """Turn one stride-p map into four maps at strides 4, 8, 16 and 32.
+
+    Args:
+        in_channels (int): trunk channels.
+        out_channels (sequence[int]): channels of each level.
+        norm_layer (callable): ``norm_layer(channels) -> nn.Module``.
+
+    ``forward(x, image_size)`` returns ``[B, out_channels[i], H_i, W_i]``
+    with ``(H_i, W_i) = stage_output_sizes(*image_size)[i]``.
+    """
+
+    def __init__(self, in_channels, out_channels, norm_layer):
+        super().__init__()
+        self.projs = nn.ModuleList(
+            nn.Conv2d(in_channels, c, 1, bias=False) for c in out_channels)
+        self.refines = nn.ModuleList(
+            nn.Sequential(norm_layer(c), nn.GELU(),
+                          nn.Conv2d(c, c, 3, padding=1))
+            for c in out_channels)
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode='fan_out',
+                                        nonlinearity='relu')
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+
+    def forward(self, x, image_size, num_levels=None):
+        sizes = stage_output_sizes(*image_size, num_stages=len(self.projs))
+        return [
+            refine(resample_to(proj(x), size)) for proj, refine, size in zip(
+                self.projs[:num_levels], self.refines, sizes)
+        ]

@@ -1,0 +1,120 @@
+"""Building blocks shared by every MetaFormer: activation, scales, norms, MLP.
+
+Everything here is plain PyTorch and works on NCHW tensors, so the stages
+hand necks exactly what they expect. Parameter names follow timm's
+``timm.models.metaformer`` so timm state dicts load without renaming.
+"""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class StarReLU(nn.Module):
+    """``s * relu(x) ** 2 + b`` with learnable scalars ``s`` and ``b``.
+
+    From "MetaFormer Baselines for Vision". ``s`` and ``b`` have shape ``[1]``
+    (as in the authors' and timm's checkpoints). ``inplace`` is accepted so
+    mmcv's ``ConvModule`` (which passes it to most activations) can build it;
+    the square cannot be computed in place, so it has no effect.
+
+    Note: under fp16 autocast ``relu(x) ** 2`` overflows above ~256; the
+    models keep it in the input dtype like the reference implementations.
+    """
+
+    def __init__(self, scale_value=1.0, bias_value=0.0, scale_learnable=True,
+                 bias_learnable=True, inplace=False):
+        super().__init__()
+        self.scale = nn.Parameter(torch.full((1, ), float(scale_value)),
+                                  requires_grad=scale_learnable)
+        self.bias = nn.Parameter(torch.full((1, ), float(bias_value)),
+                                 requires_grad=bias_learnable)
+
+    def forward(self, x):
+        return torch.addcmul(self.bias, self.scale, F.relu(x).square())
+
+
+class Scale(nn.Module):
+    """Per-channel learnable scale of an NCHW tensor (layer or residual scale).
+
+    ``scale`` has shape ``[C]``, the layout of timm and the authors' weights.
+    """
+
+    def __init__(self, dim, init_value=1.0):
+        super().__init__()
+        self.scale = nn.Parameter(torch.full((dim, ), float(init_value)))
+
+    def forward(self, x):
+        return x * self.scale.view(-1, 1, 1)
+
+
+class GroupNorm1(nn.GroupNorm):
+    """Normalise over (C, H, W) jointly, with a per-channel affine.
+
+    This is ``GroupNorm`` with one group. It equals the authors'
+    ``LayerNormGeneral(normalized_dim=(1, 2, 3))`` on channels-last tensors,
+    the norm of PoolFormer, IdentityFormer and RandFormer. ``bias=False``
+    gives the baselines' bias-free variant (weight only).
+    """
+
+    def __init__(self, num_channels, eps=1e-5, bias=True):
+        super().__init__(1, num_channels, eps=eps, affine=True)
+        if not bias:
+            self.bias = None
+
+    def forward(self, x):
+        return F.group_norm(x, 1, self.weight, self.bias, self.eps)
+
+
+class LayerNorm2d(nn.LayerNorm):
+    """LayerNorm over the channel dim of an NCHW tensor.
+
+    ConvFormer and CAFormer normalise each token over its C channels. The
+    tensor is permuted to channels-last for ``F.layer_norm`` and back.
+    ``bias=False`` gives the baselines' weight-only norm.
+    """
+
+    def __init__(self, num_channels, eps=1e-6, bias=True):
+        super().__init__(num_channels, eps=eps, elementwise_affine=True)
+        if not bias:
+            self.bias = None
+
+    def forward(self, x):
+        x = x.permute(0, 2, 3, 1)
+        x = F.layer_norm(x, self.normalized_shape, self.weight, self.bias,
+                         self.eps)
+        return x.permute(0, 3, 1, 2)
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drop the whole residual branch per sample."""
+
+    def __init__(self, drop_prob=0.0):
+        super().__init__()
+        self.drop_prob = drop_prob
+
+    def forward(self, x):
+        if self.drop_prob == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.drop_prob
+        mask = x.new_empty((x.shape[0], ) + (1, ) * (x.dim() - 1))
+        return x * mask.bernoulli_(keep).div_(keep)
+
+    def extra_repr(self):
+        return f'drop_prob={self.drop_prob}'
+
+
+class Mlp(nn.Module):
+    """Channel MLP as two 1x1 convs: ``fc2(act(fc1(x)))``, NCHW in and out.
+
+    The authors' channels-last ``nn.Linear`` weights ``[out, in]`` map onto
+    these ``[out, in, 1, 1]`` convs by a reshape (see ``checkpoint``).
+    """
+
+    def __init__(self, dim, hidden_dim, act_layer=nn.GELU, bias=True):
+        super().__init__()
+        self.fc1 = nn.Conv2d(dim, hidden_dim, 1, bias=bias)
+        self.act = act_layer()
+        self.fc2 = nn.Conv2d(hidden_dim, dim, 1, bias=bias)
+
+    def forward(self, x):
+        return self.fc2(self.act(self.fc1(x)))

@@ -1,0 +1,255 @@
+"""The generic MetaFormer in plain PyTorch.
+
+One model covers PoolFormer v1/v2, IdentityFormer, RandFormer, ConvFormer and
+CAFormer; they differ only in the layers passed in (see
+``mmmetaformer/models/archs.py``).
+
+Layout (module names match ``timm.models.metaformer``)::
+
+    stem                  conv 7x7/4 (pad 2) -> norm          H/4
+    stages[0]             blocks                              H/4
+    stages[i], i = 1..3   downsample (norm -> conv 3x3/2, pad 1) -> blocks
+
+and each block is::
+
+    x = res_scale1(x) + layer_scale1(drop_path(token_mixer(norm1(x))))
+    x = res_scale2(x) + layer_scale2(drop_path(mlp(norm2(x))))
+
+Unused parts (a scale, drop path or norm a model does not have) are
+``nn.Identity`` at build time, so ``forward`` has no branches.
+
+Output sizes for an ``H x W`` input (the same for W)::
+
+    H_0 = floor((H - 3) / 4) + 1        # stem: (H + 2*2 - 7) // 4 + 1
+    H_i = ceil(H_{i-1} / 2), i = 1..3   # (H + 2*1 - 3) // 2 + 1
+
+e.g. 224 -> 56, 28, 14, 7 and 97 -> 24, 12, 6, 3. Any input of at least
+32x32 gives non-empty maps at every stage.
+"""
+from functools import partial
+
+import torch.nn as nn
+from torch.utils.checkpoint import checkpoint
+
+from .layers import DropPath, Mlp, Scale
+
+
+def stage_output_sizes(height, width, num_stages=4):
+    """``[(H_i, W_i)]`` of every stage output for an input of ``H x W``."""
+    h, w = (height - 3) // 4 + 1, (width - 3) // 4 + 1
+    sizes = [(h, w)]
+    for _ in range(num_stages - 1):
+        h, w = (h + 1) // 2, (w + 1) // 2
+        sizes.append((h, w))
+    return sizes
+
+
+class Stem(nn.Module):
+    """Patch embedding: conv 7x7, stride 4, padding 2, then an optional norm."""
+
+    def __init__(self, in_channels, out_channels, norm_layer=None):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, 7, stride=4,
+                              padding=2)
+        self.norm = norm_layer(out_channels) if norm_layer else nn.Identity()
+
+    def forward(self, x):
+        return self.norm(self.conv(x))
+
+
+class Downsampling(nn.Module):
+    """Optional norm, then conv 3x3, stride 2, padding 1 (halves H and W)."""
+
+    def __init__(self, in_channels, out_channels, norm_layer=None):
+        super().__init__()
+        self.norm = norm_layer(in_channels) if norm_layer else nn.Identity()
+        self.conv = nn.Conv2d(in_channels, out_channels, 3, stride=2,
+                              padding=1)
+
+    def forward(self, x):
+        return self.conv(self.norm(x))
+
+
+class MetaFormerBlock(nn.Module):
+    """Norm, token mixer, residual; norm, channel MLP, residual.
+
+    Args:
+        dim (int): channels C of the ``[B, C, H, W]`` input and output.
+        token_mixer (callable): ``token_mixer(dim) -> nn.Module``.
+        mlp_layer (callable): ``mlp_layer(dim) -> nn.Module``.
+        norm_layer (callable): ``norm_layer(dim) -> nn.Module``.
+        drop_path (float): stochastic depth rate of this block.
+        layer_scale_init_value (float | None): per-channel scale on each
+            branch (PoolFormer v1); ``None`` for none.
+        res_scale_init_value (float | None): per-channel scale on each
+            shortcut (baselines, stages 3-4); ``None`` for none.
+    """
+
+    def __init__(self, dim, token_mixer, mlp_layer, norm_layer,
+                 drop_path=0.0, layer_scale_init_value=None,
+                 res_scale_init_value=None):
+        super().__init__()
+
+        identity = nn.Identity
+        layer_scale = (partial(Scale, dim, layer_scale_init_value)
+                       if layer_scale_init_value is not None else identity)
+        res_scale = (partial(Scale, dim, res_scale_init_value)
+                     if res_scale_init_value is not None else identity)
+        self.norm1 = norm_layer(dim)
+        self.token_mixer = token_mixer(dim)
+        self.drop_path1 = DropPath(drop_path) if drop_path > 0 else identity()
+        self.layer_scale1 = layer_scale()
+        self.res_scale1 = res_scale()
+        self.norm2 = norm_layer(dim)
+        self.mlp = mlp_layer(dim)
+        self.drop_path2 = DropPath(drop_path) if drop_path > 0 else identity()
+        self.layer_scale2 = layer_scale()
+        self.res_scale2 = res_scale()
+
+    def forward(self, x):
+        x = self.res_scale1(x) + self.layer_scale1(
+            self.drop_path1(self.token_mixer(self.norm1(x))))
+        x = self.res_scale2(x) + self.layer_scale2(
+            self.drop_path2(self.mlp(self.norm2(x))))
+        return x
+
+
+def run_blocks(blocks, x, with_cp):
+    """Run ``blocks`` in order; with ``with_cp`` each one is checkpointed.
+
+    Non-reentrant checkpointing works with DDP and with frozen inputs, and
+    preserves the RNG state, so drop path draws the same mask on recompute.
+    """
+    for block in blocks:
+        if with_cp and x.requires_grad:
+            x = checkpoint(block, x, use_reentrant=False)
+        else:
+            x = block(x)
+    return x
+
+
+class MetaFormerStage(nn.Module):
+    """Optional downsampling followed by ``depth`` MetaFormer blocks.
+
+    The downsample belongs to its stage, so "stage i" means the same thing
+    for ``out_indices``, ``frozen_stages`` and the checkpoint keys.
+    """
+
+    def __init__(self, in_channels, out_channels, depth, downsample_norm,
+                 drop_path_rates, with_cp=False, **block_kwargs):
+        super().__init__()
+        self.downsample = (nn.Identity() if in_channels == out_channels else
+                           Downsampling(in_channels, out_channels,
+                                        downsample_norm))
+        self.blocks = nn.Sequential(*[
+            MetaFormerBlock(out_channels, drop_path=drop_path_rates[j],
+                            **block_kwargs) for j in range(depth)
+        ])
+        self.with_cp = with_cp
+
+    def forward(self, x):
+        return run_blocks(self.blocks, self.downsample(x), self.with_cp)
+
+
+def _per_stage(value, name, num_stages):
+    """Expand one value to a list of ``num_stages``, or check a given list."""
+    if isinstance(value, (list, tuple)):
+        if len(value) != num_stages:
+            raise ValueError(f'{name} has {len(value)} entries but there are '
+                             f'{num_stages} stages: {value}')
+        return list(value)
+    return [value] * num_stages
+
+
+class MetaFormerTrunk(nn.Module):
+    """Four-stage MetaFormer trunk returning every stage's NCHW output.
+
+    Args:
+        depths (sequence[int]): blocks per stage.
+        dims (sequence[int]): channels per stage.
+        token_mixers (callable | list[callable]): ``mixer(dim)`` per stage.
+        norm_layers (callable | list[callable]): block norm per stage.
+        mlp_act_layer (callable): activation class of the MLP.
+        mlp_ratio (float): MLP hidden width over ``dim``.
+        mlp_bias (bool): biases in the MLP's 1x1 convs.
+        stem_norm (callable | None): norm after the stem conv.
+        downsample_norm (callable | None): norm before each downsampling conv.
+        layer_scale_init_values (float | None | list): per stage.
+        res_scale_init_values (float | None | list): per stage.
+        drop_path_rate (float): stochastic depth, linear over all blocks.
+        in_channels (int): input image channels.
+        with_cp (bool): checkpoint every block to save activation memory.
+
+    ``forward`` returns a list of ``[B, dims[i], H_i, W_i]`` tensors (see the
+    module docstring for ``H_i``); ``num_stages`` limits how many stages run.
+    ``feature_info`` records ``num_chs`` and ``reduction`` of each output.
+    """
+
+    def __init__(self, depths, dims, token_mixers, norm_layers,
+                 mlp_act_layer=nn.GELU, mlp_ratio=4, mlp_bias=False,
+                 stem_norm=None, downsample_norm=None,
+                 layer_scale_init_values=None, res_scale_init_values=None,
+                 drop_path_rate=0.0, in_channels=3, with_cp=False):
+        super().__init__()
+        num_stages = len(depths)
+        if len(dims) != num_stages:
+            raise ValueError(f'depths {list(depths)} and dims {list(dims)} '
+                             'must have the same length')
+        token_mixers = _per_stage(token_mixers, 'token_mixers', num_stages)
+        norm_layers = _per_stage(norm_layers, 'norm_layers', num_stages)
+        layer_scales = _per_stage(layer_scale_init_values,
+                                  'layer_scale_init_values', num_stages)
+        res_scales = _per_stage(res_scale_init_values,
+                                'res_scale_init_values', num_stages)
+        total = sum(depths)
+        rates = [drop_path_rate * i / max(total - 1, 1) for i in range(total)]
+
+        self.stem = Stem(in_channels, dims[0], stem_norm)
+        self.stages = nn.ModuleList()
+        self.feature_info = []
+        prev_dim, first_block, reduction = dims[0], 0, 4
+        for i in range(num_stages):
+            if i > 0:
+                reduction *= 2
+            self.stages.append(
+                MetaFormerStage(
+                    prev_dim, dims[i], depths[i], downsample_norm,
+                    rates[first_block:first_block + depths[i]],
+                    with_cp=with_cp,
+                    token_mixer=token_mixers[i],
+                    mlp_layer=partial(_mlp, mlp_ratio=mlp_ratio,
+                                      act_layer=mlp_act_layer,
+                                      bias=mlp_bias),
+                    norm_layer=norm_layers[i],
+                    layer_scale_init_value=layer_scales[i],
+                    res_scale_init_value=res_scales[i]))
+            self.feature_info.append(
+                dict(num_chs=dims[i], reduction=reduction,
+                     module=f'stages.{i}'))
+            prev_dim = dims[i]
+            first_block += depths[i]
+        self.apply(_init_weights)
+
+    def set_with_cp(self, with_cp):
+        for stage in self.stages:
+            stage.with_cp = with_cp
+
+    def forward(self, x, num_stages=None):
+        x = self.stem(x)
+        outs = []
+        for stage in self.stages[:num_stages]:
+            x = stage(x)
+            outs.append(x)
+        return outs
+
+
+def _mlp(dim, mlp_ratio, act_layer, bias):
+    return Mlp(dim, int(mlp_ratio * dim), act_layer=act_layer, bias=bias)
+
+
+def _init_weights(module):
+    """timm's init: truncated normal (std .02) for convs and linears."""
+    if isinstance(module, (nn.Conv2d, nn.Linear)):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)

@@ -1,0 +1,197 @@
+"""Shared logic of ``tools/train.py``, ``tools/test.py`` and friends.
+
+The tools accept detection and segmentation configs alike and dispatch on
+``default_scope``. Every check here turns a user mistake into a
+``LaunchError`` whose message names the bad value and the valid choices;
+the tools print it without a traceback.
+"""
+import difflib
+import importlib
+import os
+import os.path as osp
+
+from mmengine.config import Config
+from mmengine.logging import print_log
+
+# default_scope -> (package to import, what it is for, toy generator kind)
+SCOPES = {
+    'mmdet': ('mmdet', 'detection', 'coco'),
+    'mmseg': ('mmseg', 'segmentation', 'ade20k'),
+}
+TOY_GENERATOR = 'python tools/misc/make_toy_dataset.py'
+
+
+class LaunchError(Exception):
+    """A user-facing error: the tools print it and exit with status 2."""
+
+
+def _closest(name, choices):
+    match = difflib.get_close_matches(str(name), [str(c) for c in choices],
+                                      n=1, cutoff=0.75)
+    return match[0] if match else None
+
+
+def validate_cfg_options(cfg, options):
+    """Reject ``--cfg-options`` keys that are likely typos.
+
+    mmengine silently adds unknown keys, so ``optim_wrapper.optimizer.lrr``
+    would be ignored. Every key's parents must exist; a leaf may be new
+    unless it is a near-miss of an existing sibling (then it is a typo).
+    """
+    for full_key in options:
+        node, path = cfg, []
+        parts = full_key.split('.')
+        for depth, part in enumerate(parts):
+            is_leaf = depth == len(parts) - 1
+            if isinstance(node, (list, tuple)):
+                if not part.isdigit() or int(part) >= len(node):
+                    raise LaunchError(
+                        f"--cfg-options key '{full_key}': "
+                        f"'{'.'.join(path) or '<root>'}' is a list of "
+                        f'{len(node)}; {part!r} is not a valid index')
+                node = node[int(part)]
+            elif isinstance(node, dict):
+                if part not in node:
+                    guess = _closest(part, node.keys())
+                    where = '.'.join(path) or 'the config root'
+                    if guess is not None:
+                        raise LaunchError(
+                            f"--cfg-options key '{full_key}': no key "
+                            f"'{part}' under {where}; did you mean "
+                            f"'{guess}'? Keys there: {sorted(node.keys())}")
+                    if not is_leaf:
+                        raise LaunchError(
+                            f"--cfg-options key '{full_key}': no key "
+                            f"'{part}' under {where}; keys there: "
+                            f'{sorted(node.keys())}')
+                    break  # a genuinely new leaf key
+                node = node[part]
+            else:
+                raise LaunchError(
+                    f"--cfg-options key '{full_key}': "
+                    f"'{'.'.join(path)}' is a {type(node).__name__}, not a "
+                    'dict or list')
+            path.append(part)
+
+
+def load_config(path, cfg_options=None):
+    """Load a config, check its scope and apply ``--cfg-options``.
+
+    Returns:
+        tuple: ``(cfg, scope)`` with ``scope`` in ``SCOPES``.
+    """
+    if not osp.isfile(path):
+        hint = ''
+        repo_configs = osp.join(
+            osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))),
+            'configs')
+        if osp.isdir(repo_configs):
+            guess = _closest(osp.basename(path), sorted(
+                f for f in os.listdir(repo_configs)
+                if f.endswith('.py')))
+            if guess:
+                hint = f' Did you mean configs/{guess}?'
+        raise LaunchError(f'Config file not found: {path}.{hint}')
+    try:
+        cfg = Config.fromfile(path)
+    except Exception as exc:
+        raise LaunchError(f'Cannot load config {path}: '
+                          f'{type(exc).__name__}: {exc}') from exc
+    scope = cfg.get('default_scope')
+    if scope not in SCOPES:
+        raise LaunchError(
+            f'Config {path} has default_scope={scope!r}; these tools run '
+            f"detection (default_scope='mmdet') and segmentation "
+            f"(default_scope='mmseg') configs.")
+    package = SCOPES[scope][0]
+    try:
+        importlib.import_module(package)
+    except ImportError as exc:
+        raise LaunchError(f'Config {path} needs {package} for '
+                          f'{SCOPES[scope][1]}, which does not import: '
+                          f'{exc}. Run `make env`.') from exc
+    if cfg_options:
+        validate_cfg_options(cfg, cfg_options)
+        cfg.merge_from_dict(cfg_options)
+    return cfg, scope
+
+
+def set_work_dir(cfg, work_dir, config_path):
+    """``--work-dir``, else the config's, else ``work_dirs/<config name>``."""
+    if work_dir is not None:
+        cfg.work_dir = work_dir
+    elif cfg.get('work_dir') is None:
+        cfg.work_dir = osp.join('./work_dirs',
+                                osp.splitext(osp.basename(config_path))[0])
+
+
+def check_data_roots(cfg, scope, dataloader_keys):
+    """Fail early, naming the path, when a dataset's files are not there."""
+    kind = SCOPES[scope][2]
+    for key in dataloader_keys:
+        loader = cfg.get(key)
+        if not loader:
+            continue
+        dataset = loader.get('dataset', {})
+        while 'dataset' in dataset:  # RepeatDataset and other wrappers
+            dataset = dataset['dataset']
+        root = dataset.get('data_root', '')
+        ann_file = dataset.get('ann_file', '')
+        if root and not osp.isdir(root):
+            raise LaunchError(
+                f"{key}: data_root '{root}' does not exist. Point "
+                f'--cfg-options {key}.dataset.data_root=... at your dataset,'
+                f' or make a small synthetic one there: {TOY_GENERATOR} '
+                f'{kind} {root}')
+        if ann_file and not osp.isabs(ann_file):
+            ann_file = osp.join(root, ann_file)
+        if ann_file and not osp.exists(ann_file):
+            raise LaunchError(
+                f"{key}: annotation file '{ann_file}' does not exist under "
+                f"data_root '{root}'. Make a synthetic dataset with: "
+                f'{TOY_GENERATOR} {kind} {root}')
+
+
+def prepare_for_device(cfg, launcher):
+    """CPU adaptations: BN instead of SyncBN, gloo for distributed runs."""
+    import torch
+
+    from ..engine import setup_cpu_distributed, sync_bn_to_bn
+    if not torch.cuda.is_available():
+        replaced = sync_bn_to_bn(cfg.model)
+        if replaced:
+            print_log(f'No GPU: replaced {replaced} SyncBN norm(s) by BN',
+                      logger='current')
+    cfg.launcher = launcher
+    setup_cpu_distributed(cfg, launcher)
+
+
+def check_ops_for(scope):
+    """mmdet needs mmcv's compiled ops; fail with the fix if they are absent."""
+    if scope != 'mmdet':
+        return
+    from .env_check import MMCVOpsMissingError, check_mmcv_ops
+    try:
+        check_mmcv_ops()
+    except MMCVOpsMissingError as exc:
+        raise LaunchError(str(exc)) from exc
+
+
+def build_runner(cfg):
+    from mmengine.registry import RUNNERS
+    from mmengine.runner import Runner
+
+    import mmmetaformer  # noqa: F401  (registers our modules)
+    if 'runner_type' in cfg:
+        return RUNNERS.build(cfg)
+    return Runner.from_cfg(cfg)
+
+
+def run_tool(main):
+    """Call ``main()``; print a ``LaunchError`` as one line and exit 2."""
+    import sys
+    try:
+        return main()
+    except LaunchError as exc:
+        print(f'error: {exc}', file=sys.stderr)
+        sys.exit(2)

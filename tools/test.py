@@ -1,0 +1,84 @@
+"""Test a checkpoint of a detection or segmentation config.
+
+Detection reports the config's metrics (COCO box/mask AP via CocoMetric);
+segmentation reports mIoU, mAcc and aAcc with the per-class table
+(IoUMetric), in whole or slide mode as the config's ``test_cfg`` says
+(``--cfg-options model.test_cfg.mode=slide`` switches).
+"""
+import argparse
+import os.path as osp
+import sys
+
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+
+from mmengine.config import DictAction  # noqa: E402
+
+from mmmetaformer.utils.launch import (LaunchError, build_runner,  # noqa: E402
+                                       check_data_roots, check_ops_for,
+                                       load_config, prepare_for_device,
+                                       run_tool, set_work_dir)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description='Test a detector or segmentor checkpoint')
+    parser.add_argument('config', help='test config file path')
+    parser.add_argument('checkpoint', help='checkpoint file')
+    parser.add_argument('--work-dir', help='where to save the test logs')
+    parser.add_argument(
+        '--out', help='detection: dump predictions to this .pkl file; '
+        'segmentation: save predicted label maps into this directory')
+    parser.add_argument('--show-dir',
+                        help='save pictures of the predictions here')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config keys, e.g. '
+                        'model.test_cfg.mode=slide')
+    parser.add_argument('--launcher',
+                        choices=['none', 'pytorch', 'slurm', 'mpi'],
+                        default='none', help='job launcher')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    return parser.parse_args(argv)
+
+
+def enable_visualization(cfg, scope, show_dir):
+    hook = cfg.default_hooks.get('visualization')
+    if hook is None:
+        raise LaunchError('--show-dir needs default_hooks.visualization in '
+                          'the config')
+    hook['draw'] = True
+    if scope == 'mmdet':
+        hook['test_out_dir'] = show_dir
+    else:
+        cfg.visualizer['save_dir'] = show_dir
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    cfg, scope = load_config(args.config, args.cfg_options)
+    check_ops_for(scope)
+    check_data_roots(cfg, scope, ('test_dataloader', ))
+    if not osp.isfile(args.checkpoint):
+        raise LaunchError(f'Checkpoint file not found: {args.checkpoint}')
+    set_work_dir(cfg, args.work_dir, args.config)
+    cfg.load_from = args.checkpoint
+    if args.show_dir:
+        enable_visualization(cfg, scope, args.show_dir)
+    if args.out and scope == 'mmseg':
+        cfg.test_evaluator['output_dir'] = args.out
+        cfg.test_evaluator['keep_results'] = True
+    if args.out and scope == 'mmdet' and not args.out.endswith(
+            ('.pkl', '.pickle')):
+        raise LaunchError(f'--out must be a .pkl file for detection, got '
+                          f'{args.out}')
+
+    prepare_for_device(cfg, args.launcher)
+    runner = build_runner(cfg)
+    if args.out and scope == 'mmdet':
+        from mmdet.evaluation import DumpDetResults
+        runner.test_evaluator.metrics.append(
+            DumpDetResults(out_file_path=args.out))
+    return runner.test()
+
+
+if __name__ == '__main__':
+    run_tool(main)
