@@ -38,8 +38,9 @@ def validate_cfg_options(cfg, options):
     would be ignored. Every key's parents must exist; a leaf may be new
     unless it is a near-miss of an existing sibling (then it is a typo).
     """
+    root = cfg.to_dict() if isinstance(cfg, Config) else cfg
     for full_key in options:
-        node, path = cfg, []
+        node, path = root, []
         parts = full_key.split('.')
         for depth, part in enumerate(parts):
             is_leaf = depth == len(parts) - 1

@@ -3,9 +3,9 @@
 The output can be read by the stock mmdet ``CocoDataset`` / ``CocoMetric`` and
 mmseg ``ADE20KDataset`` / ``IoUMetric`` without any custom code, which makes it
 suitable for smoke tests and short CPU training runs. Generation is
-deterministic: the same arguments produce byte-identical files. Every image has
-its own random generator seeded from ``(seed, dataset, split, index)``, so image
-``i`` of a split does not depend on how many images are requested.
+deterministic: the same arguments produce byte-identical files. Every image
+has its own random generator seeded from ``(seed, dataset, split, index)``, so
+image ``i`` of a split does not depend on how many images are requested.
 
 Usage::
 
@@ -434,11 +434,11 @@ def coco_background(rng: np.random.Generator, width: int,
     ramp = linear_ramp(rng, height, width)[..., None]
     image = start + (end - start) * ramp
     image += smooth_noise(rng, height, width, 24, 18)[..., None]
-    for _ in range(int(rng.integers(0, 5))):
-        points = rng.uniform([0, 0], [width, height], (4, 2))
-        stroke = muted_colour(rng).tolist()
+    for _ in range(int(rng.integers(0, 4))):  # faint open strokes
+        points = rng.uniform([0, 0], [width, height], (3, 2))
+        stroke = (start + end) / 2 + rng.uniform(-40, 40, 3)
         cv2.polylines(image, [np.rint(points).astype(np.int32)], False,
-                      stroke, int(rng.integers(1, 3)), cv2.LINE_AA)
+                      stroke.tolist(), 1, cv2.LINE_AA)
     return image.astype(np.float32)
 
 
@@ -467,8 +467,9 @@ def coco_annotation(mask: np.ndarray, category_id: int, image_id: int,
     ys, xs = np.nonzero(mask)
     x0, y0 = int(xs.min()), int(ys.min())
     bbox = [x0, y0, int(xs.max()) - x0 + 1, int(ys.max()) - y0 + 1]
-    polygons = [c.reshape(-1).astype(float).tolist()
-                for c in mask_polygons(mask)]
+    # Contours run through boundary pixel indices; pixel i spans [i, i + 1]
+    # in COCO coordinates, so shift the vertices onto the pixel centres.
+    polygons = [(c.reshape(-1) + 0.5).tolist() for c in mask_polygons(mask)]
     return {
         'id': ann_id,
         'image_id': image_id,
@@ -738,8 +739,8 @@ def draw_tree(scene: Scene, base_x: float, base_y: float) -> None:
     centre_y = base_y - trunk_h - radius * 0.7
     for _ in range(int(rng.integers(3, 6))):
         offset = rng.uniform(-0.8, 0.8, 2) * radius
-        cv2.circle(canopy, (int(base_x + offset[0]), int(centre_y + offset[1])),
-                   int(radius * rng.uniform(0.6, 1.0)), 1, -1)
+        centre = (int(base_x + offset[0]), int(centre_y + offset[1]))
+        cv2.circle(canopy, centre, int(radius * rng.uniform(0.6, 1.0)), 1, -1)
     scene.paint(canopy, REGION_TEXTURES['tree'](scene), label)
 
 
@@ -793,8 +794,9 @@ def outdoor_scene(scene: Scene) -> None:
                       (int(right), int(horizon + 0.05 * h)), 1, -1)
         scene.paint_class(block, 'building')
     ground = scene.below_curve(horizon, rng.uniform(0, 0.03) * h)
-    scene.paint_class(ground, 'grass' if rng.random() < 0.5 else 'road')
-    if rng.random() < 0.4:
+    grass = rng.random() < 0.5
+    scene.paint_class(ground, 'grass' if grass else 'road')
+    if grass and rng.random() < 0.5:  # a road crossing the lawn
         band_top = rng.uniform(horizon + 0.05 * h, 0.9 * h)
         band = scene.below_curve(band_top, 0.02 * h)
         band &= ~scene.below_curve(band_top + rng.uniform(0.1, 0.2) * h, 0)

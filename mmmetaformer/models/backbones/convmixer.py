@@ -62,6 +62,7 @@ class ConvMixer(DenseBackboneMixin, ConvMixerTrunk, BaseModule):
         if adapter_channels is None:
             adapter_channels = (dim // 4, dim // 2, dim, dim)
         adapter_channels = tuple(adapter_channels)
+        self.adapter_channels = adapter_channels
         if len(adapter_channels) != 4 or any(
                 not isinstance(c, int) or c < 1 for c in adapter_channels):
             raise ValueError(f'{owner} adapter_channels must be 4 positive '

@@ -1,0 +1,242 @@
+"""The foundation: stack imports, compiled ops, registration, launchers."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from tests.helpers import REPO_ROOT, run_tool
+
+
+def test_every_stack_package_imports():
+    from mmmetaformer.utils.env_check import STACK_PACKAGES, stack_versions
+    versions = stack_versions()
+    assert set(versions) == {name for name, _ in STACK_PACKAGES}
+    assert versions['torch'].startswith('2.5.1')
+    assert versions['mmcv'] == '2.1.0'
+    assert versions['mmengine'] == '0.10.7'
+    assert versions['mmdet'] == '3.3.0'
+    assert versions['mmseg'] == '1.2.2'
+    assert int(versions['numpy'].split('.')[0]) < 2
+
+
+def test_mmcv_compiled_ops_on_cpu_tensors():
+    import torch
+    from mmcv.ops import RoIAlign, batched_nms, nms
+
+    from mmmetaformer.utils.env_check import check_mmcv_ops
+    check_mmcv_ops()
+    boxes = torch.tensor([[0., 0., 4., 4.], [0., 0., 4., 4.2]])
+    _, keep = nms(boxes, torch.tensor([0.5, 0.9]), 0.5)
+    assert keep.tolist() == [1]
+    _, keep = batched_nms(boxes, torch.tensor([0.5, 0.9]),
+                          torch.tensor([0, 1]), dict(iou_threshold=0.5))
+    assert sorted(keep.tolist()) == [0, 1]
+    feats = torch.ones(1, 2, 8, 8)
+    out = RoIAlign(2, 1.0, 2)(feats, torch.tensor([[0., 0., 0., 4., 4.]]))
+    assert torch.allclose(out, torch.ones(1, 2, 2, 2))
+
+
+def test_missing_mmcv_ops_gives_the_fix():
+    """Block ``mmcv._ext`` as a build without ops lacks it."""
+    script = textwrap.dedent(f"""
+        import importlib.abc, sys
+        class BlockExt(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path, target=None):
+                if name == 'mmcv._ext':
+                    raise ImportError('No module named mmcv._ext')
+        sys.meta_path.insert(0, BlockExt())
+        sys.argv = ['check_env.py']
+        sys.path.insert(0, {str(REPO_ROOT / 'tools')!r})
+        import runpy
+        runpy.run_path({str(REPO_ROOT / 'tools' / 'check_env.py')!r},
+                       run_name='__main__')
+    """)
+    proc = subprocess.run([sys.executable, '-c', script],
+                          capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert 'without its compiled ops' in proc.stderr
+    assert 'MMCV_WITH_OPS=1' in proc.stderr
+    assert 'Traceback' not in proc.stderr
+
+
+@pytest.mark.parametrize('scope', ['mmdet', 'mmseg'])
+def test_registry_visible_from_both_scopes(scope):
+    import mmmetaformer  # noqa: F401
+    from mmengine.registry import MODELS, DefaultScope
+    from mmengine.registry import init_default_scope
+
+    init_default_scope(scope)
+    scoped = {'mmdet': 'mmdet.registry', 'mmseg': 'mmseg.registry'}[scope]
+    scope_models = __import__(scoped, fromlist=['MODELS']).MODELS
+    assert scope_models.scope == scope
+    for name in ('PoolFormer', 'PoolFormerV2', 'IdentityFormer', 'RandFormer',
+                 'ConvFormer', 'CAFormer', 'ConvMixer', 'MetaFormer',
+                 'StarReLU'):
+        assert scope_models.get(name) is not None, (scope, name)
+    backbone = scope_models.build(
+        dict(type='PoolFormer', arch='s12', out_indices=(3, )))
+    assert type(backbone).__name__ == 'PoolFormer'
+    assert DefaultScope.get_current_instance().scope_name == scope
+    # The root registry built it: the scope's own registry has no copy.
+    assert 'PoolFormer' not in scope_models.module_dict
+    assert MODELS.get('PoolFormer') is type(backbone)
+
+
+def test_starrelu_in_an_mmcv_convmodule():
+    import torch
+    from mmcv.cnn import ConvModule
+
+    import mmmetaformer  # noqa: F401
+    module = ConvModule(3, 4, 3, padding=1, act_cfg=dict(type='StarReLU'))
+    assert type(module.activate).__name__ == 'StarReLU'
+    out = module(torch.randn(1, 3, 8, 8))
+    assert out.shape == (1, 4, 8, 8)
+    assert (out >= module.activate.bias).all()
+
+
+CUSTOM_IMPORTS_CFG = {
+    'mmdet':
+    """
+    _base_ = 'mmdet::retinanet/retinanet_r50_fpn_1x_coco.py'
+    custom_imports = dict(imports=['mmmetaformer'], allow_failed_imports=False)
+    model = dict(
+        backbone=dict(_delete_=True, type='PoolFormer', arch='s12'),
+        neck=dict(in_channels=[64, 128, 320, 512]))
+    """,
+    'mmseg':
+    """
+    _base_ = ['mmseg::_base_/models/fpn_r50.py',
+              'mmseg::_base_/default_runtime.py']
+    custom_imports = dict(imports=['mmmetaformer'], allow_failed_imports=False)
+    norm_cfg = dict(type='BN', requires_grad=True)
+    model = dict(
+        pretrained=None,  # the ResNet base sets an ImageNet ResNet here
+        backbone=dict(_delete_=True, type='ConvFormer', arch='s18'),
+        neck=dict(in_channels=[64, 128, 320, 512]),
+        decode_head=dict(norm_cfg=norm_cfg))
+    """,
+}
+
+
+@pytest.mark.parametrize('scope', ['mmdet', 'mmseg'])
+def test_custom_imports_in_a_stock_config(scope, tmp_path):
+    """A user's config needs only ``custom_imports``; run in a fresh process
+    so the import really comes from ``custom_imports``."""
+    cfg_file = tmp_path / f'{scope}_cfg.py'
+    cfg_file.write_text(textwrap.dedent(CUSTOM_IMPORTS_CFG[scope]))
+    script = textwrap.dedent(f"""
+        import sys, torch
+        from mmengine.config import Config
+        from mmengine.registry import init_default_scope
+        cfg = Config.fromfile({str(cfg_file)!r})
+        assert 'mmmetaformer' in sys.modules
+        init_default_scope(cfg.default_scope)
+        from {scope}.registry import MODELS
+        model = MODELS.build(cfg.model)
+        feats = model.extract_feat(torch.randn(1, 3, 64, 64))
+        print(type(model.backbone).__name__, len(feats))
+    """)
+    proc = subprocess.run([sys.executable, '-c', script], cwd=tmp_path,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    expected = {'mmdet': 'PoolFormer 5', 'mmseg': 'ConvFormer 4'}[scope]
+    assert proc.stdout.strip().endswith(expected)
+
+
+def test_package_imports_with_only_one_downstream_framework():
+    """Block mmdet (then mmseg): ``import mmmetaformer`` still works."""
+    for blocked in ('mmdet', 'mmseg'):
+        script = textwrap.dedent(f"""
+            import importlib.abc, sys
+            class Block(importlib.abc.MetaPathFinder):
+                def find_spec(self, name, path, target=None):
+                    if name == {blocked!r} or name.startswith({blocked!r} + '.'):
+                        raise ImportError('blocked ' + name)
+            sys.meta_path.insert(0, Block())
+            import mmmetaformer
+            from mmengine.registry import MODELS
+            assert MODELS.get('CAFormer') is not None
+            print('ok')
+        """)
+        proc = subprocess.run([sys.executable, '-c', script],
+                              capture_output=True, text=True)
+        assert proc.returncode == 0 and proc.stdout.strip() == 'ok', (
+            blocked, proc.stderr[-2000:])
+
+
+@pytest.mark.parametrize('tool', ['train.py', 'test.py'])
+def test_tool_help(tool):
+    proc = run_tool(tool, '--help')
+    assert proc.returncode == 0
+    for flag in ('--work-dir', '--cfg-options', '--launcher'):
+        assert flag in proc.stdout
+    if tool == 'train.py':
+        for flag in ('--resume', '--amp', '--auto-scale-lr'):
+            assert flag in proc.stdout
+    else:
+        for flag in ('--out', '--show-dir'):
+            assert flag in proc.stdout
+
+
+@pytest.mark.parametrize('tool', ['train.py', 'test.py'])
+def test_missing_config_is_a_clear_error(tool, tmp_path):
+    args = [str(tmp_path / 'nope.py')]
+    if tool == 'test.py':
+        args.append('ckpt.pth')
+    proc = run_tool(tool, *args)
+    assert proc.returncode == 2
+    assert 'Config file not found' in proc.stderr
+    assert 'nope.py' in proc.stderr
+    assert 'Traceback' not in proc.stderr
+
+
+def test_unsupported_scope_is_a_clear_error(tmp_path):
+    cfg = tmp_path / 'cls.py'
+    cfg.write_text("default_scope = 'mmpretrain'\nmodel = dict(type='X')\n")
+    proc = run_tool('train.py', str(cfg))
+    assert proc.returncode == 2
+    assert "default_scope='mmpretrain'" in proc.stderr
+    assert "'mmdet'" in proc.stderr and "'mmseg'" in proc.stderr
+    assert 'Traceback' not in proc.stderr
+
+
+def test_cfg_options_typo_is_a_clear_error(tmp_path):
+    cfg = tmp_path / 'det.py'
+    cfg.write_text(
+        "_base_ = 'mmdet::retinanet/retinanet_r50_fpn_1x_coco.py'\n")
+    proc = run_tool('train.py', str(cfg), '--cfg-options',
+                    'optim_wrapper.optimizer.lrr=0.1')
+    assert proc.returncode == 2
+    assert "'optim_wrapper.optimizer.lrr'" in proc.stderr
+    assert "did you mean 'lr'" in proc.stderr
+    proc = run_tool('train.py', str(cfg), '--cfg-options',
+                    'trian_cfg.max_epochs=1')
+    assert proc.returncode == 2 and "did you mean 'train_cfg'" in proc.stderr
+
+
+def test_cfg_options_accepts_new_and_existing_keys():
+    from mmengine.config import Config
+
+    from mmmetaformer.utils.launch import validate_cfg_options
+    cfg = Config(dict(a=dict(b=1, items=[dict(c=2)]), model=dict()))
+    validate_cfg_options(cfg, {'a.b': 3, 'a.items.0.c': 4,
+                               'model.backbone': dict(type='X')})
+    with pytest.raises(Exception, match='not a valid index'):
+        validate_cfg_options(cfg, {'a.items.5.c': 1})
+
+
+def test_env_setup_is_idempotent_and_fast():
+    """The second ``make env`` has nothing to do (stamp + checks only)."""
+    if not (REPO_ROOT / '.venv' / '.mmmetaformer-env-stamp').exists():
+        pytest.skip('the suite is not running inside the project .venv')
+    import time
+    start = time.monotonic()
+    proc = subprocess.run(['bash', 'tools/setup_env.sh'], cwd=REPO_ROOT,
+                          capture_output=True, text=True,
+                          env=dict(os.environ))
+    elapsed = time.monotonic() - start
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert 'up to date' in proc.stdout
+    assert elapsed < 60
