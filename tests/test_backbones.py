@@ -60,9 +60,7 @@ def test_shapes_at_required_sizes(cls_name, arch):
 @pytest.mark.parametrize('cls_name,arch', ALL_ARCHS, ids=ARCH_IDS)
 def test_forward_backward_every_parameter_gets_a_gradient(cls_name, arch):
     torch.manual_seed(0)
-    model = build(cls_name, arch, drop_path_rate=0.1) if cls_name != \
-        'ConvMixer' else build(cls_name, arch)
-    model.init_weights()
+    model = build(cls_name, arch)
     model.train()
     x = torch.randn(2, 3, 65, 97)
     outs = model(x)

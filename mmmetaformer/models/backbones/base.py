@@ -8,8 +8,8 @@ backbone is ``class X(DenseBackboneMixin, Trunk, BaseModule)``: the trunk's
 the trunk's own (timm's layout) plus ``out_norms.<i>``.
 
 A trunk provides ``stem`` (module), ``stage_modules(i)`` (modules making up
-stage ``i``), ``forward_stages(x, num_stages)`` (the first ``num_stages``
-stage outputs) and ``set_with_cp(flag)``.
+stage ``i``), ``forward_outputs(x, indices)`` (the outputs of the given
+stages, in order) and ``set_with_cp(flag)``.
 """
 import copy
 
@@ -187,5 +187,6 @@ class DenseBackboneMixin:
 
         One tensor per ``out_indices`` entry, at stride ``4 * 2**i``.
         """
-        feats = self.forward_stages(x, self.out_indices[-1] + 1)
-        return tuple(self.out_norms[str(i)](feats[i]) for i in self.out_indices)
+        feats = self.forward_outputs(x, self.out_indices)
+        return tuple(self.out_norms[str(i)](feat)
+                     for i, feat in zip(self.out_indices, feats))

@@ -90,11 +90,10 @@ class ConvMixer(DenseBackboneMixin, ConvMixerTrunk, BaseModule):
     def idle_modules(self):
         # Every output needs the whole trunk; only unused levels idle.
         return [
-            module for i in range(self.out_indices[-1] + 1, 4)
+            module for i in range(4) if i not in self.out_indices
             for module in (self.adapter.projs[i], self.adapter.refines[i])
         ]
 
-    def forward_stages(self, x, num_stages):
+    def forward_outputs(self, x, indices):
         size = x.shape[-2:]
-        return self.adapter(ConvMixerTrunk.forward(self, x), size,
-                            num_levels=num_stages)
+        return self.adapter(ConvMixerTrunk.forward(self, x), size, indices)

@@ -123,8 +123,9 @@ class MetaFormer(DenseBackboneMixin, MetaFormerTrunk, BaseModule):
     def stage_modules(self, i):
         return [self.stages[i]]
 
-    def forward_stages(self, x, num_stages):
-        return MetaFormerTrunk.forward(self, x, num_stages)
+    def forward_outputs(self, x, indices):
+        feats = MetaFormerTrunk.forward(self, x, num_stages=indices[-1] + 1)
+        return [feats[i] for i in indices]
 
 
 def _family(name, family):

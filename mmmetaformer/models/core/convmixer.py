@@ -92,8 +92,9 @@ class SimplePyramidAdapter(nn.Module):
         out_channels (sequence[int]): channels of each level.
         norm_layer (callable): ``norm_layer(channels) -> nn.Module``.
 
-    ``forward(x, image_size)`` returns ``[B, out_channels[i], H_i, W_i]``
-    with ``(H_i, W_i) = stage_output_sizes(*image_size)[i]``.
+    ``forward(x, image_size, levels)`` returns, for each ``i`` in
+    ``levels`` (default all), ``[B, out_channels[i], H_i, W_i]`` with
+    ``(H_i, W_i) = stage_output_sizes(*image_size)[i]``.
     """
 
     def __init__(self, in_channels, out_channels, norm_layer):
@@ -111,9 +112,11 @@ class SimplePyramidAdapter(nn.Module):
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
 
-    def forward(self, x, image_size, num_levels=None):
+    def forward(self, x, image_size, levels=None):
         sizes = stage_output_sizes(*image_size, num_stages=len(self.projs))
+        if levels is None:
+            levels = range(len(self.projs))
         return [
-            refine(resample_to(proj(x), size)) for proj, refine, size in zip(
-                self.projs[:num_levels], self.refines, sizes)
+            self.refines[i](resample_to(self.projs[i](x), sizes[i]))
+            for i in levels
         ]
