@@ -71,9 +71,9 @@ log "installing the OpenMMLab stack, timm and test tools"
 "${PIP[@]}" install -q "${CONSTRAINTS[@]}" "$mmcv_wheel" \
     -r requirements/mminstall.txt -r requirements/runtime.txt -r requirements/tests.txt
 # mmpretrain is only a reference implementation for tests; its own pins would pull
-# a different mmcv, so it goes in without dependencies (plus the two it imports).
+# a different mmcv, so it goes in without dependencies (plus what it imports).
 "${PIP[@]}" install -q "${CONSTRAINTS[@]}" --no-deps -r requirements/optional.txt
-"${PIP[@]}" install -q "${CONSTRAINTS[@]}" einops mat4py
+"${PIP[@]}" install -q "${CONSTRAINTS[@]}" -r requirements/mmpretrain_imports.txt
 "${PIP[@]}" install -q "${CONSTRAINTS[@]}" --no-deps -e .
 
 "$VENV/bin/python" tools/check_env.py

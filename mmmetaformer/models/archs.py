@@ -15,10 +15,13 @@ Arch dict keys (``ARCH_KEYS``):
         each downsampling conv (``None`` for none).
     layer_scale_init_value, res_scale_init_value: a value, ``None``, or a
         list of four.
+    mlp_channels_last: bool or list of four; run the MLP as Linear on
+        channels-last tokens (attention stages, for exact reference parity).
 """
 ARCH_KEYS = ('depths', 'dims', 'token_mixer_cfg', 'norm_cfg', 'mlp_act_cfg',
              'mlp_ratio', 'mlp_bias', 'stem_norm_cfg', 'downsample_norm_cfg',
-             'layer_scale_init_value', 'res_scale_init_value')
+             'layer_scale_init_value', 'res_scale_init_value',
+             'mlp_channels_last')
 REQUIRED_ARCH_KEYS = ('depths', 'dims', 'token_mixer_cfg', 'norm_cfg')
 
 # Defaults of any arch dict (the generic MetaFormer's family).
@@ -29,7 +32,8 @@ GENERIC_DEFAULTS = dict(
     stem_norm_cfg=None,
     downsample_norm_cfg=None,
     layer_scale_init_value=None,
-    res_scale_init_value=None)
+    res_scale_init_value=None,
+    mlp_channels_last=False)
 
 POOLFORMER_SIZES = dict(
     s12=dict(depths=[2, 2, 6, 2], dims=[64, 128, 320, 512]),
@@ -91,7 +95,8 @@ FAMILIES = dict(
             dict(type='Attention', head_dim=32),
             dict(type='Attention', head_dim=32)
         ],
-        norm_cfg=_CHANNEL_LN),
+        norm_cfg=_CHANNEL_LN,
+        mlp_channels_last=[False, False, True, True]),
 )
 
 FAMILY_SIZES = dict(

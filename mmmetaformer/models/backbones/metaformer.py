@@ -115,6 +115,7 @@ class MetaFormer(DenseBackboneMixin, MetaFormerTrunk, BaseModule):
             downsample_norm=norm_factory(spec['downsample_norm_cfg']),
             layer_scale_init_values=spec['layer_scale_init_value'],
             res_scale_init_values=spec['res_scale_init_value'],
+            mlp_channels_last=spec['mlp_channels_last'],
             drop_path_rate=drop_path_rate,
             in_channels=in_channels)
         self._setup_outputs(spec['dims'], out_indices, out_norm_cfg,

@@ -31,7 +31,7 @@ from functools import partial
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
-from .layers import DropPath, Mlp, Scale
+from .layers import ChannelsLastMlp, DropPath, Mlp, Scale
 
 
 def stage_output_sizes(height, width, num_stages=4):
@@ -176,6 +176,8 @@ class MetaFormerTrunk(nn.Module):
         downsample_norm (callable | None): norm before each downsampling conv.
         layer_scale_init_values (float | None | list): per stage.
         res_scale_init_values (float | None | list): per stage.
+        mlp_channels_last (bool | list[bool]): per stage, compute the MLP
+            as Linear over channels-last tokens (``ChannelsLastMlp``).
         drop_path_rate (float): stochastic depth, linear over all blocks.
         in_channels (int): input image channels.
         with_cp (bool): checkpoint every block to save activation memory.
@@ -189,7 +191,8 @@ class MetaFormerTrunk(nn.Module):
                  mlp_act_layer=nn.GELU, mlp_ratio=4, mlp_bias=False,
                  stem_norm=None, downsample_norm=None,
                  layer_scale_init_values=None, res_scale_init_values=None,
-                 drop_path_rate=0.0, in_channels=3, with_cp=False):
+                 mlp_channels_last=False, drop_path_rate=0.0, in_channels=3,
+                 with_cp=False):
         super().__init__()
         num_stages = len(depths)
         if len(dims) != num_stages:
@@ -201,6 +204,8 @@ class MetaFormerTrunk(nn.Module):
                                   'layer_scale_init_values', num_stages)
         res_scales = _per_stage(res_scale_init_values,
                                 'res_scale_init_values', num_stages)
+        mlp_layouts = _per_stage(mlp_channels_last, 'mlp_channels_last',
+                                 num_stages)
         total = sum(depths)
         rates = [drop_path_rate * i / max(total - 1, 1) for i in range(total)]
 
@@ -219,7 +224,8 @@ class MetaFormerTrunk(nn.Module):
                     token_mixer=token_mixers[i],
                     mlp_layer=partial(_mlp, mlp_ratio=mlp_ratio,
                                       act_layer=mlp_act_layer,
-                                      bias=mlp_bias),
+                                      bias=mlp_bias,
+                                      channels_last=mlp_layouts[i]),
                     norm_layer=norm_layers[i],
                     layer_scale_init_value=layer_scales[i],
                     res_scale_init_value=res_scales[i]))
@@ -243,8 +249,9 @@ class MetaFormerTrunk(nn.Module):
         return outs
 
 
-def _mlp(dim, mlp_ratio, act_layer, bias):
-    return Mlp(dim, int(mlp_ratio * dim), act_layer=act_layer, bias=bias)
+def _mlp(dim, mlp_ratio, act_layer, bias, channels_last):
+    mlp_cls = ChannelsLastMlp if channels_last else Mlp
+    return mlp_cls(dim, int(mlp_ratio * dim), act_layer=act_layer, bias=bias)
 
 
 def _init_weights(module):
