@@ -7,6 +7,7 @@ Installing the package also installs ``configs/`` and ``tools/`` inside it as
 import os
 import os.path as osp
 import shutil
+import sys
 
 from setuptools import find_packages, setup
 
@@ -29,16 +30,18 @@ def read_requirements(name):
 def add_mim_extension():
     """Expose configs/ and tools/ as package data under mmmetaformer/.mim.
 
-    Editable installs get symlinks (edits show up at once); regular installs
-    get copies.
+    Editable installs (``pip install -e .`` runs ``editable_wheel``) get
+    symlinks, so edits show up at once; regular installs get copies.
     """
-    mode = 'symlink' if 'develop' in os.sys.argv or os.environ.get(
-        'PIP_EDITABLE') else 'copy'
+    editable = {'develop', 'editable_wheel'} & set(sys.argv)
+    mode = 'symlink' if editable else 'copy'
     mim_root = osp.join(HERE, 'mmmetaformer', '.mim')
     os.makedirs(mim_root, exist_ok=True)
     for name in ('configs', 'tools'):
         src = osp.join(HERE, name)
         dst = osp.join(mim_root, name)
+        if not osp.isdir(src):
+            continue
         if osp.islink(dst) or osp.isfile(dst):
             os.remove(dst)
         elif osp.isdir(dst):
