@@ -1,0 +1,20 @@
+# Drop-in use from a stock mmseg config: mmseg's own UperNet-R50 ADE20K
+# config with the backbone swapped for ConvFormer-S18, nothing else changed
+# (its SGD 160k schedule is kept as it is; the tuned recipe is in
+# configs/semantic_fpn_*). mmmetaformer is imported by ``custom_imports``,
+# so the config also works with mmseg's own tools/train.py.
+_base_ = ['mmseg::upernet/upernet_r50_4xb4-160k_ade20k-512x512.py']
+custom_imports = dict(imports=['mmmetaformer'], allow_failed_imports=False)
+
+checkpoint_file = 'https://huggingface.co/sail/dl/resolve/main/convformer/convformer_s18.pth'  # noqa: E501
+model = dict(
+    pretrained=None,  # the R50 base sets ResNet weights here
+    backbone=dict(
+        _delete_=True,
+        type='ConvFormer',
+        arch='s18',
+        drop_path_rate=0.1,
+        init_cfg=dict(type='Pretrained', checkpoint=checkpoint_file)),
+    # ConvFormer-S18 stage channels instead of ResNet-50's.
+    decode_head=dict(in_channels=[64, 128, 320, 512]),
+    auxiliary_head=dict(in_channels=320))  # stage 3 (in_index=2)

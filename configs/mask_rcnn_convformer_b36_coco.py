@@ -1,0 +1,10 @@
+_base_ = ['./_base_/mask_rcnn_coco.py']
+
+# ConvFormer-B36, same recipe; no published COCO results.
+checkpoint_file = 'https://huggingface.co/sail/dl/resolve/main/convformer/convformer_b36.pth'  # noqa: E501
+model = dict(
+    backbone=dict(
+        type='ConvFormer',
+        arch='b36',
+        init_cfg=dict(type='Pretrained', checkpoint=checkpoint_file)),
+    neck=dict(in_channels=[128, 256, 512, 768]))

@@ -1,0 +1,10 @@
+_base_ = ['./_base_/mask_rcnn_coco.py']
+
+# ConvFormer-S18, same recipe; no published COCO results.
+checkpoint_file = 'https://huggingface.co/sail/dl/resolve/main/convformer/convformer_s18.pth'  # noqa: E501
+model = dict(
+    backbone=dict(
+        type='ConvFormer',
+        arch='s18',
+        init_cfg=dict(type='Pretrained', checkpoint=checkpoint_file)),
+    neck=dict(in_channels=[64, 128, 320, 512]))

@@ -1,0 +1,10 @@
+_base_ = ['./_base_/mask_rcnn_coco.py']
+
+# PoolFormerV2-M36, same recipe; no published COCO results.
+checkpoint_file = 'https://huggingface.co/sail/dl/resolve/main/poolformerv2/poolformerv2_m36.pth'  # noqa: E501
+model = dict(
+    backbone=dict(
+        type='PoolFormerV2',
+        arch='m36',
+        init_cfg=dict(type='Pretrained', checkpoint=checkpoint_file)),
+    neck=dict(in_channels=[96, 192, 384, 768]))

@@ -1,0 +1,10 @@
+_base_ = ['./_base_/mask_rcnn_coco.py']
+
+# PoolFormerV2-S36, same recipe; no published COCO results.
+checkpoint_file = 'https://huggingface.co/sail/dl/resolve/main/poolformerv2/poolformerv2_s36.pth'  # noqa: E501
+model = dict(
+    backbone=dict(
+        type='PoolFormerV2',
+        arch='s36',
+        init_cfg=dict(type='Pretrained', checkpoint=checkpoint_file)),
+    neck=dict(in_channels=[64, 128, 320, 512]))

@@ -1,0 +1,10 @@
+_base_ = ['./_base_/mask_rcnn_coco.py']
+
+# RandFormer-S36, same recipe; no published COCO results.
+checkpoint_file = 'https://huggingface.co/sail/dl/resolve/main/randformer/randformer_s36.pth'  # noqa: E501
+model = dict(
+    backbone=dict(
+        type='RandFormer',
+        arch='s36',
+        init_cfg=dict(type='Pretrained', checkpoint=checkpoint_file)),
+    neck=dict(in_channels=[64, 128, 320, 512]))

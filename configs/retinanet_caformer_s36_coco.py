@@ -1,0 +1,10 @@
+_base_ = ['./_base_/retinanet_coco.py']
+
+# CAFormer-S36, same recipe; no published COCO results.
+checkpoint_file = 'https://huggingface.co/sail/dl/resolve/main/caformer/caformer_s36.pth'  # noqa: E501
+model = dict(
+    backbone=dict(
+        type='CAFormer',
+        arch='s36',
+        init_cfg=dict(type='Pretrained', checkpoint=checkpoint_file)),
+    neck=dict(in_channels=[128, 320, 512]))  # stages 1..3 (see _base_)

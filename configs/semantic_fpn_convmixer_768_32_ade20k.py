@@ -1,0 +1,10 @@
+_base_ = ['./_base_/semantic_fpn_ade20k.py']
+
+# ConvMixer-768/32 with its stride-4..32 adapter; no published dense results.
+checkpoint_file = 'https://github.com/tmp-iclr/convmixer/releases/download/timm-v1.0/convmixer_768_32_ks7_p7_relu.pth.tar'  # noqa: E501
+model = dict(
+    backbone=dict(
+        type='ConvMixer',
+        arch='768/32',
+        init_cfg=dict(type='Pretrained', checkpoint=checkpoint_file)),
+    neck=dict(in_channels=[192, 384, 768, 768]))

@@ -1,0 +1,11 @@
+_base_ = ['./_base_/semantic_fpn_ade20k.py']
+
+# The published PoolFormer-M48 Semantic FPN model (42.7 mIoU).
+checkpoint_file = 'https://github.com/sail-sg/poolformer/releases/download/v1.0/poolformer_m48.pth.tar'  # noqa: E501
+model = dict(
+    backbone=dict(
+        type='PoolFormer',
+        arch='m48',
+        drop_path_rate=0.0,  # as published (sail-sg and mmseg configs)
+        init_cfg=dict(type='Pretrained', checkpoint=checkpoint_file)),
+    neck=dict(in_channels=[96, 192, 384, 768]))

@@ -1,0 +1,11 @@
+_base_ = ['./_base_/semantic_fpn_ade20k.py']
+
+# RandFormer-M48: no published dense results; the PoolFormer recipe.
+checkpoint_file = 'https://huggingface.co/sail/dl/resolve/main/randformer/randformer_m48.pth'  # noqa: E501
+model = dict(
+    backbone=dict(
+        type='RandFormer',
+        arch='m48',
+        drop_path_rate=0.1,  # none published; PVT's value for its dense models
+        init_cfg=dict(type='Pretrained', checkpoint=checkpoint_file)),
+    neck=dict(in_channels=[96, 192, 384, 768]))

@@ -1,0 +1,17 @@
+# PoolFormer-S12 Mask R-CNN on the synthetic toy COCO, trained from scratch
+# on CPU in minutes. The pattern works for any mask_rcnn leaf: change the
+# first base.
+_base_ = [
+    '../mask_rcnn_poolformer_s12_coco.py',
+    '../_base_/toy_coco.py',
+]
+model = _base_.toy_model
+train_dataloader = _base_.toy_ins_train_dataloader
+val_dataloader = _base_.toy_ins_val_dataloader
+test_dataloader = _base_.toy_ins_val_dataloader
+val_evaluator = _base_.toy_ins_evaluator
+test_evaluator = _base_.toy_ins_evaluator
+train_cfg = _base_.toy_train_cfg
+optim_wrapper = _base_.toy_optim_wrapper
+param_scheduler = _base_.toy_param_scheduler
+default_hooks = _base_.toy_default_hooks
