@@ -57,10 +57,9 @@ toy_val_dataloader = dict(
     persistent_workers=False,
     dataset=dict(data_root=toy_data_root, pipeline=toy_test_pipeline))
 
-# About 10 minutes on 2 CPU cores (~2-3 s per iteration: the FPN neck and
-# head at stride 4 cost more than the S12 backbone at this size).
-toy_max_iters = 200
-toy_train_cfg = dict(max_iters=toy_max_iters, val_interval=50)
+# About 0.5 s per iteration on 2 idle CPU cores: under 10 minutes in all.
+toy_max_iters = 800
+toy_train_cfg = dict(max_iters=toy_max_iters, val_interval=100)
 # From-scratch training takes a larger lr than fine-tuning (2e-4), after a
 # short warmup.
 toy_optim_wrapper = dict(optimizer=dict(lr=1e-3))
