@@ -233,6 +233,10 @@ class TestBadArguments:
             MetaFormer(arch=dict(depth=[1, 1, 1, 1], dims=[8, 8, 8, 8]))
         with pytest.raises(ValueError, match='required keys'):
             MetaFormer(arch=dict(depths=[1, 1, 1, 1], dims=[8, 16, 32, 64]))
+        with pytest.raises(ValueError,
+                           match='token_mixer_cfg has 3 entries.*4 stages'):
+            PoolFormer(arch=dict(depths=[1, 1, 1, 1], dims=[8, 16, 32, 64],
+                                 token_mixer_cfg=[dict(type='Pooling')] * 3))
         with pytest.raises(ValueError, match='4 depths and 4 dims'):
             PoolFormer(arch=dict(depths=[1, 1, 1], dims=[8, 16, 32]))
 

@@ -196,26 +196,25 @@ def test_poolformer_v1_parity_with_mmpretrain(tmp_path):
 # --- every format through init_cfg ---------------------------------------
 
 
-@pytest.fixture(scope='module')
-def poolformer_reference():
-    reference = timm_model('poolformer_s12')
+def timm_reference(name):
+    """``(native backbone state dict, input, timm's stage features)``."""
+    reference = timm_model(name)
     x = torch.randn(1, 3, 80, 112)
     with torch.no_grad():
         feats = reference.forward_intermediates(x, intermediates_only=True)
     native, _, _ = to_native(reference.state_dict())
     return {k: v for k, v in native.items() if not k.startswith('head.')
             }, x, feats
+
+
+@pytest.fixture(scope='module')
+def poolformer_reference():
+    return timm_reference('poolformer_s12')
 
 
 @pytest.fixture(scope='module')
 def caformer_reference():
-    reference = timm_model('caformer_s18')
-    x = torch.randn(1, 3, 80, 112)
-    with torch.no_grad():
-        feats = reference.forward_intermediates(x, intermediates_only=True)
-    native, _, _ = to_native(reference.state_dict())
-    return {k: v for k, v in native.items() if not k.startswith('head.')
-            }, x, feats
+    return timm_reference('caformer_s18')
 
 
 def test_authors_poolformer_v1_pth_tar(poolformer_reference, tmp_path):

@@ -18,6 +18,7 @@ from ...registry import MODELS
 from ..archs import (ARCH_KEYS, FAMILIES, GENERIC_DEFAULTS, METAFORMER_ARCHS,
                      REQUIRED_ARCH_KEYS)
 from ..core import MetaFormerTrunk
+from ..core.metaformer import per_stage
 from .base import DenseBackboneMixin, reject_unknown_kwargs, resolve_arch
 
 
@@ -31,15 +32,6 @@ def norm_factory(cfg):
 def mixer_factory(cfg):
     """``cfg`` -> ``f(dim) -> nn.Module`` via the registry."""
     return lambda dim: MODELS.build(dict(cfg, dim=dim))
-
-
-def _per_stage_cfgs(value, key, owner):
-    if isinstance(value, (list, tuple)):
-        if len(value) != 4:
-            raise ValueError(f'{owner} arch {key} must be one config or a '
-                             f'list of 4, got {len(value)}')
-        return list(value)
-    return [value] * 4
 
 
 @MODELS.register_module()
@@ -101,12 +93,13 @@ class MetaFormer(DenseBackboneMixin, MetaFormerTrunk, BaseModule):
             depths=spec['depths'],
             dims=spec['dims'],
             token_mixers=[
-                mixer_factory(c) for c in _per_stage_cfgs(
-                    spec['token_mixer_cfg'], 'token_mixer_cfg', owner)
+                mixer_factory(c) for c in per_stage(
+                    spec['token_mixer_cfg'], f'{owner} arch token_mixer_cfg',
+                    4)
             ],
             norm_layers=[
-                norm_factory(c) for c in _per_stage_cfgs(
-                    spec['norm_cfg'], 'norm_cfg', owner)
+                norm_factory(c) for c in per_stage(
+                    spec['norm_cfg'], f'{owner} arch norm_cfg', 4)
             ],
             mlp_act_layer=partial(build_activation_layer, mlp_act_cfg),
             mlp_ratio=spec['mlp_ratio'],

@@ -21,8 +21,8 @@ count *before* resampling (cheaper at the fine levels), then applies
 ImageNet checkpoint) and always trainable.
 """
 import torch.nn as nn
-import torch.nn.functional as F
 
+from .layers import resample_to
 from .metaformer import run_blocks, stage_output_sizes
 
 
@@ -72,16 +72,6 @@ class ConvMixerTrunk(nn.Module):
 
     def forward(self, x):
         return run_blocks(self.blocks, self.stem(x), self.with_cp)
-
-
-def resample_to(x, size):
-    """Bilinear when ``size`` is finer than ``x``, area average otherwise."""
-    if tuple(x.shape[-2:]) == tuple(size):
-        return x
-    if size[0] >= x.shape[-2] and size[1] >= x.shape[-1]:
-        return F.interpolate(x, size=size, mode='bilinear',
-                             align_corners=False)
-    return F.adaptive_avg_pool2d(x, size)
 
 
 class SimplePyramidAdapter(nn.Module):

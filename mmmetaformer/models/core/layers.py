@@ -9,6 +9,21 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
+def resample_to(x, size):
+    """Resize the last two dims of ``[B, C, h, w]`` to ``size``.
+
+    Bilinear when ``size`` is at least as fine as ``x`` in both dims, area
+    averaging otherwise. Neither creates values outside the input's range,
+    so non-negative inputs stay non-negative.
+    """
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    if size[0] >= x.shape[-2] and size[1] >= x.shape[-1]:
+        return F.interpolate(x, size=size, mode='bilinear',
+                             align_corners=False)
+    return F.adaptive_avg_pool2d(x, size)
+
+
 class StarReLU(nn.Module):
     """``s * relu(x) ** 2 + b`` with learnable scalars ``s`` and ``b``.
 

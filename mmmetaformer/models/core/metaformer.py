@@ -151,7 +151,7 @@ class MetaFormerStage(nn.Module):
         return run_blocks(self.blocks, self.downsample(x), self.with_cp)
 
 
-def _per_stage(value, name, num_stages):
+def per_stage(value, name, num_stages):
     """Expand one value to a list of ``num_stages``, or check a given list."""
     if isinstance(value, (list, tuple)):
         if len(value) != num_stages:
@@ -198,13 +198,13 @@ class MetaFormerTrunk(nn.Module):
         if len(dims) != num_stages:
             raise ValueError(f'depths {list(depths)} and dims {list(dims)} '
                              'must have the same length')
-        token_mixers = _per_stage(token_mixers, 'token_mixers', num_stages)
-        norm_layers = _per_stage(norm_layers, 'norm_layers', num_stages)
-        layer_scales = _per_stage(layer_scale_init_values,
+        token_mixers = per_stage(token_mixers, 'token_mixers', num_stages)
+        norm_layers = per_stage(norm_layers, 'norm_layers', num_stages)
+        layer_scales = per_stage(layer_scale_init_values,
                                   'layer_scale_init_values', num_stages)
-        res_scales = _per_stage(res_scale_init_values,
+        res_scales = per_stage(res_scale_init_values,
                                 'res_scale_init_values', num_stages)
-        mlp_layouts = _per_stage(mlp_channels_last, 'mlp_channels_last',
+        mlp_layouts = per_stage(mlp_channels_last, 'mlp_channels_last',
                                  num_stages)
         total = sum(depths)
         rates = [drop_path_rate * i / max(total - 1, 1) for i in range(total)]

@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .layers import StarReLU
+from .layers import StarReLU, resample_to
 
 
 class IdentityMixer(nn.Module):
@@ -139,17 +139,6 @@ class RandomMixing(nn.Module):
         self._resampled.clear()
         super()._load_from_state_dict(*args, **kwargs)
 
-    @staticmethod
-    def _resize(field, size):
-        """Resize the last two dims of ``[B, C, h, w]`` without new signs."""
-        if tuple(field.shape[-2:]) == tuple(size):
-            return field
-        grows = size[0] >= field.shape[-2] and size[1] >= field.shape[-1]
-        if grows:
-            return F.interpolate(field, size=size, mode='bilinear',
-                                 align_corners=False)
-        return F.adaptive_avg_pool2d(field, size)
-
     @torch.no_grad()
     def resampled_matrix(self, grid):
         """The ``[h*w, h*w]`` row-stochastic mixing matrix for ``grid``."""
@@ -164,11 +153,11 @@ class RandomMixing(nn.Module):
         n0 = h0 * w0
         field = self.random_matrix.float()
         # Input positions: [n0 (out), 1, h0, w0] -> [n0, h*w]
-        field = self._resize(field.view(n0, 1, h0, w0), grid)
+        field = resample_to(field.view(n0, 1, h0, w0), grid)
         field = field.reshape(n0, -1)
         # Output positions: [1, h*w (in), h0, w0] -> [h*w (out), h*w (in)]
         field = field.t().reshape(1, -1, h0, w0)
-        field = self._resize(field, grid).reshape(field.shape[1], -1).t()
+        field = resample_to(field, grid).reshape(field.shape[1], -1).t()
         matrix = (field / field.sum(dim=1, keepdim=True)).to(
             self.random_matrix.dtype).contiguous()
         self._resampled[key] = matrix
