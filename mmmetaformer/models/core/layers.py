@@ -24,13 +24,50 @@ def resample_to(x, size):
     return F.adaptive_avg_pool2d(x, size)
 
 
+class _StarReLUFunction(torch.autograd.Function):
+    """``s * relu(x) ** 2 + b`` that saves only ``relu(x)`` for backward.
+
+    Autograd on the plain expression keeps both ``relu(x)`` and
+    ``relu(x) ** 2`` alive until backward (the second for the gradient of
+    ``s``); here ``relu(x) ** 2`` is recomputed in backward instead, which
+    saves one activation-sized tensor per StarReLU and some time. The
+    forward is the same expression, so the outputs are bit-identical.
+    """
+
+    @staticmethod
+    def forward(ctx, x, scale, bias):
+        relu = F.relu(x)
+        ctx.save_for_backward(relu, scale)
+        return scale * relu**2 + bias
+
+    @staticmethod
+    def backward(ctx, grad):
+        relu, scale = ctx.saved_tensors
+        grad_x = grad_scale = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            # d/dx s*relu(x)^2 = 2*s*relu(x) (zero where x <= 0)
+            grad_x = grad * relu * (2 * scale)
+        if ctx.needs_input_grad[1]:
+            grad_scale = (grad * relu * relu).sum().view(1)
+        if ctx.needs_input_grad[2]:
+            grad_bias = grad.sum().view(1)
+        return grad_x, grad_scale, grad_bias
+
+
 class StarReLU(nn.Module):
     """``s * relu(x) ** 2 + b`` with learnable scalars ``s`` and ``b``.
 
     From "MetaFormer Baselines for Vision". ``s`` and ``b`` have shape ``[1]``
     (as in the authors' and timm's checkpoints). ``inplace`` is accepted so
     mmcv's ``ConvModule`` (which passes it to most activations) can build it;
-    the square cannot be computed in place, so it has no effect.
+    the input is never modified.
+
+    Three code paths, all computing the reference expression with the same
+    rounding: with autograd, a custom function that saves one tensor instead
+    of two (less memory, faster backward); without autograd (inference), the
+    square, scale and shift run in place on the fresh ``relu(x)`` (no
+    temporaries); under ``torch.jit`` tracing (complexity counting, export),
+    the plain expression, so tracers see standard ops.
 
     Note: under fp16 autocast ``relu(x) ** 2`` overflows above ~256; the
     models keep it in the input dtype like the reference implementations.
@@ -45,8 +82,16 @@ class StarReLU(nn.Module):
                                  requires_grad=bias_learnable)
 
     def forward(self, x):
-        # Same expression (and rounding) as the reference implementations.
-        return self.scale * F.relu(x)**2 + self.bias
+        if torch.jit.is_tracing() or torch.jit.is_scripting():
+            return self.scale * F.relu(x)**2 + self.bias
+        if torch.is_grad_enabled() and (x.requires_grad
+                                        or self.scale.requires_grad
+                                        or self.bias.requires_grad):
+            return _StarReLUFunction.apply(x, self.scale, self.bias)
+        if x.dtype != self.scale.dtype:  # keep the expression's promotion
+            return self.scale * F.relu(x)**2 + self.bias
+        out = F.relu(x)
+        return out.mul_(out).mul_(self.scale).add_(self.bias)
 
 
 class Scale(nn.Module):

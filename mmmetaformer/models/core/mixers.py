@@ -40,7 +40,9 @@ class Pooling(nn.Module):
     def forward(self, x):
         pooled = F.avg_pool2d(x, self.pool_size, 1, self.pool_size // 2,
                               count_include_pad=False)
-        return pooled - x
+        if torch.is_grad_enabled():
+            return pooled - x
+        return pooled.sub_(x)  # inference: reuse the fresh pooled tensor
 
 
 class SepConv(nn.Module):
