@@ -12,3 +12,24 @@ def run_tool(script, *args, timeout=600, cwd=None, env=None):
         [sys.executable, str(REPO_ROOT / 'tools' / script), *map(str, args)],
         capture_output=True, text=True, timeout=timeout,
         cwd=cwd or REPO_ROOT, env=env)
+
+
+BENCHMARK_HEADER = ('| config | device | images | model img/s | overall img/s '
+                    '| median ms/batch | peak tensor MB | peak RSS MB |')
+
+
+def benchmark_row(stdout, config_name):
+    """The cells of ``tools/analysis/benchmark.py``'s row for a config.
+
+    Checks the table header is printed and the measured figures are
+    positive numbers.
+    """
+    assert BENCHMARK_HEADER in stdout, stdout[-3000:]
+    rows = [line for line in stdout.splitlines()
+            if line.startswith(f'| {config_name} |')]
+    assert len(rows) == 1, stdout[-3000:]
+    cells = [c.strip() for c in rows[0].strip('|').split('|')]
+    assert len(cells) == 8, cells
+    figures = [float(c) for c in cells[3:]]
+    assert all(f > 0 for f in figures), cells
+    return cells

@@ -1,5 +1,13 @@
-"""``tools/analysis/benchmark_backbone.py`` runs end to end at a tiny size."""
-from .helpers import run_tool
+"""The benchmark tools run end to end at a tiny size and reject bad input.
+
+``benchmark_backbone.py`` (ours against timm) and ``benchmark.py`` (a whole
+config); the dataset-fed runs of ``benchmark.py`` with a trained checkpoint
+are in the detection and segmentation config tests, next to the toy runs
+that make the checkpoints.
+"""
+import pytest
+
+from .helpers import REPO_ROOT, benchmark_row, run_tool
 
 
 def test_benchmark_prints_table_after_parity_check():
@@ -30,3 +38,48 @@ def test_unknown_model_is_a_clear_error():
     assert proc.returncode == 2
     assert "error: unknown model 'caformer_s19'" in proc.stderr
     assert 'caformer_s18' in proc.stderr and 'Traceback' not in proc.stderr
+
+
+# ---------------------------------------------------------------------------
+# tools/analysis/benchmark.py: a whole detection or segmentation config
+# ---------------------------------------------------------------------------
+TOY_RETINANET = 'configs/toy/retinanet_poolformer_s12_toy_coco.py'
+
+
+def test_config_benchmark_on_random_images_needs_no_dataset(tmp_path):
+    # cwd without data/: --image-size must not look for the dataset
+    proc = run_tool('analysis/benchmark.py', REPO_ROOT / TOY_RETINANET,
+                    '--image-size', '96x128', '--num-images', '2',
+                    '--warmup', '1', '--threads', '1', cwd=tmp_path,
+                    timeout=300)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    cells = benchmark_row(proc.stdout, 'retinanet_poolformer_s12_toy_coco.py')
+    assert cells[1:3] == ['cpu', '2']
+    assert 'random 96x128 images' in proc.stdout
+    assert 'weights: random' in proc.stdout
+
+
+@pytest.mark.parametrize('args, message', [
+    (['--image-size', '20x900'], "--image-size '20x900' is not HxW"),
+    (['--num-images', '0'], '--num-images must be >= 1 (got 0)'),
+    (['no_such.pth'], 'Checkpoint file not found: no_such.pth'),
+    (['--cfg-options', 'model.backbone.archh=s12'],
+     "no key 'archh' under model.backbone; did you mean 'arch'?"),
+])
+def test_config_benchmark_bad_input_is_a_clear_error(args, message,
+                                                     tmp_path):
+    if args[0].endswith('.pth'):
+        args = args + ['--image-size', '64x64']
+    proc = run_tool('analysis/benchmark.py', REPO_ROOT / TOY_RETINANET,
+                    *args, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2, (proc.stdout + proc.stderr)[-3000:]
+    assert message in proc.stderr
+    assert 'Traceback' not in proc.stderr
+
+
+def test_config_benchmark_missing_dataset_points_to_generator(tmp_path):
+    proc = run_tool('analysis/benchmark.py', REPO_ROOT / TOY_RETINANET,
+                    cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2, (proc.stdout + proc.stderr)[-3000:]
+    assert "data_root 'data/toy_coco/' does not exist" in proc.stderr
+    assert 'make_toy_dataset.py coco data/toy_coco/' in proc.stderr

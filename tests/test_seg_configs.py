@@ -28,7 +28,7 @@ from mmmetaformer.engine import sync_bn_to_bn
 from mmmetaformer.models.archs import (CONVMIXER_ARCHS, METAFORMER_ARCHS,
                                        pretrained_url)
 from mmmetaformer.models.backbones.metaformer import FAMILY_CLASSES
-from tests.helpers import REPO_ROOT, run_tool
+from tests.helpers import REPO_ROOT, benchmark_row, run_tool
 
 CONFIGS = REPO_ROOT / 'configs'
 TOY_CONFIG = CONFIGS / 'toy' / 'semantic_fpn_poolformer_s12_toy_ade20k.py'
@@ -324,8 +324,10 @@ def metrics_of(proc):
     return values
 
 
-def test_toy_train_then_test_whole_and_slide(toy_ade20k, tmp_path):
-    work_dir = tmp_path / 'work'
+@pytest.fixture(scope='module')
+def toy_seg_run(toy_ade20k, tmp_path_factory):
+    """Train the toy config 4 iterations; ``(process, checkpoint)``."""
+    work_dir = tmp_path_factory.mktemp('toy_seg_work')
     proc = run_tool(
         'train.py', TOY_CONFIG, '--work-dir', work_dir, '--cfg-options',
         *data_root_options(toy_ade20k, ('train_dataloader', 'val_dataloader',
@@ -334,23 +336,61 @@ def test_toy_train_then_test_whole_and_slide(toy_ade20k, tmp_path):
         'default_hooks.checkpoint.interval=4',
         'train_dataloader.batch_size=2')
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
-    checkpoint = work_dir / 'iter_4.pth'
+    return proc, work_dir / 'iter_4.pth'
+
+
+def test_toy_train_saves_checkpoint_and_validates(toy_seg_run):
+    proc, checkpoint = toy_seg_run
     assert checkpoint.is_file()
     metrics_of(proc)  # validation ran with IoUMetric
 
-    for mode, extra in (('whole', []),
-                        ('slide', ['model.test_cfg.mode=slide',
-                                   'model.test_cfg.crop_size=[64,64]',
-                                   'model.test_cfg.stride=[48,48]'])):
-        test_dir = tmp_path / f'test_{mode}'
-        proc = run_tool(
-            'test.py', TOY_CONFIG, checkpoint, '--work-dir', test_dir,
-            '--cfg-options',
-            *data_root_options(toy_ade20k, ('test_dataloader', )), *extra)
-        assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
-        metrics_of(proc)
-        used = Config.fromfile(str(test_dir / TOY_CONFIG.name))
-        assert used.model.test_cfg.mode == mode
+
+@pytest.mark.parametrize('mode', ['whole', 'slide'])
+def test_toy_test_reports_iou_metric(toy_ade20k, toy_seg_run, mode,
+                                     tmp_path):
+    extra = [] if mode == 'whole' else [
+        'model.test_cfg.mode=slide', 'model.test_cfg.crop_size=[64,64]',
+        'model.test_cfg.stride=[48,48]'
+    ]
+    proc = run_tool(
+        'test.py', TOY_CONFIG, toy_seg_run[1], '--work-dir', tmp_path,
+        '--cfg-options',
+        *data_root_options(toy_ade20k, ('test_dataloader', )), *extra)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    metrics_of(proc)
+    out = proc.stdout + proc.stderr
+    # the per-class table: one row per class with IoU and Acc columns
+    assert re.search(r'\|\s*Class\s*\|\s*IoU\s*\|\s*Acc\s*\|', out)
+    assert re.search(r'\|\s*sky\s*\|\s*[\d.]+\s*\|\s*[\d.]+\s*\|', out)
+    used = Config.fromfile(str(tmp_path / TOY_CONFIG.name))
+    assert used.model.test_cfg.mode == mode
+
+
+def test_infer_writes_segmentation_overlay(toy_ade20k, toy_seg_run,
+                                           tmp_path):
+    import mmcv
+    image = sorted((toy_ade20k / 'images' / 'validation').glob('*.jpg'))[0]
+    out_file = tmp_path / 'overlay.jpg'
+    proc = run_tool('infer.py', image, TOY_CONFIG, toy_seg_run[1], '--out',
+                    out_file)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    assert re.search(r'\d+ classes predicted; wrote ', proc.stdout)
+    drawn = mmcv.imread(str(out_file))
+    original = mmcv.imread(str(image))
+    assert drawn.shape == original.shape
+    # an overlay, not the input copied through
+    assert abs(drawn.astype(float) - original.astype(float)).mean() > 1.0
+
+
+def test_benchmark_segmentation_with_checkpoint(toy_ade20k, toy_seg_run):
+    proc = run_tool(
+        'analysis/benchmark.py', TOY_CONFIG, toy_seg_run[1], '--num-images',
+        '3', '--warmup', '1', '--threads', '1', '--cfg-options',
+        *data_root_options(toy_ade20k, ('test_dataloader', )))
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    row = benchmark_row(proc.stdout, TOY_CONFIG.name)
+    assert row[1:3] == ['cpu', '3']
+    assert '- torch threads: 1' in proc.stdout
 
 
 @pytest.mark.parametrize('tool', ['train.py', 'test.py'])

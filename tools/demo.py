@@ -46,7 +46,8 @@ def tool(name, *args):
                           stderr=subprocess.STDOUT, text=True) as proc:
         for line in proc.stdout:
             lines.append(line)
-            if re.search(r'Epoch\(|coco/|bbox_mAP|error|Error|wrote', line):
+            if re.search(r'Epoch\(|coco/bbox_mAP:|^error|Error:|wrote ',
+                         line):
                 print('   ', line.rstrip()[:200], flush=True)
     if proc.returncode != 0:
         sys.stdout.write(''.join(lines[-40:]))

@@ -52,6 +52,9 @@ def draw_detection(cfg, args, image):
 def draw_segmentation(cfg, args, image):
     from mmseg.apis import inference_model, init_model
     from mmseg.registry import VISUALIZERS
+    # mmseg's inference reads the top-level ``test_pipeline``; use the test
+    # dataloader's, as mmdet's does, so an override config's resize holds.
+    cfg.test_pipeline = cfg.test_dataloader.dataset.pipeline
     model = init_model(cfg, args.checkpoint, device=args.device)
     result = inference_model(model, image)
     visualizer = VISUALIZERS.build(model.cfg.visualizer)

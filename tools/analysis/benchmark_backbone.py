@@ -32,16 +32,8 @@ threads it also counts threads spinning at barriers).
 
 Peak memory is the peak of the extra tensor memory one step allocates on
 top of what is alive before it (weights, input): activations, saved
-tensors, gradients and outputs. On CUDA it is
-``torch.cuda.max_memory_allocated()`` after ``reset_peak_memory_stats``,
-minus ``memory_allocated()`` before the step. On CPU the process RSS is a
-poor measure (glibc keeps freed memory, and ``ru_maxrss`` cannot be
-reset), so one extra untimed step runs under
-``torch.profiler.profile(profile_memory=True)``, whose allocation events
-(every CPU tensor allocation and free through PyTorch's allocator) are
-accumulated in time order; their running maximum is the same quantity
-CUDA reports. Memory that oneDNN or BLAS allocate outside PyTorch's
-allocator (small scratch buffers) is not seen.
+tensors, gradients and outputs; how it is measured on CUDA and on CPU is
+in ``mmmetaformer.utils.measure.peak_step_memory``.
 
 Usage::
 
@@ -52,7 +44,6 @@ Usage::
 import argparse
 import gc
 import os.path as osp
-import platform
 import re
 import statistics
 import sys
@@ -64,6 +55,8 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(
 import torch  # noqa: E402
 
 from mmmetaformer.utils.launch import LaunchError, run_tool  # noqa: E402
+from mmmetaformer.utils.measure import (machine_summary,  # noqa: E402
+                                        peak_step_memory, synchronize)
 
 DEFAULT_MODELS = ('poolformer_s12', 'poolformerv2_s12', 'convformer_s18',
                   'caformer_s18')
@@ -199,11 +192,6 @@ def make_step(model, x, mode):
     return step
 
 
-def _sync(device):
-    if device == 'cuda':
-        torch.cuda.synchronize()
-
-
 def time_pair(steps, device, runs, warmup, clock=time.perf_counter):
     """Median ms of each step; the steps are interleaved, order alternating."""
     for _ in range(warmup):
@@ -214,64 +202,22 @@ def time_pair(steps, device, runs, warmup, clock=time.perf_counter):
         order = range(len(steps)) if i % 2 == 0 else reversed(
             range(len(steps)))
         for k in order:
-            _sync(device)
+            synchronize(device)
             start = clock()
             steps[k]()
-            _sync(device)
+            synchronize(device)
             times[k].append((clock() - start) * 1e3)
     return [statistics.median(t) for t in times]
 
 
 def peak_memory(step, device):
-    """Peak extra bytes one ``step`` allocates (see the module doc).
+    """Peak extra bytes of one ``step``, gradients freed first.
 
-    Gradients are freed first, so a training step's peak includes the
-    parameter gradients it creates.
+    A training step's peak then includes the parameter gradients it
+    creates.
     """
     step.model.zero_grad(set_to_none=True)
-    gc.collect()
-    if device == 'cuda':
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        step()
-        torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated() - base
-    from torch.profiler import ProfilerActivity, profile
-    with profile(activities=[ProfilerActivity.CPU],
-                 profile_memory=True) as prof:
-        step()
-    events = sorted(
-        (e.start_ns(), i, e.nbytes())
-        for i, e in enumerate(prof.profiler.kineto_results.events())
-        if e.name() == '[memory]' and e.device_type().name == 'CPU')
-    current = peak = 0
-    for _, _, nbytes in events:
-        current += nbytes
-        peak = max(peak, current)
-    return peak
-
-
-def machine_info(device):
-    cpu = platform.processor() or 'unknown CPU'
-    try:
-        with open('/proc/cpuinfo') as f:
-            for line in f:
-                if line.startswith('model name'):
-                    cpu = line.split(':', 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    import timm
-    lines = [
-        f'- CPU: {cpu}',
-        f'- torch threads: {torch.get_num_threads()}',
-        f'- torch {torch.__version__}, timm {timm.__version__}, '
-        f'Python {platform.python_version()}',
-        f'- device: ' + (torch.cuda.get_device_name()
-                         if device == 'cuda' else 'cpu'),
-    ]
-    return '\n'.join(lines)
+    return peak_step_memory(step, device)
 
 
 def _ratio(a, b):
@@ -298,7 +244,7 @@ def main(argv=None):
     device = args.device
     clock = time.process_time if args.clock == 'cpu' else time.perf_counter
     print('## Backbone benchmark: ours vs timm features_only, same weights')
-    print(machine_info(device))
+    print(machine_summary(device, packages=('timm', )))
     print(f'- batch {args.batch_size}, median of {args.runs} runs after '
           f'{args.warmup} warmup, {args.clock} clock; peak = extra tensor '
           'memory of one step\n')

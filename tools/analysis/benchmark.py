@@ -1,0 +1,208 @@
+"""Inference speed and peak memory of a detection or segmentation config.
+
+    python tools/analysis/benchmark.py CONFIG [CHECKPOINT]
+        [--num-images 20] [--warmup 5] [--device cpu|cuda]
+        [--image-size HxW] [--threads N] [--cfg-options KEY=VALUE ...]
+
+What runs is what ``tools/test.py`` runs, minus the metric: the config's
+test dataloader (its real dataset and test pipeline) feeds
+``model.test_step`` (data preprocessor, forward, post-processing such as
+NMS or resizing the logits back) one batch at a time under
+``torch.no_grad()``. ``--warmup`` batches run untimed, then ``--num-images``
+images are timed; a dataset shorter than that is cycled.
+
+``--image-size HxW`` needs no dataset: random ``HxW`` images go through
+the same test pipeline (loaded from memory, annotation loading dropped),
+so a 800x1216 image is still resized as the config says.
+
+Reported:
+
+* model img/s: images divided by the time spent in ``test_step`` (with a
+  CUDA synchronize after each), the figure mmdet's and mmseg's own
+  benchmarks report;
+* overall img/s: the same images divided by the elapsed time including
+  data loading;
+* median ms per batch of ``test_step``;
+* peak MB: the extra tensor memory of one more (untimed) ``test_step``
+  on top of the model's weights, see
+  ``mmmetaformer.utils.measure.peak_step_memory``; and the process's peak
+  resident memory.
+
+Without CHECKPOINT the weights are the model's own random initialisation
+(no ImageNet download). Detection post-processing depends on how many
+boxes pass the score threshold, so a trained checkpoint can time
+differently.
+"""
+import argparse
+import itertools
+import os.path as osp
+import re
+import resource
+import statistics
+import sys
+import time
+
+sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(
+    __file__)))))
+
+import torch  # noqa: E402
+from mmengine.config import DictAction  # noqa: E402
+
+from mmmetaformer.utils.launch import (LaunchError,  # noqa: E402
+                                       check_data_roots, check_ops_for,
+                                       load_config, run_tool)
+from mmmetaformer.utils.measure import (machine_summary,  # noqa: E402
+                                        peak_step_memory, synchronize)
+
+# The in-memory loader that replaces LoadImageFromFile for --image-size.
+NDARRAY_LOADERS = dict(mmdet='mmdet.LoadImageFromNDArray',
+                       mmseg='mmseg.LoadImageFromNDArray')
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description='Images per second and peak memory of a detection or '
+        'segmentation config at inference')
+    parser.add_argument('config', help='config file')
+    parser.add_argument('checkpoint', nargs='?',
+                        help='checkpoint (default: random weights)')
+    parser.add_argument('--num-images', type=int, default=20,
+                        help='timed images (default: %(default)s)')
+    parser.add_argument('--warmup', type=int, default=5,
+                        help='untimed batches first (default: %(default)s)')
+    parser.add_argument('--device', choices=('cpu', 'cuda'),
+                        default='cuda' if torch.cuda.is_available() else 'cpu')
+    parser.add_argument('--image-size', metavar='HxW',
+                        help='random images of this size through the test '
+                        'pipeline instead of the dataset')
+    parser.add_argument('--threads', type=int,
+                        help="torch intra-op threads (default: torch's)")
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config keys')
+    return parser.parse_args(argv)
+
+
+def parse_image_size(text):
+    match = re.fullmatch(r'(\d+)x(\d+)', text.strip().lower())
+    if not match or min(int(match.group(1)), int(match.group(2))) < 32:
+        raise LaunchError(f"--image-size '{text}' is not HxW with both "
+                          'sides >= 32 (e.g. 800x1216)')
+    return int(match.group(1)), int(match.group(2))
+
+
+def build_model(cfg, checkpoint, device):
+    from mmengine.model import revert_sync_batchnorm
+    from mmengine.registry import MODELS
+    from mmengine.runner import load_checkpoint
+
+    import mmmetaformer  # noqa: F401  (registers our modules)
+    if cfg.model.get('backbone', {}).get('init_cfg') is not None:
+        cfg.model.backbone.init_cfg = None  # no ImageNet download
+    model = MODELS.build(cfg.model)
+    if checkpoint is None:
+        model.init_weights()
+    else:
+        load_checkpoint(model, checkpoint, map_location='cpu', strict=True)
+    # One process: SyncBN would need a process group (and a GPU).
+    model = revert_sync_batchnorm(model)
+    return model.to(device).eval()
+
+
+def random_image_batches(cfg, scope, size):
+    """Endless batches of one random ``size`` image, test pipeline applied."""
+    import numpy as np
+    from mmengine.dataset import Compose, pseudo_collate
+    pipeline = []
+    for transform in cfg.test_dataloader.dataset.pipeline:
+        kind = transform['type'].split('.')[-1]
+        if kind == 'LoadAnnotations':
+            continue  # nothing to annotate; metrics are not computed
+        if kind == 'LoadImageFromFile':
+            transform = dict(type=NDARRAY_LOADERS[scope])
+        pipeline.append(transform)
+    pipeline = Compose(pipeline)
+    image = np.random.default_rng(0).integers(
+        0, 256, (*size, 3), dtype=np.uint8)
+    while True:
+        yield pseudo_collate([pipeline(dict(img=image.copy(), img_id=0))])
+
+
+def dataset_batches(cfg):
+    """Endless batches of the config's test dataloader (cycled)."""
+    from mmengine.runner import Runner
+    loader = Runner.build_dataloader(cfg.test_dataloader)
+    return itertools.chain.from_iterable(itertools.repeat(loader))
+
+
+def batch_size_of(data):
+    inputs = data['inputs']
+    return len(inputs) if isinstance(inputs, (list, tuple)) else \
+        inputs.shape[0]
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.num_images < 1 or args.warmup < 0:
+        raise LaunchError(f'--num-images must be >= 1 (got '
+                          f'{args.num_images}) and --warmup >= 0 (got '
+                          f'{args.warmup})')
+    if args.device == 'cuda' and not torch.cuda.is_available():
+        raise LaunchError('--device cuda but CUDA is not available; use '
+                          '--device cpu')
+    if args.threads is not None:
+        if args.threads < 1:
+            raise LaunchError(f'--threads must be >= 1, got {args.threads}')
+        torch.set_num_threads(args.threads)
+    size = parse_image_size(args.image_size) if args.image_size else None
+    cfg, scope = load_config(args.config, args.cfg_options)
+    check_ops_for(scope)
+    if size is None:
+        check_data_roots(cfg, scope, ('test_dataloader', ))
+    if args.checkpoint is not None and not osp.isfile(args.checkpoint):
+        raise LaunchError(f'Checkpoint file not found: {args.checkpoint}')
+
+    from mmengine.registry import init_default_scope
+    init_default_scope(scope)
+    model = build_model(cfg, args.checkpoint, args.device)
+    batches = (random_image_batches(cfg, scope, size) if size else
+               dataset_batches(cfg))
+
+    def step(data):
+        with torch.no_grad():
+            return model.test_step(data)
+
+    for _ in range(args.warmup):
+        step(next(batches))
+    synchronize(args.device)
+    images, step_times = 0, []
+    start = time.perf_counter()
+    while images < args.num_images:
+        data = next(batches)
+        synchronize(args.device)
+        tic = time.perf_counter()
+        step(data)
+        synchronize(args.device)
+        step_times.append(time.perf_counter() - tic)
+        images += batch_size_of(data)
+    elapsed = time.perf_counter() - start
+    data = next(batches)
+    peak = peak_step_memory(lambda: step(data), args.device) / 2**20
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
+
+    source = (f'random {size[0]}x{size[1]} images' if size else
+              'the test dataset')
+    print(f'## Inference benchmark: {args.config}')
+    print(machine_summary(args.device, packages=(scope, )))
+    print(f'- {images} images from {source} after {args.warmup} warmup '
+          f'batch(es); weights: {args.checkpoint or "random"}\n')
+    print('| config | device | images | model img/s | overall img/s | '
+          'median ms/batch | peak tensor MB | peak RSS MB |')
+    print('|---|---|---|---|---|---|---|---|')
+    print(f'| {osp.basename(args.config)} | {args.device} | {images} | '
+          f'{images / sum(step_times):.2f} | {images / elapsed:.2f} | '
+          f'{statistics.median(step_times) * 1e3:.1f} | {peak:.0f} | '
+          f'{rss:.0f} |')
+
+
+if __name__ == '__main__':
+    run_tool(main)
