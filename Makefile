@@ -6,17 +6,15 @@ VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: env test test-slow demo clean-env
+.PHONY: env test demo clean-env
 
 env:
 	bash tools/setup_env.sh
 
+# Everything, end-to-end toy runs through the tools included (bounded: a
+# few iterations each); the long toy trainings are `make demo`.
 test: env
-	$(PYTHON) -m pytest tests -q -m "not slow" $(PYTEST_ARGS)
-
-# Long end-to-end runs (full toy trainings); not part of `make test`.
-test-slow: env
-	$(PYTHON) -m pytest tests -q -m slow $(PYTEST_ARGS)
+	$(PYTHON) -m pytest tests -q $(PYTEST_ARGS)
 
 demo: env
 	$(PYTHON) tools/demo.py

@@ -45,7 +45,7 @@ def _loaders(with_mask):
     # One process, no loader workers: the data is tiny and the CPU is
     # better spent on the model.
     train = dict(
-        batch_size=2,  # more updates for the same compute
+        batch_size=2,  # twice the updates of batch 4 for the same compute
         num_workers=0,
         persistent_workers=False,
         dataset=dict(data_root=toy_data_root, pipeline=train_pipeline))
