@@ -40,6 +40,15 @@ def test_unknown_model_is_a_clear_error():
     assert 'caformer_s18' in proc.stderr and 'Traceback' not in proc.stderr
 
 
+def test_bad_size_is_a_clear_error():
+    proc = run_tool('analysis/benchmark_backbone.py', '--sizes', '512',
+                    '20x900', timeout=120)
+    assert proc.returncode == 2
+    assert ("error: --sizes entry '20x900' is not HxW with both sides >= 32"
+            in proc.stderr)
+    assert 'Traceback' not in proc.stderr
+
+
 # ---------------------------------------------------------------------------
 # tools/analysis/benchmark.py: a whole detection or segmentation config
 # ---------------------------------------------------------------------------

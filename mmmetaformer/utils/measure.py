@@ -11,8 +11,41 @@ same way, so their figures are comparable:
 """
 import gc
 import platform
+import re
 
 import torch
+
+from .launch import LaunchError
+
+
+def parse_hw(text, option, allow_square=False):
+    """``'800x1216'`` -> ``(800, 1216)``; both sides must be >= 32.
+
+    Args:
+        text (str): the command-line value.
+        option (str): how to name it in the error, e.g. ``'--image-size'``.
+        allow_square (bool): also accept ``'512'`` for ``512x512``.
+    """
+    pattern = r'(\d+)(?:x(\d+))?' if allow_square else r'(\d+)x(\d+)'
+    match = re.fullmatch(pattern, text.strip().lower())
+    if match:
+        h = int(match.group(1))
+        w = int(match.group(2) or h)
+    if not match or min(h, w) < 32:
+        raise LaunchError(f"{option} '{text}' is not HxW with both sides "
+                          '>= 32 (e.g. 512x512)')
+    return h, w
+
+
+def prepare_device(device, threads=None):
+    """Check a benchmark's ``--device`` and apply its ``--threads``."""
+    if device == 'cuda' and not torch.cuda.is_available():
+        raise LaunchError('--device cuda but CUDA is not available; use '
+                          '--device cpu')
+    if threads is not None:
+        if threads < 1:
+            raise LaunchError(f'--threads must be >= 1, got {threads}')
+        torch.set_num_threads(threads)
 
 
 def synchronize(device):

@@ -36,7 +36,6 @@ differently.
 import argparse
 import itertools
 import os.path as osp
-import re
 import resource
 import statistics
 import sys
@@ -52,7 +51,8 @@ from mmmetaformer.utils.launch import (LaunchError,  # noqa: E402
                                        check_data_roots, check_ops_for,
                                        load_config, run_tool)
 from mmmetaformer.utils.measure import (machine_summary,  # noqa: E402
-                                        peak_step_memory, synchronize)
+                                        parse_hw, peak_step_memory,
+                                        prepare_device, synchronize)
 
 # The in-memory loader that replaces LoadImageFromFile for --image-size.
 NDARRAY_LOADERS = dict(mmdet='mmdet.LoadImageFromNDArray',
@@ -80,14 +80,6 @@ def parse_args(argv=None):
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config keys')
     return parser.parse_args(argv)
-
-
-def parse_image_size(text):
-    match = re.fullmatch(r'(\d+)x(\d+)', text.strip().lower())
-    if not match or min(int(match.group(1)), int(match.group(2))) < 32:
-        raise LaunchError(f"--image-size '{text}' is not HxW with both "
-                          'sides >= 32 (e.g. 800x1216)')
-    return int(match.group(1)), int(match.group(2))
 
 
 def build_model(cfg, checkpoint, device):
@@ -146,14 +138,9 @@ def main(argv=None):
         raise LaunchError(f'--num-images must be >= 1 (got '
                           f'{args.num_images}) and --warmup >= 0 (got '
                           f'{args.warmup})')
-    if args.device == 'cuda' and not torch.cuda.is_available():
-        raise LaunchError('--device cuda but CUDA is not available; use '
-                          '--device cpu')
-    if args.threads is not None:
-        if args.threads < 1:
-            raise LaunchError(f'--threads must be >= 1, got {args.threads}')
-        torch.set_num_threads(args.threads)
-    size = parse_image_size(args.image_size) if args.image_size else None
+    prepare_device(args.device, args.threads)
+    size = parse_hw(args.image_size,
+                    '--image-size') if args.image_size else None
     cfg, scope = load_config(args.config, args.cfg_options)
     check_ops_for(scope)
     if size is None:

@@ -56,7 +56,8 @@ import torch  # noqa: E402
 
 from mmmetaformer.utils.launch import LaunchError, run_tool  # noqa: E402
 from mmmetaformer.utils.measure import (machine_summary,  # noqa: E402
-                                        peak_step_memory, synchronize)
+                                        parse_hw, peak_step_memory,
+                                        prepare_device, synchronize)
 
 DEFAULT_MODELS = ('poolformer_s12', 'poolformerv2_s12', 'convformer_s18',
                   'caformer_s18')
@@ -97,17 +98,6 @@ def parse_args(argv=None):
         '(time.process_time, --device cpu only), steadier on a shared '
         'machine, best with --threads 1')
     return parser.parse_args(argv)
-
-
-def parse_size(text):
-    match = re.fullmatch(r'(\d+)(?:x(\d+))?', text.strip().lower())
-    if not match:
-        raise LaunchError(f"--sizes entry '{text}' is not HxW (e.g. 512x512)")
-    h = int(match.group(1))
-    w = int(match.group(2) or h)
-    if min(h, w) < 32:
-        raise LaunchError(f'--sizes entry {text}: both sides must be >= 32')
-    return h, w
 
 
 def resolve_model(name):
@@ -226,19 +216,15 @@ def _ratio(a, b):
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.device == 'cuda' and not torch.cuda.is_available():
-        raise LaunchError('--device cuda but CUDA is not available')
+    prepare_device(args.device, args.threads)
     if args.clock == 'cpu' and args.device != 'cpu':
         raise LaunchError('--clock cpu measures CPU time; use it with '
                           '--device cpu')
     if args.runs < 1 or args.warmup < 0 or args.batch_size < 1:
         raise LaunchError('--runs and --batch-size must be >= 1 and '
                           '--warmup >= 0')
-    if args.threads is not None:
-        if args.threads < 1:
-            raise LaunchError(f'--threads must be >= 1, got {args.threads}')
-        torch.set_num_threads(args.threads)
-    sizes = [parse_size(s) for s in args.sizes]
+    sizes = [parse_hw(s, '--sizes entry', allow_square=True)
+             for s in args.sizes]
     for name in args.models:
         resolve_model(name)
     device = args.device

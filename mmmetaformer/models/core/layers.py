@@ -82,13 +82,14 @@ class StarReLU(nn.Module):
                                  requires_grad=bias_learnable)
 
     def forward(self, x):
-        if torch.jit.is_tracing() or torch.jit.is_scripting():
-            return self.scale * F.relu(x)**2 + self.bias
-        if torch.is_grad_enabled() and (x.requires_grad
-                                        or self.scale.requires_grad
-                                        or self.bias.requires_grad):
+        traced = torch.jit.is_tracing() or torch.jit.is_scripting()
+        if not traced and torch.is_grad_enabled() and (
+                x.requires_grad or self.scale.requires_grad
+                or self.bias.requires_grad):
             return _StarReLUFunction.apply(x, self.scale, self.bias)
-        if x.dtype != self.scale.dtype:  # keep the expression's promotion
+        # in place only where it cannot change the expression's type
+        # promotion (mixed dtypes) or what a tracer records
+        if traced or x.dtype != self.scale.dtype:
             return self.scale * F.relu(x)**2 + self.bias
         out = F.relu(x)
         return out.mul_(out).mul_(self.scale).add_(self.bias)
