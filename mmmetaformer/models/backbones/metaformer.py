@@ -29,9 +29,31 @@ def norm_factory(cfg):
     return lambda channels: build_norm_layer(cfg, channels)[1]
 
 
-def mixer_factory(cfg):
-    """``cfg`` -> ``f(dim) -> nn.Module`` via the registry."""
-    return lambda dim: MODELS.build(dict(cfg, dim=dim))
+def mixer_factory(cfg, where='arch token_mixer_cfg'):
+    """``cfg`` -> ``f(dim) -> nn.Module`` via the registry.
+
+    A config that cannot build for ``dim`` (unknown type, bad arguments, a
+    head size that does not divide ``dim``) raises a ValueError naming
+    ``where`` (the arch key), the value and ``dim``.
+    """
+    def build(dim):
+        try:
+            return MODELS.build(dict(cfg, dim=dim))
+        except Exception as exc:
+            raise ValueError(f'{where}={cfg!r} cannot build a token mixer '
+                             f'of dim {dim}: {exc}') from exc
+
+    return build
+
+
+def check_stage_sizes(owner, spec):
+    """Every entry of ``depths`` and ``dims`` must be a positive int."""
+    for key in ('depths', 'dims'):
+        for i, value in enumerate(spec[key]):
+            if isinstance(value, bool) or not isinstance(value, int) or \
+                    value <= 0:
+                raise ValueError(f'{owner} arch {key}[{i}]={value!r} must be '
+                                 f'a positive int ({key}={spec[key]})')
 
 
 @MODELS.register_module()
@@ -88,14 +110,18 @@ class MetaFormer(DenseBackboneMixin, MetaFormerTrunk, BaseModule):
         if len(spec['depths']) != 4 or len(spec['dims']) != 4:
             raise ValueError(f'{owner} arch needs 4 depths and 4 dims, got '
                              f"{spec['depths']} and {spec['dims']}")
+        check_stage_sizes(owner, spec)
+        mixer_cfgs = spec['token_mixer_cfg']
         mlp_act_cfg = spec['mlp_act_cfg']
         super().__init__(
             depths=spec['depths'],
             dims=spec['dims'],
             token_mixers=[
-                mixer_factory(c) for c in per_stage(
-                    spec['token_mixer_cfg'], f'{owner} arch token_mixer_cfg',
-                    4)
+                mixer_factory(c, f'{owner} arch token_mixer_cfg' + (
+                    f'[{i}]' if isinstance(mixer_cfgs, (list, tuple)) else
+                    ''))
+                for i, c in enumerate(per_stage(
+                    mixer_cfgs, f'{owner} arch token_mixer_cfg', 4))
             ],
             norm_layers=[
                 norm_factory(c) for c in per_stage(

@@ -153,15 +153,23 @@ class MetaFormerStage(nn.Module):
     """Optional downsampling followed by ``depth`` MetaFormer blocks.
 
     The downsample belongs to its stage, so "stage i" means the same thing
-    for ``out_indices``, ``frozen_stages`` and the checkpoint keys.
+    for ``out_indices``, ``frozen_stages`` and the checkpoint keys. Whether
+    it exists is said by ``downsample`` (the trunk: every stage but the
+    first), never inferred from the channels: equal consecutive dims still
+    halve the resolution, so strides always match ``feature_info``.
     """
 
     def __init__(self, in_channels, out_channels, depth, downsample_norm,
-                 drop_path_rates, with_cp=False, **block_kwargs):
+                 drop_path_rates, with_cp=False, downsample=True,
+                 **block_kwargs):
         super().__init__()
-        self.downsample = (nn.Identity() if in_channels == out_channels else
-                           Downsampling(in_channels, out_channels,
-                                        downsample_norm))
+        if not downsample and in_channels != out_channels:
+            raise ValueError(f'A stage without downsampling keeps its '
+                             f'channels, got {in_channels} -> '
+                             f'{out_channels}')
+        self.downsample = (Downsampling(in_channels, out_channels,
+                                        downsample_norm)
+                           if downsample else nn.Identity())
         self.blocks = nn.Sequential(*[
             MetaFormerBlock(out_channels, drop_path=drop_path_rates[j],
                             **block_kwargs) for j in range(depth)
@@ -242,6 +250,7 @@ class MetaFormerTrunk(nn.Module):
                     prev_dim, dims[i], depths[i], downsample_norm,
                     rates[first_block:first_block + depths[i]],
                     with_cp=with_cp,
+                    downsample=i > 0,  # stage 0 works at the stem's H/4
                     token_mixer=token_mixers[i],
                     mlp_layer=partial(_mlp, mlp_ratio=mlp_ratio,
                                       act_layer=mlp_act_layer,
