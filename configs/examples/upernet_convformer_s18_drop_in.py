@@ -1,16 +1,20 @@
 # Drop-in use from a stock mmseg config: mmseg's own UperNet-R50 ADE20K
 # config with the backbone swapped for ConvFormer-S18, nothing else changed
-# (its SGD 160k schedule is kept as it is; the tuned recipe is in
-# configs/semantic_fpn_*). mmmetaformer is imported by ``custom_imports``,
-# so the config also works with mmseg's own tools/train.py.
-_base_ = ['mmseg::upernet/upernet_r50_4xb4-160k_ade20k-512x512.py']
+# (its SGD 80k schedule is kept as it is; the tuned recipes are in
+# configs/semantic_fpn_* and configs/upernet_*). mmmetaformer is imported by
+# ``custom_imports``, so the config also works with mmseg's own
+# tools/train.py, tools/test.py and MMSegInferencer.
+_base_ = ['mmseg::upernet/upernet_r50_4xb4-80k_ade20k-512x512.py']
 custom_imports = dict(imports=['mmmetaformer'], allow_failed_imports=False)
 
 checkpoint_file = 'https://huggingface.co/sail/dl/resolve/main/convformer/convformer_s18.pth'  # noqa: E501
 model = dict(
-    pretrained=None,  # the R50 base sets ResNet weights here
+    # The R50 base names ResNet weights here, and mmseg's EncoderDecoder
+    # passes them to whatever backbone is configured; ConvFormer refuses
+    # them with an error saying so. Its weights come from init_cfg.
+    pretrained=None,
     backbone=dict(
-        _delete_=True,
+        _delete_=True,  # drop ResNet's depth, norm_cfg, style, ...
         type='ConvFormer',
         arch='s18',
         drop_path_rate=0.1,

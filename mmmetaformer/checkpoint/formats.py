@@ -24,6 +24,12 @@ Formats:
     mmmetaformer           our own: backbone-only files written by
                            ``tools/convert_checkpoint.py`` and full
                            mmdet/mmseg checkpoints (``backbone.`` prefix)
+
+Whole trained models (``dense_to_native``, ``DENSE_FORMATS``):
+    poolformer_dense       published RetinaNet / Mask R-CNN / Semantic FPN
+                           with a PoolFormer v1 backbone (the authors' mmdet
+                           2.x / mmseg 0.x files, mmseg's model zoo) -> the
+                           keys of our matching config, heads included
 """
 import re
 
@@ -203,3 +209,159 @@ def to_native(checkpoint, fmt='auto'):
     if fmt == 'auto':
         fmt = detect_format(backbone, meta, had_prefix)
     return CONVERTERS[fmt](backbone), fmt, sorted(others)
+
+
+# --- whole trained detectors and segmentors -------------------------------
+#
+# The published dense PoolFormer models are whole mmdet/mmseg checkpoints:
+# the authors' mmdet 2.x RetinaNet / Mask R-CNN and mmseg 0.x Semantic FPN
+# (sail-sg/poolformer), and mmseg's model zoo
+# (``mmseg::poolformer/fpn_poolformer_*``, backbone ``mmpretrain.PoolFormer``).
+# All keep the PoolFormer v1 backbone keys under ``backbone.`` with output
+# norms ``backbone.norm{0,2,4,6}``; the authors' RetinaNet was trained with
+# ``FORK_LAST3=1``, which makes ``norm0`` an ``nn.Identity`` (no key).
+
+DENSE_FORMATS = ('poolformer_dense', )
+
+# Per model: the key prefix that identifies it, the parts it has besides the
+# backbone, and the stages our matching config emits (configs/_base_/).
+DENSE_MODELS = dict(
+    retinanet=dict(
+        marker='bbox_head.retina_cls.',
+        parts=('neck.', 'bbox_head.'),
+        out_indices=(1, 2, 3)),
+    mask_rcnn=dict(
+        marker='roi_head.mask_head.',
+        parts=('neck.', 'rpn_head.', 'roi_head.'),
+        out_indices=(0, 1, 2, 3)),
+    semantic_fpn=dict(
+        marker='decode_head.scale_heads.',
+        parts=('neck.', 'decode_head.', 'auxiliary_head.'),
+        out_indices=(0, 1, 2, 3)),
+)
+
+# Top-level parts that only detectors and segmentors have.
+DENSE_HEADS = {
+    part.rstrip('.')
+    for spec in DENSE_MODELS.values() for part in spec['parts']
+} - {'neck'}
+
+# Renames from the frameworks the models were trained with (mmdet 2.x, mmseg
+# 0.x) to mmdet 3.x / mmseg 1.x, per model. None of these heads was renamed:
+# FPN (``lateral_convs``/``fpn_convs``), RetinaHead (``cls_convs``,
+# ``reg_convs``, ``retina_cls``, ``retina_reg``), RPNHead (``rpn_conv``,
+# ``rpn_cls``, ``rpn_reg``), Shared2FCBBoxHead (``shared_fcs``, ``fc_cls``,
+# ``fc_reg``), FCNMaskHead (``convs``, ``upsample``, ``conv_logits``) and
+# FPNHead (``scale_heads``, ``conv_seg``) keep their 2.x / 0.x attribute
+# names, and mmdet 3.3's and mmseg 1.2's own model zoos serve their 2.x /
+# 0.x-trained checkpoints to the 3.x / 1.x configs unchanged (their
+# metafiles). tests/test_dense_checkpoints.py loads each layout strictly.
+HEAD_RENAMES = dict(retinanet=(), mask_rcnn=(), semantic_fpn=())
+
+
+def dense_model_kind(state_dict):
+    """Name the published dense model a whole checkpoint holds, or ``None``.
+
+    ``None`` unless the backbone is in the PoolFormer v1 layout
+    (``backbone.patch_embed.`` / ``backbone.network.``) and a detection or
+    segmentation head is there (an mmpretrain classifier, with ``head.*``,
+    is not a dense model).
+
+    Raises:
+        ValueError: a PoolFormer backbone with heads of no known model, or
+            of several (listing the known ones).
+    """
+    keys = list(state_dict)
+    if not any(k.startswith(('backbone.patch_embed.', 'backbone.network.'))
+               for k in keys):
+        return None
+    parts = sorted({k.split('.')[0] for k in keys} - {'backbone'})
+    if not set(parts) & DENSE_HEADS:
+        return None
+    kinds = [name for name, spec in DENSE_MODELS.items()
+             if any(k.startswith(spec['marker']) for k in keys)]
+    if len(kinds) != 1:
+        raise ValueError(
+            f'A PoolFormer backbone with model parts {parts}, which match '
+            f'{kinds or "none"} of the known published dense models: '
+            + ', '.join(f"{name} (has {spec['marker']}*)"
+                        for name, spec in DENSE_MODELS.items()))
+    return kinds[0]
+
+
+def convert_poolformer_dense(state_dict, kind):
+    """A whole published PoolFormer detector/segmentor -> our config's keys.
+
+    Args:
+        state_dict (dict): the model's flat state dict (``backbone.``,
+            ``neck.`` and head keys; no ``module.`` prefix).
+        kind (str): a key of ``DENSE_MODELS``.
+
+    Returns:
+        tuple: ``(state_dict, dropped)``. The backbone goes through
+        ``convert_mmpretrain`` (v1 keys, ``norm{0,2,4,6}`` ->
+        ``out_norms.{0..3}``) and keeps its ``backbone.`` prefix; the other
+        parts pass through ``HEAD_RENAMES[kind]``. ``dropped`` lists the
+        source keys left out: RetinaNet's ``backbone.norm0.*``, the norm on
+        an output its FPN (``start_level=1``) never reads, which our
+        RetinaNet does not build (``out_indices=(1, 2, 3)``).
+
+    Raises:
+        ValueError: unknown ``kind``, or an output norm the model needs is
+            missing (e.g. a ``FORK_LAST3`` backbone in a Mask R-CNN).
+    """
+    if kind not in DENSE_MODELS:
+        raise ValueError(f"Unknown dense model '{kind}'; valid: "
+                         f"{', '.join(DENSE_MODELS)}")
+    spec = DENSE_MODELS[kind]
+    emitted = spec['out_indices']
+    unused_norms = tuple(f'backbone.norm{2 * i}.' for i in range(4)
+                         if i not in emitted)
+    dropped = sorted(k for k in state_dict if unused_norms and
+                     k.startswith(unused_norms))
+    backbone, others = split_prefix(
+        {k: v for k, v in state_dict.items() if k not in dropped},
+        'backbone.')
+    backbone = convert_mmpretrain(backbone)
+    missing = [f'backbone.norm{2 * i}' for i in emitted
+               if not any(k.startswith(f'out_norms.{i}.') for k in backbone)]
+    if missing:
+        raise ValueError(
+            f'The {kind} checkpoint has no output norm {missing}, which '
+            f'this model reads (stages {emitted}). A backbone without '
+            f'backbone.norm0 comes from a FORK_LAST3 (RetinaNet) run.')
+    out = {f'backbone.{k}': v for k, v in backbone.items()}
+    out.update(_rename(others, HEAD_RENAMES[kind]))
+    return out, dropped
+
+
+def dataset_meta_of(meta):
+    """mmdet 2.x / mmseg 0.x ``meta`` (``CLASSES``, ``PALETTE``) -> the
+    ``dataset_meta`` that mmdet 3 / mmseg 1 inferencers read; ``{}`` if
+    neither is there."""
+    out = {}
+    if meta.get('dataset_meta'):
+        out.update(meta['dataset_meta'])
+    if meta.get('CLASSES') is not None:
+        out.setdefault('classes', tuple(meta['CLASSES']))
+    if meta.get('PALETTE') is not None:
+        out.setdefault('palette', [list(c) for c in meta['PALETTE']])
+    return out
+
+
+def dense_to_native(checkpoint):
+    """Convert a loaded whole-model checkpoint to our config's keys.
+
+    Returns:
+        ``None`` if ``checkpoint`` is not a published dense model (see
+        ``dense_model_kind``), else a dict with ``state_dict`` (the whole
+        model), ``kind``, ``dropped`` (source keys left out) and
+        ``dataset_meta`` (classes/palette from the source ``meta``).
+    """
+    state_dict, meta = unwrap_checkpoint(checkpoint)
+    kind = dense_model_kind(state_dict)
+    if kind is None:
+        return None
+    converted, dropped = convert_poolformer_dense(state_dict, kind)
+    return dict(state_dict=converted, kind=kind, dropped=dropped,
+                dataset_meta=dataset_meta_of(meta))

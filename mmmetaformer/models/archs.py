@@ -132,16 +132,61 @@ CONVMIXER_ARCHS = {
                     act_cfg=dict(type='GELU')),
 }
 
-# Official ImageNet-1K weights (reference.md section 3).
+# Official ImageNet weights (the authors' READMEs: sail-sg/poolformer,
+# sail-sg/metaformer, and ConvMixer's releases).
 _V1_URL = ('https://github.com/sail-sg/poolformer/releases/download/v1.0/'
            'poolformer_{size}.pth.tar')
-_BASELINE_URL = 'https://huggingface.co/sail/dl/resolve/main/{family}/{family}_{size}.pth'
+_BASELINE_URL = ('https://huggingface.co/sail/dl/resolve/main/{family}/'
+                 '{family}_{size}{suffix}.pth')
 _CONVMIXER_URL = ('https://github.com/tmp-iclr/convmixer/releases/download/'
                   'timm-v1.0/convmixer_{name}.pth.tar')
 
+# Published weight variants besides the default (ImageNet-1K at 224x224),
+# as the file-name suffix, per family. All are in the metaformer_baselines
+# key layout, so the same converter loads them; only the classifier head
+# differs (21841 classes for ``in21k``), and a backbone drops it.
+#   384           ImageNet-1K, fine-tuned at 384x384
+#   in21ft1k      ImageNet-21K pre-training, fine-tuned on ImageNet-1K (224)
+#   384_in21ft1k  the same, fine-tuned at 384x384
+#   in21k         ImageNet-21K only (21841-class head)
+# The 21K-pre-trained weights are the strongest published starting points
+# for dense tasks (top-1 after fine-tuning, S18: ConvFormer 83.7 vs 83.0,
+# CAFormer 84.1 vs 83.6). IdentityFormer, RandFormer and PoolFormerV2 were
+# published at 224 on ImageNet-1K only; PoolFormer v1 and ConvMixer too.
+WEIGHT_VARIANTS = dict(
+    convformer=('384', 'in21ft1k', '384_in21ft1k', 'in21k'),
+    caformer=('384', 'in21ft1k', '384_in21ft1k', 'in21k'),
+)
 
-def pretrained_url(family, arch):
-    """The official ImageNet-1K checkpoint URL of ``family``/``arch``."""
+
+def pretrained_url(family, arch, variant=None):
+    """The URL of an official ImageNet checkpoint of ``family``/``arch``.
+
+    Args:
+        family (str): ``poolformer``, ``poolformerv2``, ``identityformer``,
+            ``randformer``, ``convformer``, ``caformer`` or ``convmixer``.
+        arch (str): a size of that family (``s18``, ``768/32``, ...).
+        variant (str | None): ``None`` for the ImageNet-1K weights at 224,
+            or one of ``WEIGHT_VARIANTS[family]``, e.g. ``'in21ft1k'`` ->
+            ``.../convformer/convformer_s18_in21ft1k.pth``.
+
+    Raises:
+        ValueError: unknown family, arch or variant (listing valid ones).
+    """
+    sizes = (CONVMIXER_ARCHS if family == 'convmixer' else
+             METAFORMER_ARCHS.get(family))
+    if sizes is None:
+        valid = list(METAFORMER_ARCHS) + ['convmixer']
+        raise ValueError(f"Unknown family '{family}'; valid: "
+                         f"{', '.join(valid)}")
+    if arch not in sizes:
+        raise ValueError(f"Unknown arch '{arch}' for {family}; valid: "
+                         f"{', '.join(sizes)}")
+    if variant is not None and variant not in WEIGHT_VARIANTS.get(family, ()):
+        valid = WEIGHT_VARIANTS.get(family)
+        raise ValueError(
+            f"No '{variant}' weights are published for {family}; valid "
+            f"variants: {', '.join(('None', ) + valid) if valid else 'None'}")
     if family == 'poolformer':
         return _V1_URL.format(size=arch)
     if family == 'convmixer':
@@ -149,4 +194,5 @@ def pretrained_url(family, arch):
             name={'768/32': '768_32_ks7_p7_relu',
                   '1024/20': '1024_20_ks9_p14',
                   '1536/20': '1536_20_ks9_p7'}[arch])
-    return _BASELINE_URL.format(family=family, size=arch)
+    return _BASELINE_URL.format(family=family, size=arch,
+                                suffix=f'_{variant}' if variant else '')

@@ -7,17 +7,21 @@ backbone is ``class X(DenseBackboneMixin, Trunk, BaseModule)``: the trunk's
 ``super().__init__()`` reaches ``BaseModule``, and the state-dict keys stay
 the trunk's own (timm's layout) plus ``out_norms.<i>``.
 
-A trunk provides ``stem`` (module), ``stage_modules(i)`` (modules making up
-stage ``i``), ``forward_outputs(x, indices)`` (the outputs of the given
-stages, in order) and ``set_with_cp(flag)``.
+The trunk provides ``stem`` (module) and ``set_with_cp(flag)``. The
+registered class (``MetaFormer``, ``ConvMixer``) provides the two methods
+that map the trunk onto four stages: ``stage_modules(i)`` (the modules
+making up stage ``i``, which ``frozen_stages`` freezes) and
+``forward_outputs(x, indices)`` (the NCHW outputs of the given stages, in
+order, before the output norms).
 """
 import copy
 
 import torch.nn as nn
-from mmcv.cnn import build_norm_layer
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ...checkpoint import FORMATS, load_pretrained
+from ..core.fuse import fuse_trunk, is_fused
+from ..layers import build_norm
 
 NUM_STAGES = 4
 PRETRAINED_KEYS = ('type', 'checkpoint', 'prefix', 'format')
@@ -67,6 +71,31 @@ def reject_unknown_kwargs(owner, unknown, signature_owner):
                         f"{', '.join(valid)}")
 
 
+def reject_pretrained(owner, pretrained):
+    """Refuse a ``pretrained`` string that mmseg's EncoderDecoder passes on.
+
+    mmseg's ``EncoderDecoder`` hands its ``model.pretrained`` to the backbone
+    as ``backbone.pretrained``; mmseg's ResNet-based bases set it to a ResNet
+    checkpoint (e.g. ``open-mmlab://resnet50_v1c``). ``None`` is accepted so
+    that configs written for mmseg 0.x style backbones build.
+
+    Raises:
+        ValueError: ``pretrained`` is not ``None``; the message says where it
+            came from and the fix.
+    """
+    if pretrained is None:
+        return
+    raise ValueError(
+        f"{owner} got pretrained={pretrained!r}. mmseg's EncoderDecoder "
+        f"passes the config's model.pretrained to the backbone, and the "
+        f'base config set it for the backbone it was written for (mmseg\'s '
+        f'ResNet bases name a ResNet checkpoint): it is not a {owner} '
+        f'checkpoint. Set model.pretrained=None in your config (or '
+        f'--cfg-options model.pretrained=None) and load {owner} weights '
+        f"through model.backbone.init_cfg=dict(type='Pretrained', "
+        f'checkpoint=PATH_OR_URL).')
+
+
 class DenseBackboneMixin:
     """Backbone contract shared by MetaFormer and ConvMixer.
 
@@ -111,7 +140,7 @@ class DenseBackboneMixin:
         self.out_strides = tuple(4 * 2**i for i in self.out_indices)
         # Only emitted outputs get a norm: an unused one breaks DDP.
         self.out_norms = nn.ModuleDict({
-            str(i): build_norm_layer(out_norm_cfg, dims[i])[1]
+            str(i): build_norm(out_norm_cfg, dims[i])
             if out_norm_cfg is not None else nn.Identity()
             for i in self.out_indices
         })
@@ -173,7 +202,31 @@ class DenseBackboneMixin:
             module.eval()
             module.requires_grad_(False)
 
+    def switch_to_deploy(self, channels_last=True):
+        """Fuse this backbone for inference, in place; returns ``self``.
+
+        A one-way switch (``mmmetaformer.models.core.fuse``): norm affines,
+        layer scales and StarReLU's scale and bias are folded into the
+        neighbouring convs where that is exact, and activations stay
+        channels-last (``channels_last=False`` keeps NCHW memory). Outputs
+        equal the unfused model's up to fp32 rounding. The model is then
+        eval-only (``train()`` raises) and loads no weights: load them
+        before switching, and save the unfused model's checkpoint.
+        """
+        fuse_trunk(self, channels_last=channels_last)
+        return self
+
+    @property
+    def deployed(self):
+        """Whether ``switch_to_deploy`` has fused this backbone."""
+        return is_fused(self)
+
     def train(self, mode=True):
+        if mode and is_fused(self):
+            raise RuntimeError(
+                f'{type(self).__name__} was fused by switch_to_deploy() and '
+                'is inference-only; build (or keep) an unfused model to '
+                'train')
         super().train(mode)
         self._freeze_stages()
         if mode and self.norm_eval:

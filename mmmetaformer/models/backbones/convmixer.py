@@ -11,16 +11,18 @@ is never frozen.
 """
 import math
 
-from mmcv.cnn import build_activation_layer, build_norm_layer
+from mmcv.cnn import build_activation_layer
 from mmengine.model import BaseModule
 
-from ...registry import MODELS
+from ...registry import register_public
 from ..archs import CONVMIXER_ARCH_KEYS, CONVMIXER_ARCHS
 from ..core import ConvMixerTrunk, SimplePyramidAdapter
-from .base import DenseBackboneMixin, reject_unknown_kwargs, resolve_arch
+from ..layers import build_norm
+from .base import (DenseBackboneMixin, reject_pretrained,
+                   reject_unknown_kwargs, resolve_arch)
 
 
-@MODELS.register_module()
+@register_public
 class ConvMixer(DenseBackboneMixin, ConvMixerTrunk, BaseModule):
     """ConvMixer as an mmdet/mmseg backbone emitting strides 4..32.
 
@@ -32,11 +34,12 @@ class ConvMixer(DenseBackboneMixin, ConvMixerTrunk, BaseModule):
             outputs. Default ``(dim/4, dim/2, dim, dim)``.
         adapter_norm_cfg (dict): norm inside each adapter level.
         in_channels, out_indices, out_norm_cfg, frozen_stages, norm_eval,
-        with_cp, init_cfg: as for ``MetaFormer``. ``norm_eval`` matters
-            here: the trunk uses BatchNorm.
+        with_cp, init_cfg, pretrained: as for ``MetaFormer``.
+            ``norm_eval`` matters here: the trunk uses BatchNorm.
     """
 
     arch_zoo = CONVMIXER_ARCHS
+    family = 'convmixer'
     new_layer_prefixes = ('out_norms.', 'adapter.')
 
     def __init__(self,
@@ -50,9 +53,11 @@ class ConvMixer(DenseBackboneMixin, ConvMixerTrunk, BaseModule):
                  norm_eval=False,
                  with_cp=False,
                  init_cfg=None,
+                 pretrained=None,
                  **unknown_kwargs):
         owner = type(self).__name__
         reject_unknown_kwargs(owner, unknown_kwargs, ConvMixer.__init__)
+        reject_pretrained(owner, pretrained)
         if isinstance(arch, str):
             arch = arch.replace('_', '/')
         spec = resolve_arch(owner, arch, self.arch_zoo, CONVMIXER_ARCH_KEYS,
@@ -76,7 +81,7 @@ class ConvMixer(DenseBackboneMixin, ConvMixerTrunk, BaseModule):
             in_channels=in_channels)
         self.adapter = SimplePyramidAdapter(
             dim, adapter_channels,
-            lambda c: build_norm_layer(adapter_norm_cfg, c)[1])
+            lambda c: build_norm(adapter_norm_cfg, c))
         group = math.ceil(spec['depth'] / 4)
         self._stage_slices = [
             slice(i * group, (i + 1) * group) for i in range(4)
