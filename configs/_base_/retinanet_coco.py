@@ -21,11 +21,7 @@
 # top-down path and the 'on_input' extra convs (from the last input, stage
 # 3) are identical, the parameter names are identical (``lateral_convs.0``
 # is the stage-1 lateral in both; ``out_norms.<stage>`` is keyed by stage),
-# so weights of the 4-output variant load here with only its unused output-0
-# norm left over. The authors' published RetinaNet checkpoints use their own
-# backbone key names (``network.{0..6}``, ``norm{2,4,6}``): they load after
-# tools/convert_checkpoint.py renames those; they have no output-0 norm
-# (trained with FORK_LAST3=1).
+# so published weights load unchanged except the unused output-0 norm.
 # tests/test_det_configs.py checks both variants give the same outputs.
 _base_ = [
     'mmdet::_base_/models/retinanet_r50_fpn.py',
@@ -39,14 +35,6 @@ _base_ = [
 # and mmseg's own tools (tools/train.py, tools/test.py, mim, inferencers),
 # which never import mmmetaformer themselves.
 custom_imports = dict(imports=['mmmetaformer'], allow_failed_imports=False)
-
-# Checkpoints are written atomically (a kill mid-save never leaves a broken
-# last_checkpoint) and carry the random state, so `--resume` continues a
-# killed run exactly as if it had not stopped (both hooks are in
-# mmmetaformer/engine/checkpoint_hooks.py; mmengine's CheckpointHook options
-# all apply).
-default_hooks = dict(checkpoint=dict(type='AtomicCheckpointHook'))
-custom_hooks = [dict(type='ExactResumeHook')]
 
 model = dict(
     # Placeholder, filled by each leaf: type, arch, init_cfg and the

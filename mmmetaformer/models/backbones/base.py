@@ -7,21 +7,17 @@ backbone is ``class X(DenseBackboneMixin, Trunk, BaseModule)``: the trunk's
 ``super().__init__()`` reaches ``BaseModule``, and the state-dict keys stay
 the trunk's own (timm's layout) plus ``out_norms.<i>``.
 
-The trunk provides ``stem`` (module) and ``set_with_cp(flag)``. The
-registered class (``MetaFormer``, ``ConvMixer``) provides the two methods
-that map the trunk onto four stages: ``stage_modules(i)`` (the modules
-making up stage ``i``, which ``frozen_stages`` freezes) and
-``forward_outputs(x, indices)`` (the NCHW outputs of the given stages, in
-order, before the output norms).
+A trunk provides ``stem`` (module), ``stage_modules(i)`` (modules making up
+stage ``i``), ``forward_outputs(x, indices)`` (the outputs of the given
+stages, in order) and ``set_with_cp(flag)``.
 """
 import copy
 
 import torch.nn as nn
+from mmcv.cnn import build_norm_layer
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ...checkpoint import FORMATS, load_pretrained
-from ..core.fuse import fuse_trunk, is_fused
-from ..layers import build_norm
 
 NUM_STAGES = 4
 PRETRAINED_KEYS = ('type', 'checkpoint', 'prefix', 'format')
@@ -140,7 +136,7 @@ class DenseBackboneMixin:
         self.out_strides = tuple(4 * 2**i for i in self.out_indices)
         # Only emitted outputs get a norm: an unused one breaks DDP.
         self.out_norms = nn.ModuleDict({
-            str(i): build_norm(out_norm_cfg, dims[i])
+            str(i): build_norm_layer(out_norm_cfg, dims[i])[1]
             if out_norm_cfg is not None else nn.Identity()
             for i in self.out_indices
         })
@@ -202,31 +198,7 @@ class DenseBackboneMixin:
             module.eval()
             module.requires_grad_(False)
 
-    def switch_to_deploy(self, channels_last=True):
-        """Fuse this backbone for inference, in place; returns ``self``.
-
-        A one-way switch (``mmmetaformer.models.core.fuse``): norm affines,
-        layer scales and StarReLU's scale and bias are folded into the
-        neighbouring convs where that is exact, and activations stay
-        channels-last (``channels_last=False`` keeps NCHW memory). Outputs
-        equal the unfused model's up to fp32 rounding. The model is then
-        eval-only (``train()`` raises) and loads no weights: load them
-        before switching, and save the unfused model's checkpoint.
-        """
-        fuse_trunk(self, channels_last=channels_last)
-        return self
-
-    @property
-    def deployed(self):
-        """Whether ``switch_to_deploy`` has fused this backbone."""
-        return is_fused(self)
-
     def train(self, mode=True):
-        if mode and is_fused(self):
-            raise RuntimeError(
-                f'{type(self).__name__} was fused by switch_to_deploy() and '
-                'is inference-only; build (or keep) an unfused model to '
-                'train')
         super().train(mode)
         self._freeze_stages()
         if mode and self.norm_eval:

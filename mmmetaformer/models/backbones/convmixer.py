@@ -11,18 +11,17 @@ is never frozen.
 """
 import math
 
-from mmcv.cnn import build_activation_layer
+from mmcv.cnn import build_activation_layer, build_norm_layer
 from mmengine.model import BaseModule
 
-from ...registry import register_public
+from ...registry import MODELS
 from ..archs import CONVMIXER_ARCH_KEYS, CONVMIXER_ARCHS
 from ..core import ConvMixerTrunk, SimplePyramidAdapter
-from ..layers import build_norm
 from .base import (DenseBackboneMixin, reject_pretrained,
                    reject_unknown_kwargs, resolve_arch)
 
 
-@register_public
+@MODELS.register_module()
 class ConvMixer(DenseBackboneMixin, ConvMixerTrunk, BaseModule):
     """ConvMixer as an mmdet/mmseg backbone emitting strides 4..32.
 
@@ -39,7 +38,6 @@ class ConvMixer(DenseBackboneMixin, ConvMixerTrunk, BaseModule):
     """
 
     arch_zoo = CONVMIXER_ARCHS
-    family = 'convmixer'
     new_layer_prefixes = ('out_norms.', 'adapter.')
 
     def __init__(self,
@@ -81,7 +79,7 @@ class ConvMixer(DenseBackboneMixin, ConvMixerTrunk, BaseModule):
             in_channels=in_channels)
         self.adapter = SimplePyramidAdapter(
             dim, adapter_channels,
-            lambda c: build_norm(adapter_norm_cfg, c))
+            lambda c: build_norm_layer(adapter_norm_cfg, c)[1])
         group = math.ceil(spec['depth'] / 4)
         self._stage_slices = [
             slice(i * group, (i + 1) * group) for i in range(4)
