@@ -20,8 +20,7 @@
 #     iterations from 0.001 x lr;
 #   - AdamW lr 2e-4, betas (0.9, 0.999), weight decay 0.05.
 _base_ = [
-    'mmdet::convnext/'
-    'cascade-mask-rcnn_convnext-t-p4-w7_fpn_4conv1fc-giou_amp-ms-crop-3x_coco.py'
+    'mmdet::convnext/cascade-mask-rcnn_convnext-t-p4-w7_fpn_4conv1fc-giou_amp-ms-crop-3x_coco.py'  # noqa: E501
 ]
 
 # The base imports mmpretrain for its ConvNeXt; the leaves use ours.

@@ -254,7 +254,8 @@ class MetaFormerLayerDecayConstructor(DefaultOptimWrapperConstructor):
         ]
         for group in groups:
             names = group['param_names']
-            span = names[0] if len(names) == 1 else f'{names[0]} .. {names[-1]}'
+            span = names[0] if len(names) == 1 else \
+                f'{names[0]} .. {names[-1]}'
             lines.append(
                 f"  {group['group_name']}: lr_scale={group['lr_scale']:.6g} "
                 f"lr={group['lr']:.6g} "
