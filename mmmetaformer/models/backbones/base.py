@@ -18,6 +18,7 @@ from mmcv.cnn import build_norm_layer
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ...checkpoint import FORMATS, load_pretrained
+from ..core.fuse import fuse_trunk, is_fused
 
 NUM_STAGES = 4
 PRETRAINED_KEYS = ('type', 'checkpoint', 'prefix', 'format')
@@ -198,7 +199,31 @@ class DenseBackboneMixin:
             module.eval()
             module.requires_grad_(False)
 
+    def switch_to_deploy(self, channels_last=True):
+        """Fuse this backbone for inference, in place; returns ``self``.
+
+        A one-way switch (``mmmetaformer.models.core.fuse``): norm affines,
+        layer scales and StarReLU's scale and bias are folded into the
+        neighbouring convs where that is exact, and activations stay
+        channels-last (``channels_last=False`` keeps NCHW memory). Outputs
+        equal the unfused model's up to fp32 rounding. The model is then
+        eval-only (``train()`` raises) and loads no weights: load them
+        before switching, and save the unfused model's checkpoint.
+        """
+        fuse_trunk(self, channels_last=channels_last)
+        return self
+
+    @property
+    def deployed(self):
+        """Whether ``switch_to_deploy`` has fused this backbone."""
+        return is_fused(self)
+
     def train(self, mode=True):
+        if mode and is_fused(self):
+            raise RuntimeError(
+                f'{type(self).__name__} was fused by switch_to_deploy() and '
+                'is inference-only; build (or keep) an unfused model to '
+                'train')
         super().train(mode)
         self._freeze_stages()
         if mode and self.norm_eval:
