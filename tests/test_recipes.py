@@ -62,8 +62,11 @@ def load(path):
 
 def expected_url(family, size):
     if size in IN21K_SIZES:
-        return ('https://huggingface.co/sail/dl/resolve/main/'
-                f'{family}/{family}_{size}_in21ft1k.pth')
+        url = ('https://huggingface.co/sail/dl/resolve/main/'
+               f'{family}/{family}_{size}_in21ft1k.pth')
+        # the config's literal is the weights table's entry
+        assert url == pretrained_url(family, size, variant='in21ft1k')
+        return url
     return pretrained_url(family, size)
 
 
