@@ -309,11 +309,7 @@ SMALL_RUN = [
 @pytest.fixture(scope='module')
 def toy_cwd(tmp_path_factory):
     """A directory whose data/toy_coco is a tiny toy COCO."""
-    sys.path.insert(0, str(REPO_ROOT / 'tools' / 'misc'))
-    try:
-        from make_toy_dataset import make_coco
-    finally:
-        sys.path.pop(0)
+    from mmmetaformer.datasets.toy import make_coco
     cwd = tmp_path_factory.mktemp('toy')
     make_coco(cwd / 'data' / 'toy_coco', num_train=8, num_val=4,
               img_size=128, seed=0, max_objects=3)

@@ -10,7 +10,6 @@ at 128x128 crops.
 """
 import copy
 import functools
-import importlib.util
 import math
 import re
 import subprocess
@@ -301,12 +300,9 @@ def test_toy_config_changes_only_the_toy_parts():
 
 @pytest.fixture(scope='module')
 def toy_ade20k(tmp_path_factory):
-    script = REPO_ROOT / 'tools' / 'misc' / 'make_toy_dataset.py'
-    spec = importlib.util.spec_from_file_location('make_toy_dataset', script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.make_ade20k(tmp_path_factory.mktemp('toy_ade20k'),
-                              num_train=8, num_val=4, img_size=96, seed=0)
+    from mmmetaformer.datasets.toy import make_ade20k
+    return make_ade20k(tmp_path_factory.mktemp('toy_ade20k'), num_train=8,
+                       num_val=4, img_size=96, seed=0)
 
 
 def data_root_options(root, loaders):
