@@ -152,19 +152,24 @@ def as_authors_backbone(native, fork_last3):
     return out
 
 
-def as_mmdet2_file(model, fork_last3=False):
-    backbone = {k[len('backbone.'):]: v for k, v in model.state_dict().items()
+def as_published_file(state_dict, fork_last3=False, meta=None):
+    """A whole model's state dict as the authors' mmdet 2.x / mmseg 0.x
+    runners (and mmseg's zoo) saved it: meta, state_dict, optimizer."""
+    backbone = {k[len('backbone.'):]: v for k, v in state_dict.items()
                 if k.startswith('backbone.')}
-    state_dict = {f'backbone.{k}': v
-                  for k, v in as_authors_backbone(backbone,
-                                                  fork_last3).items()}
-    state_dict.update({k: v for k, v in model.state_dict().items()
-                       if not k.startswith('backbone.')})
-    # mmcv 1.x runner checkpoints: meta, state_dict and optimizer.
+    out = {f'backbone.{k}': v
+           for k, v in as_authors_backbone(backbone, fork_last3).items()}
+    out.update({k: v for k, v in state_dict.items()
+                if not k.startswith('backbone.')})
     return dict(
-        meta=dict(mmdet_version='2.19.0', CLASSES=COCO_CLASSES, epoch=12),
-        state_dict=state_dict,
+        meta=meta or dict(mmdet_version='2.19.0', CLASSES=COCO_CLASSES,
+                          epoch=12),
+        state_dict=out,
         optimizer=dict(state={}, param_groups=[dict(lr=1e-4)]))
+
+
+def as_mmdet2_file(model, fork_last3=False):
+    return as_published_file(model.state_dict(), fork_last3)
 
 
 def head_outputs(model, x):

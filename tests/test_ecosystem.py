@@ -1,0 +1,509 @@
+"""The ecosystem's own tools and weights work with our configs, unmodified.
+
+* mmdet's and mmseg's own ``tools/train.py`` and ``tools/test.py`` (shipped
+  in the installed packages under ``.mim/tools/``) train and test the toy
+  configs in processes that never import mmmetaformer themselves: the
+  configs' ``custom_imports`` does. A trained toy checkpoint, rewritten in
+  the published PoolFormer layouts (the authors' mmdet 2.x RetinaNet with
+  ``FORK_LAST3``; mmseg's zoo) and converted back, gives the stock test the
+  same metrics and ``DetInferencer`` / ``MMSegInferencer`` the same
+  predictions as the original.
+* Drop-in: stock mmdet/mmseg configs with a MetaFormer backbone build and
+  run; mmseg's ``model.pretrained`` gets an error that says what to do.
+* ImageNet-21K weights: selectable by URL and loadable in their layout.
+
+Cost: every stock run is 1-2 iterations on 2-4 tiny images (module-scoped
+fixtures share the toy data and checkpoints).
+"""
+import ast
+import copy
+import json
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from mmengine.config import Config
+from mmengine.registry import init_default_scope
+from mmengine.utils import get_installed_path
+
+import mmmetaformer  # noqa: F401
+from mmmetaformer.models.archs import (CONVMIXER_ARCHS, METAFORMER_ARCHS,
+                                       WEIGHT_VARIANTS, pretrained_url)
+from mmmetaformer.models.backbones.metaformer import FAMILY_CLASSES
+from mmmetaformer.registry import MODELS
+from tests.helpers import REPO_ROOT
+from tests.test_dense_checkpoints import (as_published_file, convert,
+                                          randomise)
+
+CONFIGS = REPO_ROOT / 'configs'
+TOY_DET = CONFIGS / 'toy' / 'retinanet_poolformer_s12_toy_coco.py'
+TOY_SEG = CONFIGS / 'toy' / 'semantic_fpn_poolformer_s12_toy_ade20k.py'
+CUSTOM_IMPORTS = dict(imports=['mmmetaformer'], allow_failed_imports=False)
+KEY_WARNINGS = ('missing keys in source state_dict',
+                'unexpected key in source state_dict',
+                'size mismatch')
+
+
+def stock_tool(package, name):
+    path = Path(get_installed_path(package)) / '.mim' / 'tools' / name
+    assert path.is_file(), path
+    return path
+
+
+def run(args, cwd, timeout=600):
+    """A fresh interpreter in ``cwd`` (not the repository): mmmetaformer is
+    reachable only as the installed package, as for any user."""
+    proc = subprocess.run([sys.executable, *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output[-4000:]
+    return output
+
+
+def toy_dataset(kind, root, *options):
+    run([REPO_ROOT / 'tools' / 'misc' / 'make_toy_dataset.py', kind, root,
+         *options], cwd=REPO_ROOT)
+    return root
+
+
+# --- every config imports mmmetaformer itself -----------------------------
+
+
+def _literal(node):
+    """A literal, also through ``dict(key=literal, ...)`` calls."""
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and \
+            node.func.id == 'dict' and not node.args:
+        return {kw.arg: _literal(kw.value) for kw in node.keywords}
+    return ast.literal_eval(node)
+
+
+def _assigned(tree):
+    """Top-level ``name = <literal>`` of a config file (others as text)."""
+    out = {}
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and \
+                isinstance(node.targets[0], ast.Name):
+            try:
+                out[node.targets[0].id] = _literal(node.value)
+            except ValueError:
+                out[node.targets[0].id] = ast.unparse(node.value)
+    return out
+
+
+def _custom_imports_in_chain(path, seen=()):
+    """``custom_imports`` of ``path`` or of its local bases (depth first)."""
+    values = _assigned(ast.parse(path.read_text()))
+    if 'custom_imports' in values:
+        return values['custom_imports']
+    bases = values.get('_base_', [])
+    for base in [bases] if isinstance(bases, str) else bases:
+        if '::' in base:
+            continue
+        base_path = (path.parent / base).resolve()
+        if base_path not in seen:
+            found = _custom_imports_in_chain(base_path, seen + (path, ))
+            if found is not None:
+                return found
+    return None
+
+
+def test_every_config_declares_custom_imports():
+    """Parsed statically (a full load of 100+ configs costs minutes):
+    each config, or one of its own bases, registers mmmetaformer."""
+    configs = sorted(p for p in CONFIGS.rglob('*.py')
+                     if '_base_' not in p.parts)
+    assert len(configs) > 90
+    missing = [str(p.relative_to(REPO_ROOT)) for p in configs
+               if _custom_imports_in_chain(p) != CUSTOM_IMPORTS]
+    assert not missing, f'no custom_imports for mmmetaformer: {missing}'
+
+
+# --- stock mmdet tools -----------------------------------------------------
+
+
+@pytest.fixture(scope='module')
+def toy_coco(tmp_path_factory):
+    return toy_dataset('coco', tmp_path_factory.mktemp('eco') / 'toy_coco',
+                       '--num-train', 2, '--num-val', 2, '--img-size', 96,
+                       '--max-objects', 2)
+
+
+def det_options(root):
+    ann = f'{root}/annotations/instances_val2017.json'
+    return [
+        *(f'{loader}.dataset.data_root={root}'
+          for loader in ('train_dataloader', 'val_dataloader',
+                         'test_dataloader')),
+        f'val_evaluator.ann_file={ann}', f'test_evaluator.ann_file={ann}',
+        # toy images are 96 px: keep them at that size
+        'train_dataloader.dataset.pipeline.2.scale=(96,96)',
+        'val_dataloader.dataset.pipeline.1.scale=(96,96)',
+        'test_dataloader.dataset.pipeline.1.scale=(96,96)',
+        # after one iteration no score passes 0.05: keep every box (top 100)
+        'model.test_cfg.score_thr=0.0',
+    ]
+
+
+@pytest.fixture(scope='module')
+def det_run(toy_coco, tmp_path_factory):
+    """mmdet's tools/train.py: one iteration (2 images), then validation."""
+    work = tmp_path_factory.mktemp('eco_det')
+    output = run([
+        stock_tool('mmdet', 'train.py'), TOY_DET, '--work-dir', work,
+        '--cfg-options', *det_options(toy_coco), 'train_cfg.max_epochs=1',
+        'train_dataloader.batch_size=2', 'default_hooks.logger.interval=1'
+    ], cwd=work)
+    return work, output
+
+
+def test_stock_mmdet_train(det_run):
+    work, output = det_run
+    assert (work / 'epoch_1.pth').is_file()
+    assert re.search(r'coco/bbox_mAP: [\d.]+', output), output[-3000:]
+
+
+@pytest.fixture(scope='module')
+def det_converted(det_run):
+    """The toy RetinaNet as the authors' mmdet 2.x file (FORK_LAST3, no
+    ``backbone.norm0``), converted back by tools/convert_checkpoint.py."""
+    work, _ = det_run
+    state_dict = torch.load(work / 'epoch_1.pth', map_location='cpu',
+                            weights_only=False)['state_dict']
+    published = as_published_file(state_dict, fork_last3=True)
+    assert 'backbone.network.6.1.layer_scale_2' in published['state_dict']
+    torch.save(published, work / 'retinanet_authors_layout.pth')
+    assert convert(work / 'retinanet_authors_layout.pth',
+                   work / 'converted.pth') == 0
+    return work / 'converted.pth'
+
+
+def test_stock_mmdet_test_with_converted_checkpoint(det_run, det_converted,
+                                                   toy_coco):
+    work, train_output = det_run
+    output = run([
+        stock_tool('mmdet', 'test.py'), TOY_DET, det_converted,
+        '--work-dir', work / 'test', '--cfg-options', *det_options(toy_coco)
+    ], cwd=work)
+    assert not any(w in output for w in KEY_WARNINGS), output[-3000:]
+    metric = re.compile(r'coco/bbox_mAP: ([\d.]+)')
+    assert metric.findall(output)[-1] == metric.findall(train_output)[-1]
+
+
+def test_our_test_tool_with_converted_checkpoint(det_run, det_converted,
+                                                toy_coco):
+    work, _ = det_run
+    output = run([
+        REPO_ROOT / 'tools' / 'test.py', TOY_DET, det_converted,
+        '--work-dir', work / 'ours', '--cfg-options', *det_options(toy_coco)
+    ], cwd=REPO_ROOT)
+    assert not any(w in output for w in KEY_WARNINGS), output[-3000:]
+    assert re.search(r'coco/bbox_mAP: [\d.]+', output), output[-3000:]
+
+
+# --- stock mmseg tools -----------------------------------------------------
+
+
+@pytest.fixture(scope='module')
+def toy_ade(tmp_path_factory):
+    return toy_dataset('ade20k', tmp_path_factory.mktemp('eco') / 'toy_ade',
+                       '--num-train', 2, '--num-val', 2, '--img-size', 64)
+
+
+def seg_options(root):
+    return [f'{loader}.dataset.data_root={root}'
+            for loader in ('train_dataloader', 'val_dataloader',
+                           'test_dataloader')]
+
+
+SEG_METRICS = re.compile(r'aAcc: ([\d.]+)\s+mIoU: ([\d.]+)\s+mAcc: ([\d.]+)')
+
+
+@pytest.fixture(scope='module')
+def seg_run(toy_ade, tmp_path_factory):
+    """mmseg's tools/train.py: two iterations, then validation."""
+    work = tmp_path_factory.mktemp('eco_seg')
+    output = run([
+        stock_tool('mmseg', 'train.py'), TOY_SEG, '--work-dir', work,
+        '--cfg-options', *seg_options(toy_ade), 'train_cfg.max_iters=2',
+        'train_cfg.val_interval=2', 'default_hooks.checkpoint.interval=2',
+        'default_hooks.logger.interval=1', 'train_dataloader.batch_size=2'
+    ], cwd=work)
+    return work, output
+
+
+def test_stock_mmseg_train(seg_run):
+    work, output = seg_run
+    assert (work / 'iter_2.pth').is_file()
+    assert SEG_METRICS.search(output), output[-3000:]
+
+
+@pytest.fixture(scope='module')
+def seg_converted(seg_run):
+    """The toy segmentor as mmseg's zoo saves it (mmpretrain PoolFormer
+    keys, ``backbone.norm{0,2,4,6}``; mmseg 0.x meta), converted back."""
+    work, _ = seg_run
+    state_dict = torch.load(work / 'iter_2.pth', map_location='cpu',
+                            weights_only=False)['state_dict']
+    published = as_published_file(
+        state_dict, meta=dict(mmseg_version='0.24.1', iter=2,
+                              CLASSES=('wall', ) * 150,
+                              PALETTE=[[120, 120, 120]] * 150))
+    assert 'backbone.norm0.weight' in published['state_dict']
+    torch.save(published, work / 'fpn_zoo_layout.pth')
+    assert convert(work / 'fpn_zoo_layout.pth', work / 'converted.pth') == 0
+    return work / 'converted.pth'
+
+
+def test_stock_mmseg_test_with_converted_checkpoint(seg_run, seg_converted,
+                                                   toy_ade):
+    """Same weights, same validation images: the stock test reproduces the
+    training run's validation metrics exactly."""
+    work, train_output = seg_run
+    output = run([
+        stock_tool('mmseg', 'test.py'), TOY_SEG, seg_converted,
+        '--work-dir', work / 'test', '--cfg-options', *seg_options(toy_ade)
+    ], cwd=work)
+    assert not any(w in output for w in KEY_WARNINGS), output[-3000:]
+    assert SEG_METRICS.findall(output)[-1] == \
+        SEG_METRICS.findall(train_output)[-1]
+
+
+# --- the inferencers -------------------------------------------------------
+
+
+def test_inferencers_with_toy_and_converted_checkpoints(
+        det_run, det_converted, seg_run, seg_converted, toy_coco, toy_ade):
+    """DetInferencer and MMSegInferencer, in a process that imports only
+    mmdet/mmseg: the trained checkpoints run, and their converted
+    published-layout twins predict exactly the same."""
+    det_image = sorted((toy_coco / 'val2017').glob('*.jpg'))[0]
+    seg_image = sorted((toy_ade / 'images' / 'validation').glob('*.jpg'))[0]
+    script = textwrap.dedent(f"""
+        import json, sys
+        import numpy as np
+        from mmengine.config import Config
+        from mmdet.apis import DetInferencer
+        from mmseg.apis import MMSegInferencer
+        assert 'mmmetaformer' not in sys.modules
+        cfg = Config.fromfile({str(TOY_DET)!r})
+        assert 'mmmetaformer' in sys.modules  # via the config's custom_imports
+        cfg.model.test_cfg.score_thr = 0.0  # one iteration: keep every box
+        out = {{}}
+        det = [DetInferencer(model=cfg, weights=w, device='cpu',
+                             show_progress=False)(
+                   {str(det_image)!r}, no_save_vis=True)['predictions'][0]
+               for w in ({str(det_run[0] / 'epoch_1.pth')!r},
+                         {str(det_converted)!r})]
+        out['det_boxes'] = len(det[0]['bboxes'])
+        out['det_same'] = det[0] == det[1]
+        seg = [MMSegInferencer(model={str(TOY_SEG)!r}, weights=w,
+                               device='cpu')({str(seg_image)!r})['predictions']
+               for w in ({str(seg_run[0] / 'iter_2.pth')!r},
+                         {str(seg_converted)!r})]
+        out['seg_shape'] = list(seg[0].shape)
+        out['seg_same'] = bool(np.array_equal(seg[0], seg[1]))
+        print('RESULT', json.dumps(out))
+    """)
+    output = run(['-c', script], cwd=det_run[0])
+    assert not any(w in output for w in KEY_WARNINGS), output[-3000:]
+    result = json.loads(output.split('RESULT ')[-1].splitlines()[0])
+    assert result['det_boxes'] > 0  # RetinaNet keeps its top-k boxes
+    assert result['det_same'] and result['seg_same'], result
+    assert result['seg_shape'] == [64, 64]
+
+
+# --- drop-in ---------------------------------------------------------------
+
+
+def build(cfg, scope):
+    """Build a copy: mmseg's EncoderDecoder writes into the backbone cfg."""
+    init_default_scope(scope)
+    from mmengine.registry import MODELS as ROOT_MODELS
+    return ROOT_MODELS.build(copy.deepcopy(cfg))
+
+
+def test_stock_upernet_explains_model_pretrained(tmp_path):
+    """The README's drop-in without ``pretrained=None``: mmseg's
+    EncoderDecoder hands the R50 base's ``model.pretrained`` to ConvFormer,
+    which says where it came from and what to do."""
+    config = tmp_path / 'upernet_convformer.py'
+    config.write_text(textwrap.dedent("""
+        _base_ = ['mmseg::upernet/upernet_r50_4xb4-80k_ade20k-512x512.py']
+        custom_imports = dict(imports=['mmmetaformer'],
+                              allow_failed_imports=False)
+        model = dict(
+            backbone=dict(_delete_=True, type='ConvFormer', arch='s18'),
+            decode_head=dict(in_channels=[64, 128, 320, 512]),
+            auxiliary_head=dict(in_channels=320))
+    """))
+    cfg = Config.fromfile(str(config))
+    assert cfg.model.pretrained == 'open-mmlab://resnet50_v1c'
+    with pytest.raises(Exception) as info:
+        build(cfg.model, 'mmseg')
+    message = str(info.value)
+    for part in ("ConvFormer got pretrained='open-mmlab://resnet50_v1c'",
+                 "EncoderDecoder passes the config's model.pretrained",
+                 'not a ConvFormer checkpoint', 'model.pretrained=None',
+                 "model.backbone.init_cfg=dict(type='Pretrained'"):
+        assert part in message, message
+    cfg.model.pretrained = None  # the fix the message gives
+    model = build(cfg.model, 'mmseg')
+    assert type(model.backbone).__name__ == 'ConvFormer'
+
+
+SMALLEST = {'convmixer': '768/32', **{
+    family: next(iter(sizes)) for family, sizes in METAFORMER_ARCHS.items()}}
+
+
+@pytest.mark.parametrize('family', sorted(FAMILY_CLASSES))
+def test_every_backbone_takes_pretrained_none_and_explains_a_string(family):
+    cls = FAMILY_CLASSES[family]
+    with torch.device('meta'):
+        MODELS.build(dict(type=cls, arch=SMALLEST[family], pretrained=None))
+    with pytest.raises(ValueError, match=rf"{cls} got pretrained='r50.pth'.*"
+                       r'model\.pretrained=None'):
+        MODELS.build(dict(type=cls, arch=SMALLEST[family],
+                          pretrained='r50.pth'))
+
+
+EXAMPLES = {
+    'faster_rcnn_poolformer_s12_drop_in.py': ('mmdet', 'FasterRCNN'),
+    'upernet_convformer_s18_drop_in.py': ('mmseg', 'EncoderDecoder'),
+    'semantic_fpn_convformer_s18_in21ft1k_ade20k.py': ('mmseg',
+                                                       'EncoderDecoder'),
+}
+
+
+def test_examples_are_all_covered():
+    assert sorted(p.name for p in (CONFIGS / 'examples').glob('*.py')) == \
+        sorted(EXAMPLES)
+
+
+@pytest.mark.parametrize('name', sorted(EXAMPLES))
+def test_example_builds_and_runs_forward(name):
+    scope, model_type = EXAMPLES[name]
+    cfg = Config.fromfile(str(CONFIGS / 'examples' / name))
+    assert cfg.custom_imports == CUSTOM_IMPORTS
+    model_cfg = copy.deepcopy(cfg.model)
+    model_cfg.backbone.init_cfg = None  # no download here
+    model = build(model_cfg, scope).eval()
+    assert type(model).__name__ == model_type
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        if scope == 'mmdet':
+            feats = model.extract_feat(x)
+            assert [tuple(f.shape) for f in feats] == [
+                (1, 256, 16 // 2**i, 16 // 2**i) for i in range(5)]
+        else:
+            logits = model(x, mode='tensor')
+            assert tuple(logits.shape) == (1, 150, 16, 16)
+            assert torch.isfinite(logits).all()
+
+
+# --- ImageNet-21K weights ----------------------------------------------------
+
+
+def test_pretrained_url_variants():
+    assert set(WEIGHT_VARIANTS) == {'convformer', 'caformer'}
+    for family, variants in WEIGHT_VARIANTS.items():
+        for arch in METAFORMER_ARCHS[family]:
+            assert pretrained_url(family, arch) == (
+                f'https://huggingface.co/sail/dl/resolve/main/{family}/'
+                f'{family}_{arch}.pth')
+            for variant in variants:
+                assert pretrained_url(family, arch, variant) == (
+                    f'https://huggingface.co/sail/dl/resolve/main/{family}/'
+                    f'{family}_{arch}_{variant}.pth')
+    with pytest.raises(ValueError, match=r"No 'in21k' weights are published "
+                       r'for poolformerv2; valid variants: None'):
+        pretrained_url('poolformerv2', 's12', 'in21k')
+    with pytest.raises(ValueError, match=r"No 'in22k' .*valid variants: "
+                       r'None, 384, in21ft1k, 384_in21ft1k, in21k'):
+        pretrained_url('caformer', 's18', 'in22k')
+    with pytest.raises(ValueError, match=r"Unknown arch 's12' for caformer; "
+                       r'valid: s18, s36, m36, b36'):
+        pretrained_url('caformer', 's12')
+    assert set(CONVMIXER_ARCHS) <= {'768/32', '1024/20', '1536/20'}
+
+
+def test_in21ft1k_selection_by_config_and_cfg_options():
+    """The example config and the documented ``--cfg-options`` line give the
+    leaf's model with only the ImageNet checkpoint changed."""
+    leaf = Config.fromfile(
+        str(CONFIGS / 'semantic_fpn_convformer_s18_ade20k.py'))
+    example = Config.fromfile(
+        str(CONFIGS / 'examples' /
+            'semantic_fpn_convformer_s18_in21ft1k_ade20k.py'))
+    url = pretrained_url('convformer', 's18', 'in21ft1k')
+    assert example.model.backbone.init_cfg.checkpoint == url
+    leaf.merge_from_dict({'model.backbone.init_cfg.checkpoint': url})
+    assert leaf.model.to_dict() == example.model.to_dict()
+
+
+def as_baselines_layout(native):
+    """Our backbone keys -> the authors' channels-last baselines keys
+    (``downsample_layers``, ``stages.i.j``, Linear MLP/pointwise weights)."""
+    out = {}
+    for key, value in native.items():
+        key = re.sub(r'^stem\.(conv|norm)\.', lambda m: (
+            'downsample_layers.0.conv.' if m.group(1) == 'conv' else
+            'downsample_layers.0.post_norm.'), key)
+        key = re.sub(r'^stages\.(\d)\.downsample\.norm\.',
+                     r'downsample_layers.\1.pre_norm.', key)
+        key = re.sub(r'^stages\.(\d)\.downsample\.conv\.',
+                     r'downsample_layers.\1.conv.', key)
+        key = re.sub(r'^stages\.(\d)\.blocks\.(\d+)\.', r'stages.\1.\2.', key)
+        if value.dim() == 4 and value.shape[-2:] == (1, 1) and re.search(
+                r'(mlp\.fc[12]|pwconv[12])\.weight$', key):
+            value = value[:, :, 0, 0]
+        out[key] = value
+    return out
+
+
+def with_mlp_head(state_dict, dim, num_classes):
+    """The baselines' MLP head (fc1, LayerNorm, fc2) and final norm. The
+    21841 x 4C in21k classifier is an expanded view of one element: the file
+    stays small, the shapes are the published ones."""
+    hidden = 4 * dim
+    return dict(state_dict, **{
+        'norm.weight': torch.ones(dim), 'norm.bias': torch.zeros(dim),
+        'head.fc1.weight': torch.zeros(hidden, dim),
+        'head.fc1.bias': torch.zeros(hidden),
+        'head.norm.weight': torch.ones(hidden),
+        'head.norm.bias': torch.zeros(hidden),
+        'head.fc2.weight': torch.zeros(1).expand(num_classes, hidden),
+        'head.fc2.bias': torch.zeros(num_classes),
+    })
+
+
+@pytest.mark.parametrize('family,variant', [('convformer', 'in21k'),
+                                            ('caformer', '384_in21ft1k')])
+def test_in21k_weights_in_their_layout_load(family, variant, tmp_path):
+    cls = FAMILY_CLASSES[family]
+    source = randomise(MODELS.build(dict(type=cls, arch='s18',
+                                         out_norm_cfg=None)), seed=7)
+    num_classes = 21841 if variant == 'in21k' else 1000
+    published = with_mlp_head(as_baselines_layout(source.state_dict()), 512,
+                              num_classes)
+    src = tmp_path / Path(pretrained_url(family, 's18', variant)).name
+    torch.save(published, src)
+    backbone_bytes = 4 * sum(p.numel() for p in source.parameters())
+    # the 21841-class fc2 (179 MB as a plain tensor) costs nothing on disk
+    assert src.stat().st_size < 1.1 * backbone_bytes
+    dst = tmp_path / f'{family}_s18_{variant}_converted.pth'
+    assert convert(src, dst) == 0
+    x = torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(8))
+    with torch.no_grad():
+        expected = source(x)
+    for checkpoint in (src, dst):  # straight from init_cfg, or converted
+        model = MODELS.build(dict(
+            type=cls, arch='s18', out_norm_cfg=None,
+            init_cfg=dict(type='Pretrained', checkpoint=str(checkpoint))))
+        model.init_weights()
+        with torch.no_grad():
+            for got, want in zip(model.eval()(x), expected):
+                torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
