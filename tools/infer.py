@@ -5,6 +5,9 @@ Detection configs (``default_scope='mmdet'``) get boxes, labels and scores
 (``default_scope='mmseg'``) get a colour overlay of the predicted classes.
 
     python tools/infer.py IMAGE CONFIG CHECKPOINT --out OUT.jpg
+
+The checkpoint is read without running pickled code and must hold exactly
+the model's tensors: otherwise the tool exits with an error before drawing.
 """
 import argparse
 import os
@@ -35,10 +38,21 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
+def require_exact_fit(model, checkpoint):
+    """Refuse a checkpoint that left weights unloaded or brought others.
+
+    mmdet's ``init_detector`` and mmseg's ``init_model`` load non-strictly
+    (and only log mismatches); the file is read again (safely) to check.
+    """
+    from mmmetaformer.checkpoint import check_model_fits, read_checkpoint
+    check_model_fits(model, read_checkpoint(checkpoint), checkpoint)
+
+
 def draw_detection(cfg, args, image):
     from mmdet.apis import inference_detector, init_detector
     from mmdet.registry import VISUALIZERS
     model = init_detector(cfg, args.checkpoint, device=args.device)
+    require_exact_fit(model, args.checkpoint)
     result = inference_detector(model, image)
     visualizer = VISUALIZERS.build(model.cfg.visualizer)
     visualizer.dataset_meta = model.dataset_meta
@@ -56,6 +70,7 @@ def draw_segmentation(cfg, args, image):
     # dataloader's, as mmdet's does, so an override config's resize holds.
     cfg.test_pipeline = cfg.test_dataloader.dataset.pipeline
     model = init_model(cfg, args.checkpoint, device=args.device)
+    require_exact_fit(model, args.checkpoint)
     result = inference_model(model, image)
     visualizer = VISUALIZERS.build(model.cfg.visualizer)
     visualizer.dataset_meta = model.dataset_meta
@@ -84,6 +99,9 @@ def main(argv=None):
     cfg.model.backbone.init_cfg = None
     init_default_scope(scope)
     image = mmcv.imread(args.image, channel_order='rgb')
+    if image is None:
+        raise LaunchError(f'cannot decode image {args.image}: it is corrupt '
+                          'or not an image')
     if osp.dirname(args.out):
         os.makedirs(osp.dirname(args.out), exist_ok=True)
     if scope == 'mmdet':

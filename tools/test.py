@@ -4,6 +4,10 @@ Detection reports the config's metrics (COCO box/mask AP via CocoMetric);
 segmentation reports mIoU, mAcc and aAcc with the per-class table
 (IoUMetric), in whole or slide mode as the config's ``test_cfg`` says
 (``--cfg-options model.test_cfg.mode=slide`` switches).
+
+The checkpoint is read without running pickled code and must hold exactly
+the model's tensors (``StrictLoadHook``): a file that leaves weights
+unloaded, or brings others, is an error (exit 2) and no metric is printed.
 """
 import argparse
 import os.path as osp
@@ -15,8 +19,9 @@ from mmengine.config import DictAction  # noqa: E402
 
 from mmmetaformer.utils.launch import (LaunchError, build_runner,  # noqa: E402
                                        check_data_roots, check_ops_for,
-                                       load_config, prepare_for_device,
-                                       run_tool, set_work_dir)
+                                       explain_data_errors, load_config,
+                                       prepare_for_device, run_tool,
+                                       set_work_dir)
 
 
 def parse_args(argv=None):
@@ -73,11 +78,14 @@ def main(argv=None):
 
     prepare_for_device(cfg, args.launcher)
     runner = build_runner(cfg)
+    from mmmetaformer.engine import StrictLoadHook
+    runner.register_hook(StrictLoadHook())
     if args.out and scope == 'mmdet':
         from mmdet.evaluation import DumpDetResults
         runner.test_evaluator.metrics.append(
             DumpDetResults(out_file_path=args.out))
-    return runner.test()
+    with explain_data_errors(cfg, ('test_dataloader', )):
+        return runner.test()
 
 
 if __name__ == '__main__':

@@ -14,8 +14,9 @@ from mmengine.config import DictAction  # noqa: E402
 
 from mmmetaformer.utils.launch import (LaunchError, build_runner,  # noqa: E402
                                        check_data_roots, check_ops_for,
-                                       load_config, prepare_for_device,
-                                       run_tool, set_work_dir)
+                                       explain_data_errors, load_config,
+                                       prepare_for_device, run_tool,
+                                       set_work_dir)
 
 
 def parse_args(argv=None):
@@ -74,7 +75,8 @@ def main(argv=None):
 
     prepare_for_device(cfg, args.launcher)
     runner = build_runner(cfg)
-    runner.train()
+    with explain_data_errors(cfg, ('train_dataloader', 'val_dataloader')):
+        runner.train()
 
 
 if __name__ == '__main__':

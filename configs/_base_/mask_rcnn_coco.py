@@ -23,6 +23,14 @@ _base_ = [
 # which never import mmmetaformer themselves.
 custom_imports = dict(imports=['mmmetaformer'], allow_failed_imports=False)
 
+# Checkpoints are written atomically (a kill mid-save never leaves a broken
+# last_checkpoint) and carry the random state, so `--resume` continues a
+# killed run exactly as if it had not stopped (both hooks are in
+# mmmetaformer/engine/checkpoint_hooks.py; mmengine's CheckpointHook options
+# all apply).
+default_hooks = dict(checkpoint=dict(type='AtomicCheckpointHook'))
+custom_hooks = [dict(type='ExactResumeHook')]
+
 model = dict(
     # Placeholder, filled by each leaf: type, arch, init_cfg and the
     # backbone's own options. Building the base alone fails on purpose.

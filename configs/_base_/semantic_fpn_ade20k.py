@@ -29,6 +29,14 @@ _base_ = [
 # which never import mmmetaformer themselves.
 custom_imports = dict(imports=['mmmetaformer'], allow_failed_imports=False)
 
+# Checkpoints are written atomically (a kill mid-save never leaves a broken
+# last_checkpoint) and carry the random state, so `--resume` continues a
+# killed run exactly as if it had not stopped (both hooks are in
+# mmmetaformer/engine/checkpoint_hooks.py; mmengine's CheckpointHook options
+# all apply).
+default_hooks = dict(checkpoint=dict(type='AtomicCheckpointHook'))
+custom_hooks = [dict(type='ExactResumeHook')]
+
 # Norms in the head: fpn_r50's SyncBN is kept for the 8-GPU recipe. Where
 # there is nothing to synchronise it is plain BN anyway: torch's
 # SyncBatchNorm.forward falls back to F.batch_norm unless a process group

@@ -1,9 +1,24 @@
-"""Checkpoint formats: pure converters and a strict, code-free loader."""
+"""Checkpoint formats: pure converters and one strict, code-free reader.
+
+Importing this package (which importing ``mmmetaformer`` does) installs the
+safe loaders into mmengine's ``CheckpointLoader`` (``reader.install``), so
+every checkpoint mmengine, mmdet or mmseg fetches in this process is read
+without running pickled code.
+"""
 from .formats import (CONVERTERS, FORMATS, NATIVE_META_KEY, detect_format,
                       to_native)
-from .loading import CheckpointMismatchError, load_pretrained, read_checkpoint
+from .loading import (HARMLESS_MISSING_SUFFIXES, CheckpointMismatchError,
+                      check_model_fits, load_model_strictly, load_pretrained,
+                      read_checkpoint)
+from .reader import (SAFE_GLOBALS, CheckpointError, CorruptCheckpointError,
+                     UnsafeCheckpointError, install)
+
+install()
 
 __all__ = [
-    'CONVERTERS', 'FORMATS', 'NATIVE_META_KEY', 'CheckpointMismatchError',
-    'detect_format', 'load_pretrained', 'read_checkpoint', 'to_native'
+    'CONVERTERS', 'FORMATS', 'HARMLESS_MISSING_SUFFIXES', 'NATIVE_META_KEY',
+    'SAFE_GLOBALS', 'CheckpointError', 'CheckpointMismatchError',
+    'CorruptCheckpointError', 'UnsafeCheckpointError', 'check_model_fits',
+    'detect_format', 'install', 'load_model_strictly', 'load_pretrained',
+    'read_checkpoint', 'to_native'
 ]

@@ -1,8 +1,9 @@
 """Read checkpoints safely and load them into a backbone strictly.
 
-Reading never runs code: ``.safetensors`` go through safetensors and
-everything else through ``torch.load(weights_only=True)``. URLs are
-downloaded once into torch's hub cache.
+Reading goes through mmengine's ``CheckpointLoader`` (any path or URL
+scheme), whose loaders ``reader.install()`` made code-free: ``.safetensors``
+through safetensors (metadata kept), everything else through
+``torch.load(weights_only=True)`` with a short allowlist.
 
 Loading is strict with two named exceptions:
 
@@ -15,72 +16,30 @@ Loading is strict with two named exceptions:
 Any other missing, unexpected or shape-mismatched key raises
 ``CheckpointMismatchError`` listing them all.
 """
-import os
-import os.path as osp
-import pickle
-from urllib.parse import urlparse
-
-import torch
 from mmengine.logging import print_log
+from mmengine.runner.checkpoint import CheckpointLoader
 
 from .formats import (CLASSIFIER_PREFIXES, split_prefix, to_native,
                       unwrap_checkpoint)
+from .reader import CheckpointError
 
 
-class CheckpointMismatchError(RuntimeError):
-    """A checkpoint's tensors do not fit the backbone."""
+class CheckpointMismatchError(CheckpointError):
+    """A checkpoint's tensors do not fit the model."""
 
 
-def _is_url(path):
-    return urlparse(str(path)).scheme in ('http', 'https')
-
-
-def _local_path(checkpoint):
-    """The local file for a path or URL (downloading URLs once)."""
-    if _is_url(checkpoint):
-        cache_dir = osp.join(torch.hub.get_dir(), 'checkpoints')
-        os.makedirs(cache_dir, exist_ok=True)
-        filename = osp.join(cache_dir, osp.basename(urlparse(checkpoint).path))
-        if not osp.exists(filename):
-            print_log(f'Downloading {checkpoint} to {filename}',
-                      logger='current')
-            try:
-                torch.hub.download_url_to_file(checkpoint, filename)
-            except Exception as exc:
-                raise RuntimeError(
-                    f'Could not download {checkpoint} ({exc}). Download it '
-                    f'by other means and pass the local file as '
-                    f'init_cfg.checkpoint, or place it at {filename}.'
-                ) from exc
-        return filename
-    path = osp.expanduser(str(checkpoint))
-    if not osp.isfile(path):
-        raise FileNotFoundError(f'Checkpoint file not found: {checkpoint}')
-    return path
-
-
-def read_checkpoint(checkpoint):
+def read_checkpoint(checkpoint, map_location='cpu'):
     """Load a checkpoint path or URL into Python objects without running code.
 
     Raises:
         FileNotFoundError: the path does not exist.
-        RuntimeError: the file holds pickled objects other than tensors and
-            plain containers (refused, since unpickling could run code).
+        UnsafeCheckpointError: the file holds pickled objects other than
+            tensors and plain data (refused, since unpickling could run
+            code).
+        CorruptCheckpointError: the file is truncated or damaged.
     """
-    path = _local_path(checkpoint)
-    if path.endswith('.safetensors'):
-        from safetensors.torch import load_file
-        return load_file(path, device='cpu')
-    try:
-        return torch.load(path, map_location='cpu', weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise RuntimeError(
-            f'{checkpoint} holds pickled Python objects besides tensors, and '
-            f'loading it could run code, so it was refused '
-            f'(torch.load weights_only=True). If you trust the file, re-save '
-            f'just its state dict: torch.save(torch.load(path, '
-            f"weights_only=False)['state_dict'], new_path). Cause: {exc}"
-        ) from exc
+    return CheckpointLoader.load_checkpoint(str(checkpoint), map_location,
+                                            logger='current')
 
 
 def _shorten(keys, limit=20):
@@ -172,3 +131,81 @@ def load_pretrained(model, checkpoint, fmt='auto', prefix=None):
                     f'outputs this backbone does not emit')
     print_log(message, logger='current')
     return report
+
+
+# Tensors a whole-model checkpoint may lack without changing what the model
+# computes at evaluation: BatchNorm's step counter, read only when training
+# with momentum=None (checkpoints from torch < 0.4.1 and some converters do
+# not have it). Nothing else is exempt.
+HARMLESS_MISSING_SUFFIXES = ('.num_batches_tracked', )
+
+
+def _first(keys, limit=5):
+    keys = list(keys)
+    return ', '.join(keys[:limit]) + (', ...' if len(keys) > limit else '')
+
+
+def _model_state_dict(checkpoint, name):
+    """The state dict of a whole-model checkpoint, as mmengine reads it."""
+    state_dict = checkpoint.get('state_dict', checkpoint) if isinstance(
+        checkpoint, dict) else checkpoint
+    if not isinstance(state_dict, dict):
+        raise CheckpointMismatchError(
+            f'{name} holds a {type(state_dict).__name__}, not a state dict')
+    return {(k[len('module.'):] if k.startswith('module.') else k): v
+            for k, v in state_dict.items()}
+
+
+def check_model_fits(model, checkpoint, name):
+    """Raise unless ``checkpoint`` holds exactly ``model``'s tensors.
+
+    For evaluation, where weights that did not load would silently be the
+    random initialisation. ``checkpoint`` is a loaded checkpoint (a state
+    dict, or a dict with ``state_dict``); a DDP ``module.`` prefix is
+    stripped as mmengine does. Only ``HARMLESS_MISSING_SUFFIXES`` may be
+    missing.
+
+    Raises:
+        CheckpointMismatchError: one line with the counts of missing,
+            unexpected and shape-mismatched tensors and the first few names.
+    """
+    state_dict = _model_state_dict(checkpoint, name)
+    own = model.state_dict()
+    missing = [k for k in own if k not in state_dict
+               and not k.endswith(HARMLESS_MISSING_SUFFIXES)]
+    unexpected = [k for k in state_dict if k not in own]
+    mismatched = [
+        f'{k} (checkpoint {tuple(state_dict[k].shape)}, model '
+        f'{tuple(own[k].shape)})' for k in own
+        if k in state_dict and hasattr(state_dict[k], 'shape')
+        and state_dict[k].shape != own[k].shape
+    ]
+    problems = []
+    if missing:
+        problems.append(f'{len(missing)} of the model\'s {len(own)} tensors '
+                        f'are not in it ({_first(missing)})')
+    if unexpected:
+        problems.append(f'{len(unexpected)} of its {len(state_dict)} '
+                        f'tensors are not in the model '
+                        f'({_first(unexpected)})')
+    if mismatched:
+        problems.append(f'{len(mismatched)} differ in shape '
+                        f'({_first(mismatched, 3)})')
+    if problems:
+        raise CheckpointMismatchError(
+            f'{name} does not fit {type(model).__name__}: ' +
+            '; '.join(problems) + '. Refusing to evaluate weights that did '
+            'not load; pass the checkpoint trained with this config.')
+
+
+def load_model_strictly(model, checkpoint, map_location='cpu'):
+    """Read ``checkpoint`` safely, check it fits ``model`` exactly, load it.
+
+    Returns:
+        dict: the loaded checkpoint (for its ``meta``).
+    """
+    loaded = read_checkpoint(checkpoint, map_location)
+    check_model_fits(model, loaded, checkpoint)
+    # strict=False only lets HARMLESS_MISSING_SUFFIXES through (checked above)
+    model.load_state_dict(_model_state_dict(loaded, checkpoint), strict=False)
+    return loaded

@@ -5,10 +5,14 @@ The tools accept detection and segmentation configs alike and dispatch on
 ``LaunchError`` whose message names the bad value and the valid choices;
 the tools print it without a traceback.
 """
+import contextlib
 import difflib
 import importlib
+import json
 import os
 import os.path as osp
+import re
+import sys
 
 from mmengine.config import Config
 from mmengine.logging import print_log
@@ -129,13 +133,7 @@ def set_work_dir(cfg, work_dir, config_path):
 def check_data_roots(cfg, scope, dataloader_keys):
     """Fail early, naming the path, when a dataset's files are not there."""
     kind = SCOPES[scope][2]
-    for key in dataloader_keys:
-        loader = cfg.get(key)
-        if not loader:
-            continue
-        dataset = loader.get('dataset', {})
-        while 'dataset' in dataset:  # RepeatDataset and other wrappers
-            dataset = dataset['dataset']
+    for key, dataset in _dataset_cfgs(cfg, dataloader_keys):
         root = dataset.get('data_root', '')
         ann_file = dataset.get('ann_file', '')
         if root and not osp.isdir(root):
@@ -188,11 +186,126 @@ def build_runner(cfg):
     return Runner.from_cfg(cfg)
 
 
+def _dataset_cfgs(cfg, dataloader_keys):
+    """``(dataloader key, dataset cfg)`` pairs, wrappers unwrapped."""
+    for key in dataloader_keys:
+        loader = cfg.get(key)
+        if not loader:
+            continue
+        dataset = loader.get('dataset', {})
+        while 'dataset' in dataset:  # RepeatDataset and other wrappers
+            dataset = dataset['dataset']
+        yield key, dataset
+
+
+def _annotation_files(cfg, dataloader_keys):
+    """``(config key, path)`` of the datasets' and metrics' annotations."""
+    for key, dataset in _dataset_cfgs(cfg, dataloader_keys):
+        ann_file = dataset.get('ann_file', '')
+        if ann_file and not osp.isabs(ann_file):
+            ann_file = osp.join(dataset.get('data_root', ''), ann_file)
+        if ann_file:
+            yield key, ann_file
+        # CocoMetric reads the annotations again, from its own ann_file
+        evaluator_key = key.replace('_dataloader', '_evaluator')
+        metrics = cfg.get(evaluator_key) or []
+        for metric in metrics if isinstance(metrics, list) else [metrics]:
+            if isinstance(metric, dict) and metric.get('ann_file'):
+                yield evaluator_key, metric['ann_file']
+
+
+def _unparsable_json(cfg, dataloader_keys):
+    """The first configured ``.json`` annotation file that does not parse."""
+    for key, ann_file in _annotation_files(cfg, dataloader_keys):
+        if not ann_file.endswith('.json') or not osp.isfile(ann_file):
+            continue
+        try:
+            with open(ann_file) as f:
+                json.load(f)
+        except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+            return key, ann_file, exc
+    return None
+
+
+# Where a data pipeline loads files: the transform class, the key of the
+# file in the sample dict, and what the file is.
+_LOADERS = {
+    'LoadImageFromFile': ('img_path', 'image'),
+    'LoadAnnotations': ('seg_map_path', 'label map'),
+}
+
+
+def _failing_sample_file(exc):
+    """``(path, what)`` of the file a pipeline transform failed on, or None.
+
+    Decoders do not always name the file (Pillow: "cannot identify image
+    file <BytesIO>"), so the traceback is searched, innermost frame first,
+    for the loading transform and its ``results`` dict.
+    """
+    tb, frames = exc.__traceback__, []
+    while tb is not None:
+        frames.append(tb.tb_frame)
+        tb = tb.tb_next
+    for frame in reversed(frames):
+        transform = frame.f_locals.get('self')
+        results = frame.f_locals.get('results')
+        loader = _LOADERS.get(type(transform).__name__)
+        if loader and isinstance(results, dict) and results.get(loader[0]):
+            return results[loader[0]], loader[1]
+    return None
+
+
+@contextlib.contextmanager
+def explain_data_errors(cfg, dataloader_keys):
+    """Turn a broken dataset file met while running into a ``LaunchError``.
+
+    mmdet and mmseg raise these from deep inside dataset building or the
+    data pipeline, as a traceback that often does not name the file:
+
+    * an annotation JSON that does not parse (``json.JSONDecodeError``):
+      the configured ``.json`` files are parsed again to name the culprit;
+    * a file listed in the annotations but missing on disk
+      (``FileNotFoundError``);
+    * an image or label map that does not decode (mmcv's "failed to load
+      image" assertion, Pillow's ``UnidentifiedImageError``, ``OSError``).
+    """
+    try:
+        yield
+    except json.JSONDecodeError as exc:
+        bad = _unparsable_json(cfg, dataloader_keys)
+        if bad is None:
+            raise
+        key, ann_file, error = bad
+        raise LaunchError(f'{key}: annotation file {ann_file} is not valid '
+                          f'JSON ({error}). Fix or regenerate it') from exc
+    except FileNotFoundError as exc:
+        sample = _failing_sample_file(exc)
+        missing = exc.filename or (sample[0] if sample else str(exc))
+        what = f'{sample[1]} ' if sample else 'file '
+        listed = ' (listed in the dataset annotations)' if sample else ''
+        raise LaunchError(f'{what}{missing} does not exist{listed}') from exc
+    except (AssertionError, OSError, ValueError) as exc:
+        # OSError covers PIL.UnidentifiedImageError and truncated files.
+        sample = _failing_sample_file(exc)
+        if sample is None:
+            raise
+        path, what = sample
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        # Pillow names the in-memory buffer, not the file
+        reason = re.sub(r' <[^>]*BytesIO[^>]*>', '', reason)
+        raise LaunchError(f'cannot decode {what} {path}: it is corrupt or '
+                          f'not an image ({reason})') from exc
+
+
 def run_tool(main):
-    """Call ``main()``; print a ``LaunchError`` as one line and exit 2."""
-    import sys
+    """Call ``main()``; print a user-facing error as one line and exit 2.
+
+    User-facing errors: ``LaunchError`` and the checkpoint errors
+    (``CheckpointError``: unsafe, unreadable or not fitting the model).
+    """
+    from ..checkpoint import CheckpointError
     try:
         return main()
-    except LaunchError as exc:
+    except (LaunchError, CheckpointError) as exc:
         print(f'error: {exc}', file=sys.stderr)
         sys.exit(2)

@@ -34,7 +34,6 @@ boxes pass the score threshold, so a trained checkpoint can time
 differently.
 """
 import argparse
-import itertools
 import os.path as osp
 import resource
 import statistics
@@ -49,7 +48,8 @@ from mmengine.config import DictAction  # noqa: E402
 
 from mmmetaformer.utils.launch import (LaunchError,  # noqa: E402
                                        check_data_roots, check_ops_for,
-                                       load_config, run_tool)
+                                       explain_data_errors, load_config,
+                                       run_tool)
 from mmmetaformer.utils.measure import (machine_summary,  # noqa: E402
                                         parse_hw, peak_step_memory,
                                         prepare_device, synchronize)
@@ -85,16 +85,16 @@ def parse_args(argv=None):
 def build_model(cfg, checkpoint, device):
     from mmengine.model import revert_sync_batchnorm
     from mmengine.registry import MODELS
-    from mmengine.runner import load_checkpoint
 
     import mmmetaformer  # noqa: F401  (registers our modules)
+    from mmmetaformer.checkpoint import load_model_strictly
     if cfg.model.get('backbone', {}).get('init_cfg') is not None:
         cfg.model.backbone.init_cfg = None  # no ImageNet download
     model = MODELS.build(cfg.model)
     if checkpoint is None:
         model.init_weights()
-    else:
-        load_checkpoint(model, checkpoint, map_location='cpu', strict=True)
+    else:  # read without pickled code; exactly the model's tensors
+        load_model_strictly(model, checkpoint)
     # One process: SyncBN would need a process group (and a GPU).
     model = revert_sync_batchnorm(model)
     return model.to(device).eval()
@@ -120,10 +120,16 @@ def random_image_batches(cfg, scope, size):
 
 
 def dataset_batches(cfg):
-    """Endless batches of the config's test dataloader (cycled)."""
+    """Endless batches of the config's test dataloader (cycled).
+
+    A broken dataset file (annotations, images) is a ``LaunchError`` that
+    names it.
+    """
     from mmengine.runner import Runner
-    loader = Runner.build_dataloader(cfg.test_dataloader)
-    return itertools.chain.from_iterable(itertools.repeat(loader))
+    with explain_data_errors(cfg, ('test_dataloader', )):
+        loader = Runner.build_dataloader(cfg.test_dataloader)
+        while True:
+            yield from loader
 
 
 def batch_size_of(data):

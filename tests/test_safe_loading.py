@@ -1,0 +1,506 @@
+"""One safe checkpoint reader for everything, and strict evaluation.
+
+Importing mmmetaformer re-registers mmengine's CheckpointLoader schemes with
+loaders that read ``torch.load(weights_only=True)`` plus a short allowlist
+(``mmmetaformer/checkpoint/reader.py``). Checked here:
+
+* the allowlist reads real Runner checkpoints (optimizer, message hub,
+  schedulers, random state) and files in the published mmdet/mmseg
+  layouts, identically to an unrestricted load;
+* a planted pickle (its ``__reduce__`` writes a file) is refused before it
+  runs, through mmengine's own loading functions, ``init_cfg``, http, and
+  every tool (``--resume`` with a path and ``auto`` included);
+* safetensors metadata survives reading;
+* ``tools/test.py``, ``tools/infer.py`` and ``tools/analysis/benchmark.py``
+  refuse a checkpoint that does not hold exactly the model's tensors, and
+  print no metric.
+"""
+import functools
+import http.server
+import importlib.util
+import os
+import subprocess
+import sys
+import threading
+from collections import OrderedDict
+from pathlib import Path
+
+import mmdet
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+from mmengine.logging import HistoryBuffer
+from mmengine.model import BaseModel, BaseModule
+from mmengine.runner import Runner, load_checkpoint
+from mmengine.runner.checkpoint import CheckpointLoader
+
+import mmmetaformer  # noqa: F401  (installs the safe loaders)
+from mmmetaformer.checkpoint import (CheckpointMismatchError,
+                                     UnsafeCheckpointError, check_model_fits,
+                                     read_checkpoint, reader, to_native)
+from mmmetaformer.datasets.toy import make_coco
+from mmmetaformer.registry import MODELS
+
+from .forked_tools import ForkedTool
+from .helpers import REPO_ROOT
+
+DET_CONFIG = REPO_ROOT / 'configs/toy/retinanet_poolformer_s12_toy_coco.py'
+MMDET_TEST_TOOL = str(Path(mmdet.__file__).parent / '.mim/tools/test.py')
+SMALL = ['test_dataloader.dataset.pipeline.1.scale=(64,64)',
+         'train_dataloader.dataset.pipeline.2.scale=(64,64)',
+         'val_dataloader.dataset.pipeline.1.scale=(64,64)']
+
+
+class PlantedPayload:
+    """Unpickling this runs ``exec``, which writes ``marker``."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (exec, (f"open({self.marker!r}, 'w').write('ran')", ))
+
+
+class HistoryBufferUpdate:
+    """A pickle reaching a HistoryBuffer method other than its statistics."""
+
+    def __reduce__(self):
+        return (getattr, (HistoryBuffer, 'update'))
+
+
+def plant(path, marker):
+    """A checkpoint that looks normal but runs code when unpickled."""
+    torch.save({'meta': {'epoch': 1, 'note': PlantedPayload(marker)},
+                'state_dict': OrderedDict(w=torch.zeros(2))}, path)
+    return path
+
+
+def test_planted_payload_runs_without_the_safe_reader(tmp_path):
+    """The payload is real: an unrestricted torch.load runs it."""
+    marker = tmp_path / 'ran'
+    torch.load(plant(tmp_path / 'evil.pth', marker), weights_only=False)
+    assert marker.read_text() == 'ran'
+
+
+# --- the allowlist against real checkpoints ---------------------------------
+
+
+class TinyModel(BaseModel):
+
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(4, 2)
+        self.bn = nn.BatchNorm1d(2)
+
+    def forward(self, inputs, labels=None, mode='tensor'):
+        out = self.bn(self.linear(inputs))
+        if mode == 'loss':
+            return dict(loss=((out - labels)**2).mean())
+        return out
+
+
+class TinyDataset(torch.utils.data.Dataset):
+    metainfo = dict(classes=('a', 'b'), palette=[(1, 2, 3), (4, 5, 6)])
+
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, index):
+        return dict(inputs=torch.full((4, ), float(index)),
+                    labels=torch.ones(2))
+
+
+def tiny_runner(work_dir, **kwargs):
+    return Runner(
+        model=TinyModel(), work_dir=str(work_dir),
+        train_dataloader=dict(
+            dataset=TinyDataset(), batch_size=4, num_workers=0,
+            sampler=dict(type='DefaultSampler', shuffle=True),
+            collate_fn=dict(type='default_collate')),
+        optim_wrapper=dict(optimizer=dict(type='AdamW', lr=1e-3)),
+        param_scheduler=[
+            dict(type='LinearLR', start_factor=0.1, by_epoch=False, end=2),
+            dict(type='CosineAnnealingLR', T_max=2, by_epoch=True)
+        ],
+        train_cfg=dict(by_epoch=True, max_epochs=2),
+        default_hooks=dict(checkpoint=dict(type='AtomicCheckpointHook',
+                                           interval=1)),
+        custom_hooks=[dict(type='ExactResumeHook')],
+        randomness=dict(seed=0), default_scope='mmengine', **kwargs)
+
+
+@pytest.fixture(scope='module')
+def runner_checkpoint(tmp_path_factory):
+    """A checkpoint of mmengine's Runner with everything resume needs."""
+    work_dir = tmp_path_factory.mktemp('runner')
+    tiny_runner(work_dir, experiment_name='safe_loading_train').train()
+    return work_dir / 'epoch_1.pth'
+
+
+def assert_same(a, b, where='checkpoint'):
+    """Equal objects, tensors and arrays compared exactly."""
+    assert type(a) is type(b), (where, type(a), type(b))
+    if isinstance(a, dict):
+        assert list(a) == list(b), where
+        for key in a:
+            assert_same(a[key], b[key], f'{where}[{key!r}]')
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same(x, y, f'{where}[{i}]')
+    elif isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), where
+    elif isinstance(a, np.ndarray):
+        assert a.dtype == b.dtype and np.array_equal(a, b), where
+    elif isinstance(a, HistoryBuffer):
+        assert_same(a.data, b.data, where)
+    else:
+        assert a == b, where
+
+
+def test_runner_checkpoint_reads_as_an_unrestricted_load(runner_checkpoint):
+    checkpoint = read_checkpoint(runner_checkpoint)
+    assert {'meta', 'state_dict', 'message_hub', 'optimizer',
+            'param_schedulers', 'resume_state'} <= set(checkpoint)
+    assert isinstance(checkpoint['message_hub']['log_scalars']['train/loss'],
+                      HistoryBuffer)
+    assert_same(checkpoint, torch.load(runner_checkpoint, weights_only=False))
+    # torch's own allowlist alone refuses it: the extra entries are needed
+    with pytest.raises(Exception, match='HistoryBuffer'):
+        torch.load(runner_checkpoint, weights_only=True)
+
+
+def test_runner_resumes_through_the_safe_reader(runner_checkpoint, tmp_path):
+    runner = tiny_runner(tmp_path, resume=True,
+                         load_from=str(runner_checkpoint),
+                         experiment_name='safe_loading_resume')
+    runner.train()
+    assert (runner.epoch, runner.iter) == (2, 4)
+
+
+def zoo_layouts():
+    """Checkpoints laid out as the published mmdet and mmseg ones."""
+    from mmdet.datasets import CocoDataset
+    from mmseg.datasets import ADE20KDataset
+    state_dict = OrderedDict(
+        [('backbone.conv.weight', torch.randn(4, 3, 3, 3)),
+         ('backbone.bn.num_batches_tracked', torch.tensor(7))])
+    coco, ade = CocoDataset.METAINFO, ADE20KDataset.METAINFO
+    # mmdet 3.x / mmseg 1.x zoo: Runner meta, optimizer and message hub
+    # stripped by publish_model, saved in torch's legacy format.
+    mmengine_meta = dict(
+        epoch=12, iter=87960, cfg='model = dict()', seed=0,
+        experiment_name='retinanet_20230101_000000',
+        time='20230101_000000', mmengine_version='0.7.1')
+    yield 'mmdet3_zoo', dict(
+        meta=dict(mmengine_meta, dataset_meta=dict(
+            classes=coco['classes'], palette=coco['palette'])),
+        state_dict=state_dict), False
+    yield 'mmseg1_zoo', dict(
+        meta=dict(mmengine_meta, dataset_meta=dict(
+            classes=ade['classes'], palette=ade['palette'])),
+        state_dict=state_dict), False
+    # mmdet 2.x / mmseg 0.x (mmcv runner): CLASSES/PALETTE in meta, numpy
+    # values where the datasets had them.
+    yield 'mmdet2_mmseg0', dict(
+        meta=dict(
+            mmdet_version='2.25.0', mmcv_version='1.6.0', config='',
+            env_info='sys.platform: linux', epoch=24, iter=10,
+            CLASSES=ade['classes'],
+            PALETTE=np.array(ade['palette'], dtype=np.uint8),
+            seed=np.int64(42), time='Mon Jan  2 00:00:00 2023',
+            hook_msgs=dict(last_ckpt='work_dirs/latest.pth')),
+        state_dict=state_dict,
+        optimizer=dict(state={}, param_groups=[dict(lr=1e-4, params=[0])])
+    ), True
+
+
+@pytest.mark.parametrize('name,checkpoint,zip_format',
+                         list(zoo_layouts()),
+                         ids=[name for name, _, _ in zoo_layouts()])
+def test_published_layouts_read_as_an_unrestricted_load(
+        name, checkpoint, zip_format, tmp_path):
+    path = tmp_path / f'{name}.pth'
+    torch.save(checkpoint, path, _use_new_zipfile_serialization=zip_format)
+    assert_same(read_checkpoint(path), torch.load(path, weights_only=False))
+
+
+# --- refusals in process ----------------------------------------------------
+
+
+def test_every_scheme_of_checkpoint_loader_is_the_safe_one():
+    for prefixes, loader in reader.SCHEMES:
+        for prefix in [prefixes] if isinstance(prefixes, str) else prefixes:
+            example = prefix.replace(r'(\S+\:)?', '') + 'x/model.pth'
+            assert CheckpointLoader._get_checkpoint_loader(example) is loader
+
+
+def test_planted_pickle_is_refused_by_every_loading_path(tmp_path):
+    marker = tmp_path / 'ran'
+    evil = str(plant(tmp_path / 'evil.pth', marker))
+    attempts = [
+        lambda: read_checkpoint(evil),
+        lambda: CheckpointLoader.load_checkpoint(evil, 'cpu'),
+        lambda: load_checkpoint(nn.Linear(2, 2), evil),
+        # mmengine's PretrainedInit, as any init_cfg of a non-mmmetaformer
+        # module does it
+        lambda: BaseModule(init_cfg=dict(type='Pretrained',
+                                         checkpoint=evil)).init_weights(),
+        # our backbones' init_cfg
+        lambda: MODELS.build(dict(
+            type='PoolFormer', arch='s12',
+            init_cfg=dict(type='Pretrained', checkpoint=evil))).init_weights(),
+    ]
+    for attempt in attempts:
+        with pytest.raises(UnsafeCheckpointError) as err:
+            attempt()
+        message = str(err.value)
+        assert evil in message and 'builtins.exec' in message
+        assert 'Nothing in the file was run' in message
+        assert ("weights_only=False); torch.save({'state_dict': "
+                "c.get('state_dict', c)}, 'trusted.pth')") in message
+    assert not marker.exists()
+
+
+def test_getattr_reaches_only_history_buffer_statistics(tmp_path):
+    path = tmp_path / 'getattr.pth'
+    torch.save({'meta': {'x': HistoryBufferUpdate()}}, path)
+    with pytest.raises(UnsafeCheckpointError, match="'update'"):
+        read_checkpoint(path)
+
+
+@pytest.fixture
+def http_root(tmp_path, monkeypatch):
+    """A local http server over a folder, and a fresh torch hub cache."""
+    root = tmp_path / 'served'
+    root.mkdir()
+    requests = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+
+        def log_message(self, *args):
+            requests.append(self.path)
+
+    server = http.server.ThreadingHTTPServer(
+        ('127.0.0.1', 0), functools.partial(Handler, directory=str(root)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setattr(torch.hub, '_hub_dir', str(tmp_path / 'hub'))
+    yield root, f'http://127.0.0.1:{server.server_port}', requests
+    server.shutdown()
+
+
+def test_urls_are_fetched_once_through_checkpoint_loader(http_root, tmp_path):
+    root, url, requests = http_root
+    torch.save({'state_dict': {'w': torch.ones(3)}}, root / 'good.pth')
+    for _ in range(2):
+        loaded = read_checkpoint(f'{url}/good.pth')
+        assert torch.equal(loaded['state_dict']['w'], torch.ones(3))
+    assert requests == ['/good.pth']  # the second read used the cache
+    marker = tmp_path / 'ran'
+    plant(root / 'evil.pth', marker)
+    with pytest.raises(UnsafeCheckpointError, match=f'{url}/evil.pth'):
+        read_checkpoint(f'{url}/evil.pth')
+    assert not marker.exists()
+
+
+# --- safetensors metadata ---------------------------------------------------
+
+
+def test_safetensors_metadata_is_kept(tmp_path):
+    from safetensors.torch import save_file
+    tensors = {'stem.conv.weight': torch.randn(2, 3, 7, 7)}
+    save_file(tensors, tmp_path / 'with.safetensors',
+              metadata={'mmmetaformer_format': '1', 'source': 'x.pth'})
+    loaded = read_checkpoint(tmp_path / 'with.safetensors')
+    assert loaded['meta'] == {'mmmetaformer_format': '1', 'source': 'x.pth'}
+    assert torch.equal(loaded['state_dict']['stem.conv.weight'],
+                       tensors['stem.conv.weight'])
+    save_file(tensors, tmp_path / 'without.safetensors')
+    assert list(read_checkpoint(tmp_path / 'without.safetensors')) == [
+        'stem.conv.weight']
+
+
+def test_converted_safetensors_are_recognised_as_ours(tmp_path):
+    """The converter's metadata marks the file as native; it used to be
+    dropped on read, and the file taken for a timm one."""
+    backbone = MODELS.build(dict(type='PoolFormer', arch='s12',
+                                 out_norm_cfg=None))
+    torch.save(backbone.state_dict(), tmp_path / 'timm_style.pth')
+    spec = importlib.util.spec_from_file_location(
+        'convert_checkpoint', REPO_ROOT / 'tools' / 'convert_checkpoint.py')
+    converter = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(converter)
+    assert converter.main([str(tmp_path / 'timm_style.pth'),
+                           str(tmp_path / 'ours.safetensors')]) == 0
+    loaded = read_checkpoint(tmp_path / 'ours.safetensors')
+    assert loaded['meta']['mmmetaformer_format'] == '1'
+    _, fmt, _ = to_native(loaded)
+    assert fmt == 'mmmetaformer'
+
+
+# --- strict evaluation in process -----------------------------------------
+
+
+def test_only_batchnorm_step_counters_may_be_missing():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    state = model.state_dict()
+    del state['1.num_batches_tracked']
+    check_model_fits(model, {'state_dict': state}, 'old.pth')
+    del state['1.running_var']
+    state['2.weight'] = torch.zeros(1)
+    with pytest.raises(CheckpointMismatchError) as err:
+        check_model_fits(model, {'state_dict': state}, 'old.pth')
+    message = str(err.value)
+    assert "1 of the model's 7 tensors are not in it (1.running_var)" in \
+        message
+    assert '1 of its 6 tensors are not in the model (2.weight)' in message
+
+
+# --- through the tools ------------------------------------------------------
+
+
+@pytest.fixture(scope='module')
+def toy_cwd(tmp_path_factory):
+    cwd = tmp_path_factory.mktemp('tools')
+    make_coco(cwd / 'data' / 'toy_coco', num_train=2, num_val=1, img_size=64,
+              seed=0, max_objects=2)
+    return cwd
+
+
+@pytest.fixture(scope='module')
+def toy_checkpoints(toy_cwd):
+    """An exact checkpoint of the toy RetinaNet, a mismatched one, and a
+    planted pickle; the marker file the pickle would write."""
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+    cfg = Config.fromfile(DET_CONFIG)
+    init_default_scope('mmdet')
+    model = MODELS.build(cfg.model)
+    state_dict = model.state_dict()
+    exact = toy_cwd / 'exact.pth'
+    torch.save({'meta': {'epoch': 1}, 'state_dict': state_dict}, exact)
+    # A classifier's weights given to the detector: nothing matches.
+    mismatched = toy_cwd / 'mismatched.pth'
+    torch.save({'state_dict': {f'head.fc{i}.weight': torch.zeros(2, 2)
+                               for i in range(7)}}, mismatched)
+    marker = toy_cwd / 'ran'
+    evil = plant(toy_cwd / 'evil.pth', marker)
+    return exact, mismatched, evil, marker
+
+
+def run_forked_pairs(cwd, runs):
+    """Run ``{name: (script, args)}`` two at a time; ``{name: result}``."""
+    results, items = {}, list(runs.items())
+    for i in range(0, len(items), 2):
+        started = [(name, ForkedTool(script, *args, cwd=cwd,
+                                     log_path=cwd / f'{name}.log'))
+                   for name, (script, args) in items[i:i + 2]]
+        for name, run in started:
+            results[name] = run.wait()
+    return results
+
+
+@pytest.fixture(scope='module')
+def tool_results(toy_cwd, toy_checkpoints):
+    exact, mismatched, evil, _ = toy_checkpoints
+    image = next((toy_cwd / 'data' / 'toy_coco' / 'val2017').glob('*.jpg'))
+    auto_dir = toy_cwd / 'work_auto'
+    auto_dir.mkdir()
+    (auto_dir / 'last_checkpoint').write_text(str(evil))
+
+    def tools(checkpoint, tag):
+        return {
+            f'test_{tag}': ('test.py', [DET_CONFIG, checkpoint, '--work-dir',
+                                        toy_cwd / f'work_test_{tag}',
+                                        '--cfg-options', *SMALL]),
+            f'infer_{tag}': ('infer.py', [image, DET_CONFIG, checkpoint,
+                                          '--out', toy_cwd / f'{tag}.jpg']),
+            f'benchmark_{tag}': ('analysis/benchmark.py', [
+                DET_CONFIG, checkpoint, '--image-size', '64x64',
+                '--num-images', '1', '--warmup', '0']),
+        }
+
+    runs = dict(tools(evil, 'evil'), **tools(mismatched, 'mismatched'))
+    runs.update(
+        convert_evil=('convert_checkpoint.py', [evil, toy_cwd / 'out.pth']),
+        resume_path_evil=('train.py', [
+            DET_CONFIG, '--work-dir', toy_cwd / 'work_resume', '--resume',
+            evil, '--cfg-options', *SMALL]),
+        resume_auto_evil=('train.py', [
+            DET_CONFIG, '--work-dir', auto_dir, '--resume', '--cfg-options',
+            *SMALL]),
+        stock_mmdet_test_evil=(MMDET_TEST_TOOL, [
+            DET_CONFIG, evil, '--work-dir', toy_cwd / 'work_stock',
+            '--cfg-options', *SMALL]),
+        # score_thr 0: random weights score every box near the 0.01 prior
+        test_exact=('test.py', [
+            DET_CONFIG, exact, '--work-dir', toy_cwd / 'work_exact',
+            '--cfg-options', *SMALL, 'model.test_cfg.score_thr=0.0']),
+    )
+    return run_forked_pairs(toy_cwd, runs)
+
+
+EVIL_RUNS = ['test_evil', 'infer_evil', 'benchmark_evil', 'convert_evil',
+             'resume_path_evil', 'resume_auto_evil']
+
+
+@pytest.mark.parametrize('name', EVIL_RUNS)
+def test_tools_refuse_a_planted_pickle(name, tool_results, toy_checkpoints):
+    result = tool_results[name]
+    evil, marker = toy_checkpoints[2], toy_checkpoints[3]
+    assert result.returncode == 2, result.output[-3000:]
+    assert f'error: {evil} was refused' in result.output
+    assert 'Traceback' not in result.output
+    assert not marker.exists()
+
+
+def test_stock_mmdet_test_tool_refuses_a_planted_pickle(tool_results,
+                                                        toy_checkpoints):
+    """mmdet's own tools/test.py reads load_from through CheckpointLoader,
+    made safe by the config's custom_imports of mmmetaformer."""
+    result = tool_results['stock_mmdet_test_evil']
+    assert result.returncode != 0
+    assert 'UnsafeCheckpointError' in result.output
+    assert not toy_checkpoints[3].exists()
+
+
+@pytest.mark.parametrize('tool', ['test', 'infer', 'benchmark'])
+def test_tools_refuse_a_checkpoint_that_does_not_fit(tool, tool_results,
+                                                     toy_checkpoints):
+    result = tool_results[f'{tool}_mismatched']
+    assert result.returncode == 2, result.output[-3000:]
+    assert f'error: {toy_checkpoints[1]} does not fit RetinaNet: ' in \
+        result.output
+    assert "tensors are not in it (backbone.stem.conv.weight, " in \
+        result.output
+    assert '7 of its 7 tensors are not in the model (head.fc0.weight, ' in \
+        result.output
+    assert 'Traceback' not in result.output
+    assert 'coco/bbox_mAP' not in result.output
+    assert '| config |' not in result.output  # benchmark's table
+    assert 'wrote' not in result.output  # infer's picture
+
+
+def test_test_tool_evaluates_a_checkpoint_that_fits(tool_results):
+    result = tool_results['test_exact']
+    assert result.returncode == 0, result.output[-3000:]
+    assert "The checkpoint holds exactly the model's tensors" in \
+        result.output
+    assert 'coco/bbox_mAP' in result.output
+
+
+def test_real_test_tool_process_refuses_a_planted_pickle(toy_cwd,
+                                                         toy_checkpoints):
+    """``python tools/test.py``: a fresh interpreter, as a user runs it."""
+    evil, marker = toy_checkpoints[2], toy_checkpoints[3]
+    proc = subprocess.run(
+        [sys.executable, str(REPO_ROOT / 'tools' / 'test.py'),
+         str(DET_CONFIG), str(evil), '--work-dir', str(toy_cwd / 'work_real'),
+         '--cfg-options', *SMALL],
+        cwd=toy_cwd, capture_output=True, text=True, timeout=600,
+        env=dict(os.environ, OMP_NUM_THREADS='1'))
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert f'error: {evil} was refused' in proc.stderr
+    assert 'Traceback' not in proc.stderr
+    assert not marker.exists()
