@@ -5,31 +5,125 @@ config); the dataset-fed runs of ``benchmark.py`` with a trained checkpoint
 are in the detection and segmentation config tests, next to the toy runs
 that make the checkpoints.
 """
+import importlib.util
+import re
+
 import pytest
+import torch
 
 from .helpers import REPO_ROOT, benchmark_row, run_tool
 
 
-def test_benchmark_prints_table_after_parity_check():
+def load_backbone_tool():
+    """``tools/analysis/benchmark_backbone.py`` as a module (no subprocess)."""
+    path = REPO_ROOT / 'tools' / 'analysis' / 'benchmark_backbone.py'
+    spec = importlib.util.spec_from_file_location('benchmark_backbone', path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def table(stdout, title):
+    """``(header cells, {(model, size): row cells})`` of a printed table."""
+    lines = stdout[stdout.index(title):].splitlines()
+    first = next(i for i, line in enumerate(lines) if line.startswith('|'))
+    header = [c.strip() for c in lines[first].strip('|').split('|')]
+    rows = {}
+    for line in lines[first + 2:]:
+        if not line.startswith('|'):
+            break
+        cells = [c.strip() for c in line.strip('|').split('|')]
+        assert len(cells) == len(header), (header, cells)
+        rows[(cells[0], cells[1])] = cells
+    return header, rows
+
+
+def assert_ratio(cell, numerator, denominator):
+    # the printed ratio is of the unrounded times: allow the rounding
+    ratio = float(numerator) / float(denominator)
+    assert abs(float(cell) - ratio) <= 0.006 + 0.001 * ratio, (
+        cell, numerator, denominator)
+
+
+@pytest.fixture(scope='module')
+def backbone_run():
+    # every column kind (compiled with the cheap 'eager' backend), both
+    # modes, a family timm has and one it has not
     proc = run_tool('analysis/benchmark_backbone.py', '--models',
-                    'poolformer_s12', '--sizes', '64x64', '--runs', '1',
-                    '--warmup', '0', '--modes', 'eval', '--threads', '1',
-                    timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    out = proc.stdout
-    assert 'check poolformer_s12 64x64: max abs diff ours vs timm' in out
-    assert 'OK' in out and 'MISMATCH' not in out
-    header = ('| model | size | mode | ours ms | timm ms | ours/timm | '
-              'ours peak MB | timm peak MB | ours/timm |')
-    assert header in out
-    rows = [line for line in out.splitlines()
-            if line.startswith('| poolformer_s12 | 64x64 | eval |')]
-    assert len(rows) == 1
-    cells = [c.strip() for c in rows[0].strip('|').split('|')]
-    assert len(cells) == 9
-    float(cells[5])  # time ratio
-    float(cells[8])  # memory ratio
+                    'poolformer_s12', 'identityformer_s12', '--sizes',
+                    '64x64', '--columns', 'eager', 'fused', 'compiled',
+                    'onnx', 'timm', '--compile-backend', 'eager', '--runs',
+                    '1', '--warmup', '0', '--threads', '1', timeout=300)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    return proc.stdout
+
+
+def test_every_column_is_checked_before_timing(backbone_run):
+    out = backbone_run
+    for column in ('eager', 'fused', 'compiled', 'onnx'):
+        assert re.search(rf'check poolformer_s12 64x64 {column} vs timm: '
+                         r'max abs diff \S+ \(max \|output\| \S+\) OK', out)
+    for column in ('fused', 'compiled', 'onnx'):
+        assert re.search(rf'check identityformer_s12 64x64 {column} vs '
+                         r'eager: .* OK', out)
+    assert 'MISMATCH' not in out
+    # checks come before the timings of their model
+    assert out.index('check poolformer_s12 64x64 onnx') < out.index(
+        'poolformer_s12 64x64 eval:')
     assert '- torch threads: 1' in out
+    assert re.search(r'fp32 GEMM rate \d+\.\d GFLOP/s', out)
+
+
+def test_tables_have_the_columns_and_consistent_ratios(backbone_run):
+    out = backbone_run
+    header, rows = table(out, '**Inference**')
+    assert header == ['model', 'size', 'checked vs', 'MAC floor',
+                      'ours eager', 'ours fused', 'ours compiled',
+                      'onnxruntime', 'timm eager']
+    pool = rows[('poolformer_s12', '64x64')]
+    ident = rows[('identityformer_s12', '64x64')]
+    assert pool[2] == 'timm eager' and ident[2] == 'ours eager'
+    assert ident[-1] == '-'  # no timm features model for IdentityFormer
+    times = dict(zip(header[4:], pool[4:]))
+
+    header, ratios = table(out, '**Against timm**')
+    assert header[2:6] == ['ours eager / timm eager',
+                           'ours fused / timm eager',
+                           'onnxruntime / timm eager',
+                           'best of ours / floor']
+    cells = ratios[('poolformer_s12', '64x64')]
+    assert_ratio(cells[2], times['ours eager'], times['timm eager'])
+    assert_ratio(cells[3], times['ours fused'], times['timm eager'])
+    assert_ratio(cells[4], times['onnxruntime'], times['timm eager'])
+    best = min(float(times[c]) for c in ('ours eager', 'ours fused',
+                                         'ours compiled', 'onnxruntime'))
+    assert_ratio(cells[5], best, pool[3])
+    assert ratios[('identityformer_s12', '64x64')][2] == '-'
+
+    header, train = table(out, '**Training step**')
+    assert header[3:6] == ['ours ms', 'timm ms', 'ours / timm']
+    cells = train[('poolformer_s12', '64x64')]
+    assert_ratio(cells[5], cells[3], cells[4])
+    assert_ratio(cells[8], cells[6], cells[7])
+    # the training floor is 3 forward floors
+    assert_ratio(cells[2], 3 * float(pool[3]), 1)
+    assert train[('identityformer_s12', '64x64')][4] == '-'
+
+
+def test_a_mismatching_column_stops_the_tool(capsys):
+    tool = load_backbone_tool()
+    outputs = [torch.ones(1, 4, 8, 8), torch.ones(1, 8, 4, 4)]
+    runners = dict(timm=lambda x: outputs,
+                   fused=lambda x: [o.clone() for o in outputs],
+                   onnx=lambda x: [outputs[0], outputs[1] + 1e-3])
+    with pytest.raises(SystemExit) as exc:
+        tool.check_outputs('m', '8x8', runners, 'timm', None, 'cpu')
+    assert exc.value.code == 1
+    captured = capsys.readouterr()
+    assert 'check m 8x8 fused vs timm: max abs diff 0 ' in captured.out
+    assert 'check m 8x8 onnx vs timm: max abs diff 0.001 ' in captured.out
+    assert 'MISMATCH' in captured.out
+    assert 'error: m onnx outputs differ from timm at 8x8' in captured.err
 
 
 def test_unknown_model_is_a_clear_error():
@@ -37,16 +131,49 @@ def test_unknown_model_is_a_clear_error():
                     'caformer_s19', timeout=120)
     assert proc.returncode == 2
     assert "error: unknown model 'caformer_s19'" in proc.stderr
-    assert 'caformer_s18' in proc.stderr and 'Traceback' not in proc.stderr
-
-
-def test_bad_size_is_a_clear_error():
-    proc = run_tool('analysis/benchmark_backbone.py', '--sizes', '512',
-                    '20x900', timeout=120)
-    assert proc.returncode == 2
-    assert ("error: --sizes entry '20x900' is not HxW with both sides >= 32"
-            in proc.stderr)
+    for valid in ('caformer_s18', 'identityformer_s12', 'convmixer_768_32'):
+        assert valid in proc.stderr
     assert 'Traceback' not in proc.stderr
+
+
+@pytest.mark.parametrize('args, message', [
+    (['--sizes', '512', '20x900'],
+     "--sizes entry '20x900' is not HxW with both sides >= 32"),
+    (['--runs', '0'], '--runs (0) and --batch-size (1) must be >= 1'),
+    (['--threads', '0'], '--threads must be >= 1, got 0'),
+])
+def test_bad_arguments_are_clear_errors(args, message):
+    tool = load_backbone_tool()
+    from mmmetaformer.utils.launch import LaunchError
+    threads = torch.get_num_threads()
+    try:
+        with pytest.raises(LaunchError) as exc:
+            tool.main(['--device', 'cpu'] + args)
+    finally:
+        torch.set_num_threads(threads)
+    assert message in str(exc.value)
+
+
+def test_unknown_column_lists_the_valid_ones(capsys):
+    tool = load_backbone_tool()
+    with pytest.raises(SystemExit) as exc:
+        tool.parse_args(['--columns', 'eager', 'tensorrt'])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "invalid choice: 'tensorrt'" in err
+    assert 'fused_compiled' in err and 'timm_compiled' in err
+
+
+def test_cpu_clock_makes_openmp_wait_passively(monkeypatch):
+    tool = load_backbone_tool()
+    monkeypatch.delenv('OMP_WAIT_POLICY', raising=False)
+    tool.passive_wait_env(['--clock', 'wall'])
+    assert 'OMP_WAIT_POLICY' not in tool.os.environ
+    tool.passive_wait_env(['--models', 'x', '--clock', 'cpu'])
+    assert tool.os.environ['OMP_WAIT_POLICY'] == 'PASSIVE'
+    monkeypatch.setenv('OMP_WAIT_POLICY', 'ACTIVE')
+    tool.passive_wait_env(['--clock=cpu'])
+    assert tool.os.environ['OMP_WAIT_POLICY'] == 'ACTIVE'
 
 
 # ---------------------------------------------------------------------------

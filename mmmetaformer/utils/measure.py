@@ -7,11 +7,18 @@ same way, so their figures are comparable:
 * time: ``synchronize`` around each timed step on CUDA, so asynchronous
   kernels are counted where they run;
 * memory: ``peak_step_memory``, the peak of the extra tensor memory one
-  step allocates on top of what is alive before it.
+  step allocates on top of what is alive before it;
+* several variants of one step are timed interleaved (``time_steps``), so
+  they share whatever load a shared machine has;
+* ``gemm_rate`` measures the machine's fp32 matrix-multiply rate with the
+  same threads and clock, for the MAC-bound floor ``floor_ms``.
 """
 import gc
+import os
 import platform
 import re
+import statistics
+import time
 
 import torch
 
@@ -52,6 +59,81 @@ def synchronize(device):
     """Wait for queued CUDA work; a no-op on CPU."""
     if str(device).startswith('cuda'):
         torch.cuda.synchronize()
+
+
+def clock_function(clock):
+    """``'wall'`` -> ``time.perf_counter``; ``'cpu'`` -> ``time.process_time``.
+
+    The CPU clock counts the time this process's threads ran, so time spent
+    descheduled on a shared machine does not count; threads spinning at a
+    barrier do count, so benchmark tools set ``OMP_WAIT_POLICY=PASSIVE``
+    with it (before torch is imported: OpenMP reads it when it loads).
+    """
+    clocks = dict(wall=time.perf_counter, cpu=time.process_time)
+    if clock not in clocks:
+        raise LaunchError(f"clock '{clock}' is unknown; valid: wall, cpu")
+    return clocks[clock]
+
+
+def time_steps(steps, device, runs, warmup, clock=time.perf_counter):
+    """Median milliseconds of each step; the steps run interleaved.
+
+    Each run calls every step once, the order reversed on odd runs, so all
+    steps see the same load (and the same cache state on average).
+    """
+    for _ in range(warmup):
+        for step in steps:
+            step()
+    times = [[] for _ in steps]
+    for i in range(runs):
+        order = range(len(steps)) if i % 2 == 0 else reversed(
+            range(len(steps)))
+        for k in order:
+            synchronize(device)
+            start = clock()
+            steps[k]()
+            synchronize(device)
+            times[k].append((clock() - start) * 1e3)
+    return [statistics.median(t) for t in times]
+
+
+def gemm_rate(device, clock=time.perf_counter, size=2048, runs=5):
+    """fp32 ``size^3`` matrix-multiply rate in GFLOP/s (2 FLOP per MAC).
+
+    The median of ``runs`` products after one untimed, with torch's current
+    threads and the given clock (with the CPU clock: FLOP per CPU-second
+    of all threads together, the unit CPU-time figures are in).
+    """
+    a = torch.randn(size, size, device=device)
+    b = torch.randn(size, size, device=device)
+    ms = time_steps([lambda: a @ b], device, runs, 1, clock)[0]
+    return 2 * size**3 / (ms * 1e-3) / 1e9
+
+
+def floor_ms(macs, rate_gflops):
+    """Milliseconds ``macs`` multiply-accumulates take at the GEMM rate."""
+    return 2 * macs / (rate_gflops * 1e9) * 1e3
+
+
+def max_abs_diff(outputs, reference):
+    """``(max |a - b|, max |b|)`` over matching tensors of two sequences.
+
+    Raises:
+        ValueError: different numbers of tensors or shapes.
+    """
+    outputs, reference = list(outputs), list(reference)
+    if len(outputs) != len(reference):
+        raise ValueError(f'{len(outputs)} outputs vs {len(reference)} in '
+                         'the reference')
+    diff = scale = 0.0
+    for a, b in zip(outputs, reference):
+        a, b = torch.as_tensor(a), torch.as_tensor(b)
+        if a.shape != b.shape:
+            raise ValueError(f'output shape {tuple(a.shape)} vs reference '
+                             f'{tuple(b.shape)}')
+        diff = max(diff, (a.float() - b.float()).abs().max().item())
+        scale = max(scale, b.abs().max().item())
+    return diff, scale
 
 
 def peak_step_memory(step, device):
@@ -111,9 +193,11 @@ def machine_summary(device, packages=()):
     versions += [f'{name} {importlib.import_module(name).__version__}'
                  for name in packages]
     versions.append(f'Python {platform.python_version()}')
+    wait = os.environ.get('OMP_WAIT_POLICY')
     lines = [
         f'- CPU: {cpu}',
-        f'- torch threads: {torch.get_num_threads()}',
+        f'- torch threads: {torch.get_num_threads()}' +
+        (f' (OMP_WAIT_POLICY={wait})' if wait else ''),
         '- ' + ', '.join(versions),
         '- device: ' + (torch.cuda.get_device_name()
                         if str(device).startswith('cuda') else 'cpu'),

@@ -1,53 +1,98 @@
-"""Latency and peak memory of our backbones against timm's, same weights.
+"""Our backbones (eager, fused, compiled, onnxruntime) against timm's.
 
-For each model (a timm ``timm.models.metaformer`` name such as
-``caformer_s18``) the tool builds:
+One run per model and input size measures every selected column on the
+same input, after checking that each column's outputs equal the reference:
 
-* timm's ``timm.create_model(name, features_only=True)`` (a
-  ``FeatureListNet`` returning the four stage outputs, no output norms) -
-  the project's numerical reference;
-* our registered backbone (``CAFormer(arch='s18', out_norm_cfg=None)``).
+==================  ====================================================
+column              what runs (all ``eval()``, under ``torch.no_grad()``)
+==================  ====================================================
+``eager``           our registered backbone as built
+``fused``           the same after ``switch_to_deploy()`` (norm affines,
+                    scales and StarReLU folded into convs, channels-last;
+                    ``mmmetaformer/models/core/fuse.py``)
+``compiled``        ``torch.compile(eager)`` (``--compile-backend``,
+                    inductor by default; one static-shape graph per size)
+``fused_compiled``  ``torch.compile(fused)``
+``onnx``            onnxruntime (CPU) on an ONNX export of ours (opset 17,
+                    dynamic H and W; ``--onnx-model`` eager or fused)
+``timm``            ``timm.create_model(name, features_only=True)``
+``timm_compiled``   ``torch.compile(timm)``
+==================  ====================================================
 
-Both get the same weights: timm's classifier ``create_model(name)`` is
-built once and its state dict is loaded strictly into the features model
-(``FeatureListNet`` names stage ``i`` ``stages_i``, so ``stages.i.`` keys
-are renamed and ``head.*`` dropped) and, through
-``mmmetaformer.checkpoint.to_native`` (Linear MLP weights -> 1x1 convs),
-into ours; every key of ours must be present (only ``head.*`` is left
-over). Before any timing, the outputs on each benchmark input are compared
-(max abs diff printed); a mismatch stops the tool with exit status 1.
+Models are ``<family>_<arch>`` (``caformer_s18``, ``poolformer_s12``,
+``convmixer_768_32``). The PoolFormer v1/v2, ConvFormer and CAFormer
+families exist in timm: timm's classifier is built once, its state dict
+loaded strictly into timm's features model and (converted) into ours, and
+every column is checked against timm eager. IdentityFormer, RandFormer and
+ConvMixer (with our pyramid adapter) have no timm features model: their
+timm columns are ``-`` and the columns are checked against our eager
+model. A check fails when the max abs difference exceeds ``1e-4`` times
+the larger of the reference's max magnitude and 1; the tool then stops
+with exit status 1 before timing anything. Ours are built with
+``out_norm_cfg=None`` (timm's features have no output norm).
 
-Modes:
-    eval   ``model.eval()``, forward under ``torch.no_grad()``.
-    train  ``model.train()``, forward + backward of the sum of all outputs
-           (parameter gradients reset to ``None`` before each step).
+Figures:
 
-Latency is the median over ``--runs`` timed steps after ``--warmup``
-untimed ones. Ours and timm's steps are interleaved (alternating which
-goes first), so both see the same load on a shared machine. ``--clock
-cpu`` times the process's CPU time instead of elapsed time: on a machine
-shared with other jobs, time spent descheduled then does not count
-(use it with ``--threads 1``, where CPU time is compute time; with more
-threads it also counts threads spinning at barriers).
+* latency: the median over ``--runs`` timed calls after ``--warmup``
+  untimed ones; all columns of a cell run interleaved (order alternating)
+  so they share the machine's load. Compilation (and the ONNX export)
+  happens in the check call before that and is reported separately.
+* ``--clock cpu`` times this process's CPU time (both threads summed with
+  ``--threads 2``) instead of elapsed time: on a shared machine time spent
+  descheduled does not count. The tool then sets ``OMP_WAIT_POLICY=PASSIVE``
+  (unless set) and turns off onnxruntime's spinning, so that threads waiting
+  for a descheduled sibling do not burn CPU time that would be counted.
+* the MAC-bound floor: the backbone's multiply-accumulates (counted as
+  ``tools/analysis/get_flops.py`` does, ``mmmetaformer.utils.complexity``)
+  over the machine's fp32 GEMM rate, measured in the same run with the same
+  threads and clock (``2 * MACs / rate``). No implementation can beat it
+  by more than its GEMMs run faster than a large square product. A
+  training step is given 3x the forward floor (backward ~ 2x forward).
+* ``train`` mode: forward and backward of the sum of all outputs (gradients
+  reset to ``None`` first), ours (eager, unfused) against timm (eager);
+  peak memory is the extra tensor memory of one step
+  (``mmmetaformer.utils.measure.peak_step_memory``); also given for the
+  eager inference columns.
 
-Peak memory is the peak of the extra tensor memory one step allocates on
-top of what is alive before it (weights, input): activations, saved
-tensors, gradients and outputs; how it is measured on CUDA and on CPU is
-in ``mmmetaformer.utils.measure.peak_step_memory``.
+The tables at the end are markdown, ready for the README.
 
 Usage::
 
-    python tools/analysis/benchmark_backbone.py                 # everything
+    python tools/analysis/benchmark_backbone.py           # everything
     python tools/analysis/benchmark_backbone.py --models caformer_s18 \\
-        --sizes 512x512 --modes eval --runs 10 --warmup 3 --threads 2
+        --sizes 512x512 --columns eager fused timm --modes eval \\
+        --runs 5 --warmup 2 --threads 2 --clock cpu
 """
 import argparse
+import copy
 import gc
+import os
 import os.path as osp
 import re
-import statistics
 import sys
+import tempfile
 import time
+
+
+def passive_wait_env(argv):
+    """Set ``OMP_WAIT_POLICY=PASSIVE`` if ``argv`` asks for ``--clock cpu``.
+
+    OpenMP threads (torch's, oneDNN's, inductor's) otherwise spin while they
+    wait for a descheduled sibling, which a CPU-time clock counts as work:
+    measured with 2 threads on a loaded 2-core machine, spinning made a
+    0.9 s (CPU) forward read 3.5 s. OpenMP reads the variable when it
+    loads, so this runs before anything imports torch; an existing setting
+    is kept.
+    """
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument('--clock')
+    known, _ = parser.parse_known_args(argv)
+    if known.clock == 'cpu':
+        os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
+
+
+if __name__ == '__main__':
+    passive_wait_env(sys.argv[1:])
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(
     __file__)))))
@@ -55,81 +100,118 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(
 import torch  # noqa: E402
 
 from mmmetaformer.utils.launch import LaunchError, run_tool  # noqa: E402
-from mmmetaformer.utils.measure import (machine_summary,  # noqa: E402
-                                        parse_hw, peak_step_memory,
-                                        prepare_device, synchronize)
+from mmmetaformer.utils.measure import (clock_function,  # noqa: E402
+                                        floor_ms, gemm_rate, machine_summary,
+                                        max_abs_diff, parse_hw,
+                                        peak_step_memory, prepare_device,
+                                        synchronize, time_steps)
 
 DEFAULT_MODELS = ('poolformer_s12', 'poolformerv2_s12', 'convformer_s18',
                   'caformer_s18')
 DEFAULT_SIZES = ('512x512', '800x1216')
 MODES = ('eval', 'train')
-# timm families with features_only support -> our registered class
-TIMM_FAMILIES = dict(
-    poolformer='PoolFormer',
-    poolformerv2='PoolFormerV2',
-    convformer='ConvFormer',
-    caformer='CAFormer')
-# Outputs must agree to this relative to the largest output magnitude.
+COLUMNS = ('eager', 'fused', 'compiled', 'fused_compiled', 'onnx', 'timm',
+           'timm_compiled')
+TITLES = dict(eager='ours eager', fused='ours fused',
+              compiled='ours compiled', fused_compiled='ours fused+compiled',
+              onnx='onnxruntime', timm='timm eager',
+              timm_compiled='timm compiled')
+TIMM_COLUMNS = ('timm', 'timm_compiled')
+# ratio columns: (ours, timm reference)
+RATIOS = (('eager', 'timm'), ('fused', 'timm'),
+          ('compiled', 'timm_compiled'), ('fused_compiled', 'timm_compiled'),
+          ('onnx', 'timm'))
+# families timm builds as features_only models
+TIMM_FAMILIES = ('poolformer', 'poolformerv2', 'convformer', 'caformer')
+# Outputs must agree to this, relative to max(max |reference|, 1).
 REL_TOLERANCE = 1e-4
+# A training step costs about this many forward passes of MACs.
+TRAIN_MAC_FACTOR = 3
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
-        description='Benchmark our backbones against timm features_only '
-        'models with the same weights')
+        description='Benchmark our backbones (eager, fused, compiled, '
+        'onnxruntime) against timm features_only models, same weights')
     parser.add_argument('--models', nargs='+', default=list(DEFAULT_MODELS),
-                        help='timm metaformer names (default: %(default)s)')
+                        help='<family>_<arch> names (default: %(default)s)')
     parser.add_argument('--sizes', nargs='+', default=list(DEFAULT_SIZES),
                         help='input sizes HxW (default: %(default)s)')
+    parser.add_argument('--columns', nargs='+', default=list(COLUMNS),
+                        choices=COLUMNS, metavar='COLUMN',
+                        help='inference columns, any of: '
+                        f"{', '.join(COLUMNS)} (default: all)")
     parser.add_argument('--modes', nargs='+', default=list(MODES),
                         choices=MODES)
     parser.add_argument('--runs', type=int, default=5,
-                        help='timed steps per cell (median reported)')
+                        help='timed calls per cell (median reported)')
     parser.add_argument('--warmup', type=int, default=2,
-                        help='untimed steps before timing')
-    parser.add_argument('--device', choices=('cpu', 'cuda'),
-                        default='cuda' if torch.cuda.is_available() else 'cpu')
-    parser.add_argument('--threads', type=int,
-                        help='torch intra-op threads (default: torch\'s)')
+                        help='untimed calls before timing')
+    parser.add_argument('--device', choices=('auto', 'cpu', 'cuda'),
+                        default='auto',
+                        help='auto: cuda if available, else cpu')
+    parser.add_argument('--threads', type=int, default=2,
+                        help='torch and onnxruntime intra-op threads '
+                        '(default: %(default)s)')
     parser.add_argument('--batch-size', type=int, default=1)
     parser.add_argument(
         '--clock', choices=('wall', 'cpu'), default='wall',
         help='wall: elapsed time (default); cpu: CPU time of this process '
-        '(time.process_time, --device cpu only), steadier on a shared '
-        'machine, best with --threads 1')
+        '(--device cpu only), steadier on a shared machine')
+    parser.add_argument('--compile-backend', default='inductor',
+                        help='torch.compile backend of the compiled columns '
+                        '(default: %(default)s)')
+    parser.add_argument('--onnx-model', choices=('eager', 'fused'),
+                        default='fused',
+                        help='which of ours is exported for the onnx column '
+                        '(default: %(default)s)')
     return parser.parse_args(argv)
 
 
-def resolve_model(name):
-    """``caformer_s18`` -> ``('CAFormer', 's18')``."""
-    import timm
-    family, _, size = name.partition('_')
-    valid = [n for f in TIMM_FAMILIES for n in timm.list_models(f'{f}_*')
-             if n.split('_')[0] == f]
-    if family not in TIMM_FAMILIES or name not in valid:
-        raise LaunchError(f"unknown model '{name}'; valid models: "
-                          f"{', '.join(sorted(valid))}")
-    return TIMM_FAMILIES[family], size
-
-
-def build_pair(name, device):
-    """``(ours, timm_features)`` with the same (random) timm weights."""
-    import timm
-
+def model_table():
+    """``{name: (family, registered class name, arch)}`` of every arch."""
     import mmmetaformer  # noqa: F401
+    from mmmetaformer.models.backbones import FAMILY_CLASSES
+    from mmmetaformer.registry import MODELS
+    table = {}
+    for family, cls_name in FAMILY_CLASSES.items():
+        for arch in MODELS.get(cls_name).arch_zoo:
+            name = f"{family}_{arch.replace('/', '_')}"
+            table[name] = (family, cls_name, arch)
+    return table
+
+
+def resolve_model(name, table=None):
+    """``caformer_s18`` -> ``('caformer', 'CAFormer', 's18')``."""
+    table = table or model_table()
+    if name not in table:
+        raise LaunchError(f"unknown model '{name}'; valid models: "
+                          f"{', '.join(sorted(table))}")
+    return table[name]
+
+
+def has_timm(name, family):
+    import timm
+    return family in TIMM_FAMILIES and name in timm.list_models(name)
+
+
+def build_models(name, device):
+    """``(ours, timm_features or None)``, same weights where timm has it."""
     from mmmetaformer.checkpoint import to_native
     from mmmetaformer.registry import MODELS
-    cls_name, arch = resolve_model(name)
+    family, cls_name, arch = resolve_model(name)
+    torch.manual_seed(0)
+    ours = MODELS.build(dict(type=cls_name, arch=arch, out_norm_cfg=None))
+    if not has_timm(name, family):
+        return ours.to(device), None
+    import timm
     state_dict = timm.create_model(name, pretrained=False).state_dict()
-
     reference = timm.create_model(name, pretrained=False, features_only=True)
     feature_sd = {
         re.sub(r'^stages\.(\d+)\.', r'stages_\1.', k): v
         for k, v in state_dict.items() if not k.startswith('head.')
     }
     reference.load_state_dict(feature_sd, strict=True)
-
-    ours = MODELS.build(dict(type=cls_name, arch=arch, out_norm_cfg=None))
     native, _, _ = to_native(state_dict, fmt='timm')
     own = ours.state_dict()
     missing = sorted(set(own) - set(native))
@@ -141,135 +223,325 @@ def build_pair(name, device):
         raise RuntimeError(f'{name}: timm weights do not fit {cls_name}: '
                            f'missing {missing}, unexpected {unexpected}, '
                            f'shape mismatch {shapes}')
-    ours.load_state_dict(native, strict=False)
+    ours.load_state_dict(
+        {k: v for k, v in native.items() if k in own}, strict=True)
     return ours.to(device), reference.to(device)
 
 
-def max_diff(ours, reference, x):
-    """``(max abs diff, max abs reference value)`` over all outputs."""
-    ours.eval()
-    reference.eval()
+class OnnxRunner:
+    """An ONNX export of ``model`` run by onnxruntime on CPU.
+
+    Exported once (opset 17, dynamic batch, H and W) and called like the
+    model: ``runner(x)`` returns the outputs as tensors.
+    """
+
+    def __init__(self, model, x, threads, spin, workdir):
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:
+            raise LaunchError(
+                "the 'onnx' column needs onnxruntime (pip install "
+                "'onnxruntime<1.24' 'onnx<1.18', see requirements/tests.txt)"
+                " or leave it out of --columns") from exc
+        path = osp.join(workdir, 'model.onnx')
+        with torch.no_grad():
+            num_outputs = len(model(x))
+        names = [f'out{i}' for i in range(num_outputs)]
+        axes = {0: 'batch', 2: 'height', 3: 'width'}
+        torch.onnx.export(
+            model, (x, ), path, opset_version=17, input_names=['image'],
+            output_names=names,
+            dynamic_axes=dict(image=axes, **{
+                n: {0: 'batch', 2: f'{n}_h', 3: f'{n}_w'} for n in names}))
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        if not spin:
+            options.add_session_config_entry(
+                'session.intra_op.allow_spinning', '0')
+        self.session = ort.InferenceSession(
+            path, options, providers=['CPUExecutionProvider'])
+
+    def __call__(self, x):
+        outs = self.session.run(None, dict(image=x.cpu().numpy()))
+        return [torch.from_numpy(o) for o in outs]
+
+
+def build_runners(columns, ours, reference, x, args, workdir):
+    """``{column: callable(x) -> outputs}`` for the available columns."""
+    runners = {}
+    fused = None
+    if {'fused', 'fused_compiled'} & set(columns) or (
+            'onnx' in columns and args.onnx_model == 'fused'):
+        fused = copy.deepcopy(ours).switch_to_deploy()
+
+    def compiled(model):
+        return torch.compile(model, backend=args.compile_backend,
+                             dynamic=False)
+
+    for column in columns:
+        if column in TIMM_COLUMNS and reference is None:
+            continue
+        if column == 'eager':
+            runners[column] = ours
+        elif column == 'fused':
+            runners[column] = fused
+        elif column == 'compiled':
+            runners[column] = compiled(ours)
+        elif column == 'fused_compiled':
+            runners[column] = compiled(fused)
+        elif column == 'onnx':
+            source = fused if args.onnx_model == 'fused' else ours
+            runners[column] = OnnxRunner(source, x, args.threads,
+                                         spin=args.clock != 'cpu',
+                                         workdir=workdir)
+        elif column == 'timm':
+            runners[column] = reference
+        elif column == 'timm_compiled':
+            runners[column] = compiled(reference)
+    return runners
+
+
+def check_outputs(name, size, runners, reference_column, x, device):
+    """Run every column once (compiling it), compare with the reference.
+
+    Returns ``{column: seconds of that first call}``; exits with status 1
+    on a mismatch.
+    """
+    first = {}
+    outputs = {}
     with torch.no_grad():
-        a, b = ours(x), reference(x)
-    if len(a) != len(b):
-        raise RuntimeError(f'{len(a)} outputs vs {len(b)} in timm')
-    diff = scale = 0.0
-    for u, v in zip(a, b):
-        if u.shape != v.shape:
-            raise RuntimeError(f'output shape {tuple(u.shape)} vs timm '
-                               f'{tuple(v.shape)}')
-        diff = max(diff, (u - v).abs().max().item())
-        scale = max(scale, v.abs().max().item())
-    return diff, scale
+        for column, run in runners.items():
+            synchronize(device)
+            start = time.perf_counter()
+            outputs[column] = run(x)
+            synchronize(device)
+            first[column] = time.perf_counter() - start
+    expected = outputs[reference_column]
+    for column, outs in outputs.items():
+        if column == reference_column:
+            continue
+        diff, scale = max_abs_diff(outs, expected)
+        ok = diff <= REL_TOLERANCE * max(scale, 1.0)
+        print(f'check {name} {size} {column} vs {reference_column}: max abs '
+              f'diff {diff:.3g} (max |output| {scale:.3g}) '
+              f"{'OK' if ok else 'MISMATCH'}", flush=True)
+        if not ok:
+            print(f'error: {name} {column} outputs differ from '
+                  f'{reference_column} at {size}; not timing',
+                  file=sys.stderr)
+            sys.exit(1)
+    return first
 
 
-def make_step(model, x, mode):
-    """A closure running one step of ``mode`` on ``model``."""
-    if mode == 'eval':
-        model.eval()
+def eval_step(run, x):
+    def step():
+        with torch.no_grad():
+            return run(x)
+    return step
 
-        def step():
-            with torch.no_grad():
-                return model(x)
-    else:
-        model.train()
 
-        def step():
-            model.zero_grad(set_to_none=True)
-            outs = model(x)
-            sum(o.sum() for o in outs).backward()
+def train_step(model, x):
+    model.train()
+
+    def step():
+        model.zero_grad(set_to_none=True)
+        outs = model(x)
+        sum(o.sum() for o in outs).backward()
     step.model = model
     return step
 
 
-def time_pair(steps, device, runs, warmup, clock=time.perf_counter):
-    """Median ms of each step; the steps are interleaved, order alternating."""
-    for _ in range(warmup):
-        for step in steps:
-            step()
-    times = [[] for _ in steps]
-    for i in range(runs):
-        order = range(len(steps)) if i % 2 == 0 else reversed(
-            range(len(steps)))
-        for k in order:
-            synchronize(device)
-            start = clock()
-            steps[k]()
-            synchronize(device)
-            times[k].append((clock() - start) * 1e3)
-    return [statistics.median(t) for t in times]
+def eager_peak_mb(run, x, device):
+    """Peak extra MB of one no-grad call of an eager PyTorch module."""
+    return peak_step_memory(eval_step(run, x), device) / 2**20
 
 
-def peak_memory(step, device):
-    """Peak extra bytes of one ``step``, gradients freed first.
-
-    A training step's peak then includes the parameter gradients it
-    creates.
-    """
+def train_peak_mb(step, device):
     step.model.zero_grad(set_to_none=True)
-    return peak_step_memory(step, device)
+    return peak_step_memory(step, device) / 2**20
 
 
-def _ratio(a, b):
-    return f'{a / b:.2f}' if b else '-'
+def count_macs(model, size, batch_size):
+    from mmmetaformer.utils.complexity import count_backbone
+    return count_backbone(model, shape=size, batch_size=batch_size)['macs']
+
+
+def fmt(value, digits=1):
+    return '-' if value is None else f'{value:.{digits}f}'
+
+
+def ratio(a, b):
+    return '-' if a is None or b is None or not b else f'{a / b:.2f}'
+
+
+def print_tables(columns, rows, train_rows, rate):
+    """The README-ready markdown tables."""
+    if rows:
+        print('\n**Inference**, ms per batch (eval, no_grad); floor = '
+              f'MACs at the measured GEMM rate ({rate:.0f} GFLOP/s):\n')
+        print('| model | size | checked vs | MAC floor | ' +
+              ' | '.join(TITLES[c] for c in columns) + ' |')
+        print('| --- | --- | --- | ---: | ' +
+              ' | '.join('---:' for _ in columns) + ' |')
+        for row in rows:
+            print(f"| {row['model']} | {row['size']} | {row['reference']} | "
+                  f"{fmt(row['floor'])} | " +
+                  ' | '.join(fmt(row['ms'].get(c)) for c in columns) + ' |')
+        ratios = [(a, b) for a, b in RATIOS if a in columns and b in columns]
+        mem_columns = [c for c in ('eager', 'fused', 'timm') if c in columns]
+        print('\n**Against timm** (time ratios; x floor = best of ours over '
+              'the MAC floor) and peak inference memory, MB:\n')
+        print('| model | size | ' +
+              ' | '.join(f'{TITLES[a]} / {TITLES[b]}' for a, b in ratios) +
+              ' | best of ours / floor | ' +
+              ' | '.join(f'{TITLES[c]} MB' for c in mem_columns) + ' |')
+        print('| --- | --- | ' + ' | '.join('---:' for _ in ratios) +
+              ' | ---: | ' + ' | '.join('---:' for _ in mem_columns) + ' |')
+        for row in rows:
+            ms = row['ms']
+            ours = [ms[c] for c in COLUMNS
+                    if c not in TIMM_COLUMNS and ms.get(c) is not None]
+            best = min(ours) if ours else None
+            print(f"| {row['model']} | {row['size']} | " +
+                  ' | '.join(ratio(ms.get(a), ms.get(b))
+                             for a, b in ratios) +
+                  f" | {ratio(best, row['floor'])} | " +
+                  ' | '.join(fmt(row['mb'].get(c), 0) for c in mem_columns) +
+                  ' |')
+    if train_rows:
+        print(f'\n**Training step** (forward + backward, eager), ms and '
+              f'peak MB; floor = {TRAIN_MAC_FACTOR}x the forward MACs at '
+              'the GEMM rate:\n')
+        print('| model | size | MAC floor | ours ms | timm ms | ours / timm '
+              '| ours peak MB | timm peak MB | ours / timm |')
+        print('| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |')
+        for row in train_rows:
+            ms, mb = row['ms'], row['mb']
+            print(f"| {row['model']} | {row['size']} | {fmt(row['floor'])} | "
+                  f'{fmt(ms[0])} | {fmt(ms[1])} | {ratio(*ms)} | '
+                  f'{fmt(mb[0], 0)} | {fmt(mb[1], 0)} | {ratio(*mb)} |')
+
+
+def benchmark_model(name, sizes, args, clock, device, rate, workdir):
+    """Check and time every column of one model; returns table rows.
+
+    The runners are built once per model (the ONNX export at the first
+    size serves every size; compiled columns compile again for each new
+    size, in the check call).
+    """
+    ours, reference = build_models(name, device)
+    reference_column = 'timm' if reference is not None else 'eager'
+    runners = None
+    rows, train_rows = [], []
+    for h, w in sizes:
+        size = f'{h}x{w}'
+        x = torch.randn(args.batch_size, 3, h, w, device=device)
+        macs = count_macs(ours, (h, w), args.batch_size)
+        floor = floor_ms(macs, rate)
+        print(f'{name} {size}: {macs / 1e9:.2f} GMACs, MAC floor '
+              f'{floor:.1f} ms', flush=True)
+        if 'eval' in args.modes:
+            for model in (ours, reference):
+                if model is not None:
+                    model.eval()
+            if runners is None:
+                # the reference always runs for the check; timed if chosen
+                columns = list(args.columns)
+                if reference_column not in columns:
+                    columns.append(reference_column)
+                runners = build_runners(columns, ours, reference, x, args,
+                                        workdir)
+            first = check_outputs(name, size, runners, reference_column, x,
+                                  device)
+            for column in runners:
+                if 'compiled' in column or column == 'onnx':
+                    print(f'  {name} {size} {column}: first call (compile '
+                          f'or export) {first[column]:.1f} s', flush=True)
+            timed = [c for c in args.columns if c in runners]
+            ms = dict(zip(timed, time_steps(
+                [eval_step(runners[c], x) for c in timed], device,
+                args.runs, args.warmup, clock)))
+            mb = {c: eager_peak_mb(runners[c], x, device)
+                  for c in ('eager', 'fused', 'timm') if c in timed}
+            rows.append(dict(model=name, size=size, floor=floor, ms=ms,
+                             mb=mb, reference=TITLES[reference_column]))
+            print(f'  {name} {size} eval: ' + ', '.join(
+                f'{TITLES[c]} {ms[c]:.1f} ms' for c in timed), flush=True)
+        if 'train' in args.modes:
+            models = [ours] + ([reference] if reference is not None else [])
+            steps = [train_step(m, x) for m in models]
+            times = time_steps(steps, device, args.runs, args.warmup, clock)
+            mems = [train_peak_mb(s, device) for s in steps]
+            for model in models:
+                model.zero_grad(set_to_none=True)
+                model.eval()
+            if reference is None:
+                times.append(None)
+                mems.append(None)
+            train_rows.append(dict(model=name, size=size,
+                                   floor=TRAIN_MAC_FACTOR * floor, ms=times,
+                                   mb=mems))
+            print(f'  {name} {size} train: ours {times[0]:.1f} ms, timm '
+                  f'{fmt(times[1])} ms; peak ours {mems[0]:.0f} MB, timm '
+                  f'{fmt(mems[1], 0)} MB', flush=True)
+        del x
+    del runners, ours, reference
+    torch._dynamo.reset()
+    gc.collect()
+    return rows, train_rows
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
+    if args.device == 'auto':
+        args.device = 'cuda' if torch.cuda.is_available() else 'cpu'
     prepare_device(args.device, args.threads)
     if args.clock == 'cpu' and args.device != 'cpu':
         raise LaunchError('--clock cpu measures CPU time; use it with '
                           '--device cpu')
     if args.runs < 1 or args.warmup < 0 or args.batch_size < 1:
-        raise LaunchError('--runs and --batch-size must be >= 1 and '
-                          '--warmup >= 0')
+        raise LaunchError(f'--runs ({args.runs}) and --batch-size '
+                          f'({args.batch_size}) must be >= 1 and --warmup '
+                          f'({args.warmup}) >= 0')
+    if 'onnx' in args.columns and args.device != 'cpu':
+        raise LaunchError("the 'onnx' column runs onnxruntime on CPU; use "
+                          "--device cpu or leave 'onnx' out of --columns")
     sizes = [parse_hw(s, '--sizes entry', allow_square=True)
              for s in args.sizes]
+    columns = [c for c in COLUMNS if c in args.columns]  # table order
+    args.columns = columns
+    table = model_table()
     for name in args.models:
-        resolve_model(name)
+        resolve_model(name, table)
     device = args.device
-    clock = time.process_time if args.clock == 'cpu' else time.perf_counter
-    print('## Backbone benchmark: ours vs timm features_only, same weights')
+    clock = clock_function(args.clock)
+    import timm
+    print('## Backbone benchmark: ours (eager, fused, compiled, '
+          'onnxruntime) vs timm features_only, same weights')
     print(machine_summary(device, packages=('timm', )))
+    rate = gemm_rate(device, clock)
     print(f'- batch {args.batch_size}, median of {args.runs} runs after '
-          f'{args.warmup} warmup, {args.clock} clock; peak = extra tensor '
-          'memory of one step\n')
+          f'{args.warmup} warmup, {args.clock} clock, compile backend '
+          f'{args.compile_backend}, onnx from ours {args.onnx_model}; '
+          f'fp32 GEMM rate {rate:.1f} GFLOP/s (2048^3 matmul, same '
+          'threads and clock)')
+    print('- command: python tools/analysis/benchmark_backbone.py ' +
+          ' '.join(argv), flush=True)
+    del timm
 
-    rows = []
-    for name in args.models:
-        torch.manual_seed(0)
-        ours, reference = build_pair(name, device)
-        for h, w in sizes:
-            x = torch.randn(args.batch_size, 3, h, w, device=device)
-            diff, scale = max_diff(ours, reference, x)
-            ok = diff <= REL_TOLERANCE * max(scale, 1.0)
-            print(f'check {name} {h}x{w}: max abs diff ours vs timm '
-                  f'{diff:.3g} (max |output| {scale:.3g}) '
-                  f"{'OK' if ok else 'MISMATCH'}", flush=True)
-            if not ok:
-                print(f'error: {name} outputs differ from timm at {h}x{w}; '
-                      'not timing', file=sys.stderr)
-                sys.exit(1)
-            for mode in args.modes:
-                steps = [make_step(m, x, mode) for m in (ours, reference)]
-                ms = time_pair(steps, device, args.runs, args.warmup,
-                               clock)
-                mem = [peak_memory(step, device) / 2**20 for step in steps]
-                rows.append((name, f'{h}x{w}', mode, ms, mem))
-                print(f'  {name} {h}x{w} {mode}: ours {ms[0]:.1f} ms, timm '
-                      f'{ms[1]:.1f} ms; peak ours {mem[0]:.0f} MB, timm '
-                      f'{mem[1]:.0f} MB', flush=True)
-            del x
-        del ours, reference
-        gc.collect()
-
-    print('\n| model | size | mode | ours ms | timm ms | ours/timm | '
-          'ours peak MB | timm peak MB | ours/timm |')
-    print('| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |')
-    for name, size, mode, ms, mem in rows:
-        print(f'| {name} | {size} | {mode} | {ms[0]:.1f} | {ms[1]:.1f} | '
-              f'{_ratio(*ms)} | {mem[0]:.1f} | {mem[1]:.1f} | '
-              f'{_ratio(*mem)} |')
+    rows, train_rows = [], []
+    with tempfile.TemporaryDirectory() as workdir:
+        for name in args.models:
+            r, t = benchmark_model(name, sizes, args, clock, device, rate,
+                                   workdir)
+            rows += r
+            train_rows += t
+    end_rate = gemm_rate(device, clock)
+    print(f'- GEMM rate at the end: {end_rate:.1f} GFLOP/s (floors use the '
+          'start figure)')
+    print_tables(columns, rows, train_rows, rate)
 
 
 if __name__ == '__main__':

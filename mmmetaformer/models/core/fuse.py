@@ -142,14 +142,10 @@ def _normalize(x, kind, eps, channels, weight=None, bias=None):
 def _pointwise(x, weight, bias=None):
     """1x1 conv of NCHW ``x`` with a 2-D ``weight [out, in]``.
 
-    On a channels-last map the tokens ``[B*H*W, C]`` are contiguous and the
-    conv is one GEMM (``F.linear``); the result is channels-last again.
-    Otherwise it is ``F.conv2d``.
+    ``F.conv2d`` (oneDNN on CPU) reads channels-last input as it is and
+    measured faster than a GEMM over the tokens (``F.linear``) with 2
+    threads: 0.88x the time for ConvFormer-S18 at 512x512.
     """
-    if x.is_contiguous(memory_format=torch.channels_last) and \
-            not x.is_contiguous():
-        out = F.linear(x.permute(0, 2, 3, 1), weight, bias)
-        return out.permute(0, 3, 1, 2)
     return F.conv2d(x, weight[:, :, None, None], bias)
 
 
