@@ -1,8 +1,10 @@
 """mmmetaformer: the MetaFormer family as mmdet/mmseg backbones.
 
-Importing the package registers every module it defines (backbones, token
-mixers, StarReLU, the CPU DDP wrapper) in mmengine's root registries, so
-configs scoped to ``mmdet`` and to ``mmseg`` can both build them.
+Importing the package registers every module it defines. The public names
+(backbones, StarReLU, the CPU DDP wrapper) go into mmengine's root
+registries, so configs scoped to ``mmdet`` and to ``mmseg`` can both build
+them; the generic building blocks (token mixers, norms) only into
+mmmetaformer's own registry (see ``mmmetaformer/registry.py``).
 """
 from .version import __version__
 from . import engine, models  # noqa: F401  (registers modules)

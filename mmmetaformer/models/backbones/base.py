@@ -7,18 +7,21 @@ backbone is ``class X(DenseBackboneMixin, Trunk, BaseModule)``: the trunk's
 ``super().__init__()`` reaches ``BaseModule``, and the state-dict keys stay
 the trunk's own (timm's layout) plus ``out_norms.<i>``.
 
-A trunk provides ``stem`` (module), ``stage_modules(i)`` (modules making up
-stage ``i``), ``forward_outputs(x, indices)`` (the outputs of the given
-stages, in order) and ``set_with_cp(flag)``.
+The trunk provides ``stem`` (module) and ``set_with_cp(flag)``. The
+registered class (``MetaFormer``, ``ConvMixer``) provides the two methods
+that map the trunk onto four stages: ``stage_modules(i)`` (the modules
+making up stage ``i``, which ``frozen_stages`` freezes) and
+``forward_outputs(x, indices)`` (the NCHW outputs of the given stages, in
+order, before the output norms).
 """
 import copy
 
 import torch.nn as nn
-from mmcv.cnn import build_norm_layer
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ...checkpoint import FORMATS, load_pretrained
 from ..core.fuse import fuse_trunk, is_fused
+from ..layers import build_norm
 
 NUM_STAGES = 4
 PRETRAINED_KEYS = ('type', 'checkpoint', 'prefix', 'format')
@@ -137,7 +140,7 @@ class DenseBackboneMixin:
         self.out_strides = tuple(4 * 2**i for i in self.out_indices)
         # Only emitted outputs get a norm: an unused one breaks DDP.
         self.out_norms = nn.ModuleDict({
-            str(i): build_norm_layer(out_norm_cfg, dims[i])[1]
+            str(i): build_norm(out_norm_cfg, dims[i])
             if out_norm_cfg is not None else nn.Identity()
             for i in self.out_indices
         })

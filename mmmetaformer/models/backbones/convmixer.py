@@ -11,17 +11,18 @@ is never frozen.
 """
 import math
 
-from mmcv.cnn import build_activation_layer, build_norm_layer
+from mmcv.cnn import build_activation_layer
 from mmengine.model import BaseModule
 
-from ...registry import MODELS
+from ...registry import register_public
 from ..archs import CONVMIXER_ARCH_KEYS, CONVMIXER_ARCHS
 from ..core import ConvMixerTrunk, SimplePyramidAdapter
+from ..layers import build_norm
 from .base import (DenseBackboneMixin, reject_pretrained,
                    reject_unknown_kwargs, resolve_arch)
 
 
-@MODELS.register_module()
+@register_public
 class ConvMixer(DenseBackboneMixin, ConvMixerTrunk, BaseModule):
     """ConvMixer as an mmdet/mmseg backbone emitting strides 4..32.
 
@@ -38,6 +39,7 @@ class ConvMixer(DenseBackboneMixin, ConvMixerTrunk, BaseModule):
     """
 
     arch_zoo = CONVMIXER_ARCHS
+    family = 'convmixer'
     new_layer_prefixes = ('out_norms.', 'adapter.')
 
     def __init__(self,
@@ -79,7 +81,7 @@ class ConvMixer(DenseBackboneMixin, ConvMixerTrunk, BaseModule):
             in_channels=in_channels)
         self.adapter = SimplePyramidAdapter(
             dim, adapter_channels,
-            lambda c: build_norm_layer(adapter_norm_cfg, c)[1])
+            lambda c: build_norm(adapter_norm_cfg, c))
         group = math.ceil(spec['depth'] / 4)
         self._stage_slices = [
             slice(i * group, (i + 1) * group) for i in range(4)

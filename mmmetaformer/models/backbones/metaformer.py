@@ -11,23 +11,24 @@ passed to a family class only needs what differs from the family.
 from functools import partial
 
 import torch.nn as nn
-from mmcv.cnn import build_activation_layer, build_norm_layer
 from mmengine.model import BaseModule
 
-from ...registry import MODELS
+from ...registry import MODELS, register_public
 from ..archs import (ARCH_KEYS, FAMILIES, GENERIC_DEFAULTS, METAFORMER_ARCHS,
                      REQUIRED_ARCH_KEYS)
 from ..core import MetaFormerTrunk
 from ..core.metaformer import per_stage
+from ..layers import build_norm
 from .base import (DenseBackboneMixin, reject_pretrained,
                    reject_unknown_kwargs, resolve_arch)
+from .convmixer import ConvMixer
 
 
 def norm_factory(cfg):
     """``cfg`` -> ``f(channels) -> nn.Module``; ``None`` -> ``None``."""
     if cfg is None:
         return None
-    return lambda channels: build_norm_layer(cfg, channels)[1]
+    return lambda channels: build_norm(cfg, channels)
 
 
 def mixer_factory(cfg, where='arch token_mixer_cfg'):
@@ -57,7 +58,7 @@ def check_stage_sizes(owner, spec):
                                  f'a positive int ({key}={spec[key]})')
 
 
-@MODELS.register_module()
+@register_public
 class MetaFormer(DenseBackboneMixin, MetaFormerTrunk, BaseModule):
     """A MetaFormer as an mmdet/mmseg backbone.
 
@@ -92,6 +93,7 @@ class MetaFormer(DenseBackboneMixin, MetaFormerTrunk, BaseModule):
         for size, spec in sizes.items()
     }
     family_defaults = GENERIC_DEFAULTS
+    family = None  # the presets below set theirs
 
     def __init__(self,
                  arch,
@@ -134,7 +136,7 @@ class MetaFormer(DenseBackboneMixin, MetaFormerTrunk, BaseModule):
                 norm_factory(c) for c in per_stage(
                     spec['norm_cfg'], f'{owner} arch norm_cfg', 4)
             ],
-            mlp_act_layer=partial(build_activation_layer, mlp_act_cfg),
+            mlp_act_layer=partial(MODELS.build, mlp_act_cfg),
             mlp_ratio=spec['mlp_ratio'],
             mlp_bias=spec['mlp_bias'],
             stem_norm=norm_factory(spec['stem_norm_cfg']),
@@ -165,9 +167,10 @@ def _family(name, family):
             f'the family defaults.',
             'arch_zoo': METAFORMER_ARCHS[family],
             'family_defaults': dict(GENERIC_DEFAULTS, **FAMILIES[family]),
+            'family': family,
             '__module__': __name__,
         })
-    return MODELS.register_module(module=cls)
+    return register_public(cls)
 
 
 PoolFormer = _family('PoolFormer', 'poolformer')
@@ -177,12 +180,11 @@ RandFormer = _family('RandFormer', 'randformer')
 ConvFormer = _family('ConvFormer', 'convformer')
 CAFormer = _family('CAFormer', 'caformer')
 
-# family name (as in config file names) -> registered class name
-FAMILY_CLASSES = dict(
-    poolformer='PoolFormer',
-    poolformerv2='PoolFormerV2',
-    identityformer='IdentityFormer',
-    randformer='RandFormer',
-    convformer='ConvFormer',
-    caformer='CAFormer',
-    convmixer='ConvMixer')
+# family (as in arch names and config file names) -> registered type name,
+# for tools and tests; every family of the arch tables, in their order.
+FAMILY_CLASSES = {
+    **{cls.family: cls.__name__
+       for cls in (PoolFormer, PoolFormerV2, IdentityFormer, RandFormer,
+                   ConvFormer, CAFormer)},
+    ConvMixer.family: ConvMixer.__name__,
+}
