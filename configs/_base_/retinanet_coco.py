@@ -21,7 +21,11 @@
 # top-down path and the 'on_input' extra convs (from the last input, stage
 # 3) are identical, the parameter names are identical (``lateral_convs.0``
 # is the stage-1 lateral in both; ``out_norms.<stage>`` is keyed by stage),
-# so published weights load unchanged except the unused output-0 norm.
+# so weights of the 4-output variant load here with only its unused output-0
+# norm left over. The authors' published RetinaNet checkpoints use their own
+# backbone key names (``network.{0..6}``, ``norm{2,4,6}``): they load after
+# tools/convert_checkpoint.py renames those; they have no output-0 norm
+# (trained with FORK_LAST3=1).
 # tests/test_det_configs.py checks both variants give the same outputs.
 _base_ = [
     'mmdet::_base_/models/retinanet_r50_fpn.py',

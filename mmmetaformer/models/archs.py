@@ -132,7 +132,8 @@ CONVMIXER_ARCHS = {
                     act_cfg=dict(type='GELU')),
 }
 
-# Official ImageNet weights (reference.md section 3; the authors' READMEs).
+# Official ImageNet weights (the authors' READMEs: sail-sg/poolformer,
+# sail-sg/metaformer, and ConvMixer's releases).
 _V1_URL = ('https://github.com/sail-sg/poolformer/releases/download/v1.0/'
            'poolformer_{size}.pth.tar')
 _BASELINE_URL = ('https://huggingface.co/sail/dl/resolve/main/{family}/'

@@ -8,8 +8,9 @@ It misses ops these backbones rely on, so ``EXTRA_HANDLES`` adds them.
 What is counted (one MAC = one multiply-accumulate):
 
 * fvcore's defaults: convolutions (plus ``aten::_convolution_mode``,
-  which ``padding='same'`` convs trace to), ``linear``/``matmul``/``bmm``/``einsum``,
-  norms (``group_norm``/``layer_norm``: 5 per element with an affine, 4
+  which ``padding='same'`` convs trace to),
+  ``linear``/``matmul``/``bmm``/``einsum``, norms
+  (``group_norm``/``layer_norm``: 5 per element with an affine, 4
   without; ``batch_norm``: 1-2 per element in eval), resampling and
   ``adaptive_avg_pool2d`` (1 per *input* element, i.e. one accumulate per
   pooled element).
@@ -21,15 +22,19 @@ What is counted (one MAC = one multiply-accumulate):
 * ``avg_pool2d``: one accumulate per output element per kernel element
   (``out.numel() * kh * kw``), counting the padded border positions like the
   interior ones even with ``count_include_pad=False``.
-* Explicit element-wise multiplications, 1 per output element:
-  ``mul`` (layer and residual scales), ``square`` and ``pow`` (StarReLU's
-  ``relu(x) ** 2``, ours and timm's) and ``addcmul`` (StarReLU's
-  ``s * . + b``, a fused multiply-add), and their in-place variants.
+* Explicit element-wise multiplications, 1 per output element: ``mul``
+  (layer and residual scales, StarReLU's scale ``s``) and ``pow``
+  (StarReLU's ``relu(x) ** 2``). Under tracing our StarReLU runs the plain
+  expression ``s * relu(x) ** 2 + b``, as timm's does, so both trace to
+  ``relu``, ``pow``, ``mul`` and ``add``. ``square`` and ``addcmul`` (a
+  fused multiply-add) and the in-place variants of all four are counted the
+  same way, so rewriting a layer with them does not change its count.
 
 What is not counted, as in fvcore: additions, subtractions and divisions
 (residuals, PoolFormer's ``pool(x) - x``), activation functions (ReLU,
-GELU, softmax), reductions and data movement. They are registered as *ignored* so that the
-list of unsupported ops only names ops nobody decided about.
+GELU, softmax), reductions and data movement. They are registered as
+*ignored* so that the list of unsupported ops only names ops nobody decided
+about.
 
 The element-wise terms are tiny next to the convolutions (under 1% for
 every registered backbone); at 224x224 the counts match the published
@@ -119,8 +124,10 @@ IGNORED_OPS = (
     'aten::hardsigmoid', 'aten::tanh', 'aten::erf', 'aten::feature_dropout',
     'aten::alpha_dropout')
 
-# ImageNet-1K classifiers at 224x224 (reference.md section 2): whole model,
-# classifier head included. IdentityFormer only publishes its range ends.
+# ImageNet-1K classifiers at 224x224 as the papers publish them ("MetaFormer
+# Is Actually What You Need for Vision", "MetaFormer Baselines for Vision"):
+# whole model, classifier head included. IdentityFormer only publishes its
+# range ends.
 REFERENCE = {
     'poolformer_s12': dict(params=12e6, macs=1.8e9),
     'poolformer_s24': dict(params=21e6, macs=3.4e9),
