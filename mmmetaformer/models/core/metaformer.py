@@ -16,7 +16,9 @@ and each block is::
     x = res_scale2(x) + layer_scale2(drop_path(mlp(norm2(x))))
 
 Unused parts (a scale, drop path or norm a model does not have) are
-``nn.Identity`` at build time, so ``forward`` has no branches.
+``nn.Identity`` at build time, so a block's ``forward`` has no ``if`` for
+them (``run_blocks`` still checks ``with_cp``, and a layer may pick its own
+path, e.g. ``DropPath`` outside training).
 
 Output sizes for an ``H x W`` input (the same for W)::
 
