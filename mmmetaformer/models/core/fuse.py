@@ -54,11 +54,19 @@ differ from the unfused model's by rounding only, < 1e-5 relative):
   it is applied as one in-place pass (its shift cannot fold, see above).
 
 Layout: with ``channels_last=True`` (default) the stem converts the image
-to channels-last memory and every map stays so (shapes are still NCHW);
-1x1 convs then run as plain GEMMs over the ``[B*H*W, C]`` tokens and the
-channel LayerNorm reads its input without a copy. Outputs are NCHW-shaped,
-channels-last tensors; ``.contiguous()`` them if a consumer needs
-NCHW-contiguous memory.
+to channels-last memory and every map stays so (shapes are still NCHW).
+oneDNN's convs then read their input without reordering it, the channel
+LayerNorm needs no transposing copy, and PyTorch's channels-last
+``avg_pool2d`` (with ``count_include_pad=False``) is ~10x faster than its
+NCHW kernel on CPU. Measured with 2 threads at 512x512 (CPU time), fused
+against the unfused model: PoolFormer-S12 0.67x (0.97x in NCHW memory),
+ConvFormer-S18 0.87x (0.96x). Outputs are NCHW-shaped, channels-last
+tensors; ``.contiguous()`` them if a consumer needs NCHW-contiguous memory.
+
+Precision: fp32 and bf16. Under fp16 autocast the folded MLP computes
+``relu(h) ** 2`` before StarReLU's scale (which now sits in ``fc2``), so
+it can overflow where the unfused StarReLU (which squares in fp32) does
+not; use bf16 or the unfused model for fp16.
 
 The fused trunk is an ordinary module tree: forward hooks on any module
 fire and see that module's final output (fused modules never modify a
