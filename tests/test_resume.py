@@ -26,12 +26,15 @@ from .helpers import REPO_ROOT
 
 DET_CONFIG = REPO_ROOT / 'configs/toy/retinanet_poolformer_s12_toy_coco.py'
 SEG_CONFIG = REPO_ROOT / 'configs/toy/semantic_fpn_poolformer_s12_toy_ade20k.py'
+# Every iteration draws random numbers: augmentation (python/numpy) and
+# drop path (torch), so a resume that does not restore them gives other
+# losses (measured: without ExactResumeHook they differ after the resume).
 EXACT = ['randomness.deterministic=True', 'default_hooks.logger.interval=1',
-         'log_processor.window_size=1']
-# 3 images at 128 px, batch 1: 3 iterations per epoch, validation on one
+         'log_processor.window_size=1', 'model.backbone.drop_path_rate=0.1']
+# 2 images at 128 px, batch 1: 2 iterations per epoch, validation on one
 # image after each epoch (it runs between a save and the next epoch).
 DET_RUN = EXACT + [
-    'train_dataloader.batch_size=1', 'train_dataloader.dataset.indices=3',
+    'train_dataloader.batch_size=1', 'train_dataloader.dataset.indices=2',
     'train_dataloader.dataset.pipeline.2.scale=(128,128)',
     'val_dataloader.dataset.indices=1',
     'val_dataloader.dataset.pipeline.1.scale=(128,128)',
@@ -50,7 +53,7 @@ SEG_RUN = EXACT + [
 @pytest.fixture(scope='module')
 def toy_cwd(tmp_path_factory):
     cwd = tmp_path_factory.mktemp('resume')
-    make_coco(cwd / 'data' / 'toy_coco', num_train=3, num_val=1,
+    make_coco(cwd / 'data' / 'toy_coco', num_train=2, num_val=1,
               img_size=128, seed=0, max_objects=3)
     make_ade20k(cwd / 'data' / 'toy_ade20k', num_train=4, num_val=1,
                 img_size=128, seed=0)
@@ -120,10 +123,10 @@ def det_runs(toy_cwd):
 
 def test_detection_resumes_bit_exactly_after_sigkill(det_runs):
     reference, killed, out, resumed_from, resumed_iter = det_runs
-    assert resumed_from.endswith('epoch_1.pth') and resumed_iter == 3
-    assert 'resumed epoch: 1, iter: 3' in out
+    assert resumed_from.endswith('epoch_1.pth') and resumed_iter == 2
+    assert 'resumed epoch: 1, iter: 2' in out
     resumed_losses_equal_reference(
-        losses(killed, newest_only=True), losses(reference), resumed_iter, 6)
+        losses(killed, newest_only=True), losses(reference), resumed_iter, 4)
 
 
 @pytest.fixture(scope='module')

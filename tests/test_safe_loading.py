@@ -18,9 +18,6 @@ loaders that read ``torch.load(weights_only=True)`` plus a short allowlist
 import functools
 import http.server
 import importlib.util
-import os
-import subprocess
-import sys
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -458,7 +455,8 @@ def test_tools_refuse_a_planted_pickle(name, tool_results, toy_checkpoints):
 def test_stock_mmdet_test_tool_refuses_a_planted_pickle(tool_results,
                                                         toy_checkpoints):
     """mmdet's own tools/test.py reads load_from through CheckpointLoader,
-    made safe by the config's custom_imports of mmmetaformer."""
+    made safe by the config's custom_imports of mmmetaformer (the forked
+    runs do not have mmmetaformer imported before they start)."""
     result = tool_results['stock_mmdet_test_evil']
     assert result.returncode != 0
     assert 'UnsafeCheckpointError' in result.output
@@ -489,18 +487,3 @@ def test_test_tool_evaluates_a_checkpoint_that_fits(tool_results):
         result.output
     assert 'coco/bbox_mAP' in result.output
 
-
-def test_real_test_tool_process_refuses_a_planted_pickle(toy_cwd,
-                                                         toy_checkpoints):
-    """``python tools/test.py``: a fresh interpreter, as a user runs it."""
-    evil, marker = toy_checkpoints[2], toy_checkpoints[3]
-    proc = subprocess.run(
-        [sys.executable, str(REPO_ROOT / 'tools' / 'test.py'),
-         str(DET_CONFIG), str(evil), '--work-dir', str(toy_cwd / 'work_real'),
-         '--cfg-options', *SMALL],
-        cwd=toy_cwd, capture_output=True, text=True, timeout=600,
-        env=dict(os.environ, OMP_NUM_THREADS='1'))
-    assert proc.returncode == 2, proc.stderr[-3000:]
-    assert f'error: {evil} was refused' in proc.stderr
-    assert 'Traceback' not in proc.stderr
-    assert not marker.exists()
