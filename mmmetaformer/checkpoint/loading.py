@@ -136,7 +136,9 @@ def load_pretrained(model, checkpoint, fmt='auto', prefix=None):
 # Tensors a whole-model checkpoint may lack without changing what the model
 # computes at evaluation: BatchNorm's step counter, read only when training
 # with momentum=None (checkpoints from torch < 0.4.1 and some converters do
-# not have it). Nothing else is exempt.
+# not have it; the Semantic FPN head has 7). Nothing else is exempt; the
+# data preprocessors' mean/std are non-persistent buffers, never in a state
+# dict, so they need no exception.
 HARMLESS_MISSING_SUFFIXES = ('.num_batches_tracked', )
 
 

@@ -208,14 +208,20 @@ class ExactResumeHook(Hook):
     ops every loss after ``--resume`` equals the uninterrupted run's, bit
     for bit (``tests/test_resume.py``, on CPU).
 
-    Limits: an epoch-based loop resumes exactly from checkpoints saved at
-    the end of an epoch (mmengine restarts an epoch from its first batch; a
-    resume from a mid-epoch checkpoint warns). With several processes each
-    rank has its own random state and only rank 0 saves, so the hook stores
-    nothing there and the run resumes as mmengine does. Data-loader workers
-    draw from mmengine's worker seeding (seed, rank, worker id), which a
-    resume reproduces except with ``persistent_workers=True`` in an
-    epoch-based loop.
+    Limits:
+
+    * an epoch-based loop resumes exactly from checkpoints saved at the end
+      of an epoch (mmengine restarts an epoch from its first batch; a resume
+      from a mid-epoch checkpoint warns);
+    * with several processes each rank has its own random state and only
+      rank 0 saves, so the hook stores nothing there and the run resumes as
+      mmengine does;
+    * data-loader workers draw from mmengine's worker seeding (seed, rank,
+      worker id), which a resume replays, except with
+      ``persistent_workers=True`` in an epoch-based loop; and workers (and
+      an iteration-based loop's sampler, which workers start at once) are
+      seeded before the checkpoint is read, so runs with workers need a
+      fixed ``randomness.seed`` to resume exactly.
     """
 
     priority = 'LOWEST'

@@ -280,10 +280,12 @@ def explain_data_errors(cfg, dataloader_keys):
                           f'JSON ({error}). Fix or regenerate it') from exc
     except FileNotFoundError as exc:
         sample = _failing_sample_file(exc)
-        missing = exc.filename or (sample[0] if sample else str(exc))
-        what = f'{sample[1]} ' if sample else 'file '
-        listed = ' (listed in the dataset annotations)' if sample else ''
-        raise LaunchError(f'{what}{missing} does not exist{listed}') from exc
+        if sample is not None:
+            raise LaunchError(
+                f'{sample[1]} {exc.filename or sample[0]} does not exist '
+                '(listed in the dataset annotations)') from exc
+        raise LaunchError(f'{exc.filename} does not exist' if exc.filename
+                          else str(exc)) from exc
     except (AssertionError, OSError, ValueError) as exc:
         # OSError covers PIL.UnidentifiedImageError and truncated files.
         sample = _failing_sample_file(exc)
