@@ -1,20 +1,23 @@
-"""The speed paths compute exactly the reference expressions.
+"""The speed paths compute exactly the reference expressions, hook-safely.
 
-``StarReLU`` has three paths (custom autograd function, in-place under
-no_grad, plain expression under tracing); ``Pooling`` and the block
-residuals work in place under no_grad. Each must match the plain
-expression, never modify a tensor the caller holds, and leave gradients
-as autograd computes them.
+``StarReLU`` has three paths (custom autograd function, in place on its
+own fresh ``relu(x)`` without autograd, plain expression under tracing);
+``Pooling`` subtracts in place on its fresh pooled tensor in every mode.
+Each must match the plain expression, never modify a tensor it was given,
+and leave gradients as autograd computes them. Block residuals are out of
+place (hooks on every submodule see final values:
+``tests/test_compile_hooks_amp.py``).
 """
 import pytest
 import torch
 import torch.nn.functional as F
 
 import mmmetaformer  # noqa: F401
-from mmmetaformer.models.core.layers import StarReLU
-from mmmetaformer.models.core.metaformer import MetaFormerBlock, _residual
+from mmmetaformer.models.core.layers import StarReLU, _StarReLUFunction
+from mmmetaformer.models.core.metaformer import MetaFormerBlock
 from mmmetaformer.models.core.mixers import IdentityMixer, Pooling
-from mmmetaformer.registry import MODELS
+
+from .test_compile_hooks_amp import build, randomise
 
 
 def reference_starrelu(module, x):
@@ -44,7 +47,6 @@ def test_starrelu_training_path_matches_autograd(star):
 
 
 def test_starrelu_function_passes_gradcheck():
-    from mmmetaformer.models.core.layers import _StarReLUFunction
     x = torch.randn(3, 4, dtype=torch.double, requires_grad=True)
     scale = torch.tensor([0.7], dtype=torch.double, requires_grad=True)
     bias = torch.tensor([0.1], dtype=torch.double, requires_grad=True)
@@ -60,18 +62,34 @@ def test_starrelu_frozen_parameters_get_no_gradient(star):
     torch.testing.assert_close(x.grad, 2 * star.scale * F.relu(x))
 
 
-def test_starrelu_inference_path_is_exact_and_keeps_the_input(star):
+@pytest.mark.parametrize('mode', ['no_grad', 'inference_mode'])
+def test_starrelu_inference_path_is_exact_and_keeps_the_input(star, mode):
     x = torch.randn(2, 6, 5, 7)
     before = x.clone()
-    with torch.no_grad():
+    context = torch.no_grad if mode == 'no_grad' else torch.inference_mode
+    with context():
         out = star(x)
     assert torch.equal(out, reference_starrelu(star, x))
     assert torch.equal(x, before)
-    # mixed dtypes take the plain expression (same type promotion)
-    half = x.to(torch.bfloat16)
+
+
+@pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
+def test_starrelu_half_inputs_keep_their_dtype_and_square_in_fp32(
+        star, dtype):
+    x = (torch.randn(2, 6, 5, 7) * 4).to(dtype)
+    before = x.clone()
+    # the fp32 expression, rounded once to the input's dtype
+    expected = reference_starrelu(star, x.float()).to(dtype)
     with torch.no_grad():
-        mixed = star(half)
-    assert mixed.dtype == reference_starrelu(star, half).dtype
+        assert torch.equal(star(x), expected)
+    assert torch.equal(x, before)
+    assert torch.equal(torch.jit.trace(star, x)(x), expected)
+    leaf = x.clone().requires_grad_()
+    out = star(leaf)
+    assert out.dtype == dtype and torch.equal(out, expected)
+    out.float().sum().backward()
+    assert leaf.grad.dtype == dtype
+    assert star.scale.grad.dtype == torch.float32
 
 
 def test_starrelu_traces_to_standard_ops(star):
@@ -81,69 +99,51 @@ def test_starrelu_traces_to_standard_ops(star):
     assert 'aten::pow' in kinds
 
 
-def test_pooling_inference_path_is_exact_and_keeps_the_input():
+@pytest.mark.parametrize('mode', ['grad', 'no_grad'])
+def test_pooling_is_exact_keeps_the_input_and_backpropagates(mode):
     pool = Pooling(8)
-    x = torch.randn(1, 8, 9, 11)
-    before = x.clone()
-    with torch.no_grad():
+    x = torch.randn(1, 8, 9, 11, requires_grad=mode == 'grad')
+    before = x.detach().clone()
+    with torch.set_grad_enabled(mode == 'grad'):
         out = pool(x)
-    reference = F.avg_pool2d(x, 3, 1, 1, count_include_pad=False) - x
+        reference = F.avg_pool2d(x, 3, 1, 1, count_include_pad=False) - x
     assert torch.equal(out, reference)
-    assert torch.equal(x, before)
+    assert torch.equal(x.detach(), before)
+    if mode == 'grad':
+        grad = torch.randn_like(out)
+        ours, = torch.autograd.grad(out, x, grad)
+        expected, = torch.autograd.grad(reference, x, grad)
+        torch.testing.assert_close(ours, expected)
 
 
-def test_residual_never_writes_into_what_the_caller_holds():
-    x = torch.randn(1, 4, 3, 3)
-    with torch.no_grad():
-        # the branch is the block input (an identity branch): out of place
-        out = _residual(x, x, x)
-        assert torch.equal(x, out / 2) and out.data_ptr() != x.data_ptr()
-        # a view of the input: out of place
-        view = x.view(1, 4, 9).view(1, 4, 3, 3)
-        out = _residual(x, view, x)
-        assert out.data_ptr() != x.data_ptr()
-        # a fresh branch: in place on the branch, input untouched
-        before = x.clone()
-        branch = torch.randn(1, 4, 3, 3)
-        expected = x + branch
-        out = _residual(x, branch, x)
-        assert out.data_ptr() == branch.data_ptr()
-        assert torch.equal(out, expected) and torch.equal(x, before)
-        # broadcasting shortcut: out of place
-        out = _residual(torch.ones(1, 1, 1, 1), branch, x)
-        assert out.shape == branch.shape
-
-
-def test_identity_block_leaves_its_input_alone():
+@pytest.mark.parametrize('mode', ['grad', 'no_grad'])
+def test_identity_block_leaves_its_input_alone(mode):
     block = MetaFormerBlock(
         4, token_mixer=IdentityMixer,
         mlp_layer=lambda d: torch.nn.Identity(),
         norm_layer=lambda d: torch.nn.Identity()).eval()
-    x = torch.randn(1, 4, 5, 5)
-    before = x.clone()
-    with torch.no_grad():
+    x = torch.randn(1, 4, 5, 5, requires_grad=mode == 'grad')
+    before = x.detach().clone()
+    with torch.set_grad_enabled(mode == 'grad'):
         out = block(x)
-    assert torch.equal(x, before)
-    assert torch.equal(out, before * 4)
+    assert torch.equal(x.detach(), before)
+    assert torch.equal(out.detach(), before * 4)
 
 
-@pytest.mark.parametrize('cls_name, arch', [('PoolFormer', 's12'),
-                                            ('PoolFormerV2', 's12'),
-                                            ('ConvFormer', 's18'),
-                                            ('CAFormer', 's18'),
-                                            ('RandFormer', 's12'),
-                                            ('IdentityFormer', 's12')])
-def test_inference_equals_the_autograd_forward(cls_name, arch):
-    """Same outputs with and without autograd (in-place paths on/off)."""
-    torch.manual_seed(0)
-    model = MODELS.build(dict(type=cls_name, arch=arch)).eval()
+@pytest.mark.parametrize('name', [
+    'PoolFormer', 'PoolFormerV2', 'IdentityFormer', 'RandFormer',
+    'ConvFormer', 'CAFormer'
+])
+def test_inference_equals_the_autograd_forward(name):
+    """Same outputs with and without autograd (StarReLU's paths)."""
+    model = randomise(build(name)).eval()
     x = torch.randn(1, 3, 64, 96)
     with torch.no_grad():
         fast = model(x)
     slow = model(x)
     for a, b in zip(fast, slow):
-        if cls_name == 'RandFormer':
-            # torch.matmul folds [B, C, N] @ [N, N] into one GEMM only when
+        if name == 'RandFormer':
+            # torch.matmul folds batched products into one GEMM only when
             # the input needs no grad: same math, different rounding
             torch.testing.assert_close(a, b.detach(), rtol=1e-5, atol=1e-5)
         else:

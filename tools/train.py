@@ -30,7 +30,8 @@ def parse_args(argv=None):
         help='resume from the given checkpoint, or with no value from the '
         'latest checkpoint in the work dir')
     parser.add_argument('--amp', action='store_true',
-                        help='automatic mixed precision training')
+                        help='automatic mixed precision training: fp16 on '
+                        'a GPU, bf16 on CPU (mmmetaformer.engine.amp)')
     parser.add_argument(
         '--auto-scale-lr', action='store_true',
         help='scale the lr by (GPUs x batch per GPU) / auto_scale_lr.'
@@ -59,7 +60,8 @@ def main(argv=None):
         if optim_type not in ('OptimWrapper', 'AmpOptimWrapper'):
             raise LaunchError(f'--amp needs optim_wrapper type OptimWrapper, '
                               f'the config has {optim_type}')
-        cfg.optim_wrapper.type = 'AmpOptimWrapper'
+        from mmmetaformer.engine.amp import amp_optim_wrapper_type
+        cfg.optim_wrapper.type = amp_optim_wrapper_type()
         cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
     if args.auto_scale_lr:
         if 'base_batch_size' not in cfg.get('auto_scale_lr', {}):

@@ -19,6 +19,11 @@ coarser. Each level projects the trunk map with a 1x1 conv to its channel
 count *before* resampling (cheaper at the fine levels), then applies
 ``norm -> GELU -> 3x3 conv``. The adapter is new (not in any
 ImageNet checkpoint) and always trainable.
+
+The level sizes are computed from the input, and an adaptive pool to such a
+size cannot be exported to ONNX; ``resample_to`` therefore switches to an
+equivalent pair of matrix products while ``torch.onnx.export`` traces, so
+the exported adapter is right for every input size (see ``resample_to``).
 """
 import torch.nn as nn
 

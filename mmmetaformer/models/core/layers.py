@@ -3,10 +3,79 @@
 Everything here is plain PyTorch and works on NCHW tensors, so the stages
 hand necks exactly what they expect. Parameter names follow timm's
 ``timm.models.metaformer`` so timm state dicts load without renaming.
+
+No module here writes into a tensor it was given or that another module
+returned (forward hooks see final values); in-place arithmetic only ever
+runs on a fresh intermediate of the module's own ``forward``.
 """
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+
+def _exporting():
+    """True while ``torch.onnx.export`` traces: sizes are then tensors."""
+    return torch.onnx.is_in_onnx_export()
+
+
+def _enlarges(in_size, out_size):
+    """Whether ``resample_to`` interpolates (every dim at least as fine).
+
+    A Python bool for int sizes; a 0-dim bool tensor for traced ones.
+    """
+    return (out_size[0] >= in_size[0]) & (out_size[1] >= in_size[1])
+
+
+def resample_weights(in_size, out_size, enlarge, dtype=torch.float32,
+                     device=None):
+    """``[out_size, in_size]`` matrix of ``resample_to`` along one axis.
+
+    Both modes of ``resample_to`` are separable, so resampling ``[.., h, w]``
+    to ``(H, W)`` is ``R_h @ x @ R_w.T`` with these matrices:
+
+    * ``enlarge`` (bilinear, ``align_corners=False``, as ``F.interpolate``):
+      output ``i`` reads source position ``s = (i + 0.5) * in / out - 0.5``
+      (clamped at 0) with weights ``1 - frac(s)`` and ``frac(s)`` at
+      ``floor(s)`` and ``min(floor(s) + 1, in - 1)``;
+    * otherwise (area, as ``F.adaptive_avg_pool2d``): output ``i`` averages
+      input positions ``floor(i * in / out) .. ceil((i + 1) * in / out) - 1``.
+
+    Built from index arithmetic only, so it works with traced sizes (0-dim
+    tensors during ONNX export) and then yields a graph valid for any input
+    size; ``enlarge`` may then be a 0-dim bool tensor choosing in the graph.
+    """
+    # sizes as 0-dim tensors: traced ones stay in the graph, ints are
+    # constants
+    n_in, n_out = (size if torch.is_tensor(size) else torch.full(
+        (), size, dtype=torch.long, device=device)
+                   for size in (in_size, out_size))
+    dst = torch.arange(out_size, device=device)
+    src_pos = torch.arange(in_size, device=device)
+
+    def bilinear():
+        # float32 arithmetic, as ATen computes the source positions
+        scale = n_in.float() / n_out.float()
+        src = ((dst.float() + 0.5) * scale - 0.5).clamp(min=0)
+        last = (n_in - 1).float()
+        first = torch.minimum(src.floor(), last)
+        frac = (src - first).clamp(0, 1)
+        second = torch.minimum(first + 1, last)
+        pos = src_pos.float()
+        return ((pos == first[:, None]).float() * (1 - frac)[:, None] +
+                (pos == second[:, None]).float() * frac[:, None])
+
+    def area():
+        start = torch.div(dst * n_in, n_out, rounding_mode='floor')
+        end = torch.div((dst + 1) * n_in + n_out - 1, n_out,
+                        rounding_mode='floor')
+        inside = (src_pos >= start[:, None]) & (src_pos < end[:, None])
+        return inside.float() / (end - start).float()[:, None]
+
+    if isinstance(enlarge, bool):
+        weights = bilinear() if enlarge else area()
+    else:
+        weights = torch.where(enlarge, bilinear(), area())
+    return weights.to(dtype)
 
 
 def resample_to(x, size):
@@ -15,13 +84,49 @@ def resample_to(x, size):
     Bilinear when ``size`` is at least as fine as ``x`` in both dims, area
     averaging otherwise. Neither creates values outside the input's range,
     so non-negative inputs stay non-negative.
+
+    Eager and compiled code call ``F.interpolate`` / ``F.adaptive_avg_pool2d``
+    (fast, and counted by the complexity tools). ONNX cannot export an
+    adaptive pool whose output size depends on the input, nor a choice of
+    mode made in Python, so under ``torch.onnx.export`` the same resampling
+    is written as two matrix products with ``resample_weights`` (mode chosen
+    in the graph): the exported model is right for every input size, and
+    equals these ops up to float rounding.
     """
-    if tuple(x.shape[-2:]) == tuple(size):
+    in_size = x.shape[-2:]
+    if _exporting():
+        enlarge = _enlarges(in_size, size)
+        rows = resample_weights(in_size[0], size[0], enlarge, x.dtype,
+                                x.device)
+        cols = resample_weights(in_size[1], size[1], enlarge, x.dtype,
+                                x.device)
+        return torch.matmul(rows, torch.matmul(x, cols.t()))
+    if tuple(in_size) == tuple(size):
         return x
-    if size[0] >= x.shape[-2] and size[1] >= x.shape[-1]:
+    if _enlarges(in_size, size):
         return F.interpolate(x, size=size, mode='bilinear',
                              align_corners=False)
     return F.adaptive_avg_pool2d(x, size)
+
+
+def _compute_dtype(dtype):
+    """fp16/bf16 -> fp32; fp32 and fp64 stay as they are."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+def _star(relu, scale, bias, owned):
+    """``scale * relu ** 2 + bias`` in at least fp32, in ``relu``'s dtype.
+
+    The arithmetic is in place on fresh tensors only: on ``relu`` itself
+    when ``owned`` (a temporary of the caller's own), else on a new square.
+    fp16/bf16 are widened to fp32 first, which is a fresh copy either way.
+    """
+    dtype = relu.dtype
+    wide = _compute_dtype(dtype)
+    if wide != dtype:
+        relu, owned = relu.to(wide), True
+    out = relu.mul_(relu) if owned else relu * relu
+    return out.mul_(scale).add_(bias).to(dtype)
 
 
 class _StarReLUFunction(torch.autograd.Function):
@@ -30,27 +135,31 @@ class _StarReLUFunction(torch.autograd.Function):
     Autograd on the plain expression keeps both ``relu(x)`` and
     ``relu(x) ** 2`` alive until backward (the second for the gradient of
     ``s``); here ``relu(x) ** 2`` is recomputed in backward instead, which
-    saves one activation-sized tensor per StarReLU and some time. The
-    forward is the same expression, so the outputs are bit-identical.
+    saves one activation-sized tensor per StarReLU and some time. Forward
+    and backward compute in at least fp32 (see ``StarReLU``); for fp32
+    inputs the forward is the reference expression, bit for bit.
     """
 
     @staticmethod
     def forward(ctx, x, scale, bias):
         relu = F.relu(x)
         ctx.save_for_backward(relu, scale)
-        return scale * relu**2 + bias
+        return _star(relu, scale, bias, owned=False)  # relu is saved
 
     @staticmethod
     def backward(ctx, grad):
         relu, scale = ctx.saved_tensors
+        dtype = _compute_dtype(relu.dtype)
+        relu, grad_out = relu.to(dtype), grad.to(dtype)
         grad_x = grad_scale = grad_bias = None
         if ctx.needs_input_grad[0]:
             # d/dx s*relu(x)^2 = 2*s*relu(x) (zero where x <= 0)
-            grad_x = grad * relu * (2 * scale)
+            grad_x = (grad_out * relu * (2 * scale)).to(grad.dtype)
         if ctx.needs_input_grad[1]:
-            grad_scale = (grad * relu * relu).sum().view(1)
+            grad_scale = (grad_out * relu * relu).sum().view(1).to(
+                scale.dtype)
         if ctx.needs_input_grad[2]:
-            grad_bias = grad.sum().view(1)
+            grad_bias = grad_out.sum().view(1).to(scale.dtype)
         return grad_x, grad_scale, grad_bias
 
 
@@ -62,15 +171,19 @@ class StarReLU(nn.Module):
     mmcv's ``ConvModule`` (which passes it to most activations) can build it;
     the input is never modified.
 
-    Three code paths, all computing the reference expression with the same
+    AMP: the square is computed in fp32 for fp16/bf16 inputs and the result
+    is returned in the input's dtype, like any activation. In fp16,
+    ``relu(x) ** 2`` alone overflows above 256, so the reference expression
+    gives ``inf`` for results that fp16 holds (up to 65504); here only
+    results that fp16 cannot hold are ``inf``. fp32 and fp64 inputs are
+    computed in their own dtype: bit-identical to the reference expression.
+
+    Three code paths, all computing the same expression with the same
     rounding: with autograd, a custom function that saves one tensor instead
     of two (less memory, faster backward); without autograd (inference), the
-    square, scale and shift run in place on the fresh ``relu(x)`` (no
-    temporaries); under ``torch.jit`` tracing (complexity counting, export),
-    the plain expression, so tracers see standard ops.
-
-    Note: under fp16 autocast ``relu(x) ** 2`` overflows above ~256; the
-    models keep it in the input dtype like the reference implementations.
+    square, scale and shift run in place on the fresh ``relu(x)``; under
+    ``torch.jit`` tracing (complexity counting, ONNX export), the plain
+    expression, so tracers see standard ops.
     """
 
     def __init__(self, scale_value=1.0, bias_value=0.0, scale_learnable=True,
@@ -82,17 +195,18 @@ class StarReLU(nn.Module):
                                  requires_grad=bias_learnable)
 
     def forward(self, x):
-        traced = torch.jit.is_tracing() or torch.jit.is_scripting()
-        if not traced and torch.is_grad_enabled() and (
-                x.requires_grad or self.scale.requires_grad
-                or self.bias.requires_grad):
+        if torch.jit.is_tracing() or torch.jit.is_scripting():
+            relu = F.relu(x)
+            dtype = _compute_dtype(x.dtype)
+            if dtype != x.dtype:
+                relu = relu.to(dtype)
+            out = self.scale * relu**2 + self.bias
+            return out if out.dtype == x.dtype else out.to(x.dtype)
+        if torch.is_grad_enabled() and (x.requires_grad
+                                        or self.scale.requires_grad
+                                        or self.bias.requires_grad):
             return _StarReLUFunction.apply(x, self.scale, self.bias)
-        # in place only where it cannot change the expression's type
-        # promotion (mixed dtypes) or what a tracer records
-        if traced or x.dtype != self.scale.dtype:
-            return self.scale * F.relu(x)**2 + self.bias
-        out = F.relu(x)
-        return out.mul_(out).mul_(self.scale).add_(self.bias)
+        return _star(F.relu(x), self.scale, self.bias, owned=True)
 
 
 class Scale(nn.Module):

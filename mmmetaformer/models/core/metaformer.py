@@ -30,7 +30,6 @@ e.g. 224 -> 56, 28, 14, 7 and 97 -> 24, 12, 6, 3. Any input of at least
 """
 from functools import partial
 
-import torch
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
@@ -110,31 +109,13 @@ class MetaFormerBlock(nn.Module):
         self.res_scale2 = res_scale()
 
     def forward(self, x):
-        x = _residual(self.res_scale1(x), self.layer_scale1(
-            self.drop_path1(self.token_mixer(self.norm1(x)))), x)
-        x = _residual(self.res_scale2(x), self.layer_scale2(
-            self.drop_path2(self.mlp(self.norm2(x)))), x)
+        # Out of place: both operands are tensors submodules returned (or
+        # the block input), which forward hooks and callers may still hold.
+        x = self.res_scale1(x) + self.layer_scale1(
+            self.drop_path1(self.token_mixer(self.norm1(x))))
+        x = self.res_scale2(x) + self.layer_scale2(
+            self.drop_path2(self.mlp(self.norm2(x))))
         return x
-
-
-def _residual(shortcut, branch, block_input):
-    """``shortcut + branch``; in place on ``branch`` during inference.
-
-    Without autograd the branch is normally a temporary this block made (a
-    norm's output at the least), so adding into it skips one allocation per
-    residual. Anything sharing memory with the block's input (which the
-    caller may still hold, e.g. an emitted stage output) or the shortcut
-    takes the out-of-place path, as do broadcasting shapes.
-    """
-    if torch.is_grad_enabled() or branch.shape != shortcut.shape or \
-            _same_storage(branch, block_input) or \
-            _same_storage(branch, shortcut):
-        return shortcut + branch
-    return branch.add_(shortcut)
-
-
-def _same_storage(a, b):
-    return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
 
 
 def run_blocks(blocks, x, with_cp):

@@ -6,13 +6,12 @@ be a token mixer (register it in ``mmmetaformer.registry.MODELS`` to use it
 from a config).
 """
 import math
-from collections import OrderedDict
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .layers import StarReLU, resample_to
+from .layers import StarReLU, _enlarges, _exporting, resample_weights
 
 
 class IdentityMixer(nn.Module):
@@ -30,7 +29,9 @@ class Pooling(nn.Module):
 
     The pool uses stride 1, ``pool_size // 2`` padding and
     ``count_include_pad=False``; ``x`` is subtracted because the block adds
-    the residual back.
+    the residual back. The subtraction runs in place on the fresh pooled
+    tensor, in every mode: no module has returned it yet, and the pool's
+    backward does not need its output.
     """
 
     def __init__(self, dim, pool_size=3):
@@ -40,9 +41,7 @@ class Pooling(nn.Module):
     def forward(self, x):
         pooled = F.avg_pool2d(x, self.pool_size, 1, self.pool_size // 2,
                               count_include_pad=False)
-        if torch.is_grad_enabled():
-            return pooled - x
-        return pooled.sub_(x)  # inference: reuse the fresh pooled tensor
+        return pooled.sub_(x)
 
 
 class SepConv(nn.Module):
@@ -103,73 +102,104 @@ class Attention(nn.Module):
 class RandomMixing(nn.Module):
     """RandFormer's mixer: a frozen random token-mixing matrix.
 
-    The matrix ``random_matrix`` (``[N, N]``, rows summing to one) is
-    ``softmax(rand(N, N))`` at the grid it was trained on: ``N = 196``
+    The matrix ``random_matrix`` (``M0``, ``[N0, N0]``, rows summing to one)
+    is ``softmax(rand(N0, N0))`` at the grid it was trained on: ``N0 = 196``
     (14x14) in stage 3 and ``49`` (7x7) in stage 4 at 224x224. It is a
     persistent buffer: it is saved and loaded with the weights (the trained
-    model depends on *its* random draw) but never trained.
+    model depends on *its* random draw) but never trained. On the trained
+    grid, ``out = M0 @ tokens``, exactly as the reference implementations.
 
-    Other grid sizes (detection and segmentation inputs): entry
-    ``M[m, n]`` is viewed as a field over (output position, input position)
-    ``(h0, w0, h0, w0)``. Both position pairs are resampled to the new grid
-    ``(h, w)`` - bilinear when enlarging, area averaging when shrinking -
-    which keeps every entry non-negative, and each row is renormalised to
-    sum to one. Every output token therefore still mixes all input tokens
-    with the weights its nearest trained positions had. At the trained grid
-    the matrix is used unchanged. Resampled matrices are cached per
-    ``(h, w, device, dtype)`` (at most ``cache_size`` of them).
+    Other grid sizes ``(h, w)`` (detection and segmentation inputs): entry
+    ``M0[m, n]`` is viewed as a field over (output position, input
+    position). Both positions are resampled to the new grid with the
+    resampling of ``resample_to`` (bilinear when enlarging, area averaging
+    when shrinking, so every entry stays non-negative), and each row is
+    renormalised to sum to one::
 
-    Memory is O(N^2) in the token count: at 800x1216 the stage-3 grid is
-    50x76 = 3800 tokens, a 3800x3800 matrix of 58 MB (fp32) and
-    ``B * N^2 * C`` multiply-adds per block; stage 4 (25x38) needs 3.6 MB.
+        M = D^-1 R M0 R^T,  R = R_h (x) R_w  ([h*w, N0]),
+        D = diag(R M0 R^T 1)
+
+    where ``R_h`` (``[h, h0]``) and ``R_w`` (``[w, w0]``) are the 1-D
+    resampling matrices (``resample_weights``). Every output token still
+    mixes all input tokens, with the weights its nearest trained positions
+    had.
+
+    Memory and compute: ``M`` has rank at most ``N0`` and is never built.
+    ``forward`` applies the factors to the tokens, right to left: tokens to
+    the base grid (``R^T``, separable: two small matmuls), ``M0``, back to
+    the grid (``R``), divided by the row sums ``D`` (an ``[h, w]`` map). That
+    is ``O(B*C*h*w*(h0 + w0) + B*C*N0^2)`` multiply-adds and a few
+    ``[B, C, h, w0]``-sized temporaries, instead of a dense ``(h*w)^2``
+    matrix: at 800x1344 the stage-3 grid is 50x84 = 4200 tokens, whose dense
+    matrix would be 70.6 MB (fp32) per block, 1.7 GB over RandFormer-M48's
+    24 stage-3 blocks if cached, with ``B*C*4200^2`` (6.8 G for C = 384)
+    multiply-adds per block. Nothing is cached: everything is a pure
+    function of the buffer and the input size, so ``torch.compile`` traces
+    it without graph breaks, memory does not grow with the sizes seen, and
+    ONNX exports it for every input size. ``resampled_matrix(grid)``
+    builds the dense ``M`` (for inspection and tests only).
     """
 
-    def __init__(self, dim, num_tokens=196, cache_size=4):
+    def __init__(self, dim, num_tokens=196):
         super().__init__()
         side = math.isqrt(num_tokens)
         if side * side != num_tokens:
             raise ValueError(f'RandomMixing num_tokens must be a square '
                              f'grid (e.g. 196 or 49), got {num_tokens}')
         self.base_grid = (side, side)
-        self.cache_size = cache_size
         self.register_buffer(
             'random_matrix',
             torch.softmax(torch.rand(num_tokens, num_tokens), dim=-1))
-        self._resampled = OrderedDict()
 
-    def _load_from_state_dict(self, *args, **kwargs):
-        self._resampled.clear()
-        super()._load_from_state_dict(*args, **kwargs)
+    def resampling_weights(self, grid):
+        """``(R_h [h, h0], R_w [w, w0])`` in fp32: base grid -> ``grid``."""
+        enlarge = _enlarges(self.base_grid, grid)
+        device = self.random_matrix.device
+        return tuple(
+            resample_weights(base, size, enlarge, device=device)
+            for base, size in zip(self.base_grid, grid))
 
     @torch.no_grad()
     def resampled_matrix(self, grid):
-        """The ``[h*w, h*w]`` row-stochastic mixing matrix for ``grid``."""
+        """The dense ``[h*w, h*w]`` row-stochastic matrix ``M`` for ``grid``.
+
+        ``forward`` never builds it; on the trained grid it is
+        ``random_matrix`` itself.
+        """
         grid = tuple(grid)
         if grid == self.base_grid:
             return self.random_matrix
-        key = (grid, self.random_matrix.device, self.random_matrix.dtype)
-        if key in self._resampled:
-            self._resampled.move_to_end(key)
-            return self._resampled[key]
-        h0, w0 = self.base_grid
-        n0 = h0 * w0
-        field = self.random_matrix.float()
-        # Input positions: [n0 (out), 1, h0, w0] -> [n0, h*w]
-        field = resample_to(field.view(n0, 1, h0, w0), grid)
-        field = field.reshape(n0, -1)
-        # Output positions: [1, h*w (in), h0, w0] -> [h*w (out), h*w (in)]
-        field = field.t().reshape(1, -1, h0, w0)
-        field = resample_to(field, grid).reshape(field.shape[1], -1).t()
-        matrix = (field / field.sum(dim=1, keepdim=True)).to(
-            self.random_matrix.dtype).contiguous()
-        self._resampled[key] = matrix
-        while len(self._resampled) > self.cache_size:
-            self._resampled.popitem(last=False)
-        return matrix
+        rows, cols = self.resampling_weights(grid)
+        resample = torch.kron(rows, cols)  # [h*w, N0]
+        field = resample @ self.random_matrix.float() @ resample.t()
+        return (field / field.sum(dim=1, keepdim=True)).to(
+            self.random_matrix.dtype)
 
     def forward(self, x):
         B, C, H, W = x.shape
-        matrix = self.resampled_matrix((H, W)).to(x.dtype)
-        # out[b, c, m] = sum_n M[m, n] x[b, c, n]
-        return torch.matmul(x.reshape(B, C, H * W), matrix.t()).view(
-            B, C, H, W)
+        if not _exporting() and (H, W) == self.base_grid:
+            matrix = self.random_matrix.to(x.dtype)
+            # out[b, c, m] = sum_n M0[m, n] x[b, c, n]
+            return torch.matmul(x.reshape(B, C, H * W), matrix.t()).view(
+                B, C, H, W)
+        return self._mix_resampled(x)
+
+    def _mix_resampled(self, x):
+        """``D^-1 R M0 R^T`` applied to the tokens of ``x`` (see above).
+
+        Under ONNX export this path also runs on the trained grid (``R`` is
+        then the identity), so one graph serves every input size.
+        """
+        h0, w0 = self.base_grid
+        rows, cols = self.resampling_weights(x.shape[-2:])
+        matrix = self.random_matrix.float()
+        # row sums R M0 R^T 1 (fp32 outside autocast); R^T 1 is the outer
+        # product of the column sums, on the base grid
+        to_base = (rows.sum(0)[:, None] * cols.sum(0)[None, :]).reshape(-1)
+        row_sums = rows @ (matrix @ to_base).view(h0, w0) @ cols.t()
+        rows, cols = rows.to(x.dtype), cols.to(x.dtype)
+        matrix = matrix.to(x.dtype)
+        base = torch.matmul(rows.t(), torch.matmul(x, cols))  # [B,C,h0,w0]
+        mixed = torch.matmul(base.flatten(2), matrix.t()).view_as(base)
+        out = torch.matmul(rows, torch.matmul(mixed, cols.t()))  # [B,C,H,W]
+        return out.div_(row_sums.to(out.dtype))
