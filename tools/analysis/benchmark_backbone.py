@@ -26,9 +26,10 @@ loaded strictly into timm's features model and (converted) into ours, and
 every column is checked against timm eager. IdentityFormer, RandFormer and
 ConvMixer (with our pyramid adapter) have no timm features model: their
 timm columns are ``-`` and the columns are checked against our eager
-model. A check fails when the max abs difference exceeds ``1e-4`` times
-the larger of the reference's max magnitude and 1; the tool then stops
-with exit status 1 before timing anything. Ours are built with
+model. A check fails when the max abs difference exceeds ``1e-4`` (eager
+and fused PyTorch; ``1e-3`` for compiled graphs and onnxruntime, which
+reduce in another order) times the larger of the reference's max magnitude
+and 1; the tool then stops with exit status 1 before timing anything. Ours are built with
 ``out_norm_cfg=None`` (timm's features have no output norm).
 
 Figures:
@@ -123,8 +124,12 @@ RATIOS = (('eager', 'timm'), ('fused', 'timm'),
           ('onnx', 'timm'))
 # families timm builds as features_only models
 TIMM_FAMILIES = ('poolformer', 'poolformerv2', 'convformer', 'caformer')
-# Outputs must agree to this, relative to max(max |reference|, 1).
+# Outputs must agree to this, relative to max(max |reference|, 1): PyTorch's
+# own kernels to 1e-4; compiled graphs and onnxruntime reduce in another
+# order (onnxruntime's GroupNorm over a 800x1216 stage-1 map differs by
+# ~6e-4 of the output range), so 1e-3.
 REL_TOLERANCE = 1e-4
+OTHER_RUNTIME_TOLERANCE = 1e-3
 # A training step costs about this many forward passes of MACs.
 TRAIN_MAC_FACTOR = 3
 
@@ -322,7 +327,9 @@ def check_outputs(name, size, runners, reference_column, x, device):
         if column == reference_column:
             continue
         diff, scale = max_abs_diff(outs, expected)
-        ok = diff <= REL_TOLERANCE * max(scale, 1.0)
+        tolerance = (REL_TOLERANCE if column in ('eager', 'fused', 'timm')
+                     else OTHER_RUNTIME_TOLERANCE)
+        ok = diff <= tolerance * max(scale, 1.0)
         print(f'check {name} {size} {column} vs {reference_column}: max abs '
               f'diff {diff:.3g} (max |output| {scale:.3g}) '
               f"{'OK' if ok else 'MISMATCH'}", flush=True)
