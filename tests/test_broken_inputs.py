@@ -19,7 +19,8 @@ from .forked_tools import ForkedTool
 from .helpers import REPO_ROOT
 
 DET_CONFIG = REPO_ROOT / 'configs/toy/retinanet_poolformer_s12_toy_coco.py'
-SEG_CONFIG = REPO_ROOT / 'configs/toy/semantic_fpn_poolformer_s12_toy_ade20k.py'
+SEG_CONFIG = (REPO_ROOT /
+              'configs/toy/semantic_fpn_poolformer_s12_toy_ade20k.py')
 DET_SMALL = ['test_dataloader.dataset.pipeline.1.scale=(64,64)']
 SEG_SMALL = ['train_dataloader.batch_size=1', 'train_cfg.max_iters=1',
              'train_cfg.val_interval=10']
@@ -140,8 +141,8 @@ def test_annotation_json_that_does_not_parse(cases):
 def test_image_listed_but_missing_on_disk(cases):
     results, found = cases
     line = error_line(results['missing'])
-    assert line == (f"error: image {found['missing']} does not "
-                    'exist (listed in the dataset annotations)')
+    assert line == (f"error: image {found['missing']} does not exist "
+                    '(the dataset lists it)')
 
 
 def test_corrupt_image(cases):

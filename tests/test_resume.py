@@ -8,8 +8,9 @@ SIGKILLed run side by side, then the killed run continues with
 equal the reference's bit for bit (``log_processor.window_size=1``, so each
 logged loss is that iteration's own), although validation ran between the
 last save and the next iteration in the reference only. The segmentation
-run is killed while it writes a checkpoint, with ``max_keep_ckpts=1``. The runs are forked
-from one process that imported the stack once (``forked_tools``).
+run is killed while it writes a checkpoint, with ``max_keep_ckpts=1``. The
+runs are forked from one process that imported the stack once
+(``forked_tools``).
 """
 import json
 import signal
@@ -25,7 +26,8 @@ from .forked_tools import ForkedTool
 from .helpers import REPO_ROOT
 
 DET_CONFIG = REPO_ROOT / 'configs/toy/retinanet_poolformer_s12_toy_coco.py'
-SEG_CONFIG = REPO_ROOT / 'configs/toy/semantic_fpn_poolformer_s12_toy_ade20k.py'
+SEG_CONFIG = (REPO_ROOT /
+              'configs/toy/semantic_fpn_poolformer_s12_toy_ade20k.py')
 # Every iteration draws random numbers: augmentation (python/numpy) and
 # drop path (torch), so a resume that does not restore them gives other
 # losses (measured: without ExactResumeHook they differ after the resume).

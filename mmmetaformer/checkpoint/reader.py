@@ -1,4 +1,4 @@
-"""The one checkpoint reader: mmengine's ``CheckpointLoader``, minus pickle code.
+"""The one checkpoint reader: mmengine's ``CheckpointLoader``, no pickle code.
 
 mmengine 0.10.7 reads every checkpoint it fetches with
 ``torch.load(weights_only=False)``: ``load_from``, ``--resume``, ``init_cfg``
@@ -44,8 +44,6 @@ from mmengine.dist import barrier, get_local_rank
 from mmengine.logging import HistoryBuffer, print_log
 from mmengine.runner import checkpoint as mmengine_checkpoint
 from mmengine.runner.checkpoint import CheckpointLoader
-
-
 
 # The statistics methods HistoryBuffer registers for itself.
 _HISTORY_BUFFER_STATISTICS = ('min', 'max', 'current', 'mean')

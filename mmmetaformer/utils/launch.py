@@ -283,7 +283,7 @@ def explain_data_errors(cfg, dataloader_keys):
         if sample is not None:
             raise LaunchError(
                 f'{sample[1]} {exc.filename or sample[0]} does not exist '
-                '(listed in the dataset annotations)') from exc
+                '(the dataset lists it)') from exc
         raise LaunchError(f'{exc.filename} does not exist' if exc.filename
                           else str(exc)) from exc
     except (AssertionError, OSError, ValueError) as exc:
