@@ -1,9 +1,97 @@
 """Small helpers shared by the test modules."""
+import copy
 import subprocess
 import sys
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def own_settings(path):
+    """What a config file sets itself, its ``_base_`` left unresolved.
+
+    Leaf configs are plain Python (``_base_ = [...]``, ``model = dict(...)``),
+    so running one gives exactly what it adds to its base, in microseconds;
+    ``Config.fromfile`` resolves the whole ``mmdet::``/``mmseg::`` chain
+    (1-2 s of CPU per file).
+    """
+    namespace = {}
+    exec(compile(Path(path).read_text(), str(path), 'exec'), namespace)
+    del namespace['__builtins__']
+    return namespace
+
+
+def merged_into(base, own):
+    """``base`` (a parsed config as a dict) with ``own`` (``own_settings``
+    of a leaf) merged in: nested dicts key by key, anything else replaced,
+    which is what mmengine does for a leaf without ``_delete_``."""
+    out = copy.deepcopy(base)
+
+    def merge(into, update):
+        for key, value in update.items():
+            if isinstance(value, dict) and isinstance(into.get(key), dict):
+                merge(into[key], value)
+            else:
+                into[key] = copy.deepcopy(value)
+
+    merge(out, {k: v for k, v in own.items() if k != '_base_'})
+    return out
+
+
+def check_leaf_settings(path, base, family, arch, base_backbone=None):
+    """The contract of every dense-prediction leaf config.
+
+    It names ``base`` as its one base and sets only its backbone (the
+    family's registered class, ``arch``, the official ImageNet weights,
+    optionally ``drop_path_rate``) and the neck's ``in_channels``, which
+    must be what that backbone, with ``base_backbone``'s options, emits
+    (built on the ``meta`` device).
+
+    Returns:
+        tuple: the leaf's backbone config (base options merged in) and the
+        backbone built from it on ``meta``.
+    """
+    import torch
+
+    from mmmetaformer.models.archs import pretrained_url
+    from mmmetaformer.models.backbones.metaformer import FAMILY_CLASSES
+    from mmmetaformer.registry import MODELS
+    own = own_settings(path)
+    assert own['_base_'] == [base]
+    assert set(own) == {'_base_', 'checkpoint_file', 'model'}
+    assert set(own['model']) == {'backbone', 'neck'}
+    assert set(own['model']['neck']) == {'in_channels'}
+    backbone = own['model']['backbone']
+    assert set(backbone) <= {'type', 'arch', 'init_cfg', 'drop_path_rate'}
+    assert backbone['type'] == FAMILY_CLASSES[family]
+    assert backbone['arch'] == arch
+    assert backbone['init_cfg'] == dict(
+        type='Pretrained', checkpoint=pretrained_url(family, arch))
+    backbone = dict(base_backbone or {}, **backbone)
+    with torch.device('meta'):
+        model = MODELS.build(dict(backbone, init_cfg=None))
+    assert list(own['model']['neck']['in_channels']) == list(
+        model.out_channels)
+    return backbone, model
+
+
+def family_archs():
+    """``[(family, registered type, arch)]`` of every registered arch, in
+    the arch tables' order (from ``FAMILY_CLASSES`` and each class's
+    ``arch_zoo``)."""
+    from mmmetaformer.models.backbones.metaformer import FAMILY_CLASSES
+    from mmmetaformer.registry import MODELS
+    return [(family, name, arch) for family, name in FAMILY_CLASSES.items()
+            for arch in MODELS.get(name).arch_zoo]
+
+
+def smallest_archs():
+    """``[(family, registered type, arch)]``: the first (smallest) arch of
+    each family, for the contracts that run real arithmetic."""
+    seen = {}
+    for family, name, arch in family_archs():
+        seen.setdefault(family, (family, name, arch))
+    return list(seen.values())
 
 
 def run_tool(script, *args, timeout=600, cwd=None, env=None):

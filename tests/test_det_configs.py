@@ -1,12 +1,16 @@
 """Detection configs: the published recipe, every backbone, and the tools.
 
-- Every ``configs/{retinanet,mask_rcnn}_<family>_<arch>_coco.py`` loads and
-  carries the PoolFormer paper's COCO recipe (reference.md section 4), its
-  ``init_cfg`` is the official URL and its neck takes the backbone's
-  ``out_channels``.
+- Each base (``configs/_base_/{retinanet,mask_rcnn}_coco.py``) carries the
+  PoolFormer paper's COCO recipe; it is parsed and checked once.
+- Every leaf ``configs/{retinanet,mask_rcnn}_<family>_<arch>_coco.py`` is
+  checked for what it sets itself (read without resolving its bases): its
+  base, the backbone type and arch, the official ``init_cfg`` URL, and a
+  neck taking the backbone's real ``out_channels`` (backbones built on the
+  ``meta`` device: no memory, no arithmetic). One leaf per base is parsed
+  in full and equals its base plus those settings, so every leaf's recipe
+  is its base's.
 - Real forwards (loss and predict, one 64x64 image) for the smallest arch
-  of each family; the bigger archs are built on the ``meta`` device (no
-  memory, no arithmetic) to keep the suite within minutes on 2 CPU cores.
+  of each family.
 - The RetinaNet choice (backbone stages 1..3 + FPN from level 0) equals the
   published layout (stages 0..3 + FPN from level 1) with shared weights.
 - End to end on a tiny toy COCO through the real tools: train, checkpoint,
@@ -29,27 +33,19 @@ from mmengine.config import Config
 from mmengine.registry import init_default_scope
 
 import mmmetaformer  # noqa: F401
-from mmmetaformer.models.archs import (CONVMIXER_ARCHS, METAFORMER_ARCHS,
-                                       pretrained_url)
+from mmmetaformer.models.archs import pretrained_url
 from mmmetaformer.registry import MODELS
 
-from .helpers import REPO_ROOT, benchmark_row, run_tool
+from .helpers import (REPO_ROOT, benchmark_row, check_leaf_settings,
+                      family_archs, merged_into, own_settings, run_tool,
+                      smallest_archs)
 
 CONFIGS = REPO_ROOT / 'configs'
-FAMILY_CLASS = dict(
-    poolformer='PoolFormer', poolformerv2='PoolFormerV2',
-    identityformer='IdentityFormer', randformer='RandFormer',
-    convformer='ConvFormer', caformer='CAFormer', convmixer='ConvMixer')
-FAMILY_ARCHS = [(f, a) for f, sizes in METAFORMER_ARCHS.items()
-                for a in sizes] + [('convmixer', a) for a in CONVMIXER_ARCHS]
 DETECTORS = ('retinanet', 'mask_rcnn')
-LEAVES = [(det, f, a) for det in DETECTORS for f, a in FAMILY_ARCHS]
+LEAVES = [(det, f, a) for det in DETECTORS for f, _, a in family_archs()]
 LEAF_IDS = [f'{d}-{f}-{a}' for d, f, a in LEAVES]
 # The smallest arch of each family gets real forwards.
-SMALL = {('poolformer', 's12'), ('poolformerv2', 's12'),
-         ('identityformer', 's12'), ('randformer', 's12'),
-         ('convformer', 's18'), ('caformer', 's18'),
-         ('convmixer', '768/32')}
+SMALL = {(f, a) for f, _, a in smallest_archs()}
 LR = dict(retinanet=1e-4, mask_rcnn=2e-4)
 
 
@@ -67,6 +63,11 @@ def load_leaf(det, family, arch):
     return copy.deepcopy(_load(leaf_path(det, family, arch)))
 
 
+def load_base(det):
+    """The parsed base of every ``det`` leaf (do not modify)."""
+    return _load(CONFIGS / '_base_' / f'{det}_coco.py')
+
+
 def test_every_arch_has_both_leaves():
     expected = {leaf_path(*leaf).name for leaf in LEAVES}
     found = {p.name for det in DETECTORS
@@ -82,9 +83,9 @@ def check_pipeline(pipeline):
     assert resize[0]['keep_ratio'] is True
 
 
-@pytest.mark.parametrize('det,family,arch', LEAVES, ids=LEAF_IDS)
-def test_leaf_recipe(det, family, arch):
-    cfg = load_leaf(det, family, arch)
+@pytest.mark.parametrize('det', DETECTORS)
+def test_base_recipe(det):
+    cfg = load_base(det)
     assert cfg.default_scope == 'mmdet'
     # Optimiser: AdamW, the paper's lr, wd 1e-4, no decay on 1-D params.
     optim = cfg.optim_wrapper
@@ -111,15 +112,13 @@ def test_leaf_recipe(det, family, arch):
         'PackDetInputs']
     assert train_pipeline[3]['prob'] == 0.5
     assert train_pipeline[1].get('with_mask', False) is (det == 'mask_rcnn')
-    # Backbone: the official weights.
+    # The backbone is the leaf's: nothing of ResNet's is left.
     backbone = cfg.model.backbone
-    assert backbone.type == FAMILY_CLASS[family]
-    assert backbone.arch == arch
-    assert backbone.init_cfg == dict(type='Pretrained',
-                                     checkpoint=pretrained_url(family, arch))
+    assert backbone.type is None and 'depth' not in backbone
     neck = cfg.model.neck
     assert neck.type == 'FPN' and neck.out_channels == 256
     assert neck.num_outs == 5
+    assert neck.in_channels is None  # every leaf sets it
     if det == 'retinanet':
         # = published start_level=1 over 4 outputs; see the base config.
         assert backbone.out_indices == (1, 2, 3)
@@ -129,10 +128,23 @@ def test_leaf_recipe(det, family, arch):
         assert 'out_indices' not in backbone  # all four
         assert neck.get('start_level', 0) == 0
         assert cfg.model.roi_head.mask_head.type == 'FCNMaskHead'
-    # The neck takes what the backbone really emits.
-    with torch.device('meta'):
-        model = MODELS.build(dict(backbone, init_cfg=None))
-    assert list(neck.in_channels) == list(model.out_channels)
+
+
+@pytest.mark.parametrize('det', DETECTORS)
+def test_a_leaf_is_its_base_plus_what_it_sets(det):
+    """Parsed in full by mmengine, a leaf equals its base with the leaf's
+    own settings merged in: what ``test_leaf_settings`` checks for every
+    leaf is all that differs from the base."""
+    own = own_settings(leaf_path(det, 'poolformer', 's12'))
+    assert load_leaf(det, 'poolformer', 's12').to_dict() == merged_into(
+        load_base(det).to_dict(), own)
+
+
+@pytest.mark.parametrize('det,family,arch', LEAVES, ids=LEAF_IDS)
+def test_leaf_settings(det, family, arch):
+    backbone, model = check_leaf_settings(
+        leaf_path(det, family, arch), f'./_base_/{det}_coco.py', family, arch,
+        base_backbone=load_base(det).model.backbone.to_dict())
     if family == 'poolformer' and arch in ('s12', 's24', 's36'):
         # The published network: GN(1) on each output, stage dims 64..512.
         assert list(model.out_channels) == ([64, 128, 320, 512][1:]

@@ -227,16 +227,18 @@ def test_cfg_options_accepts_new_and_existing_keys():
         validate_cfg_options(cfg, {'a.items.5.c': 1})
 
 
-def test_env_setup_is_idempotent_and_fast():
-    """The second ``make env`` has nothing to do (stamp + checks only)."""
-    if not (REPO_ROOT / '.venv' / '.mmmetaformer-env-stamp').exists():
+def test_env_setup_has_nothing_to_do_the_second_time():
+    """A second ``make env`` only verifies: the stamp matches, the checks
+    pass, and no install step runs (the stamp is not rewritten)."""
+    stamp = REPO_ROOT / '.venv' / '.mmmetaformer-env-stamp'
+    if not stamp.exists():
         pytest.skip('the suite is not running inside the project .venv')
-    import time
-    start = time.monotonic()
+    before = (stamp.read_text(), stamp.stat().st_mtime_ns)
     proc = subprocess.run(['bash', 'tools/setup_env.sh'], cwd=REPO_ROOT,
                           capture_output=True, text=True,
                           env=dict(os.environ))
-    elapsed = time.monotonic() - start
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert 'up to date' in proc.stdout
-    assert elapsed < 60
+    steps = [line for line in proc.stdout.splitlines()
+             if line.startswith('[setup_env]')]
+    assert len(steps) == 1 and 'up to date' in steps[0], proc.stdout
+    assert (stamp.read_text(), stamp.stat().st_mtime_ns) == before

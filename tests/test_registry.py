@@ -13,7 +13,6 @@ import orders.
 """
 import subprocess
 import sys
-import textwrap
 
 import pytest
 import torch

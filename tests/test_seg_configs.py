@@ -2,11 +2,14 @@
 config layered on a leaf, a train/test run through the tools and the
 stock-config drop-in example.
 
-Cost: all 31 leaves are loaded, checked and built on the ``meta`` device,
-where a forward gives output shapes without arithmetic, so the big archs
-(M48, B36, ConvMixer-1536/20) stay cheap. Real loss and predict forwards run
-on the smallest arch of each family. The end-to-end run trains 4 iterations
-at 128x128 crops.
+Cost: the base (``configs/_base_/semantic_fpn_ade20k.py``) is parsed and
+checked once, with its network built on the ``meta`` device (output shapes
+without arithmetic). Each of the 31 leaves is checked for what it sets
+itself, read without resolving its bases; one leaf parsed in full equals
+the base plus those settings. Backbones are built on ``meta``, so the big
+archs (M48, B36, ConvMixer-1536/20) stay cheap. Real loss and predict
+forwards run on the smallest arch of each family. The end-to-end run trains
+4 iterations at 128x128 crops.
 """
 import copy
 import functools
@@ -24,21 +27,19 @@ from mmengine.structures import PixelData
 
 import mmmetaformer  # noqa: F401
 from mmmetaformer.engine import sync_bn_to_bn
-from mmmetaformer.models.archs import (CONVMIXER_ARCHS, METAFORMER_ARCHS,
-                                       pretrained_url)
-from mmmetaformer.models.backbones.metaformer import FAMILY_CLASSES
-from tests.helpers import REPO_ROOT, benchmark_row, run_tool
+from tests.helpers import (REPO_ROOT, benchmark_row, check_leaf_settings,
+                           family_archs, merged_into, own_settings, run_tool,
+                           smallest_archs)
 
 CONFIGS = REPO_ROOT / 'configs'
+BASE_CONFIG = CONFIGS / '_base_' / 'semantic_fpn_ade20k.py'
 TOY_CONFIG = CONFIGS / 'toy' / 'semantic_fpn_poolformer_s12_toy_ade20k.py'
 DROP_IN_CONFIG = CONFIGS / 'examples' / 'upernet_convformer_s18_drop_in.py'
 
-LEAVES = [(family, arch) for family, sizes in METAFORMER_ARCHS.items()
-          for arch in sizes] + [('convmixer', arch)
-                                for arch in CONVMIXER_ARCHS]
+LEAVES = [(family, arch) for family, _, arch in family_archs()]
 LEAF_IDS = [f"{family}_{arch.replace('/', '_')}" for family, arch in LEAVES]
 # The smallest arch of each family: these also run real forwards.
-SMALL_LEAVES = [(f, a) for f, a in LEAVES if a in ('s12', 's18', '768/32')]
+SMALL_LEAVES = [(f, a) for f, _, a in smallest_archs()]
 SMALL_IDS = [f"{f}_{a.replace('/', '_')}" for f, a in SMALL_LEAVES]
 NUM_CLASSES = 150
 
@@ -100,9 +101,8 @@ def test_one_leaf_per_family_and_arch():
     assert len(found) == 5 * 4 + 4 * 2 + 3
 
 
-@pytest.mark.parametrize('family,arch', LEAVES, ids=LEAF_IDS)
-def test_leaf_config_recipe_and_model(family, arch):
-    cfg = load(leaf_path(family, arch))
+def test_base_recipe_and_network():
+    cfg = load(BASE_CONFIG)
     assert cfg.default_scope == 'mmseg'
 
     # Optimiser and schedule: AdamW 2e-4 / 1e-4, poly 0.9 to 0 over 40k.
@@ -140,17 +140,13 @@ def test_leaf_config_recipe_and_model(family, arch):
         assert step(pipeline, 'ResizeToMultiple').size_divisor == 32
     assert cfg.test_evaluator.type == 'IoUMetric'
 
-    # Network: backbone from the leaf, FPN 256 x 4, FPNHead 128 / 150.
+    # Network: the leaf's backbone (nothing of ResNet's left), FPN 256 x 4,
+    # FPNHead 128 / 150.
     model = cfg.model
     assert model.pretrained is None
-    backbone = model.backbone
-    assert backbone.type == FAMILY_CLASSES[family]
-    assert backbone.arch == arch
-    assert backbone.init_cfg == dict(type='Pretrained',
-                                     checkpoint=pretrained_url(family, arch))
-    expected_dpr = {'poolformer': 0.0, 'convmixer': None}.get(family, 0.1)
-    assert backbone.get('drop_path_rate') == expected_dpr
+    assert model.backbone.type is None and 'depth' not in model.backbone
     assert model.neck.type == 'FPN'
+    assert model.neck.in_channels is None  # every leaf sets it
     assert (model.neck.out_channels, model.neck.num_outs) == (256, 4)
     head = model.decode_head
     assert head.type == 'FPNHead'
@@ -160,16 +156,34 @@ def test_leaf_config_recipe_and_model(family, arch):
     assert head.norm_cfg.type == 'SyncBN'  # the multi-GPU recipe
     assert model.test_cfg.mode == 'whole'
 
-    # Built (on meta: no memory, no arithmetic): the neck takes what the
-    # backbone gives, and the whole network maps an image to 150 logits
-    # at stride 4.
-    segmentor = build_model(model, device='meta')
-    assert list(model.neck.in_channels) == list(
-        segmentor.backbone.out_channels)
+    # Built (on meta) with a backbone of channels unlike any ResNet's: the
+    # whole network maps an image to 150 logits at stride 4.
+    segmentor = build_model(merged_into(model.to_dict(), dict(
+        backbone=dict(type='PoolFormerV2', arch='m36'),
+        neck=dict(in_channels=[96, 192, 384, 768]))), device='meta')
     segmentor.eval()
     logits = segmentor(torch.empty(2, 3, 96, 128, device='meta'),
                        mode='tensor')
     assert logits.shape == (2, NUM_CLASSES, 24, 32)
+
+
+def test_a_leaf_is_its_base_plus_what_it_sets():
+    """Parsed in full by mmengine, a leaf equals the base with the leaf's
+    own settings merged in: what ``test_leaf_settings`` checks for every
+    leaf is all that differs from the base."""
+    path = leaf_path('convformer', 's18')
+    assert load(path).to_dict() == merged_into(load(BASE_CONFIG).to_dict(),
+                                               own_settings(path))
+
+
+@pytest.mark.parametrize('family,arch', LEAVES, ids=LEAF_IDS)
+def test_leaf_settings(family, arch):
+    backbone, _ = check_leaf_settings(leaf_path(family, arch),
+                                      './_base_/semantic_fpn_ade20k.py',
+                                      family, arch)
+    # drop path as published for PoolFormer v1, 0.1 for the baselines
+    expected_dpr = {'poolformer': 0.0, 'convmixer': None}.get(family, 0.1)
+    assert backbone.get('drop_path_rate') == expected_dpr
 
 
 @pytest.mark.parametrize('family,arch', SMALL_LEAVES, ids=SMALL_IDS)

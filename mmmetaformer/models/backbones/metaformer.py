@@ -10,7 +10,6 @@ passed to a family class only needs what differs from the family.
 """
 from functools import partial
 
-import torch.nn as nn
 from mmengine.model import BaseModule
 
 from ...registry import MODELS, register_public
