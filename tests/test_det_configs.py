@@ -421,14 +421,20 @@ def test_infer_clear_errors(tmp_path):
 
 def test_mask_rcnn_train_and_test(toy_cwd):
     work = toy_cwd / 'work_mask_rcnn'
+    # one iteration of 4 images, a test on 2 with 20 detections each: the
+    # masks' path end to end, not a training run
     ok(run_tool('train.py', TOY['mask_rcnn'], '--work-dir', work,
                 '--cfg-options', 'train_cfg.max_epochs=1',
-                'train_cfg.val_interval=2', *SMALL_RUN, cwd=toy_cwd))
+                'train_cfg.val_begin=2',  # no validation: test.py below
+                'train_dataloader.dataset.indices=4', *SMALL_RUN,
+                cwd=toy_cwd))
     ckpt = work / 'epoch_1.pth'
     assert ckpt.is_file()
     out = ok(run_tool('test.py', TOY['mask_rcnn'], ckpt, '--work-dir', work,
                       '--cfg-options', *SMALL_RUN,
-                      'model.test_cfg.rcnn.score_thr=0.0', cwd=toy_cwd))
+                      'test_dataloader.dataset.indices=2',
+                      'model.test_cfg.rcnn.score_thr=0.0',
+                      'model.test_cfg.rcnn.max_per_img=20', cwd=toy_cwd))
     assert re.search(r'coco/bbox_mAP: -?\d\.\d+', out)
     assert re.search(r'coco/segm_mAP: -?\d\.\d+', out)
 
