@@ -2,8 +2,9 @@
 
 The checkpoints are made here in each published key layout (the official
 files cannot be downloaded): the writers below are the inverse of the
-converters, written independently from the published key lists in
-``reference.md``.
+converters, written independently from the published key lists (the
+authors' PoolFormer and MetaFormer-baselines repositories, timm,
+mmpretrain).
 """
 import re
 
@@ -16,17 +17,14 @@ from mmmetaformer.checkpoint import (CheckpointMismatchError, detect_format,
                                      to_native)
 from mmmetaformer.models.core import ConvMixerTrunk
 from mmmetaformer.registry import MODELS
-from tests.helpers import run_tool
+from tests.helpers import family_archs, run_tool
 
+# Every arch of the families timm has (all but IdentityFormer, RandFormer
+# and ConvMixer's pyramid), under timm's model name.
 TIMM_TO_OURS = {
-    **{f'poolformer_{a}': ('PoolFormer', a)
-       for a in ('s12', 's24', 's36', 'm36', 'm48')},
-    **{f'poolformerv2_{a}': ('PoolFormerV2', a)
-       for a in ('s12', 's24', 's36', 'm36', 'm48')},
-    **{f'convformer_{a}': ('ConvFormer', a)
-       for a in ('s18', 's36', 'm36', 'b36')},
-    **{f'caformer_{a}': ('CAFormer', a)
-       for a in ('s18', 's36', 'm36', 'b36')},
+    f'{family}_{arch}': (name, arch)
+    for family, name, arch in family_archs()
+    if family in ('poolformer', 'poolformerv2', 'convformer', 'caformer')
 }
 
 

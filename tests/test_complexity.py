@@ -1,7 +1,7 @@
 """MAC and parameter counting (``mmmetaformer.utils.complexity``) and
 ``tools/analysis/get_flops.py``.
 
-The published figures (reference.md section 2) are for ImageNet
+The published figures (``REFERENCE``, from the papers) are for ImageNet
 classifiers; the backbones have no classifier, so the head is added back
 analytically (``head_params``/``head_macs``: final norm plus a Linear head,
 or ConvFormer/CAFormer's MLP head, about 0.5M and 3.1M parameters for
@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 
 import mmmetaformer  # noqa: F401
+from mmmetaformer.models.backbones.metaformer import FAMILY_CLASSES
 from mmmetaformer.registry import MODELS
 from mmmetaformer.utils.complexity import (REFERENCE, count_backbone,
                                            count_macs, head_macs,
@@ -19,10 +20,9 @@ from mmmetaformer.utils.complexity import (REFERENCE, count_backbone,
 
 from .helpers import run_tool
 
-SMALL = [('PoolFormer', 'poolformer', 's12'),
-         ('ConvFormer', 'convformer', 's18'),
-         ('CAFormer', 'caformer', 's18'),
-         ('IdentityFormer', 'identityformer', 's12')]
+SMALL = [(FAMILY_CLASSES[family], family, arch)
+         for family, arch in (('poolformer', 's12'), ('convformer', 's18'),
+                              ('caformer', 's18'), ('identityformer', 's12'))]
 SDPA = 'aten::scaled_dot_product_attention'
 _COUNTS = {}
 

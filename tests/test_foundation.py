@@ -1,4 +1,5 @@
 """The foundation: stack imports, compiled ops, registration, launchers."""
+import importlib
 import os
 import subprocess
 import sys
@@ -63,25 +64,27 @@ def test_missing_mmcv_ops_gives_the_fix():
 
 @pytest.mark.parametrize('scope', ['mmdet', 'mmseg'])
 def test_registry_visible_from_both_scopes(scope):
-    import mmmetaformer  # noqa: F401
     from mmengine.registry import MODELS, DefaultScope
     from mmengine.registry import init_default_scope
 
-    init_default_scope(scope)
-    scoped = {'mmdet': 'mmdet.registry', 'mmseg': 'mmseg.registry'}[scope]
-    scope_models = __import__(scoped, fromlist=['MODELS']).MODELS
-    assert scope_models.scope == scope
-    for name in ('PoolFormer', 'PoolFormerV2', 'IdentityFormer', 'RandFormer',
-                 'ConvFormer', 'CAFormer', 'ConvMixer', 'MetaFormer',
-                 'StarReLU'):
-        assert scope_models.get(name) is not None, (scope, name)
-    backbone = scope_models.build(
-        dict(type='PoolFormer', arch='s12', out_indices=(3, )))
-    assert type(backbone).__name__ == 'PoolFormer'
-    assert DefaultScope.get_current_instance().scope_name == scope
-    # The root registry built it: the scope's own registry has no copy.
-    assert 'PoolFormer' not in scope_models.module_dict
-    assert MODELS.get('PoolFormer') is type(backbone)
+    from mmmetaformer.models.backbones import FAMILY_CLASSES
+    saved = dict(DefaultScope._instance_dict)
+    try:
+        init_default_scope(scope)
+        scope_models = importlib.import_module(f'{scope}.registry').MODELS
+        assert scope_models.scope == scope
+        for name in (*FAMILY_CLASSES.values(), 'MetaFormer', 'StarReLU'):
+            assert scope_models.get(name) is not None, (scope, name)
+        backbone = scope_models.build(
+            dict(type='PoolFormer', arch='s12', out_indices=(3, )))
+        assert type(backbone).__name__ == 'PoolFormer'
+        assert DefaultScope.get_current_instance().scope_name == scope
+        # The root registry built it: the scope's own registry has no copy.
+        assert 'PoolFormer' not in scope_models.module_dict
+        assert MODELS.get('PoolFormer') is type(backbone)
+    finally:  # later tests run without a default scope, as before
+        DefaultScope._instance_dict.clear()
+        DefaultScope._instance_dict.update(saved)
 
 
 def test_starrelu_in_an_mmcv_convmodule():

@@ -8,8 +8,9 @@ RandFormer's grids shrink (area) at the export size and enlarge (bilinear)
 at 256x224, ConvMixer's adapter levels pool by non-integer ratios. A graph
 with a size or a Python-side choice frozen in would fail here.
 
-Tolerance: max absolute difference <= 1e-4 on the backbone outputs, which
-the default output norms (GroupNorm, one group) scale to unit variance.
+Tolerance: ``max |onnxruntime - eager| <= 1e-4 * max |eager|`` per output
+(relative to the output's largest magnitude; the default output norms,
+GroupNorm with one group, scale every output to unit variance).
 """
 import onnxruntime as ort
 import pytest
@@ -52,7 +53,7 @@ def test_onnx_equals_eager_at_two_sizes(name, tmp_path):
         for out, ref in zip(got, expected):
             assert out.shape == tuple(ref.shape), (size, out.shape)
             diff = (torch.from_numpy(out) - ref).abs().max().item()
-            assert diff <= TOLERANCE, (size, diff)
+            assert diff <= TOLERANCE * ref.abs().max().item(), (size, diff)
 
 
 @pytest.mark.parametrize('in_size', [(9, 13), (14, 14), (40, 57)])

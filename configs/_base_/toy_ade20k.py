@@ -74,7 +74,7 @@ toy_param_scheduler = [
         type='PolyLR',
         power=0.9,
         eta_min=0.0,
-        begin=20,
+        begin=0,  # with the warmup: both scale the lr in the first steps
         end=toy_max_iters,
         by_epoch=False)
 ]

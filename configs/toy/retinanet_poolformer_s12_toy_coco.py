@@ -5,7 +5,7 @@ _base_ = [
     '../retinanet_poolformer_s12_coco.py',
     '../_base_/toy_coco.py',
 ]
-model = _base_.toy_model
+model = _base_.toy_retinanet_model  # a toy-sized head, see the base
 train_dataloader = _base_.toy_det_train_dataloader
 val_dataloader = _base_.toy_det_val_dataloader
 test_dataloader = _base_.toy_det_val_dataloader

@@ -1,28 +1,22 @@
-"""Deterministic synthetic datasets in the real COCO and ADE20K layouts.
-
-The stock mmdet ``CocoDataset``/``CocoMetric`` and mmseg
-``ADE20KDataset``/``IoUMetric`` read the output unchanged; no dataset class
-of ours is involved. Each image has its own generator seeded from
+"""Deterministic synthetic datasets in the real COCO and ADE20K layouts,
+read unchanged by mmdet's CocoDataset/CocoMetric and mmseg's
+ADE20KDataset/IoUMetric. Each image has its own generator seeded from
 ``(seed, dataset, split, index)``: the same arguments give byte-identical
 files, and image ``i`` does not depend on how many images are asked for.
 
-COCO (``OUT/annotations/instances_{train,val}2017.json``,
-``OUT/{train,val}2017/<12-digit id>.jpg``): all 80 categories with their real
-ids, so ``num_classes=80`` configs work unchanged. Each image holds 1 to
-``max_objects`` flat-coloured shapes on a muted gradient; the shape, not the
-colour, gives the class: circle = sports ball (37), rectangle = tv (72),
-triangle = kite (38), cross = airplane (5), thin ellipse = baseball bat (39).
-Objects never touch (2 px gap), so each annotation is exact: its polygon is
-the drawn outline, ``bbox`` the tight box and ``area`` the pixel count of the
-drawn mask. Sizes run from 12% to 55% of the shorter side (31 to 141 px at
-256 px), i.e. the anchors of RetinaNet's P3 to P5 levels.
+COCO (``annotations/instances_{train,val}2017.json``, ``{train,val}2017/``):
+the json lists all 80 categories with their real ids. Each image holds 1 to
+``max_objects`` flat-coloured shapes on a muted gradient, 2 px apart or more;
+the shape gives the class (``SHAPE_CATEGORY``). Annotations are exact: the
+polygon is the drawn outline, the drawn pixels are that polygon as
+pycocotools rasterizes it, ``bbox`` is their tight box and ``area`` their
+count. Sizes: 12% to 56% of the shorter side (31 to 144 px at 256 px), the
+range of RetinaNet's P3..P5 anchors.
 
-ADE20K (``OUT/images/{training,validation}/ADE_*_%08d.jpg`` and
-``OUT/annotations/.../*.png``): uint8 label maps where 0 is "other"
-(ignored under ``reduce_zero_label=True``) and ``k`` is class index
-``k - 1``. Outdoor scenes (sky, building, tree, grass or road, car, person)
-or indoor ones (wall, floor, painting, person); 2 px seams between regions
-are 0. Labels: see ``ADE_LABELS``.
+ADE20K (``images/{training,validation}/*.jpg``, ``annotations/.../*.png``):
+outdoor or indoor scenes of 10 real classes (``ADE_LABELS``: label k is
+class index k - 1); 0, ignored under ``reduce_zero_label``, marks the 2 px
+seams between regions.
 """
 import colorsys
 import json
@@ -80,17 +74,15 @@ ADE_STYLES = {'wall': ((215, 205, 185), 20, 8, 3),
 
 def _size(img_size):
     """``(width, height)`` from an int or one or two ints (W H)."""
-    sizes = [int(img_size)] * 2 if np.isscalar(img_size) else \
-        [int(v) for v in img_size]
-    if len(sizes) == 1:
-        sizes *= 2
-    if len(sizes) != 2:
+    sizes = [int(v) for v in np.atleast_1d(img_size)]
+    if len(sizes) > 2:
         raise ValueError(f'img_size must be one value or two (W H), got '
-                         f'{list(img_size)}')
-    if min(sizes) < MIN_IMG_SIZE:
+                         f'{sizes}')
+    width, height = sizes if len(sizes) == 2 else sizes * 2
+    if min(width, height) < MIN_IMG_SIZE:
         raise ValueError(f'img_size must be at least {MIN_IMG_SIZE} pixels, '
-                         f'got {sizes[0]}x{sizes[1]}')
-    return tuple(sizes)
+                         f'got {width}x{height}')
+    return width, height
 
 
 def _check(seed, **counts):
