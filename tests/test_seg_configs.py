@@ -296,11 +296,21 @@ def test_weight_decay_only_on_conv_and_linear_weights(family):
 def test_toy_config_changes_only_the_toy_parts():
     leaf = load(leaf_path('poolformer', 's12'))
     toy = load(TOY_CONFIG)
-    # The network is the leaf's, trained from scratch at 128x128.
+    # The network is the leaf's, trained from scratch at 128x128, with the
+    # neck and head narrowed and the 10 classes the toy scenes show.
     expected_model = copy.deepcopy(leaf.model.to_dict())
     expected_model['backbone']['init_cfg'] = None
     expected_model['data_preprocessor']['size'] = (128, 128)
+    expected_model['neck']['out_channels'] = 128
+    expected_model['decode_head'].update(
+        in_channels=[128] * 4, channels=64, num_classes=10)
     assert toy.model.to_dict() == expected_model
+    # exactly the classes the generator draws, in ADE20K's order
+    from mmmetaformer.datasets.toy import ADE_LABELS
+    classes = toy.train_dataloader.dataset.metainfo.classes
+    assert list(classes) == sorted(ADE_LABELS, key=ADE_LABELS.get)
+    for loader in ('val_dataloader', 'test_dataloader'):
+        assert toy[loader].dataset.metainfo.classes == classes
     assert toy.optim_wrapper.optimizer.type == 'AdamW'
     assert toy.optim_wrapper.paramwise_cfg == leaf.optim_wrapper.paramwise_cfg
     for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):

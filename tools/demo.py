@@ -44,9 +44,9 @@ def parse_args(argv=None):
     parser.add_argument('--data-dir', default='data',
                         help='where toy_coco/ and toy_ade20k/ are made or '
                         'found (default: data)')
-    parser.add_argument('--det-images', type=int, nargs=2, default=(512, 32),
+    parser.add_argument('--det-images', type=int, nargs=2, default=(400, 32),
                         metavar=('TRAIN', 'VAL'),
-                        help='toy COCO images (default: 512 32)')
+                        help='toy COCO images (default: 400 32)')
     parser.add_argument('--seg-images', type=int, nargs=2, default=(64, 16),
                         metavar=('TRAIN', 'VAL'),
                         help='toy ADE20K images (default: 64 16)')
@@ -153,7 +153,7 @@ def plot_curves(path, panels):
         row[0].set(title=f'{title}: training loss', xlabel='iteration',
                    ylabel='loss')
         row[1].plot(*zip(*val), marker='o', color='tab:red')
-        row[1].set(title=f'{title}: {metric_name} on held-out val images',
+        row[1].set(title=f'{title}: {metric_name}, held-out val images',
                    xlabel='iteration', ylabel=metric_name)
         for ax in row:
             ax.grid(alpha=0.3)

@@ -5,10 +5,10 @@ _base_ = [
     '../semantic_fpn_poolformer_s12_ade20k.py',
     '../_base_/toy_ade20k.py',
 ]
-model = _base_.toy_model
-train_dataloader = _base_.toy_train_dataloader
-val_dataloader = _base_.toy_val_dataloader
-test_dataloader = _base_.toy_val_dataloader
+model = _base_.toy_semantic_fpn_model  # a toy-sized head, see the base
+train_dataloader = _base_.toy_subset_train_dataloader
+val_dataloader = _base_.toy_subset_val_dataloader
+test_dataloader = _base_.toy_subset_val_dataloader
 train_cfg = _base_.toy_train_cfg
 optim_wrapper = _base_.toy_optim_wrapper
 param_scheduler = _base_.toy_param_scheduler
