@@ -165,9 +165,15 @@ def torch_load_safely(source, name, map_location=None):
             return torch.load(source, map_location=map_location,
                               weights_only=True)
     except pickle.UnpicklingError as exc:
-        reason = str(exc).split('WeightsUnpickler error:')[-1].strip()
-        reason = reason.split('\n')[0]
-        if any(phrase in reason for phrase in _REFUSALS):
+        # torch words a refusal in several ways, on the first line after
+        # 'WeightsUnpickler error:' or (a blocked module such as posix) on
+        # a line of its own after a generic preamble.
+        lines = [line.strip() for line in str(exc).split(
+            'WeightsUnpickler error:')[-1].splitlines() if line.strip()]
+        refusal = next((line for line in lines
+                        if any(phrase in line for phrase in _REFUSALS)), None)
+        reason = refusal or (lines[0] if lines else type(exc).__name__)
+        if refusal is not None:
             raise UnsafeCheckpointError(
                 f'{name} was refused: besides tensors it asks the unpickler '
                 f'for Python objects outside the allowlist of plain data, '
