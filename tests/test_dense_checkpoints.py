@@ -8,10 +8,10 @@
   mmseg's.
 * The authors' mmdet 2.x RetinaNet (``FORK_LAST3``: no ``backbone.norm0``,
   and the 4-output variant) and Mask R-CNN cannot be built here (mmdet 2.x):
-  files are written in their documented key layout (reference.md section 3,
-  sail-sg/poolformer ``models/poolformer.py``) by a writer independent of
-  the converter, from our randomised model; converting them back must give
-  the same model, outputs included.
+  files are written in their documented key layout (sail-sg/poolformer
+  ``models/poolformer.py`` and its ``detection/`` configs) by a writer
+  independent of the converter, from our randomised model; converting them
+  back must give the same model, outputs included.
 """
 import copy
 import functools
