@@ -78,9 +78,9 @@ class HistoryBufferUpdate:
         return (getattr, (HistoryBuffer, 'update'))
 
 
-def plant(path, marker):
+def plant(path, marker, payload=PlantedPayload):
     """A checkpoint that looks normal but runs code when unpickled."""
-    torch.save({'meta': {'epoch': 1, 'note': PlantedPayload(marker)},
+    torch.save({'meta': {'epoch': 1, 'note': payload(marker)},
                 'state_dict': OrderedDict(w=torch.zeros(2))}, path)
     return path
 
@@ -250,9 +250,7 @@ def test_every_scheme_of_checkpoint_loader_is_the_safe_one():
 def test_planted_pickle_is_refused_by_every_loading_path(
         payload, named, tmp_path):
     marker = tmp_path / 'ran'
-    evil = str(tmp_path / 'evil.pth')
-    torch.save({'meta': {'epoch': 1, 'note': payload(marker)},
-                'state_dict': OrderedDict(w=torch.zeros(2))}, evil)
+    evil = str(plant(tmp_path / 'evil.pth', marker, payload))
     attempts = [
         lambda: read_checkpoint(evil),
         lambda: CheckpointLoader.load_checkpoint(evil, 'cpu'),
