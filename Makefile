@@ -20,7 +20,7 @@ env:
 test: env
 	$(PYTHON) -m pytest tests -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
-# About 13 minutes on 2 cores; each phase prints its wall time.
+# About 12 minutes on 2 cores; each phase prints its wall time.
 demo: env
 	$(PYTHON) tools/demo.py
 

@@ -21,7 +21,8 @@ def demo(tmp_path_factory):
     proc = subprocess.run(
         [sys.executable, 'tools/demo.py', '--work-dir', str(work),
          '--data-dir', str(root / 'data'), '--det-images', '4', '2',
-         '--seg-images', '4', '2', '--img-size', '64', '--det-epochs', '2',
+         '--seg-images', '4', '2', '--det-img-size', '64',
+         '--seg-img-size', '64', '--det-epochs', '2',
          '--seg-iters', '2'],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
@@ -39,9 +40,9 @@ def test_demo_writes_the_pictures(demo):
     assert ((curves[..., 2] > 150) & (curves[..., 0] < 100)).sum() > 50
 
     detections = cv2.imread(str(work / 'detections.jpg'))
-    # 2 val images at 64 px, drawn at 2x, 3 per row
-    assert detections.shape == (128, 3 * 128, 3)
-    assert detections[:, :256].std() > 10
+    # 2 val images at 64 px, drawn at 3x, 3 per row
+    assert detections.shape == (192, 3 * 192, 3)
+    assert detections[:, :384].std() > 10
 
     segmentation = cv2.imread(str(work / 'segmentation.jpg'))
     # 2 val images, ground truth | prediction each, 2 per row

@@ -44,15 +44,20 @@ def parse_args(argv=None):
     parser.add_argument('--data-dir', default='data',
                         help='where toy_coco/ and toy_ade20k/ are made or '
                         'found (default: data)')
-    parser.add_argument('--det-images', type=int, nargs=2, default=(400, 32),
+    parser.add_argument('--det-images', type=int, nargs=2, default=(800, 32),
                         metavar=('TRAIN', 'VAL'),
-                        help='toy COCO images (default: 400 32)')
-    parser.add_argument('--seg-images', type=int, nargs=2, default=(64, 16),
+                        help='toy COCO images (default: 800 32)')
+    # 256 training scenes, not 64: 600 iterations of 4 crops saw each of 64
+    # scenes 37 times and mIoU stalled at 69 (dev split: 70.5 with 256).
+    parser.add_argument('--seg-images', type=int, nargs=2, default=(256, 16),
                         metavar=('TRAIN', 'VAL'),
-                        help='toy ADE20K images (default: 64 16)')
-    parser.add_argument('--img-size', type=int, default=256,
-                        help='toy image side; the detector trains and tests '
-                        'at this size (default: 256)')
+                        help='toy ADE20K images (default: 256 16)')
+    parser.add_argument('--det-img-size', type=int, default=128,
+                        help='toy COCO image side; the detector trains and '
+                        'tests at this size (default: 128)')
+    parser.add_argument('--seg-img-size', type=int, default=256,
+                        help='toy ADE20K image side; the segmentor trains '
+                        'on 128 px crops of them (default: 256)')
     parser.add_argument('--det-epochs', type=int, default=None,
                         help="override the detection config's max_epochs")
     parser.add_argument('--seg-iters', type=int, default=None,
@@ -68,10 +73,11 @@ def toy_set(kind, root, num_train, num_val, img_size):
     if kind == 'coco':
         ann = osp.join(root, 'annotations', 'instances_{}2017.json')
         try:
-            found = [json.load(open(ann.format(s)))['images']
-                     for s in ('train', 'val')]
-            same = ([len(f) for f in found] == [num_train, num_val] and
-                    found[0][0]['width'] == img_size)
+            found = [json.load(open(ann.format(s))) for s in ('train', 'val')]
+            same = ([len(f['images']) for f in found] ==
+                    [num_train, num_val] and
+                    found[0]['images'][0]['width'] == img_size and
+                    found[0]['info'].get('version') == toy.COCO_VERSION)
         except (OSError, ValueError, KeyError, IndexError):
             same = False
         make = toy.make_coco
@@ -176,10 +182,12 @@ def tile(images, columns):
     return np.concatenate(rows, axis=0)
 
 
-def draw_detections(config, checkpoint, images, options, out, zoom=2):
+def draw_detections(config, checkpoint, images, options, out, zoom=3):
     """Boxes scoring >= SCORE_THR on ``images`` (drawn at ``zoom``x so the
     labels are legible); return the number of boxes."""
     import mmcv
+    import torch
+    from mmcv.ops import batched_nms
     from mmdet.apis import inference_detector, init_detector
     from mmdet.registry import VISUALIZERS
     from mmengine.config import Config
@@ -193,6 +201,12 @@ def draw_detections(config, checkpoint, images, options, out, zoom=2):
         result = inference_detector(model, path)
         keep = result.pred_instances[
             result.pred_instances.scores >= SCORE_THR]
+        # For the picture only (the metric sees every box): of boxes of
+        # different classes on one object, the best-scoring one.
+        if len(keep):
+            keep = keep[batched_nms(keep.bboxes, keep.scores,
+                                    torch.zeros_like(keep.labels),
+                                    dict(type='nms', iou_threshold=0.5))[1]]
         keep.bboxes = keep.bboxes * zoom
         result.pred_instances = keep
         count += len(keep)
@@ -252,8 +266,8 @@ def main(argv=None):
     os.makedirs(args.work_dir, exist_ok=True)
 
     print('== 1/4 data', flush=True)
-    toy_set('coco', coco_root, *args.det_images, args.img_size)
-    toy_set('ade20k', ade_root, *args.seg_images, args.img_size)
+    toy_set('coco', coco_root, *args.det_images, args.det_img_size)
+    toy_set('ade20k', ade_root, *args.seg_images, args.seg_img_size)
     phases['data'] = time.time() - start
 
     print('== 2/4 segmentation: Semantic FPN + PoolFormer-S12, from scratch',
@@ -280,8 +294,8 @@ def main(argv=None):
     ann_file = osp.join(coco_root, 'annotations', 'instances_val2017.json')
     det_options.update({'val_evaluator.ann_file': ann_file,
                         'test_evaluator.ann_file': ann_file})
-    if args.img_size != 256:
-        scale = (args.img_size, args.img_size)
+    if args.det_img_size != 128:  # the toy config's scale
+        scale = (args.det_img_size, args.det_img_size)
         det_options.update({
             'train_dataloader.dataset.pipeline.2.scale': scale,
             'val_dataloader.dataset.pipeline.1.scale': scale,

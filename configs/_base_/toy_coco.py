@@ -2,7 +2,7 @@
 # synthetic toy COCO (mmmetaformer/datasets/toy.py), at a size a CPU trains
 # in minutes. Make the data with
 #     python tools/misc/make_toy_dataset.py coco data/toy_coco \
-#         --num-train 400 --num-val 32 --img-size 256
+#         --num-train 800 --num-val 32 --img-size 128
 # (`make demo` does this). The images show 5 of the 80 classes; the json
 # lists all 80, so the Mask R-CNN toy keeps num_classes=80 unchanged, and the
 # box-only toys train a 5-class head on ``toy_det_*`` (see toy_classes).
@@ -18,9 +18,12 @@
 # changes; lists (pipelines, param_scheduler) are replaced whole.
 
 toy_data_root = 'data/toy_coco/'
-# Toy images are 256x256: the recipe's keep-ratio resize + flip at that
-# scale (a no-op resize for these images, but any other image size works).
-toy_scale = (256, 256)
+# Toy images are 128x128 (tools/demo.py): the recipe's keep-ratio resize +
+# flip at that scale (a no-op resize for these images, but any other image
+# size works). At 128 px a PoolFormer-S12 RetinaNet step sees 4x the images
+# per second of 256 px, and the toy objects (32 to 58 px, a stick up to 72)
+# match the P3/P4 anchors (32 to 101 px).
+toy_scale = (128, 128)
 
 
 def _pipelines(with_mask):
@@ -42,12 +45,12 @@ def _pipelines(with_mask):
     return train, test
 
 
-def _loaders(with_mask, metainfo):
+def _loaders(with_mask, metainfo, batch_size):
     train_pipeline, test_pipeline = _pipelines(with_mask)
     # One process, no loader workers: the data is tiny and the CPU is
     # better spent on the model.
     train = dict(
-        batch_size=2,  # twice the updates of batch 4 for the same compute
+        batch_size=batch_size,
         num_workers=0,
         persistent_workers=False,
         dataset=dict(data_root=toy_data_root, pipeline=train_pipeline,
@@ -67,9 +70,13 @@ def _loaders(with_mask, metainfo):
 toy_classes = ('airplane', 'sports ball', 'kite', 'baseball bat', 'tv')
 # RetinaNet / Faster R-CNN (boxes, 5 classes) and Mask R-CNN (boxes and
 # masks, the recipe's 80 classes).
+# RetinaNet: batch 8 of 128 px, 10 images/s on 2 cores against 6 for
+# batch 2 (the backbone's GEMMs fill the cores better). Mask R-CNN keeps
+# the recipe's 2.
 toy_det_train_dataloader, toy_det_val_dataloader = _loaders(
-    False, dict(metainfo=dict(classes=toy_classes)))
-toy_ins_train_dataloader, toy_ins_val_dataloader = _loaders(True, {})
+    False, dict(metainfo=dict(classes=toy_classes)), batch_size=8)
+toy_ins_train_dataloader, toy_ins_val_dataloader = _loaders(
+    True, {}, batch_size=2)
 toy_det_evaluator = dict(
     ann_file=toy_data_root + 'annotations/instances_val2017.json')
 toy_ins_evaluator = dict(
@@ -95,16 +102,20 @@ toy_retinanet_model = dict(
         num_classes=len(toy_classes),  # recipe: 80
         in_channels=toy_head_channels,
         feat_channels=toy_head_channels,
-        stacked_convs=2))  # recipe: 4
+        stacked_convs=2,  # recipe: 4
+        # From scratch the head's convs learn faster normalised (measured
+        # on the dev split, 600 iterations: box mAP 0.291 vs 0.256).
+        norm_cfg=dict(type='GN', num_groups=32, requires_grad=True)))
 
-# 400 images x 3 epochs = 600 iterations of 2 images (0.78 s each on 2
-# idle cores: 7.8 minutes).
-toy_max_epochs = 3
+# 800 images x 6 epochs = 600 iterations of 8 images (about 0.7 s each on
+# 2 idle cores: 7 minutes with the validations).
+toy_max_epochs = 6
 toy_train_cfg = dict(max_epochs=toy_max_epochs, val_interval=1)
-# From scratch, AdamW at 1e-3 made the focal loss climb back after warmup;
-# 3e-4 (measured: box mAP 0.051 vs 0.002 after 3 epochs) learns steadily.
+# AdamW from scratch, chosen on the dev split (validation images of
+# generator seed 1, never the demo's): with batch 8 and the GN head, lr
+# 6e-4 reached box mAP 0.543 after 600 iterations, 3e-4 0.411.
 toy_optim_wrapper = dict(
-    optimizer=dict(lr=3e-4, weight_decay=0.05),
+    optimizer=dict(lr=6e-4, weight_decay=0.05),
     clip_grad=dict(max_norm=10.0))  # from scratch, early steps can spike
 toy_param_scheduler = [
     dict(
@@ -112,7 +123,7 @@ toy_param_scheduler = [
         start_factor=0.01,
         by_epoch=False,
         begin=0,
-        end=100),
+        end=50),  # iterations of warmup
     dict(
         type='CosineAnnealingLR',
         T_max=toy_max_epochs,
@@ -123,7 +134,7 @@ toy_param_scheduler = [
         end=toy_max_epochs)
 ]
 toy_default_hooks = dict(
-    logger=dict(interval=16),
+    logger=dict(interval=20),
     checkpoint=dict(interval=toy_max_epochs))
 
 # Not in any leaf, so set directly: reproducible toy runs.
