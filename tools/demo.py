@@ -186,8 +186,7 @@ def draw_detections(config, checkpoint, images, options, out, zoom=3):
     """Boxes scoring >= SCORE_THR on ``images`` (drawn at ``zoom``x so the
     labels are legible); return the number of boxes."""
     import mmcv
-    import torch
-    from mmcv.ops import batched_nms
+    from mmcv.ops import nms
     from mmdet.apis import inference_detector, init_detector
     from mmdet.registry import VISUALIZERS
     from mmengine.config import Config
@@ -203,10 +202,7 @@ def draw_detections(config, checkpoint, images, options, out, zoom=3):
             result.pred_instances.scores >= SCORE_THR]
         # For the picture only (the metric sees every box): of boxes of
         # different classes on one object, the best-scoring one.
-        if len(keep):
-            keep = keep[batched_nms(keep.bboxes, keep.scores,
-                                    torch.zeros_like(keep.labels),
-                                    dict(type='nms', iou_threshold=0.5))[1]]
+        keep = keep[nms(keep.bboxes, keep.scores, iou_threshold=0.5)[1]]
         keep.bboxes = keep.bboxes * zoom
         result.pred_instances = keep
         count += len(keep)
@@ -294,12 +290,11 @@ def main(argv=None):
     ann_file = osp.join(coco_root, 'annotations', 'instances_val2017.json')
     det_options.update({'val_evaluator.ann_file': ann_file,
                         'test_evaluator.ann_file': ann_file})
-    if args.det_img_size != 128:  # the toy config's scale
-        scale = (args.det_img_size, args.det_img_size)
-        det_options.update({
-            'train_dataloader.dataset.pipeline.2.scale': scale,
-            'val_dataloader.dataset.pipeline.1.scale': scale,
-            'test_dataloader.dataset.pipeline.1.scale': scale})
+    scale = (args.det_img_size, args.det_img_size)  # train and test size
+    det_options.update({
+        'train_dataloader.dataset.pipeline.2.scale': scale,
+        'val_dataloader.dataset.pipeline.1.scale': scale,
+        'test_dataloader.dataset.pipeline.1.scale': scale})
     if args.det_epochs is not None:
         det_options.update({
             'train_cfg.max_epochs': args.det_epochs,

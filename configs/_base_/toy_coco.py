@@ -68,11 +68,10 @@ def _loaders(with_mask, metainfo, batch_size):
 # CocoMetric averages AP over the classes with ground truth, so a 5-class
 # and an 80-class model are scored alike.
 toy_classes = ('airplane', 'sports ball', 'kite', 'baseball bat', 'tv')
-# RetinaNet / Faster R-CNN (boxes, 5 classes) and Mask R-CNN (boxes and
-# masks, the recipe's 80 classes).
-# RetinaNet: batch 8 of 128 px, 10 images/s on 2 cores against 6 for
-# batch 2 (the backbone's GEMMs fill the cores better). Mask R-CNN keeps
-# the recipe's 2.
+# RetinaNet / Faster R-CNN (boxes, 5 classes; batch 8 of 128 px: 10
+# images/s on 2 cores against 6 for batch 2, the backbone's GEMMs fill the
+# cores better) and Mask R-CNN (boxes and masks, the recipe's 80 classes and
+# batch 2).
 toy_det_train_dataloader, toy_det_val_dataloader = _loaders(
     False, dict(metainfo=dict(classes=toy_classes)), batch_size=8)
 toy_ins_train_dataloader, toy_ins_val_dataloader = _loaders(

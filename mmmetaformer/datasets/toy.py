@@ -157,6 +157,11 @@ def _ellipse(rx, ry, num=40):
     return np.stack([rx * np.cos(t), ry * np.sin(t)], axis=1)
 
 
+def _box(half_width, half_height):
+    return [[-half_width, -half_height], [half_width, -half_height],
+            [half_width, half_height], [-half_width, half_height]]
+
+
 def shape_outline(shape, size, rng):
     """One simple polygon, (N, 2), centred on 0, largest extent ~``size``.
     Every shape stands nearly upright (tilted by at most ``MAX_TILT``
@@ -165,8 +170,7 @@ def shape_outline(shape, size, rng):
     if shape == 'circle':
         return _ellipse(size / 2, size / 2)
     if shape == 'rectangle':  # screens: 4:3 to 16:9
-        w, h = size / 2, size * rng.uniform(0.28, 0.4)
-        return _rotate([[-w, -h], [w, -h], [w, h], [-w, h]], tilt)
+        return _rotate(_box(size / 2, size * rng.uniform(0.28, 0.4)), tilt)
     if shape == 'triangle':  # pointing up (y grows downwards)
         corners = tilt - math.pi / 2 + np.arange(3) * 2 * math.pi / 3
         return np.stack([np.cos(corners), np.sin(corners)], 1) * size / 1.9
@@ -176,9 +180,8 @@ def shape_outline(shape, size, rng):
         return np.concatenate([_rotate(arm, tilt + k * math.pi / 2)
                                for k in range(4)])
     if shape == 'bar':
-        w, h = size / 2, size * rng.uniform(0.08, 0.11)  # a stick
-        return _rotate([[-w, -h], [w, -h], [w, h], [-w, h]],
-                       tilt + math.pi / 2 * int(rng.integers(2)))
+        stick = _box(size / 2, size * rng.uniform(0.08, 0.11))
+        return _rotate(stick, tilt + math.pi / 2 * int(rng.integers(2)))
     raise ValueError(f'unknown shape {shape!r}; valid: '
                      f'{", ".join(SHAPE_CATEGORY)}')
 
