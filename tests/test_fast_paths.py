@@ -2,22 +2,54 @@
 
 ``StarReLU`` has three paths (custom autograd function, in place on its
 own fresh ``relu(x)`` without autograd, plain expression under tracing);
-``Pooling`` subtracts in place on its fresh pooled tensor in every mode.
+``Pooling`` subtracts in place on its fresh pooled tensor in every mode,
+and with autograd saves nothing for backward; ``Mlp`` recomputes an exact
+GELU in backward instead of saving its output; ``GELU`` runs on the dense
+view of channels-last maps; the trunk keeps its maps channels-last.
 Each must match the plain expression, never modify a tensor it was given,
 and leave gradients as autograd computes them. Block residuals are out of
 place (hooks on every submodule see final values:
 ``tests/test_compile_hooks_amp.py``).
 """
 import pytest
+import timm
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 import mmmetaformer  # noqa: F401
-from mmmetaformer.models.core.layers import StarReLU, _StarReLUFunction
+from mmmetaformer.models.backbones.metaformer import FAMILY_CLASSES
+from mmmetaformer.models.core.layers import (GELU, Mlp, StarReLU,
+                                             _GeluPointwiseFunction,
+                                             _StarReLUFunction)
 from mmmetaformer.models.core.metaformer import MetaFormerBlock
-from mmmetaformer.models.core.mixers import IdentityMixer, Pooling
+from mmmetaformer.models.core.mixers import (IdentityMixer, Pooling,
+                                             _PoolMinusInputFunction)
+from mmmetaformer.registry import MODELS
 
-from .test_compile_hooks_amp import build, randomise
+from .test_compile_hooks_amp import FAMILIES, build, randomise
+
+CHANNELS_LAST = torch.channels_last
+
+
+def saved_bytes(fn, exclude=()):
+    """``(bytes autograd saves for backward during fn(), fn())``.
+
+    Counts each storage once; tensors sharing a storage with one of
+    ``exclude`` (parameters) are not activations and are left out.
+    """
+    skip = {t.untyped_storage().data_ptr() for t in exclude}
+    storages = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in skip:
+            storages[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    return sum(storages.values()), out
 
 
 def reference_starrelu(module, x):
@@ -114,6 +146,134 @@ def test_pooling_is_exact_keeps_the_input_and_backpropagates(mode):
         ours, = torch.autograd.grad(out, x, grad)
         expected, = torch.autograd.grad(reference, x, grad)
         torch.testing.assert_close(ours, expected)
+
+
+@pytest.mark.parametrize('layout', ['nchw', 'channels_last'])
+def test_pooling_training_path_saves_nothing(layout):
+    pool = Pooling(8)
+    x = torch.randn(2, 8, 9, 11)
+    if layout == 'channels_last':
+        x = x.contiguous(memory_format=CHANNELS_LAST)
+    x.requires_grad_()
+    nbytes, out = saved_bytes(lambda: pool(x))
+    assert 'PoolMinusInput' in type(out.grad_fn).__name__
+    assert nbytes == 0
+    reference = F.avg_pool2d(x, 3, 1, 1, count_include_pad=False) - x
+    grad = torch.randn_like(out)
+    ours, = torch.autograd.grad(out, x, grad)
+    expected, = torch.autograd.grad(reference, x, grad)
+    torch.testing.assert_close(ours, expected, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize('pool_size', [3, 5])
+def test_pooling_function_passes_gradcheck(pool_size):
+    x = torch.randn(1, 2, 6, 7, dtype=torch.double, requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda t: _PoolMinusInputFunction.apply(t, pool_size), (x, ))
+
+
+def test_pooling_rejects_an_even_window():
+    with pytest.raises(ValueError, match='pool_size must be odd.*got 4'):
+        Pooling(8, pool_size=4)
+
+
+@pytest.mark.parametrize('layout', ['nchw', 'channels_last'])
+def test_gelu_module_equals_torch_gelu_in_either_layout(layout):
+    x = torch.randn(2, 6, 5, 7) * 3
+    if layout == 'channels_last':
+        x = x.contiguous(memory_format=CHANNELS_LAST)
+    x.requires_grad_()
+    out = GELU()(x)
+    expected = nn.GELU()(x)
+    torch.testing.assert_close(out, expected, rtol=1e-6, atol=1e-6)
+    assert out.is_contiguous(memory_format=CHANNELS_LAST) == (
+        layout == 'channels_last')
+    grad = torch.randn_like(out)
+    torch.testing.assert_close(
+        torch.autograd.grad(out, x, grad)[0],
+        torch.autograd.grad(expected, x, grad)[0], rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="approximate='tanh'"):
+        GELU(approximate='tanh')
+
+
+def gelu_mlp(bias=True):
+    torch.manual_seed(0)
+    return randomise(Mlp(8, 32, act_layer=GELU, bias=bias), scale=0.1)
+
+
+@pytest.mark.parametrize('bias', [True, False])
+def test_mlp_recomputes_gelu_instead_of_saving_it(bias):
+    mlp = gelu_mlp(bias)
+    x = torch.randn(2, 8, 6, 5).contiguous(
+        memory_format=CHANNELS_LAST).requires_grad_()
+    params = list(mlp.parameters())
+    nbytes, out = saved_bytes(lambda: mlp(x), exclude=params)
+    assert 'GeluPointwise' in type(out.grad_fn).__name__
+    with torch.no_grad():
+        expected_out = mlp.fc2(mlp.act(mlp.fc1(x)))
+    assert torch.equal(out.detach(), expected_out)
+    # plain modules (forced by a hook) save fc1's output *and* GELU's
+    handle = mlp.act.register_forward_hook(lambda *args: None)
+    plain_bytes, plain = saved_bytes(lambda: mlp(x), exclude=params)
+    handle.remove()
+    assert 'GeluPointwise' not in type(plain.grad_fn).__name__
+    hidden_bytes = 2 * 32 * 6 * 5 * 4
+    assert nbytes == plain_bytes - hidden_bytes
+    grad = torch.randn_like(out)
+    ours = torch.autograd.grad(out, [x] + params, grad)
+    reference = torch.autograd.grad(plain, [x] + params, grad)
+    for a, b in zip(ours, reference):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_gelu_pointwise_function_passes_gradcheck():
+    h = torch.randn(1, 6, 3, 4, dtype=torch.double).contiguous(
+        memory_format=CHANNELS_LAST).requires_grad_()
+    weight = torch.randn(3, 6, 1, 1, dtype=torch.double, requires_grad=True)
+    bias = torch.randn(3, dtype=torch.double, requires_grad=True)
+    assert torch.autograd.gradcheck(_GeluPointwiseFunction.apply,
+                                    (h, weight, bias))
+
+
+def test_mlp_calls_hooked_modules_and_their_hooks_fire():
+    mlp = gelu_mlp().train()
+    seen = []
+    mlp.fc2.register_forward_pre_hook(lambda m, args: seen.append('fc2'))
+    out = mlp(torch.randn(1, 8, 4, 4, requires_grad=True))
+    assert seen == ['fc2']
+    assert 'GeluPointwise' not in type(out.grad_fn).__name__
+    handle = nn.modules.module.register_module_forward_hook(
+        lambda *args: None)
+    try:
+        mlp2 = gelu_mlp()
+        out = mlp2(torch.randn(1, 8, 4, 4, requires_grad=True))
+        assert 'GeluPointwise' not in type(out.grad_fn).__name__
+    finally:
+        handle.remove()
+
+
+@pytest.mark.parametrize('name', [f for f in FAMILIES if f != 'ConvMixer'])
+def test_metaformer_maps_are_channels_last(name):
+    model = build(name).eval()
+    with torch.no_grad():
+        outs = model(torch.randn(1, 3, 64, 96))
+    for out in outs:
+        assert out.is_contiguous(memory_format=CHANNELS_LAST), out.stride()
+
+
+def test_poolformer_training_saves_under_three_quarters_of_timm():
+    """PoolFormer v1 has no StarReLU: its saving is the pooling and GELU
+    paths above (issue 10's target: peak training memory <= 0.8x)."""
+    torch.manual_seed(0)
+    reference = timm.create_model('poolformer_s12', pretrained=False,
+                                  features_only=True).train()
+    ours = MODELS.build(dict(type=FAMILY_CLASSES['poolformer'],
+                             arch='s12', out_norm_cfg=None)).train()
+    x = torch.randn(1, 3, 128, 128)
+    ours_bytes, _ = saved_bytes(lambda: ours(x), list(ours.parameters()))
+    timm_bytes, _ = saved_bytes(lambda: reference(x),
+                                list(reference.parameters()))
+    assert ours_bytes <= 0.75 * timm_bytes, (ours_bytes, timm_bytes)
 
 
 @pytest.mark.parametrize('mode', ['grad', 'no_grad'])

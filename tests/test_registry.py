@@ -22,6 +22,7 @@ from mmengine.registry import DefaultScope, init_default_scope
 import mmmetaformer  # noqa: F401
 from mmmetaformer.models.archs import CONVMIXER_ARCHS, METAFORMER_ARCHS
 from mmmetaformer.models.backbones.metaformer import FAMILY_CLASSES
+from mmmetaformer.models.core import GELU
 from mmmetaformer.registry import MODELS, ROOT_MODELS, SCOPE
 
 BUILDING_BLOCKS = ('Attention', 'GroupNorm1', 'IdentityMixer', 'LayerNorm2d',
@@ -109,9 +110,11 @@ def test_user_mixer_registered_as_the_readme_says(default_scope, registered):
     assert all(type(m) is ShiftMixer and m.shift == 2 for m in mixers)
     outs = model(torch.randn(1, 3, 64, 64))
     assert [o.shape[1] for o in outs] == TINY['dims']
-    # The family defaults fill the rest (PoolFormer v1: GELU MLP with bias).
+    # The family defaults fill the rest (PoolFormer v1: GELU MLP with bias;
+    # GELU is ours, an exact nn.GELU in its fastest layout).
     assert model.arch_settings['mlp_bias'] is True
-    assert type(model.stages[0].blocks[0].mlp.act) is nn.GELU
+    act = model.stages[0].blocks[0].mlp.act
+    assert type(act) is GELU and isinstance(act, nn.GELU)
 
 
 @pytest.mark.parametrize('default_scope', ['mmdet'], indirect=True)

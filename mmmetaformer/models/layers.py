@@ -1,9 +1,10 @@
 """Register the core's layers so configs can name them, and build them.
 
 ``StarReLU`` is a public name (``act_cfg=dict(type='StarReLU')`` works in
-any mmcv, mmdet or mmseg module); the norms and token mixers are what
-``MetaFormer`` arch dicts refer to, registered only in mmmetaformer's own
-registry (see ``mmmetaformer/registry.py`` for why). A user's own token
+any mmcv, mmdet or mmseg module); the norms, token mixers and ``GELU`` (the
+exact GELU in its fastest layout) are what ``MetaFormer`` arch dicts refer
+to, registered only in mmmetaformer's own registry (see
+``mmmetaformer/registry.py`` for why; elsewhere ``GELU`` stays torch's). A user's own token
 mixer registered in ``MODELS`` (any class taking ``dim`` and mapping NCHW to
 NCHW) plugs in the same way.
 
@@ -14,11 +15,11 @@ registry first.
 from mmcv.cnn import build_norm_layer
 
 from ..registry import MODELS, register_public, scoped_cfg
-from .core import (Attention, GroupNorm1, IdentityMixer, LayerNorm2d,
+from .core import (GELU, Attention, GroupNorm1, IdentityMixer, LayerNorm2d,
                    Pooling, RandomMixing, SepConv, StarReLU)
 
 register_public(StarReLU)
-for _layer in (GroupNorm1, LayerNorm2d, IdentityMixer, Pooling, SepConv,
+for _layer in (GELU, GroupNorm1, LayerNorm2d, IdentityMixer, Pooling, SepConv,
                Attention, RandomMixing):
     MODELS.register_module(module=_layer)
 

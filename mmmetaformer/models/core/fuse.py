@@ -81,7 +81,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .convmixer import ConvMixerTrunk, Residual
-from .layers import GroupNorm1, LayerNorm2d, Mlp, Scale, StarReLU
+from .layers import (GELU, GroupNorm1, LayerNorm2d, Mlp, Scale, StarReLU,
+                     _flat_layout)
 from .metaformer import MetaFormerTrunk
 from .mixers import Attention, IdentityMixer, Pooling, SepConv
 
@@ -511,7 +512,7 @@ def _fuse_mlp(block, dim, res_scale):
         fc2_b = extra if fc2_b is None else fc2_b + extra
         fc2_w = fc2_w * scale
         act = 'squared_relu'
-    elif type(act) is nn.GELU and act.approximate == 'none':
+    elif type(act) in (GELU, nn.GELU) and act.approximate == 'none':
         act = 'gelu'
     fc2_w, fc2_b = _fold_output_scale(fc2_w, fc2_b, layer_scale)
     return FusedMlpResidual(kind, eps, dim, fc1_w, fc1_b, act, fc2_w, fc2_b,
@@ -685,14 +686,21 @@ def _batchnorm_affine(bn):
 def _act_kind(act):
     if type(act) is nn.ReLU:
         return 'relu'
-    if type(act) is nn.GELU and act.approximate == 'none':
+    if type(act) in (GELU, nn.GELU) and act.approximate == 'none':
         return 'gelu'
     raise TypeError(f'ConvMixer fusion supports ReLU and GELU, got {act}')
 
 
 def _act_(x, kind):
-    """The activation ``kind`` in place on the temporary ``x``."""
-    return x.relu_() if kind == 'relu' else torch.ops.aten.gelu_(x)
+    """The activation ``kind`` in place on the temporary ``x``.
+
+    GELU runs on the dense view (``_flat_layout``): its CPU kernel is
+    slower on channels-last strides.
+    """
+    if kind == 'relu':
+        return x.relu_()
+    torch.ops.aten.gelu_(_flat_layout(x)[0])
+    return x
 
 
 class ChannelsLastInput(nn.Module):

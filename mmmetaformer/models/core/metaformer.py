@@ -27,9 +27,22 @@ Output sizes for an ``H x W`` input (the same for W)::
 
 e.g. 224 -> 56, 28, 14, 7 and 97 -> 24, 12, 6, 3. Any input of at least
 32x32 gives non-empty maps at every stage.
+
+Memory layout: the trunk converts the stem's output to channels-last
+memory, so every map after it is channels-last (shapes stay NCHW) and so
+are the outputs; ``.contiguous()`` them if a consumer needs NCHW-contiguous memory.
+oneDNN's convs read channels-last maps without reordering, and PyTorch's
+CPU ``avg_pool2d`` with ``count_include_pad=False`` is about 10x faster on
+them than on NCHW-contiguous ones. The families with a channel LayerNorm
+stem (PoolFormerV2, ConvFormer, CAFormer, IdentityFormer, RandFormer)
+were channels-last after their stem anyway (the norm's permute leaves
+them so, in timm too); PoolFormer v1 (GroupNorm, no stem norm) was not,
+and runs 0.76x its NCHW time at 512x512 with 2 threads
+(``tools/analysis/benchmark_backbone.py``).
 """
 from functools import partial
 
+import torch
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
@@ -254,7 +267,7 @@ class MetaFormerTrunk(nn.Module):
             stage.with_cp = with_cp
 
     def forward(self, x, num_stages=None):
-        x = self.stem(x)
+        x = self.stem(x).contiguous(memory_format=torch.channels_last)
         outs = []
         for stage in self.stages[:num_stages]:
             x = stage(x)

@@ -11,7 +11,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .layers import StarReLU, _enlarges, _exporting, resample_weights
+from .layers import (StarReLU, _enlarges, _exporting, _graph_capture,
+                     resample_weights)
 
 
 class IdentityMixer(nn.Module):
@@ -24,6 +25,36 @@ class IdentityMixer(nn.Module):
         return x
 
 
+def _pool_minus_input(x, pool_size):
+    pooled = F.avg_pool2d(x, pool_size, 1, pool_size // 2,
+                          count_include_pad=False)
+    return pooled.sub_(x)
+
+
+class _PoolMinusInputFunction(torch.autograd.Function):
+    """``avg_pool(x) - x`` that saves nothing for backward.
+
+    Autograd on ``F.avg_pool2d`` saves its input, but the pool's gradient
+    only needs the input's *shape*, which a stride-1, same-padding pool
+    shares with its output: backward passes the incoming gradient as the
+    shape donor. That is one activation-sized tensor less per PoolFormer
+    block.
+    """
+
+    @staticmethod
+    def forward(ctx, x, pool_size):
+        ctx.pool_size = pool_size
+        return _pool_minus_input(x, pool_size)
+
+    @staticmethod
+    def backward(ctx, grad):
+        k = ctx.pool_size
+        grad_x = torch.ops.aten.avg_pool2d_backward(
+            grad, grad, [k, k], [1, 1], [k // 2, k // 2], False, False,
+            None)
+        return grad_x.sub_(grad), None
+
+
 class Pooling(nn.Module):
     """PoolFormer's mixer: ``avg_pool(x) - x``.
 
@@ -31,17 +62,23 @@ class Pooling(nn.Module):
     ``count_include_pad=False``; ``x`` is subtracted because the block adds
     the residual back. The subtraction runs in place on the fresh pooled
     tensor, in every mode: no module has returned it yet, and the pool's
-    backward does not need its output.
+    backward does not need its output. With autograd (outside graph
+    capture) it runs as ``_PoolMinusInputFunction``, which keeps no tensor
+    for backward.
     """
 
     def __init__(self, dim, pool_size=3):
         super().__init__()
+        if pool_size % 2 != 1:
+            raise ValueError(f'Pooling pool_size must be odd (a centred '
+                             f'window keeps the size), got {pool_size}')
         self.pool_size = pool_size
 
     def forward(self, x):
-        pooled = F.avg_pool2d(x, self.pool_size, 1, self.pool_size // 2,
-                              count_include_pad=False)
-        return pooled.sub_(x)
+        if (torch.is_grad_enabled() and x.requires_grad
+                and not _graph_capture()):
+            return _PoolMinusInputFunction.apply(x, self.pool_size)
+        return _pool_minus_input(x, self.pool_size)
 
 
 class SepConv(nn.Module):
