@@ -261,6 +261,18 @@ def test_metaformer_maps_are_channels_last(name):
         assert out.is_contiguous(memory_format=CHANNELS_LAST), out.stride()
 
 
+def test_poolformer_in_nchw_memory_computes_the_same():
+    model = randomise(build('PoolFormer')).eval()
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        channels_last = model(x)
+        model.channels_last = False
+        nchw = model(x)
+    for a, b in zip(channels_last, nchw):
+        assert b.is_contiguous()
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
 def test_poolformer_training_saves_under_three_quarters_of_timm():
     """PoolFormer v1 has no StarReLU: its saving is the pooling and GELU
     paths above (issue 10's target: peak training memory <= 0.8x)."""

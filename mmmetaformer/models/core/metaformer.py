@@ -38,7 +38,9 @@ stem (PoolFormerV2, ConvFormer, CAFormer, IdentityFormer, RandFormer)
 were channels-last after their stem anyway (the norm's permute leaves
 them so, in timm too); PoolFormer v1 (GroupNorm, no stem norm) was not,
 and runs 0.76x its NCHW time at 512x512 with 2 threads
-(``tools/analysis/benchmark_backbone.py``).
+(``tools/analysis/benchmark_backbone.py``). Under ``torch.compile`` the
+layout is left as the layers make it: inductor's CPU code for PoolFormer v1
+measured 1.36x slower on channels-last maps than on NCHW ones.
 """
 from functools import partial
 
@@ -209,6 +211,8 @@ class MetaFormerTrunk(nn.Module):
 
     ``forward`` returns a list of ``[B, dims[i], H_i, W_i]`` tensors (see the
     module docstring for ``H_i``); ``num_stages`` limits how many stages run.
+    ``channels_last`` (class attribute, default ``True``): convert the stem's
+    output to channels-last memory in eager mode (see the module docstring).
     ``feature_info`` records ``num_chs`` and ``reduction`` of each output.
     """
 
@@ -262,12 +266,16 @@ class MetaFormerTrunk(nn.Module):
             first_block += depths[i]
         self.apply(_init_weights)
 
+    channels_last = True
+
     def set_with_cp(self, with_cp):
         for stage in self.stages:
             stage.with_cp = with_cp
 
     def forward(self, x, num_stages=None):
-        x = self.stem(x).contiguous(memory_format=torch.channels_last)
+        x = self.stem(x)
+        if self.channels_last and not torch.compiler.is_compiling():
+            x = x.contiguous(memory_format=torch.channels_last)
         outs = []
         for stage in self.stages[:num_stages]:
             x = stage(x)
