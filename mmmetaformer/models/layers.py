@@ -4,9 +4,9 @@
 any mmcv, mmdet or mmseg module); the norms, token mixers and ``GELU`` (the
 exact GELU in its fastest layout) are what ``MetaFormer`` arch dicts refer
 to, registered only in mmmetaformer's own registry (see
-``mmmetaformer/registry.py`` for why; elsewhere ``GELU`` stays torch's). A user's own token
-mixer registered in ``MODELS`` (any class taking ``dim`` and mapping NCHW to
-NCHW) plugs in the same way.
+``mmmetaformer/registry.py`` for why; elsewhere ``GELU`` stays torch's). A
+user's own token mixer registered in ``MODELS`` (any class taking ``dim``
+and mapping NCHW to NCHW) plugs in the same way.
 
 The backbones build token mixers and activations with ``MODELS.build``
 and norms with ``build_norm``: both look a plain name up in mmmetaformer's

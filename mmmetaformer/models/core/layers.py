@@ -319,8 +319,8 @@ def _flat_layout(x):
     that permuted view instead. ``undo`` permutes a result back. Graph
     capture sees ``x`` as it is (compilers choose their own loops).
     """
-    if not _graph_capture() and x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(
-            memory_format=torch.channels_last):
+    if (not _graph_capture() and x.dim() == 4 and not x.is_contiguous()
+            and x.is_contiguous(memory_format=torch.channels_last)):
         return x.permute(0, 2, 3, 1), (lambda y: y.permute(0, 3, 1, 2))
     return x, (lambda y: y)
 
@@ -364,14 +364,15 @@ class _GeluPointwiseFunction(torch.autograd.Function):
     ``gelu(h)`` (for the conv's weight gradient), two hidden-sized tensors
     per block; here ``gelu(h)`` is recomputed in backward from ``h``: one
     elementwise pass buys a quarter of the activation memory of a
-    PoolFormer v1 block. The forward is the modules' arithmetic, bit for
-    bit.
+    PoolFormer v1 block. The forward is the arithmetic of our ``GELU``
+    module and the conv, bit for bit (``nn.GELU``: to the last bit).
+    Under autocast the conv ran in the output's dtype, and so does its
+    gradient.
     """
 
     @staticmethod
     def forward(ctx, h, weight, bias):
         out = F.conv2d(gelu(h), weight, bias)
-        # under autocast the conv ran in out.dtype; backward does the same
         ctx.save_for_backward(h, weight)
         ctx.has_bias = bias is not None
         ctx.conv_dtype = out.dtype

@@ -30,7 +30,8 @@ e.g. 224 -> 56, 28, 14, 7 and 97 -> 24, 12, 6, 3. Any input of at least
 
 Memory layout: the trunk converts the stem's output to channels-last
 memory, so every map after it is channels-last (shapes stay NCHW) and so
-are the outputs; ``.contiguous()`` them if a consumer needs NCHW-contiguous memory.
+are the outputs; ``.contiguous()`` them if a consumer needs NCHW-contiguous
+memory.
 oneDNN's convs read channels-last maps without reordering, and PyTorch's
 CPU ``avg_pool2d`` with ``count_include_pad=False`` is about 10x faster on
 them than on NCHW-contiguous ones. The families with a channel LayerNorm
