@@ -81,8 +81,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .convmixer import ConvMixerTrunk, Residual
-from .layers import (GELU, GroupNorm1, LayerNorm2d, Mlp, Scale, StarReLU,
-                     _flat_layout)
+from .layers import (GroupNorm1, LayerNorm2d, Mlp, Scale, StarReLU,
+                     _flat_layout, is_exact_gelu)
 from .metaformer import MetaFormerTrunk
 from .mixers import Attention, IdentityMixer, Pooling, SepConv
 
@@ -512,7 +512,7 @@ def _fuse_mlp(block, dim, res_scale):
         fc2_b = extra if fc2_b is None else fc2_b + extra
         fc2_w = fc2_w * scale
         act = 'squared_relu'
-    elif type(act) in (GELU, nn.GELU) and act.approximate == 'none':
+    elif is_exact_gelu(act):
         act = 'gelu'
     fc2_w, fc2_b = _fold_output_scale(fc2_w, fc2_b, layer_scale)
     return FusedMlpResidual(kind, eps, dim, fc1_w, fc1_b, act, fc2_w, fc2_b,
@@ -686,7 +686,7 @@ def _batchnorm_affine(bn):
 def _act_kind(act):
     if type(act) is nn.ReLU:
         return 'relu'
-    if type(act) in (GELU, nn.GELU) and act.approximate == 'none':
+    if is_exact_gelu(act):
         return 'gelu'
     raise TypeError(f'ConvMixer fusion supports ReLU and GELU, got {act}')
 

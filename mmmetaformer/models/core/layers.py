@@ -18,6 +18,12 @@ def _exporting():
     return torch.onnx.is_in_onnx_export()
 
 
+def _jit_capture():
+    """True under ``torch.jit`` tracing or scripting (ONNX export, counters).
+    """
+    return torch.jit.is_tracing() or torch.jit.is_scripting()
+
+
 def _graph_capture():
     """True under ``torch.jit`` tracing/scripting or ``torch.compile``.
 
@@ -25,8 +31,7 @@ def _graph_capture():
     gets the plain ops (standard ops for exporters and counters, and
     AOTAutograd chooses what to save or recompute itself).
     """
-    return (torch.jit.is_tracing() or torch.jit.is_scripting()
-            or torch.compiler.is_compiling())
+    return _jit_capture() or torch.compiler.is_compiling()
 
 
 _HOOK_DICTS = ('_forward_hooks', '_forward_pre_hooks', '_backward_hooks',
@@ -225,7 +230,7 @@ class StarReLU(nn.Module):
                                  requires_grad=bias_learnable)
 
     def forward(self, x):
-        if torch.jit.is_tracing() or torch.jit.is_scripting():
+        if _jit_capture():
             relu = F.relu(x)
             dtype = _compute_dtype(x.dtype)
             if dtype != x.dtype:
@@ -357,6 +362,12 @@ class GELU(nn.GELU):
         return gelu(x)
 
 
+def is_exact_gelu(module):
+    """Whether ``module`` is an exact GELU (ours or ``nn.GELU``, not a
+    subclass that may compute something else)."""
+    return type(module) in (GELU, nn.GELU) and module.approximate == 'none'
+
+
 class _GeluPointwiseFunction(torch.autograd.Function):
     """``conv1x1(gelu(h), W, b)`` that saves ``h`` but not ``gelu(h)``.
 
@@ -425,8 +436,7 @@ class Mlp(nn.Module):
     def _recompute_gelu(self, h):
         if not torch.is_grad_enabled() or _graph_capture():
             return False
-        if type(self.act) not in (GELU, nn.GELU) or (
-                self.act.approximate != 'none'):
+        if not is_exact_gelu(self.act):
             return False
         if type(self.fc2) is not nn.Conv2d:
             return False

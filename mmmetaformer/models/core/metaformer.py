@@ -31,10 +31,9 @@ e.g. 224 -> 56, 28, 14, 7 and 97 -> 24, 12, 6, 3. Any input of at least
 Memory layout: the trunk converts the stem's output to channels-last
 memory, so every map after it is channels-last (shapes stay NCHW) and so
 are the outputs; ``.contiguous()`` them if a consumer needs NCHW-contiguous
-memory.
-oneDNN's convs read channels-last maps without reordering, and PyTorch's
-CPU ``avg_pool2d`` with ``count_include_pad=False`` is about 10x faster on
-them than on NCHW-contiguous ones. The families with a channel LayerNorm
+memory. oneDNN's convs read channels-last maps without reordering, and
+PyTorch's CPU ``avg_pool2d`` with ``count_include_pad=False`` is about
+10x faster on them than on NCHW-contiguous ones. The families with a channel LayerNorm
 stem (PoolFormerV2, ConvFormer, CAFormer, IdentityFormer, RandFormer)
 were channels-last after their stem anyway (the norm's permute leaves
 them so, in timm too); PoolFormer v1 (GroupNorm, no stem norm) was not,
@@ -217,6 +216,8 @@ class MetaFormerTrunk(nn.Module):
     ``feature_info`` records ``num_chs`` and ``reduction`` of each output.
     """
 
+    channels_last = True
+
     def __init__(self, depths, dims, token_mixers, norm_layers,
                  mlp_act_layer=nn.GELU, mlp_ratio=4, mlp_bias=False,
                  stem_norm=None, downsample_norm=None,
@@ -266,8 +267,6 @@ class MetaFormerTrunk(nn.Module):
             prev_dim = dims[i]
             first_block += depths[i]
         self.apply(_init_weights)
-
-    channels_last = True
 
     def set_with_cp(self, with_cp):
         for stage in self.stages:
