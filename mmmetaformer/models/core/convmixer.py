@@ -27,7 +27,7 @@ the exported adapter is right for every input size (see ``resample_to``).
 """
 import torch.nn as nn
 
-from .layers import resample_to
+from .layers import DepthwiseConv2d, PointwiseConv2d, resample_to
 from .metaformer import run_blocks, stage_output_sizes
 
 
@@ -65,9 +65,9 @@ class ConvMixerTrunk(nn.Module):
             nn.Sequential(
                 Residual(
                     nn.Sequential(
-                        nn.Conv2d(dim, dim, kernel_size, groups=dim,
-                                  padding='same'), act_layer(),
-                        nn.BatchNorm2d(dim))), nn.Conv2d(dim, dim, 1),
+                        DepthwiseConv2d(dim, kernel_size, padding='same'),
+                        act_layer(),
+                        nn.BatchNorm2d(dim))), PointwiseConv2d(dim, dim),
                 act_layer(), nn.BatchNorm2d(dim)) for _ in range(depth)
         ])
         self.with_cp = False

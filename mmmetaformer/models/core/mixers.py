@@ -11,8 +11,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .layers import (StarReLU, _enlarges, _exporting, _graph_capture,
-                     resample_weights)
+from .layers import (DepthwiseConv2d, PointwiseConv2d, StarReLU, _enlarges,
+                     _exporting, _graph_capture, resample_weights)
 
 
 class IdentityMixer(nn.Module):
@@ -93,12 +93,11 @@ class SepConv(nn.Module):
                  act_layer=StarReLU):
         super().__init__()
         mid = int(expansion_ratio * dim)
-        self.pwconv1 = nn.Conv2d(dim, mid, 1, bias=bias)
+        self.pwconv1 = PointwiseConv2d(dim, mid, bias=bias)
         self.act1 = act_layer()
-        self.dwconv = nn.Conv2d(mid, mid, kernel_size,
-                                padding=kernel_size // 2, groups=mid,
-                                bias=bias)
-        self.pwconv2 = nn.Conv2d(mid, dim, 1, bias=bias)
+        self.dwconv = DepthwiseConv2d(mid, kernel_size,
+                                      padding=kernel_size // 2, bias=bias)
+        self.pwconv2 = PointwiseConv2d(mid, dim, bias=bias)
 
     def forward(self, x):
         return self.pwconv2(self.dwconv(self.act1(self.pwconv1(x))))
