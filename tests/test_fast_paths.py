@@ -5,7 +5,10 @@ own fresh ``relu(x)`` without autograd, plain expression under tracing);
 ``Pooling`` subtracts in place on its fresh pooled tensor in every mode,
 and with autograd saves nothing for backward; ``Mlp`` recomputes an exact
 GELU in backward instead of saving its output; ``GELU`` runs on the dense
-view of channels-last maps; the trunk keeps its maps channels-last.
+view of channels-last maps; the trunk keeps its maps channels-last;
+``DepthwiseConv2d`` and ``PointwiseConv2d`` compute their weight gradients
+another way (a depthwise conv, one GEMM), and all of it together gives
+timm's training gradients.
 Each must match the plain expression, never modify a tensor it was given,
 and leave gradients as autograd computes them. Block residuals are out of
 place (hooks on every submodule see final values:
@@ -19,7 +22,9 @@ import torch.nn.functional as F
 
 import mmmetaformer  # noqa: F401
 from mmmetaformer.models.backbones.metaformer import FAMILY_CLASSES
-from mmmetaformer.models.core.layers import (GELU, Mlp, StarReLU,
+from mmmetaformer.checkpoint import to_native
+from mmmetaformer.models.core.layers import (GELU, DepthwiseConv2d, Mlp,
+                                             PointwiseConv2d, StarReLU,
                                              _GeluPointwiseFunction,
                                              _StarReLUFunction)
 from mmmetaformer.models.core.metaformer import MetaFormerBlock
@@ -61,10 +66,20 @@ def star():
     return StarReLU(scale_value=0.8944, bias_value=-0.4472)
 
 
-def test_starrelu_training_path_matches_autograd(star):
+# the gradient may arrive in the input's layout or in the other one
+LAYOUTS = [(torch.contiguous_format, torch.contiguous_format),
+           (CHANNELS_LAST, CHANNELS_LAST),
+           (CHANNELS_LAST, torch.contiguous_format),
+           (torch.contiguous_format, CHANNELS_LAST)]
+
+
+@pytest.mark.parametrize('x_layout,grad_layout', LAYOUTS)
+def test_starrelu_training_path_matches_autograd(star, x_layout,
+                                                 grad_layout):
     torch.manual_seed(0)
-    x = torch.randn(2, 6, 5, 7, requires_grad=True)
-    grad = torch.randn(2, 6, 5, 7)
+    x = torch.randn(2, 6, 5, 7).contiguous(memory_format=x_layout)
+    x.requires_grad_()
+    grad = torch.randn(2, 6, 5, 7).contiguous(memory_format=grad_layout)
     out = star(x)
     assert out.grad_fn is not None and 'StarReLU' in type(
         out.grad_fn).__name__
@@ -76,6 +91,136 @@ def test_starrelu_training_path_matches_autograd(star):
     for a, b in zip(ours, reference):
         assert a.shape == b.shape
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+CONV_CASES = {
+    # name: (module, reference kwargs, input shape)
+    'depthwise 7x7': (lambda: DepthwiseConv2d(6, 7, padding=3),
+                      dict(in_channels=6, out_channels=6, kernel_size=7,
+                           padding=3, groups=6), (2, 6, 9, 11)),
+    'depthwise same, no bias': (
+        lambda: DepthwiseConv2d(4, 9, padding='same', bias=False),
+        dict(in_channels=4, out_channels=4, kernel_size=9, padding='same',
+             groups=4, bias=False), (1, 4, 12, 10)),
+    'depthwise uneven': (lambda: DepthwiseConv2d(5, (3, 5), padding=(0, 1)),
+                         dict(in_channels=5, out_channels=5,
+                              kernel_size=(3, 5), padding=(0, 1), groups=5),
+                         (2, 5, 8, 7)),
+    'pointwise': (lambda: PointwiseConv2d(6, 10),
+                  dict(in_channels=6, out_channels=10, kernel_size=1),
+                  (2, 6, 9, 11)),
+    'pointwise, no bias': (lambda: PointwiseConv2d(8, 4, bias=False),
+                           dict(in_channels=8, out_channels=4, kernel_size=1,
+                                bias=False), (1, 8, 5, 6)),
+}
+
+
+def conv_pair(case):
+    torch.manual_seed(0)
+    make, kwargs, shape = CONV_CASES[case]
+    ours = make()
+    reference = nn.Conv2d(**kwargs)
+    reference.load_state_dict(ours.state_dict())
+    return ours, reference, shape
+
+
+@pytest.mark.parametrize('layout', [torch.contiguous_format, CHANNELS_LAST])
+@pytest.mark.parametrize('case', list(CONV_CASES))
+def test_conv_training_paths_match_nn_conv2d(case, layout):
+    """Same forward bits and the same gradients as ``nn.Conv2d``; the fast
+    backward runs where it applies (depthwise: any layout; pointwise:
+    channels-last maps), so this fails if a path silently stops running."""
+    ours, reference, shape = conv_pair(case)
+    assert isinstance(ours, nn.Conv2d)
+    x = torch.randn(shape).contiguous(memory_format=layout)
+    x_ours, x_ref = (x.clone().requires_grad_() for _ in range(2))
+    out, expected = ours(x_ours), reference(x_ref)
+    assert torch.equal(out, expected)
+    fast = case.startswith('depthwise') or layout is CHANNELS_LAST
+    assert ('ConvFunction' in type(out.grad_fn).__name__) == fast
+    grad = torch.randn_like(out)
+    got = torch.autograd.grad(out, (x_ours, *ours.parameters()), grad)
+    want = torch.autograd.grad(expected, (x_ref, *reference.parameters()),
+                               grad)
+    for a, b in zip(got, want):
+        assert a.shape == b.shape and a.dtype == b.dtype
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('case', list(CONV_CASES))
+def test_conv_functions_pass_gradcheck(case):
+    ours, _, shape = conv_pair(case)
+    ours = ours.double()
+    x = torch.randn(shape, dtype=torch.double).contiguous(
+        memory_format=CHANNELS_LAST).requires_grad_()
+    assert torch.autograd.gradcheck(
+        lambda x, *params: torch.func.functional_call(
+            ours, dict(zip([n for n, _ in ours.named_parameters()], params)),
+            (x, )), (x, *ours.parameters()))
+
+
+@pytest.mark.parametrize('case', ['depthwise 7x7', 'pointwise'])
+def test_conv_functions_under_bf16_autocast(case):
+    """The conv runs in bf16 and so do its gradients; parameters get
+    gradients in their own dtype, close to nn.Conv2d's under autocast."""
+    ours, reference, shape = conv_pair(case)
+    x = torch.randn(shape).contiguous(memory_format=CHANNELS_LAST)
+    results = []
+    for module in (ours, reference):
+        leaf = x.clone().requires_grad_()
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            out = module(leaf)
+        assert out.dtype == torch.bfloat16
+        out.float().square().sum().backward()
+        results.append([leaf.grad, *(p.grad for p in module.parameters())])
+    for a, b in zip(*results):
+        assert a.dtype == b.dtype == torch.float32
+        torch.testing.assert_close(a, b, rtol=2e-2, atol=2e-2)
+
+
+def test_conv_modules_trace_to_standard_convs():
+    for case in CONV_CASES:
+        ours, _, shape = conv_pair(case)
+        x = torch.randn(shape).contiguous(memory_format=CHANNELS_LAST)
+        graph = torch.jit.trace(ours, x.requires_grad_()).graph
+        kinds = {node.kind() for node in graph.nodes()}
+        assert kinds & {'aten::_convolution', 'aten::_convolution_mode'}, (
+            case, kinds)
+        assert 'prim::PythonOp' not in kinds, (case, kinds)
+
+
+@pytest.mark.parametrize('timm_name,cls_name', [
+    ('poolformer_s12', 'PoolFormer'), ('poolformerv2_s12', 'PoolFormerV2'),
+    ('convformer_s18', 'ConvFormer'), ('caformer_s18', 'CAFormer')
+])
+def test_training_gradients_equal_timm(timm_name, cls_name):
+    """Every custom backward together (StarReLU, pooling, GELU recompute,
+    depthwise and pointwise convs) against timm's autograd: same loss
+    gradients for every parameter, on timm's (perturbed) weights."""
+    torch.manual_seed(0)
+    reference = timm.create_model(timm_name, pretrained=False)
+    randomise(reference)
+    native, _, _ = to_native(reference.state_dict())
+    ours = MODELS.build(dict(type=cls_name, arch=timm_name.split('_')[1],
+                             out_norm_cfg=None))
+    ours.load_state_dict({k: v for k, v in native.items()
+                          if not k.startswith('head.')})
+    ours.train()
+    reference.train()
+    x = torch.randn(1, 3, 64, 96)
+    ours(x)[-1].square().mean().backward()
+    last = reference.forward_intermediates(x, intermediates_only=True)[-1]
+    last.square().mean().backward()
+    # timm's gradients in our layout, by the same converter as its weights
+    expected, _, _ = to_native({n: p.grad for n, p in
+                                reference.named_parameters()
+                                if p.grad is not None}, fmt='timm')
+    got = {n: p.grad for n, p in ours.named_parameters()
+           if p.grad is not None}
+    assert got.keys() == expected.keys()
+    for name, grad in got.items():
+        torch.testing.assert_close(grad, expected[name], rtol=1e-4,
+                                   atol=1e-6, msg=name)
 
 
 def test_starrelu_function_passes_gradcheck():

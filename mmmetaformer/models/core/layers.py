@@ -1,4 +1,4 @@
-"""Building blocks shared by every MetaFormer: activation, scales, norms, MLP.
+"""Shared MetaFormer parts: activations, scales, norms, convs and the MLP.
 
 Everything here is plain PyTorch and works on NCHW tensors, so the stages
 hand necks exactly what they expect. Parameter names follow timm's
@@ -399,6 +399,43 @@ def is_exact_gelu(module):
     return type(module) in (GELU, nn.GELU) and module.approximate == 'none'
 
 
+def _nhwc_rows(x):
+    """``[B*H*W, C]`` view of a dense channels-last map, else ``None``."""
+    if (x.dim() == 4 and not _graph_capture()
+            and x.is_contiguous(memory_format=torch.channels_last)):
+        return x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
+    return None
+
+
+def _conv1x1_backward(grad, x, weight, has_bias, needs):
+    """Gradients ``(x, weight, bias)`` of ``F.conv2d(x, weight, bias)``.
+
+    ``weight`` is ``[O, C, 1, 1]``; ``needs`` three bools. The input
+    gradient is oneDNN's. The weight gradient ``g^T x`` over the pixels is
+    one GEMM on the channels-last rows of both maps: 1.2-1.8x faster than
+    oneDNN's 1x1 backward-weights with 2 threads (e.g. 7.1 against 12.8 ms
+    for 64 -> 256 channels at 128x128). Other layouts use oneDNN for all.
+    """
+    need_x, need_w, need_b = needs
+    need_b = need_b and has_bias
+    grad_rows, x_rows = _nhwc_rows(grad), _nhwc_rows(x)
+    if grad_rows is None or x_rows is None:
+        return torch.ops.aten.convolution_backward(
+            grad, x, weight, [weight.shape[0]] if has_bias else None,
+            [1, 1], [0, 0], [1, 1], False, [0, 0], 1,
+            [need_x, need_w, need_b])
+    grad_x = grad_w = grad_b = None
+    if need_x:
+        grad_x = torch.ops.aten.convolution_backward(
+            grad, x, weight, None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1,
+            [True, False, False])[0]
+    if need_w:
+        grad_w = torch.mm(grad_rows.t(), x_rows).view(weight.shape)
+    if need_b:
+        grad_b = grad_rows.sum(0)
+    return grad_x, grad_w, grad_b
+
+
 class _GeluPointwiseFunction(torch.autograd.Function):
     """``conv1x1(gelu(h), W, b)`` that saves ``h`` but not ``gelu(h)``.
 
@@ -522,43 +559,6 @@ class DepthwiseConv2d(nn.Conv2d):
             return _DepthwiseConvFunction.apply(x, self.weight, self.bias,
                                                 padding)
         return super().forward(x)
-
-
-def _nhwc_rows(x):
-    """``[B*H*W, C]`` view of a dense channels-last map, else ``None``."""
-    if (x.dim() == 4 and not _graph_capture()
-            and x.is_contiguous(memory_format=torch.channels_last)):
-        return x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
-    return None
-
-
-def _conv1x1_backward(grad, x, weight, has_bias, needs):
-    """Gradients ``(x, weight, bias)`` of ``F.conv2d(x, weight, bias)``.
-
-    ``weight`` is ``[O, C, 1, 1]``; ``needs`` three bools. The input
-    gradient is oneDNN's. The weight gradient ``g^T x`` over the pixels is
-    one GEMM on the channels-last rows of both maps: 1.2-1.8x faster than
-    oneDNN's 1x1 backward-weights with 2 threads (e.g. 7.1 against 12.8 ms
-    for 64 -> 256 channels at 128x128). Other layouts use oneDNN for all.
-    """
-    need_x, need_w, need_b = needs
-    need_b = need_b and has_bias
-    grad_rows, x_rows = _nhwc_rows(grad), _nhwc_rows(x)
-    if grad_rows is None or x_rows is None:
-        return torch.ops.aten.convolution_backward(
-            grad, x, weight, [weight.shape[0]] if has_bias else None,
-            [1, 1], [0, 0], [1, 1], False, [0, 0], 1,
-            [need_x, need_w, need_b])
-    grad_x = grad_w = grad_b = None
-    if need_x:
-        grad_x = torch.ops.aten.convolution_backward(
-            grad, x, weight, None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1,
-            [True, False, False])[0]
-    if need_w:
-        grad_w = torch.mm(grad_rows.t(), x_rows).view(weight.shape)
-    if need_b:
-        grad_b = grad_rows.sum(0)
-    return grad_x, grad_w, grad_b
 
 
 class _PointwiseConvFunction(torch.autograd.Function):
