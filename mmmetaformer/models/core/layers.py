@@ -473,6 +473,26 @@ class _GeluPointwiseFunction(torch.autograd.Function):
         return grad_h, grad_w, grad_b
 
 
+def _save_conv(ctx, x, weight, bias, padding=0, groups=1):
+    """``F.conv2d`` (stride 1) for a custom conv function's ``forward``.
+
+    Saves ``x`` and ``weight`` in the dtype the conv ran in (autocast may
+    have lowered it; the gradients run in it too) and what ``_param_grads``
+    needs to hand gradients back in the parameters' own dtypes.
+    """
+    out = F.conv2d(x, weight, bias, 1, padding, 1, groups)
+    ctx.save_for_backward(x.to(out.dtype), weight.to(out.dtype))
+    ctx.has_bias = bias is not None
+    ctx.param_dtypes = (weight.dtype, None if bias is None else bias.dtype)
+    return out
+
+
+def _param_grads(ctx, grad_w, grad_b):
+    """The weight and bias gradients in the parameters' dtypes."""
+    return (None if grad_w is None else grad_w.to(ctx.param_dtypes[0]),
+            None if grad_b is None else grad_b.to(ctx.param_dtypes[1]))
+
+
 class _DepthwiseConvFunction(torch.autograd.Function):
     """A stride-1 depthwise conv whose weight gradient is itself a conv.
 
@@ -488,13 +508,8 @@ class _DepthwiseConvFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, padding):
-        out = F.conv2d(x, weight, bias, 1, padding, 1, weight.shape[0])
-        dtype = out.dtype  # the conv's dtype (autocast may have lowered it)
-        ctx.save_for_backward(x.to(dtype), weight.to(dtype))
         ctx.padding = padding
-        ctx.has_bias = bias is not None
-        ctx.param_dtypes = (weight.dtype, None if bias is None else bias.dtype)
-        return out
+        return _save_conv(ctx, x, weight, bias, padding, weight.shape[0])
 
     @staticmethod
     def backward(ctx, grad):
@@ -520,10 +535,10 @@ class _DepthwiseConvFunction(torch.autograd.Function):
             grad_w = F.conv2d(padded, kernel.contiguous(),
                               groups=batch * channels)
             grad_w = grad_w.view(batch, channels, *weight.shape[2:]).sum(0)
-            grad_w = grad_w.unsqueeze(1).to(ctx.param_dtypes[0])
+            grad_w = grad_w.unsqueeze(1)
         if need_b and ctx.has_bias:
-            grad_b = grad.sum((0, 2, 3)).to(ctx.param_dtypes[1])
-        return grad_x, grad_w, grad_b, None
+            grad_b = grad.sum((0, 2, 3))
+        return (grad_x, *_param_grads(ctx, grad_w, grad_b), None)
 
 
 class DepthwiseConv2d(nn.Conv2d):
@@ -568,12 +583,7 @@ class _PointwiseConvFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias):
-        out = F.conv2d(x, weight, bias)
-        dtype = out.dtype
-        ctx.save_for_backward(x.to(dtype), weight.to(dtype))
-        ctx.has_bias = bias is not None
-        ctx.param_dtypes = (weight.dtype, None if bias is None else bias.dtype)
-        return out
+        return _save_conv(ctx, x, weight, bias)
 
     @staticmethod
     def backward(ctx, grad):
@@ -584,11 +594,7 @@ class _PointwiseConvFunction(torch.autograd.Function):
         grad_x, grad_w, grad_b = _conv1x1_backward(grad, x, weight,
                                                    ctx.has_bias,
                                                    ctx.needs_input_grad)
-        if grad_w is not None:
-            grad_w = grad_w.to(ctx.param_dtypes[0])
-        if grad_b is not None:
-            grad_b = grad_b.to(ctx.param_dtypes[1])
-        return grad_x, grad_w, grad_b
+        return (grad_x, *_param_grads(ctx, grad_w, grad_b))
 
 
 class PointwiseConv2d(nn.Conv2d):
