@@ -157,6 +157,18 @@ def _memory_format(x):
     return torch.contiguous_format
 
 
+def _match_layout(t, ref):
+    """``t`` in ``ref``'s memory format where their strides differ.
+
+    A gradient can arrive in another layout than the activation it meets;
+    elementwise kernels and the row views below want them alike. Graph
+    capture sees ``t`` as it is.
+    """
+    if _graph_capture() or t.stride() == ref.stride():
+        return t
+    return t.contiguous(memory_format=_memory_format(ref))
+
+
 def _sum_of_product(a, b):
     """``(a * b).sum()`` without the product tensor, for equal layouts.
 
@@ -212,8 +224,7 @@ class _StarReLUFunction(torch.autograd.Function):
         relu, scale = ctx.saved_tensors
         dtype = _compute_dtype(relu.dtype)
         relu, grad_out = relu.to(dtype), grad.to(dtype)
-        if not _graph_capture() and grad_out.stride() != relu.stride():
-            grad_out = grad_out.contiguous(memory_format=_memory_format(relu))
+        grad_out = _match_layout(grad_out, relu)
         need_x, need_scale, need_bias = ctx.needs_input_grad
         grad_x = grad_scale = grad_bias = None
         # g * relu(x) is shared: ds = sum(g * relu * relu) and, in place
@@ -355,8 +366,7 @@ def _flat_layout(x):
     that permuted view instead. ``undo`` permutes a result back. Graph
     capture sees ``x`` as it is (compilers choose their own loops).
     """
-    if (not _graph_capture() and x.dim() == 4 and not x.is_contiguous()
-            and x.is_contiguous(memory_format=torch.channels_last)):
+    if not _graph_capture() and _memory_format(x) is torch.channels_last:
         return x.permute(0, 2, 3, 1), (lambda y: y.permute(0, 3, 1, 2))
     return x, (lambda y: y)
 
@@ -588,9 +598,7 @@ class _PointwiseConvFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         x, weight = ctx.saved_tensors
-        grad = grad.to(x.dtype)
-        if grad.stride() != x.stride() and _nhwc_rows(x) is not None:
-            grad = grad.contiguous(memory_format=torch.channels_last)
+        grad = _match_layout(grad.to(x.dtype), x)
         grad_x, grad_w, grad_b = _conv1x1_backward(grad, x, weight,
                                                    ctx.has_bias,
                                                    ctx.needs_input_grad)
