@@ -124,6 +124,64 @@ def test_tables_have_the_columns_and_consistent_ratios(backbone_run):
     assert train[('identityformer_s12', '64x64')][4] == '-'
 
 
+def test_targets_table_judges_every_target_with_a_reference(backbone_run):
+    out = backbone_run
+    lines = out[out.index('**Targets**'):].splitlines()
+    first = next(i for i, line in enumerate(lines) if line.startswith('|'))
+    rows = []
+    for line in lines[first + 2:]:
+        if not line.startswith('|'):
+            break
+        rows.append([c.strip() for c in line.strip('|').split('|')])
+    # IdentityFormer has no timm reference; no timm_compiled column ran
+    assert {r[0] for r in rows} == {'poolformer_s12'}
+    assert [(r[2], r[3]) for r in rows] == [
+        ('eager', '0.95'), ('fused', '0.70'), ('onnxruntime', '1.00'),
+        ('training step', '0.85'), ('training memory', '0.80')]
+    _, inference = table(out, '**Inference**')
+    timm_ms = inference[('poolformer_s12', '64x64')][-1]
+    floor = inference[('poolformer_s12', '64x64')][3]
+    for model, size, what, limit, measured, allowed, row_floor, over, \
+            verdict in rows:
+        value, unit = allowed.split()
+        assert unit == ('MB' if what == 'training memory' else 'ms')
+        if what in ('eager', 'fused', 'onnxruntime'):
+            # allowed = limit x timm, both printed to 0.1
+            assert abs(float(value) - float(limit) * float(timm_ms)) <= (
+                0.05 + 0.05 * float(limit) + 1e-9), (allowed, timm_ms)
+            assert row_floor == floor
+            assert_ratio(over, value, floor)
+        expected = ('met' if float(measured) <= float(limit) else
+                    'below the floor' if over != '-' and float(over) < 1
+                    else 'not met')
+        # the ratio is rounded; a tie at the limit may read either way
+        assert verdict == expected or measured == limit, (what, verdict)
+
+
+@pytest.mark.parametrize('value, reference, limit, floor, expected', [
+    (70.0, 100.0, 0.8, 90.0, (80.0, 80 / 90, 'met')),
+    (85.0, 100.0, 0.8, 50.0, (80.0, 1.6, 'not met')),
+    (85.0, 100.0, 0.8, 90.0, (80.0, 80 / 90, 'below the floor')),
+    (85.0, 100.0, 0.8, None, (80.0, None, 'not met')),  # memory
+])
+def test_target_verdict(value, reference, limit, floor, expected):
+    allowed, over, verdict = load_backbone_tool().target_verdict(
+        value, reference, limit, floor)
+    assert verdict == expected[2]
+    assert allowed == pytest.approx(expected[0])
+    assert over == (None if expected[1] is None else
+                    pytest.approx(expected[1]))
+
+
+def test_floors_use_the_highest_measured_gemm_rate(backbone_run):
+    rates = re.search(r'GEMM rates measured \(start, before each model, '
+                      r'end\): ([\d., ]+) GFLOP/s; the floors use the '
+                      r'highest, ([\d.]+)', backbone_run)
+    measured = [float(r) for r in rates.group(1).split(', ')]
+    assert len(measured) == 4  # start, two models, end
+    assert float(rates.group(2)) == max(measured)
+
+
 # offsets exact in fp32 next to 1.0: 6.1e-5, 4.9e-4, 2e-3
 @pytest.mark.parametrize('column, offset, ok', [
     ('fused', 2**-14, True), ('fused', 2**-11, False),  # PyTorch: 1e-4

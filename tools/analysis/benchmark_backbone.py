@@ -45,10 +45,18 @@ Figures:
   for a descheduled sibling do not burn CPU time that would be counted.
 * the MAC-bound floor: the backbone's multiply-accumulates (counted as
   ``tools/analysis/get_flops.py`` does, ``mmmetaformer.utils.complexity``)
-  over the machine's fp32 GEMM rate, measured in the same run with the same
-  threads and clock (``2 * MACs / rate``). No implementation can beat it
-  by more than its GEMMs run faster than a large square product. A
-  training step is given 3x the forward floor (backward ~ 2x forward).
+  over the machine's fp32 GEMM rate (``2 * MACs / rate``). The rate is
+  measured with the same threads and clock at the start, before each
+  model and at the end; the floors use the highest of these (the lowest
+  floor), since a shared machine's rate drifts with its load. No
+  implementation can beat the floor by more than its GEMMs run faster
+  than a large square product. A training step is given 3x the forward
+  floor (backward ~ 2x forward).
+* the targets table: issue 10's targets (``TARGETS``), each with the time
+  it allows (limit x the timm cell), that time over the floor, and a
+  verdict: ``met``, ``not met``, or ``below the floor`` where the allowed
+  time is under the MAC floor, i.e. no fp32 implementation could meet it
+  on this machine.
 * ``train`` mode: forward and backward of the sum of all outputs (gradients
   reset to ``None`` first), ours (eager, unfused) against timm (eager);
   peak memory is the extra tensor memory of one step
@@ -132,6 +140,20 @@ REL_TOLERANCE = 1e-4
 OTHER_RUNTIME_TOLERANCE = 1e-3
 # A training step costs about this many forward passes of MACs.
 TRAIN_MAC_FACTOR = 3
+# Issue 10's targets: (what, ours, reference, limit, families the limit is
+# for; None: all with a timm reference). 'train'/'train_mb' are the training
+# step's time and peak memory. "Never slower anywhere" is the 1.00 rows.
+TARGETS = (
+    ('eager', 'eager', 'timm', 0.95, ('poolformer', )),
+    ('eager', 'eager', 'timm', 0.80,
+     ('poolformerv2', 'convformer', 'caformer')),
+    ('fused', 'fused', 'timm', 0.70, None),
+    ('compiled', 'compiled', 'timm_compiled', 0.90, None),
+    ('fused+compiled', 'fused_compiled', 'timm_compiled', 1.00, None),
+    ('onnxruntime', 'onnx', 'timm', 1.00, None),
+    ('training step', 'train', 'train_timm', 0.85, None),
+    ('training memory', 'train_mb', 'train_timm_mb', 0.80, None),
+)
 
 
 def parse_args(argv=None):
@@ -383,10 +405,13 @@ def ratio(a, b):
 
 
 def print_tables(columns, rows, train_rows, rate):
-    """The README-ready markdown tables."""
+    """The README-ready markdown tables; ``rate`` gives the floors."""
+    for row in rows + train_rows:
+        row['floor'] = row['floor_factor'] * floor_ms(row['macs'], rate)
     if rows:
         print('\n**Inference**, ms per batch (eval, no_grad); floor = '
-              f'MACs at the measured GEMM rate ({rate:.0f} GFLOP/s):\n')
+              f'MACs at the highest measured GEMM rate ({rate:.0f} '
+              'GFLOP/s):\n')
         print('| model | size | checked vs | MAC floor | ' +
               ' | '.join(TITLES[c] for c in columns) + ' |')
         print('| --- | --- | --- | ---: | ' +
@@ -419,7 +444,7 @@ def print_tables(columns, rows, train_rows, rate):
     if train_rows:
         print(f'\n**Training step** (forward + backward, eager), ms and '
               f'peak MB; floor = {TRAIN_MAC_FACTOR}x the forward MACs at '
-              'the GEMM rate:\n')
+              'the same GEMM rate:\n')
         print('| model | size | MAC floor | ours ms | timm ms | ours / timm '
               '| ours peak MB | timm peak MB | ours / timm |')
         print('| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |')
@@ -428,6 +453,70 @@ def print_tables(columns, rows, train_rows, rate):
             print(f"| {row['model']} | {row['size']} | {fmt(row['floor'])} | "
                   f'{fmt(ms[0])} | {fmt(ms[1])} | {ratio(*ms)} | '
                   f'{fmt(mb[0], 0)} | {fmt(mb[1], 0)} | {ratio(*mb)} |')
+    print_targets(rows, train_rows)
+
+
+def target_cells(rows, train_rows):
+    """``{(model, size): {cell: value}}``: every timed figure by the names
+    ``TARGETS`` uses, with the cell's MAC floor."""
+    cells = {}
+    for row in rows:
+        cell = cells.setdefault((row['model'], row['size']), {})
+        cell.update(row['ms'], floor=row['floor'])
+    for row in train_rows:
+        cell = cells.setdefault((row['model'], row['size']), {})
+        cell.update(train=row['ms'][0], train_timm=row['ms'][1],
+                    train_mb=row['mb'][0], train_timm_mb=row['mb'][1],
+                    train_floor=row['floor'])
+    return cells
+
+
+def target_verdict(value, reference, limit, floor):
+    """``(allowed, allowed / floor, verdict)`` of one target.
+
+    ``allowed`` is ``limit * reference``. A target whose allowed time is
+    under the MAC floor is ``below the floor``: no fp32 implementation
+    could meet it on this machine, whatever it measured.
+    """
+    allowed = limit * reference
+    over_floor = None if floor is None else allowed / floor
+    if value <= allowed:
+        verdict = 'met'
+    elif over_floor is not None and over_floor < 1:
+        verdict = 'below the floor'
+    else:
+        verdict = 'not met'
+    return allowed, over_floor, verdict
+
+
+def print_targets(rows, train_rows):
+    """Issue 10's targets for every measured cell with a timm reference."""
+    lines = []
+    for (model, size), cell in target_cells(rows, train_rows).items():
+        family = model.split('_')[0]
+        for what, ours, reference, limit, families in TARGETS:
+            if families is not None and family not in families:
+                continue
+            if cell.get(ours) is None or cell.get(reference) is None:
+                continue
+            floor = (None if ours == 'train_mb' else
+                     cell['train_floor'] if ours == 'train' else
+                     cell['floor'])
+            allowed, over_floor, verdict = target_verdict(
+                cell[ours], cell[reference], limit, floor)
+            unit = 'MB' if ours == 'train_mb' else 'ms'
+            lines.append(
+                f'| {model} | {size} | {what} | {limit:.2f} | '
+                f'{cell[ours] / cell[reference]:.2f} | {allowed:.1f} {unit} '
+                f'| {fmt(floor)} | {fmt(over_floor, 2)} | {verdict} |')
+    if lines:
+        print('\n**Targets** (issue 10): ours / timm against the limit; '
+              'allowed = limit x timm; below the floor = allowed time under '
+              'the MAC floor (no fp32 implementation could meet it here):\n')
+        print('| model | size | target | limit | ours / timm | allowed | '
+              'MAC floor | allowed / floor | verdict |')
+        print('| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | --- |')
+        print('\n'.join(lines))
 
 
 def benchmark_model(name, sizes, args, clock, device, rate, workdir):
@@ -445,9 +534,9 @@ def benchmark_model(name, sizes, args, clock, device, rate, workdir):
         size = f'{h}x{w}'
         x = torch.randn(args.batch_size, 3, h, w, device=device)
         macs = count_macs(ours, (h, w), args.batch_size)
-        floor = floor_ms(macs, rate)
         print(f'{name} {size}: {macs / 1e9:.2f} GMACs, MAC floor '
-              f'{floor:.1f} ms', flush=True)
+              f'{floor_ms(macs, rate):.1f} ms at {rate:.1f} GFLOP/s',
+              flush=True)
         if 'eval' in args.modes:
             for model in (ours, reference):
                 if model is not None:
@@ -471,8 +560,9 @@ def benchmark_model(name, sizes, args, clock, device, rate, workdir):
                 args.runs, args.warmup, clock)))
             mb = {c: eager_peak_mb(runners[c], x, device)
                   for c in ('eager', 'fused', 'timm') if c in timed}
-            rows.append(dict(model=name, size=size, floor=floor, ms=ms,
-                             mb=mb, reference=TITLES[reference_column]))
+            rows.append(dict(model=name, size=size, macs=macs,
+                             floor_factor=1, ms=ms, mb=mb,
+                             reference=TITLES[reference_column]))
             print(f'  {name} {size} eval: ' + ', '.join(
                 f'{TITLES[c]} {ms[c]:.1f} ms' for c in timed), flush=True)
         if 'train' in args.modes:
@@ -486,8 +576,8 @@ def benchmark_model(name, sizes, args, clock, device, rate, workdir):
             if reference is None:
                 times.append(None)
                 mems.append(None)
-            train_rows.append(dict(model=name, size=size,
-                                   floor=TRAIN_MAC_FACTOR * floor, ms=times,
+            train_rows.append(dict(model=name, size=size, macs=macs,
+                                   floor_factor=TRAIN_MAC_FACTOR, ms=times,
                                    mb=mems))
             print(f'  {name} {size} train: ours {times[0]:.1f} ms, timm '
                   f'{fmt(times[1])} ms; peak ours {mems[0]:.0f} MB, timm '
@@ -538,17 +628,19 @@ def main(argv=None):
           ' '.join(argv), flush=True)
     del timm
 
-    rows, train_rows = [], []
+    rows, train_rows, rates = [], [], [rate]
     with tempfile.TemporaryDirectory() as workdir:
         for name in args.models:
-            r, t = benchmark_model(name, sizes, args, clock, device, rate,
-                                   workdir)
+            rates.append(gemm_rate(device, clock))
+            r, t = benchmark_model(name, sizes, args, clock, device,
+                                   rates[-1], workdir)
             rows += r
             train_rows += t
-    end_rate = gemm_rate(device, clock)
-    print(f'- GEMM rate at the end: {end_rate:.1f} GFLOP/s (floors use the '
-          'start figure)')
-    print_tables(columns, rows, train_rows, rate)
+    rates.append(gemm_rate(device, clock))
+    print('- GEMM rates measured (start, before each model, end): ' +
+          ', '.join(f'{r:.1f}' for r in rates) + ' GFLOP/s; the floors use '
+          f'the highest, {max(rates):.1f}')
+    print_tables(columns, rows, train_rows, max(rates))
 
 
 if __name__ == '__main__':
