@@ -463,7 +463,7 @@ class _GeluPointwiseFunction(torch.autograd.Function):
     def forward(ctx, h, weight, bias):
         out = F.conv2d(gelu(h), weight, bias)
         ctx.save_for_backward(h, weight)
-        ctx.has_bias = bias is not None
+        _record_params(ctx, weight, bias)
         ctx.conv_dtype = out.dtype
         return out
 
@@ -476,11 +476,7 @@ class _GeluPointwiseFunction(torch.autograd.Function):
             grad.to(dtype), gelu(h).to(dtype), weight.to(dtype),
             ctx.has_bias, (need_h, need_w, need_b))
         grad_h = (_gelu_backward(grad_g.to(h.dtype), h) if need_h else None)
-        if grad_w is not None:
-            grad_w = grad_w.to(weight.dtype)
-        if grad_b is not None:
-            grad_b = grad_b.to(weight.dtype)
-        return grad_h, grad_w, grad_b
+        return (grad_h, *_param_grads(ctx, grad_w, grad_b))
 
 
 def _save_conv(ctx, x, weight, bias, padding=0, groups=1):
@@ -492,9 +488,22 @@ def _save_conv(ctx, x, weight, bias, padding=0, groups=1):
     """
     out = F.conv2d(x, weight, bias, 1, padding, 1, groups)
     ctx.save_for_backward(x.to(out.dtype), weight.to(out.dtype))
+    _record_params(ctx, weight, bias)
+    return out
+
+
+def _record_params(ctx, weight, bias):
+    """What ``_param_grads`` needs: whether there is a bias, and the
+    parameters' dtypes."""
     ctx.has_bias = bias is not None
     ctx.param_dtypes = (weight.dtype, None if bias is None else bias.dtype)
-    return out
+
+
+def _needs_grad(x, conv):
+    """Whether autograd records a call of ``conv`` on ``x``."""
+    return torch.is_grad_enabled() and (
+        x.requires_grad or conv.weight.requires_grad or
+        (conv.bias is not None and conv.bias.requires_grad))
 
 
 def _param_grads(ctx, grad_w, grad_b):
@@ -575,12 +584,10 @@ class DepthwiseConv2d(nn.Conv2d):
 
     def forward(self, x):
         padding = self._symmetric_padding()
-        if (torch.is_grad_enabled() and not _graph_capture()
+        if (_needs_grad(x, self) and not _graph_capture()
                 and padding is not None and x.dim() == 4
                 and self.padding_mode == 'zeros' and self.stride == (1, 1)
-                and self.dilation == (1, 1)
-                and (x.requires_grad or self.weight.requires_grad or
-                     (self.bias is not None and self.bias.requires_grad))):
+                and self.dilation == (1, 1)):
             return _DepthwiseConvFunction.apply(x, self.weight, self.bias,
                                                 padding)
         return super().forward(x)
@@ -618,11 +625,9 @@ class PointwiseConv2d(nn.Conv2d):
         super().__init__(in_channels, out_channels, 1, bias=bias, **kwargs)
 
     def forward(self, x):
-        if (torch.is_grad_enabled() and self.stride == (1, 1)
+        if (_needs_grad(x, self) and self.stride == (1, 1)
                 and self.padding == (0, 0) and self.groups == 1
-                and _nhwc_rows(x) is not None
-                and (x.requires_grad or self.weight.requires_grad or
-                     (self.bias is not None and self.bias.requires_grad))):
+                and _nhwc_rows(x) is not None):
             return _PointwiseConvFunction.apply(x, self.weight, self.bias)
         return super().forward(x)
 
