@@ -174,11 +174,11 @@ def test_target_verdict(value, reference, limit, floor, expected):
 
 
 def test_floors_use_the_highest_measured_gemm_rate(backbone_run):
-    rates = re.search(r'GEMM rates measured \(start, before each model, '
-                      r'end\): ([\d., ]+) GFLOP/s; the floors use the '
-                      r'highest, ([\d.]+)', backbone_run)
+    rates = re.search(r'GEMM rates measured \(start, before each later '
+                      r'model, end\): ([\d., ]+) GFLOP/s; the floors use '
+                      r'the highest, ([\d.]+)', backbone_run)
     measured = [float(r) for r in rates.group(1).split(', ')]
-    assert len(measured) == 4  # start, two models, end
+    assert len(measured) == 3  # start (first model), second model, end
     assert float(rates.group(2)) == max(measured)
 
 

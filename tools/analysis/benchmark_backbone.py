@@ -47,7 +47,7 @@ Figures:
   ``tools/analysis/get_flops.py`` does, ``mmmetaformer.utils.complexity``)
   over the machine's fp32 GEMM rate (``2 * MACs / rate``). The rate is
   measured with the same threads and clock at the start, before each
-  model and at the end; the floors use the highest of these (the lowest
+  later model and at the end; the floors use the highest of these (the lowest
   floor), since a shared machine's rate drifts with its load. No
   implementation can beat the floor by more than its GEMMs run faster
   than a large square product. A training step is given 3x the forward
@@ -628,18 +628,20 @@ def main(argv=None):
           ' '.join(argv), flush=True)
     del timm
 
-    rows, train_rows, rates = [], [], [rate]
-    with tempfile.TemporaryDirectory() as workdir:
-        for name in args.models:
-            rates.append(gemm_rate(device, clock))
+    rows, train_rows, rates = [], [], [rate]  # the start rate serves
+    with tempfile.TemporaryDirectory() as workdir:  # the first model
+        for i, name in enumerate(args.models):
+            if i:
+                rates.append(gemm_rate(device, clock))
             r, t = benchmark_model(name, sizes, args, clock, device,
                                    rates[-1], workdir)
             rows += r
             train_rows += t
     rates.append(gemm_rate(device, clock))
-    print('- GEMM rates measured (start, before each model, end): ' +
-          ', '.join(f'{r:.1f}' for r in rates) + ' GFLOP/s; the floors use '
-          f'the highest, {max(rates):.1f}')
+    measured = ', '.join(f'{r:.1f}' for r in rates)
+    print(f'- GEMM rates measured (start, before each later model, end): '
+          f'{measured} GFLOP/s; the floors use the highest, '
+          f'{max(rates):.1f}')
     print_tables(columns, rows, train_rows, max(rates))
 
 
