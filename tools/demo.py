@@ -1,23 +1,27 @@
 """`make demo`: a detector and a segmentor trained from scratch on CPU, shown
 in pictures.
 
+0. machine: measures the fp32 matrix-multiply rate with the threads torch
+   uses and sizes both schedules so the demo ends within ``--budget``
+   minutes (the recipes' 600 iterations each where the machine allows).
 1. data: makes the synthetic toy COCO and ADE20K sets
    (``mmmetaformer.datasets.toy``) under ``data/`` unless they are there.
 2. segmentation: trains
    ``configs/toy/semantic_fpn_poolformer_s12_toy_ade20k.py`` through
-   ``tools/train.py`` (the real launcher, in a subprocess); mmseg's IoUMetric
-   on the held-out validation images at intervals.
+   ``tools/train.py`` (the real launcher, in a subprocess); mmseg's
+   IoUMetric on the held-out validation images at intervals.
 3. detection: trains ``configs/toy/retinanet_poolformer_s12_toy_coco.py``
-   the same way; mmdet's CocoMetric on the held-out validation images after
-   every epoch.
-4. pictures, into the work dir: the learning curves (loss and mIoU / box mAP
-   against iteration), detections drawn on validation images and
-   segmentation overlays (ground truth next to prediction).
+   the same way; mmdet's CocoMetric on the held-out images every epoch.
+4. pictures, into the work dir: the learning curves, detections drawn by
+   mmdet's ``DetInferencer`` and segmentation predicted by mmseg's
+   ``MMSegInferencer`` next to the ground truth.
 
-The final figures are the last validation of each run. The schedules were
-chosen on a separate toy split (another seed), never on these validation
-images (see the toy configs). Every phase prints its wall time; training
-prints mmengine's progress lines with the ETA.
+Config values are changed by name (the key, or a pipeline transform's and
+a scheduler's ``type``), never by list position; the config that ran is
+saved next to its run. The final figures are the last validation of each
+run; the demo exits with status 3 if one is below ``--min-box-map`` or
+``--min-miou``. The schedules were chosen on a separate toy split (another
+seed), never on these validation images (see the toy configs).
 """
 import argparse
 import json
@@ -34,7 +38,18 @@ sys.path.insert(0, ROOT)
 DET_CONFIG = 'configs/toy/retinanet_poolformer_s12_toy_coco.py'
 SEG_CONFIG = 'configs/toy/semantic_fpn_poolformer_s12_toy_ade20k.py'
 SCORE_THR = 0.3  # boxes drawn in the picture
+ZOOM = 3  # pictures are drawn at 3x so the labels are legible
 PROGRESS = re.compile(r'(Epoch|Iter)\((train|val)\)|Error|error:')
+
+# Seconds per training iteration as ``a + b / rate`` (rate: 2-thread fp32
+# GEMM GFLOP/s), fitted to two measured machines: 0.43 / 0.68 s at 136
+# GFLOP/s and 0.70 / 1.20 s at 65 GFLOP/s (segmentation / detection).
+SECONDS_PER_ITER = dict(seg=(0.183, 33.6), det=(0.204, 64.7))
+# Data, process starts, validations and pictures on the slower machine.
+OVERHEAD_S = 120
+FULL_ITERS = 600  # both recipes' schedule (configs/_base_/toy_*.py)
+MIN_ITERS = 400  # below this the figures fall well short (learning curves)
+DET_ITERS_PER_EPOCH = 100  # 800 images in batches of 8
 
 
 def parse_args(argv=None):
@@ -58,11 +73,43 @@ def parse_args(argv=None):
     parser.add_argument('--seg-img-size', type=int, default=256,
                         help='toy ADE20K image side; the segmentor trains '
                         'on 128 px crops of them (default: 256)')
+    parser.add_argument('--budget', type=float, default=14.0,
+                        help='minutes the whole demo may take; sets the '
+                        'schedules from the measured GEMM rate '
+                        '(default: 14)')
     parser.add_argument('--det-epochs', type=int, default=None,
-                        help="override the detection config's max_epochs")
+                        help='detection epochs instead of the planned ones')
     parser.add_argument('--seg-iters', type=int, default=None,
-                        help="override the segmentation config's max_iters")
+                        help='segmentation iterations instead of the '
+                        'planned ones')
+    parser.add_argument('--min-box-map', type=float, default=0.5,
+                        help='exit 3 if box mAP ends below this '
+                        '(default: 0.5)')
+    parser.add_argument('--min-miou', type=float, default=69.5,
+                        help='exit 3 if mIoU ends below this (default: '
+                        '69.5)')
     return parser.parse_args(argv)
+
+
+# --------------------------------------------------------------- machine --
+
+def plan_schedule(rate, budget_min):
+    """``(seg_iters, det_epochs, seconds)``: the recipes' 600 iterations
+    each if they fit the budget at GEMM ``rate``, otherwise both cut in the
+    same proportion (never below MIN_ITERS); ``seconds`` is the estimate."""
+    def seconds(seg_iters, det_iters):
+        (a_s, b_s), (a_d, b_d) = (SECONDS_PER_ITER['seg'],
+                                  SECONDS_PER_ITER['det'])
+        return (OVERHEAD_S + seg_iters * (a_s + b_s / rate) +
+                det_iters * (a_d + b_d / rate))
+
+    scale = min(1.0, (budget_min * 60 - OVERHEAD_S) /
+                (seconds(FULL_ITERS, FULL_ITERS) - OVERHEAD_S))
+    iters = max(MIN_ITERS, FULL_ITERS * scale)
+    seg_iters = int(iters // 50 * 50)
+    det_epochs = int(iters // DET_ITERS_PER_EPOCH)
+    return seg_iters, det_epochs, seconds(
+        seg_iters, det_epochs * DET_ITERS_PER_EPOCH)
 
 
 # ------------------------------------------------------------------ data --
@@ -94,16 +141,65 @@ def toy_set(kind, root, num_train, num_val, img_size):
              overwrite=True, verbose=True)
 
 
+# --------------------------------------------------------------- configs --
+
+def transforms(cfg, type_name):
+    """Every ``type_name`` transform of every dataloader's pipeline."""
+    found = []
+    for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
+        found += [t for t in cfg[loader].dataset.pipeline
+                  if t.type == type_name]
+    return found
+
+
+def scheduler(cfg, type_name):
+    """The one ``param_scheduler`` entry of ``type_name``."""
+    found = [s for s in cfg.param_scheduler if s.type == type_name]
+    if len(found) != 1:
+        sys.exit(f'expected one {type_name} in param_scheduler, found '
+                 f'{len(found)}: {[s.type for s in cfg.param_scheduler]}')
+    return found[0]
+
+
+def seg_config(data_root, iters):
+    from mmengine.config import Config
+    cfg = Config.fromfile(SEG_CONFIG)
+    for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
+        cfg[loader].dataset.data_root = data_root
+    if iters is not None:
+        cfg.train_cfg.max_iters = iters
+        cfg.train_cfg.val_interval = max(1, iters // 6)
+        scheduler(cfg, 'PolyLR').end = iters
+        cfg.default_hooks.checkpoint.interval = iters
+    return cfg
+
+
+def det_config(data_root, img_size, epochs):
+    from mmengine.config import Config
+    cfg = Config.fromfile(DET_CONFIG)
+    ann_file = osp.join(data_root, 'annotations', 'instances_val2017.json')
+    for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
+        cfg[loader].dataset.data_root = data_root + '/'
+    cfg.val_evaluator.ann_file = cfg.test_evaluator.ann_file = ann_file
+    for resize in transforms(cfg, 'Resize'):  # train and test size
+        resize.scale = (img_size, img_size)
+    if epochs is not None:
+        cfg.train_cfg.max_epochs = epochs
+        cosine = scheduler(cfg, 'CosineAnnealingLR')
+        cosine.T_max = cosine.end = epochs
+        cfg.default_hooks.checkpoint.interval = epochs
+    return cfg
+
+
 # -------------------------------------------------------------- training --
 
-def train(name, config, work_dir, options):
-    """Run tools/train.py with ``options`` (a dict of config keys), echoing
-    its progress; return the run's folder."""
+def train(name, cfg, work_dir):
+    """Save ``cfg`` in ``work_dir`` and train it with tools/train.py,
+    echoing its progress; return the run's folder."""
+    os.makedirs(work_dir, exist_ok=True)
+    config = osp.join(work_dir, f'{name}_config.py')
+    cfg.dump(config)
     cmd = [sys.executable, 'tools/train.py', config, '--work-dir', work_dir]
-    if options:
-        cmd += ['--cfg-options'] + [
-            f'{k}=' + (f'({v[0]},{v[1]})' if isinstance(v, tuple) else str(v))
-            for k, v in options.items()]
     print('$', ' '.join(cmd), flush=True)
     lines = []
     with subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE,
@@ -119,7 +215,7 @@ def train(name, config, work_dir, options):
     runs = sorted(d for d in os.listdir(work_dir)
                   if osp.isfile(osp.join(work_dir, d, 'vis_data',
                                          'scalars.json')))
-    return osp.join(work_dir, runs[-1])
+    return osp.join(work_dir, runs[-1]), config
 
 
 def scalars(run_dir):
@@ -133,10 +229,8 @@ def losses(records):
 
 def validations(records, iters_per_epoch=1):
     """``[(iteration, metrics)]``: the records without an lr. Epoch-based
-    runs log them by epoch, turned into iterations here. CocoMetric logs no
-    mAP at all when no box scored above the test threshold: 0 then."""
-    return [(r['step'] * iters_per_epoch, dict({'coco/bbox_mAP': 0.0,
-                                                'coco/bbox_mAP_50': 0.0}, **r))
+    runs log them by epoch, turned into iterations here."""
+    return [(r['step'] * iters_per_epoch, r)
             for r in records if 'lr' not in r]
 
 
@@ -182,57 +276,78 @@ def tile(images, columns):
     return np.concatenate(rows, axis=0)
 
 
-def draw_detections(config, checkpoint, images, options, out, zoom=3):
-    """Boxes scoring >= SCORE_THR on ``images`` (drawn at ``zoom``x so the
-    labels are legible); return the number of boxes."""
+def box_iou(a, b):
+    import numpy as np
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.clip(rb - lt, 0, None).prod(-1)
+    area = lambda x: (x[:, 2] - x[:, 0]) * (x[:, 3] - x[:, 1])  # noqa: E731
+    return inter / (area(a)[:, None] + area(b)[None] - inter)
+
+
+def draw_detections(config, checkpoint, images, ann_file, out):
+    """Boxes scoring >= SCORE_THR on ``images``, predicted and drawn by
+    mmdet's DetInferencer at ZOOM x. Returns ``(boxes, right)``: the boxes
+    drawn and how many of them overlap (IoU >= 0.5) a ground-truth object
+    of the class their label names."""
     import mmcv
+    import numpy as np
     from mmcv.ops import nms
-    from mmdet.apis import inference_detector, init_detector
-    from mmdet.registry import VISUALIZERS
-    from mmengine.config import Config
-    cfg = Config.fromfile(config)
-    cfg.merge_from_dict(options)
-    model = init_detector(cfg, checkpoint, device='cpu')
-    visualizer = VISUALIZERS.build(dict(cfg.visualizer, name='demo_det'))
-    visualizer.dataset_meta = model.dataset_meta
-    drawn, count = [], 0
+    from mmdet.apis import DetInferencer
+    inferencer = DetInferencer(model=config, weights=checkpoint,
+                               device='cpu', show_progress=False)
+    classes = inferencer.model.dataset_meta['classes']
+    with open(ann_file) as f:
+        coco = json.load(f)
+    names = {c['id']: c['name'] for c in coco['categories']}
+    ids = {i['file_name']: i['id'] for i in coco['images']}
+    drawn, count, right = [], 0, 0
     for path in images:
-        result = inference_detector(model, path)
+        # The test pipeline resizes to the trained size, so the model sees
+        # the image as in validation; boxes come back in zoomed pixels.
+        image = mmcv.imrescale(mmcv.imread(path, channel_order='rgb'), ZOOM)
+        result = inferencer(image, return_datasamples=True,
+                            no_save_vis=True)['predictions'][0]
         keep = result.pred_instances[
             result.pred_instances.scores >= SCORE_THR]
         # For the picture only (the metric sees every box): of boxes of
         # different classes on one object, the best-scoring one.
         keep = keep[nms(keep.bboxes, keep.scores, iou_threshold=0.5)[1]]
-        keep.bboxes = keep.bboxes * zoom
         result.pred_instances = keep
         count += len(keep)
-        image = mmcv.imrescale(mmcv.imread(path, channel_order='rgb'), zoom)
-        visualizer.add_datasample('det', image, data_sample=result,
-                                  draw_gt=False, pred_score_thr=SCORE_THR)
-        drawn.append(visualizer.get_image())
+        gt = [a for a in coco['annotations']
+              if a['image_id'] == ids[osp.basename(path)]]
+        if len(keep) and gt:
+            gt_boxes = np.array([[x, y, x + w, y + h]
+                                 for x, y, w, h in (a['bbox'] for a in gt)])
+            iou = box_iou(keep.bboxes.numpy() / ZOOM, gt_boxes)
+            for k, label in enumerate(keep.labels.tolist()):
+                match = iou[k].argmax()
+                right += int(iou[k, match] >= 0.5 and names[
+                    gt[match]['category_id']] == classes[label])
+        inferencer.visualizer.add_datasample(
+            'det', image, data_sample=result, draw_gt=False,
+            pred_score_thr=SCORE_THR)
+        drawn.append(inferencer.visualizer.get_image())
     mmcv.imwrite(tile(drawn, 3)[..., ::-1], out)
-    return count
+    return count, right
 
 
-def draw_segmentation(config, checkpoint, images, options, out):
-    """Ground truth next to prediction, as colour overlays."""
+def draw_segmentation(config, checkpoint, images, out):
+    """Ground truth next to the prediction of mmseg's MMSegInferencer."""
     import mmcv
-    from mmengine.config import Config
-    from mmseg.apis import inference_model, init_model
-    from mmseg.registry import VISUALIZERS
-    from mmseg.structures import SegDataSample
-    from mmengine.structures import PixelData
     import torch
-    cfg = Config.fromfile(config)
-    cfg.merge_from_dict(options)
-    cfg.test_pipeline = cfg.test_dataloader.dataset.pipeline  # as infer.py
-    model = init_model(cfg, checkpoint, device='cpu')
-    visualizer = VISUALIZERS.build(dict(cfg.visualizer, name='demo_seg',
-                                        alpha=0.6))
-    visualizer.dataset_meta = model.dataset_meta
+    from mmengine.structures import PixelData
+    from mmseg.apis import MMSegInferencer
+    from mmseg.structures import SegDataSample
+    inferencer = MMSegInferencer(model=config, weights=checkpoint,
+                                 device='cpu')
+    visualizer = inferencer.visualizer
+    visualizer.alpha = 0.6
     drawn = []
     for path in images:
-        result = inference_model(model, path)
+        result = inferencer(path, return_datasamples=True,
+                            show=False)
         label_path = osp.join(osp.dirname(osp.dirname(osp.dirname(path))),
                               'annotations', 'validation',
                               osp.basename(path)[:-4] + '.png')
@@ -261,57 +376,63 @@ def main(argv=None):
     ade_root = osp.join(args.data_dir, 'toy_ade20k')
     os.makedirs(args.work_dir, exist_ok=True)
 
+    print('== 0/4 machine', flush=True)
+    import torch
+
+    from mmmetaformer.utils.measure import gemm_rate
+    rate = gemm_rate('cpu')
+    seg_iters, det_epochs, estimate = plan_schedule(rate, args.budget)
+    planned = (f'{seg_iters} segmentation iterations and {det_epochs} '
+               f'detection epochs ({det_epochs * DET_ITERS_PER_EPOCH} '
+               f'iterations)')
+    print(f'fp32 GEMM {rate:.0f} GFLOP/s with {torch.get_num_threads()} '
+          f'threads: {planned}, about {estimate / 60:.0f} min', flush=True)
+    if seg_iters < FULL_ITERS or det_epochs * DET_ITERS_PER_EPOCH < \
+            FULL_ITERS:
+        print(f'  (shortened from {FULL_ITERS} each to fit '
+              f'{args.budget:g} min; the figures may end lower)', flush=True)
+    if args.seg_iters is not None:
+        seg_iters = args.seg_iters
+    if args.det_epochs is not None:
+        det_epochs = args.det_epochs
+    phases['machine'] = time.time() - start
+
     print('== 1/4 data', flush=True)
+    mark = time.time()
     toy_set('coco', coco_root, *args.det_images, args.det_img_size)
     toy_set('ade20k', ade_root, *args.seg_images, args.seg_img_size)
-    phases['data'] = time.time() - start
+    phases['data'] = time.time() - mark
 
     print('== 2/4 segmentation: Semantic FPN + PoolFormer-S12, from scratch',
           flush=True)
     mark = time.time()
-    loaders = ('train_dataloader', 'val_dataloader', 'test_dataloader')
-    seg_options = {f'{k}.dataset.data_root': ade_root for k in loaders}
-    if args.seg_iters is not None:
-        seg_options.update({
-            'train_cfg.max_iters': args.seg_iters,
-            'train_cfg.val_interval': args.seg_iters,
-            'param_scheduler.1.end': args.seg_iters,
-            'default_hooks.checkpoint.interval': args.seg_iters})
     seg_work = osp.join(args.work_dir, 'segmentation')
-    seg_run = train('seg', SEG_CONFIG, seg_work, seg_options)
-    seg_losses, seg_vals = losses(scalars(seg_run)), validations(
-        scalars(seg_run))
+    seg_run, seg_cfg_path = train(
+        'seg', seg_config(ade_root, seg_iters), seg_work)
+    seg_losses = losses(scalars(seg_run))
+    seg_vals = validations(scalars(seg_run))
     phases['segmentation'] = time.time() - mark
 
     print('== 3/4 detection: RetinaNet + PoolFormer-S12, from scratch',
           flush=True)
     mark = time.time()
-    det_options = {f'{k}.dataset.data_root': coco_root + '/' for k in loaders}
-    ann_file = osp.join(coco_root, 'annotations', 'instances_val2017.json')
-    det_options.update({'val_evaluator.ann_file': ann_file,
-                        'test_evaluator.ann_file': ann_file})
-    scale = (args.det_img_size, args.det_img_size)  # train and test size
-    det_options.update({
-        'train_dataloader.dataset.pipeline.2.scale': scale,
-        'val_dataloader.dataset.pipeline.1.scale': scale,
-        'test_dataloader.dataset.pipeline.1.scale': scale})
-    if args.det_epochs is not None:
-        det_options.update({
-            'train_cfg.max_epochs': args.det_epochs,
-            'param_scheduler.1.T_max': args.det_epochs,
-            'param_scheduler.1.end': args.det_epochs,
-            'default_hooks.checkpoint.interval': args.det_epochs})
     det_work = osp.join(args.work_dir, 'detection')
-    det_run = train('det', DET_CONFIG, det_work, det_options)
-    from mmengine.config import Config
-    batch = Config.fromfile(DET_CONFIG).train_dataloader.batch_size
-    iters_per_epoch = -(-args.det_images[0] // batch)
-    det_losses, det_vals = losses(scalars(det_run)), validations(
-        scalars(det_run), iters_per_epoch)
+    det_cfg = det_config(coco_root, args.det_img_size, det_epochs)
+    det_run, det_cfg_path = train('det', det_cfg, det_work)
+    iters_per_epoch = -(-args.det_images[0] //
+                        det_cfg.train_dataloader.batch_size)
+    det_losses = losses(scalars(det_run))
+    det_vals = validations(scalars(det_run), iters_per_epoch)
     phases['detection'] = time.time() - mark
 
     print('== 4/4 pictures', flush=True)
     mark = time.time()
+    if not det_vals or 'coco/bbox_mAP' not in det_vals[-1][1]:
+        # CocoMetric logs no mAP when no box passed the test threshold.
+        print('no box passed the detector\'s test threshold: box mAP 0',
+              flush=True)
+    det_vals = [(i, dict({'coco/bbox_mAP': 0.0, 'coco/bbox_mAP_50': 0.0},
+                         **v)) for i, v in det_vals]
     curves_png = osp.join(args.work_dir, 'learning_curves.png')
     plot_curves(curves_png, [
         ('Detection (toy COCO)', det_losses, 'box mAP',
@@ -322,33 +443,43 @@ def main(argv=None):
     val_dir = osp.join(coco_root, 'val2017')
     det_images = [osp.join(val_dir, f) for f in sorted(os.listdir(val_dir))]
     det_jpg = osp.join(args.work_dir, 'detections.jpg')
-    boxes = draw_detections(DET_CONFIG, checkpoint_of(det_work),
-                            det_images[:6], det_options, det_jpg)
+    boxes, right = draw_detections(
+        det_cfg_path, checkpoint_of(det_work), det_images[:6],
+        det_cfg.val_evaluator.ann_file, det_jpg)
     seg_val_dir = osp.join(ade_root, 'images', 'validation')
     seg_images = [osp.join(seg_val_dir, f)
                   for f in sorted(os.listdir(seg_val_dir))]
     seg_jpg = osp.join(args.work_dir, 'segmentation.jpg')
-    draw_segmentation(SEG_CONFIG, checkpoint_of(seg_work), seg_images[:4],
-                      seg_options, seg_jpg)
+    draw_segmentation(seg_cfg_path, checkpoint_of(seg_work), seg_images[:4],
+                      seg_jpg)
     phases['pictures'] = time.time() - mark
 
+    box_map, miou = det_final['coco/bbox_mAP'], seg_final['mIoU']
     minutes = ', '.join(f'{k} {v / 60:.1f}' for k, v in phases.items())
     print(f'\nWall time (min): {minutes}; total '
           f'{(time.time() - start) / 60:.1f}')
     print('Results on held-out validation images, from scratch on CPU:')
     print(f'  detection    RetinaNet + PoolFormer-S12: box mAP '
-          f'{det_final["coco/bbox_mAP"]:.3f} (mAP@0.5 '
-          f'{det_final["coco/bbox_mAP_50"]:.3f}) on {args.det_images[1]} '
-          f'toy COCO images, CocoMetric')
+          f'{box_map:.3f} (mAP@0.5 {det_final["coco/bbox_mAP_50"]:.3f}) on '
+          f'{args.det_images[1]} toy COCO images, CocoMetric')
     print(f'  segmentation Semantic FPN + PoolFormer-S12: mIoU '
-          f'{seg_final["mIoU"]:.1f} (aAcc {seg_final["aAcc"]:.1f}) on '
+          f'{miou:.1f} (aAcc {seg_final["aAcc"]:.1f}) on '
           f'{args.seg_images[1]} toy ADE20K images, IoUMetric')
     print(f'  {curves_png}  loss and box mAP / mIoU against iteration')
     print(f'  {det_jpg}  {boxes} boxes scoring >= {SCORE_THR} on '
-          f'{min(6, len(det_images))} val images')
+          f'{min(6, len(det_images))} val images, {right} on an object of '
+          'their class')
     print(f'  {seg_jpg}  ground truth | prediction on '
           f'{min(4, len(seg_images))} val images')
+    low = [f'{name} {value:g} is below {floor:g}'
+           for name, value, floor in (('box mAP', box_map, args.min_box_map),
+                                      ('mIoU', miou, args.min_miou))
+           if value < floor]
+    if low:
+        print(f"error: {'; '.join(low)}", file=sys.stderr)
+        return 3
+    return 0
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(main())
