@@ -1,7 +1,7 @@
 """Convert published MetaFormer weights to mmmetaformer's own format.
 
 Usage: python tools/convert_checkpoint.py SRC DST [--format auto|...]
-           [--backbone-only] [--check-config CONFIG]
+           [--arch NAME] [--backbone-only] [--check-config CONFIG]
 
 SRC may be a path or URL in any supported format (see
 ``mmmetaformer/checkpoint/formats.py``); DST gets
@@ -9,6 +9,14 @@ SRC may be a path or URL in any supported format (see
 ends with it). Classifier tensors (``head.*``, final ``norm.*``) and other
 model parts are dropped and listed. Conversion uses the same functions as
 ``init_cfg=dict(type='Pretrained', ...)``.
+
+Nothing is written until the converted backbone tensors are checked
+against a backbone, with the rules of strict loading (classifier leftovers
+and the backbone's new layers aside, the key sets and shapes must agree):
+the arch named by ``--arch`` (``caformer_s18``, ``convmixer_768/32``), the
+backbone of ``--check-config``, or else every registered arch, reporting
+the ones that fit. Converted tensors that fit none are refused with one
+line naming the tensors that differ from the nearest arch.
 
 A whole trained PoolFormer RetinaNet / Mask R-CNN / Semantic FPN (the
 authors' mmdet 2.x / mmseg 0.x releases, mmseg's ``fpn_poolformer_*`` zoo;
@@ -39,12 +47,16 @@ def parse_args(argv=None):
     parser.add_argument('--format', default='auto',
                         choices=('auto', ) + FORMATS + DENSE_FORMATS,
                         help='source format (default: detect)')
+    parser.add_argument('--arch', metavar='NAME',
+                        help='check the backbone against this arch only, '
+                        'e.g. caformer_s18 (default: every registered arch)')
     parser.add_argument('--backbone-only', action='store_true',
                         help='from a whole trained model, keep only the '
                         'backbone (for init_cfg)')
     parser.add_argument('--check-config', metavar='CONFIG',
-                        help='after a whole-model conversion, build this '
-                        "config's model and load DST into it strictly")
+                        help="build this config's model and load DST into "
+                        'it strictly (a whole-model conversion), or check '
+                        "the backbone against the config's backbone")
     return parser.parse_args(argv)
 
 
@@ -74,10 +86,84 @@ def check_config(config, state_dict):
             problems.append(f"{what} ({len(keys)}): {', '.join(keys[:20])}"
                             f"{' ...' if len(keys) > 20 else ''}")
     if problems:
-        raise ValueError(f'The converted checkpoint does not fit {config}:'
-                         '\n  ' + '\n  '.join(problems))
+        raise ValueError(f'the converted checkpoint does not fit {config}: '
+                         + '; '.join(problems))
     model.load_state_dict(state_dict, strict=True)
     return len(own)
+
+
+def registered_archs():
+    """``{name: (type, arch)}`` of every registered arch, as get_flops.py
+    lists them (``caformer_s18``, ``convmixer_768/32``)."""
+    import mmmetaformer  # noqa: F401  (registers the backbones)
+    from mmmetaformer.models.backbones.metaformer import FAMILY_CLASSES
+    from mmmetaformer.registry import MODELS
+    return {f'{family}_{arch}': (cls, arch)
+            for family, cls in FAMILY_CLASSES.items()
+            for arch in MODELS.get(cls).arch_zoo}
+
+
+def backbone_problems(backbone_cfg, state_dict):
+    """What keeps ``state_dict`` from loading strictly into the backbone
+    ``backbone_cfg`` builds (on the meta device: shapes only), as
+    ``mmmetaformer.checkpoint.load_pretrained`` judges it: a list of
+    ``'key: why'``, empty when it fits."""
+    import torch
+
+    from mmmetaformer.registry import MODELS
+    with torch.device('meta'):
+        model = MODELS.build(dict(backbone_cfg, init_cfg=None))
+    own = model.state_dict()
+    new = tuple(getattr(model, 'new_layer_prefixes', ())) or ('\0', )
+    problems = [f'{k}: missing' for k in own
+                if k not in state_dict and not k.startswith(new)]
+    problems += [f'{k}: not in the backbone' for k in state_dict
+                 if k not in own and not k.startswith(new)]
+    problems += [
+        f'{k}: {tuple(state_dict[k].shape)} vs {tuple(own[k].shape)}'
+        for k in own if k in state_dict and state_dict[k].shape != own[k].shape
+    ]
+    return problems
+
+
+def check_backbone(args, state_dict):
+    """The names of the archs ``state_dict`` fits (see the docstring).
+
+    Raises:
+        ValueError: one line naming the tensors that differ from the
+            nearest candidate.
+    """
+    from mmengine.utils import ProgressBar
+    archs = registered_archs()
+    if args.arch:
+        if args.arch not in archs:
+            raise ValueError(f"unknown --arch '{args.arch}'; valid archs: "
+                             f"{', '.join(archs)}")
+        candidates = {args.arch: dict(zip(('type', 'arch'),
+                                          archs[args.arch]))}
+    elif args.check_config:
+        from mmengine.config import Config
+        backbone = Config.fromfile(args.check_config).model.backbone
+        candidates = {args.check_config: backbone.to_dict()}
+    else:
+        candidates = {name: dict(type=cls, arch=arch)
+                      for name, (cls, arch) in archs.items()}
+    found = {}
+    bar = ProgressBar(len(candidates)) if len(candidates) > 1 else None
+    for name, cfg in candidates.items():
+        found[name] = backbone_problems(cfg, state_dict)
+        if bar:
+            bar.update()
+    if bar:
+        sys.stdout.write('\n')
+    fits = [name for name, problems in found.items() if not problems]
+    if fits:
+        return fits
+    name, problems = min(found.items(), key=lambda kv: len(kv[1]))
+    shown = '; '.join(problems[:6])
+    more = f'; ... ({len(problems) - 6} more)' if len(problems) > 6 else ''
+    raise ValueError(f'the converted tensors fit no backbone; against '
+                     f'{name}, {len(problems)} differ: {shown}{more}')
 
 
 def write_dense(args, dense):
@@ -93,6 +179,12 @@ def write_dense(args, dense):
               "reads load_from with torch.load); DST ends with "
               '.safetensors', file=sys.stderr)
         return 2
+    if args.check_config:  # before anything is written
+        try:
+            count = check_config(args.check_config, state_dict)
+        except ValueError as exc:
+            print(f'error: {exc}; nothing written', file=sys.stderr)
+            return 1
     torch.save({'meta': meta, 'state_dict': state_dict}, args.dst)
     print(f"{args.src}: whole {dense['kind']} (format {DENSE_FORMATS[0]}), "
           f'wrote {len(state_dict)} tensors to {args.dst}')
@@ -100,11 +192,6 @@ def write_dense(args, dense):
         print(f"dropped {len(dense['dropped'])} tensors the model does not "
               f"use: {', '.join(dense['dropped'])}")
     if args.check_config:
-        try:
-            count = check_config(args.check_config, state_dict)
-        except ValueError as exc:
-            print(f'error: {exc}', file=sys.stderr)
-            return 1
         print(f'{args.check_config}: all {count} model tensors load '
               f'strictly from {args.dst}')
     return 0
@@ -125,19 +212,17 @@ def main(argv=None):
                     f'R-CNN / Semantic FPN checkpoint (format {args.format})')
         if dense is not None:
             return write_dense(args, dense)
-        if args.check_config:
-            raise ValueError('--check-config applies to whole trained '
-                             'models; this is a backbone conversion')
         state_dict, fmt, others = to_native(raw, args.format)
+        classifier = sorted(k for k in state_dict
+                            if k.startswith(CLASSIFIER_PREFIXES))
+        backbone = {
+            k: v.contiguous()
+            for k, v in state_dict.items() if k not in set(classifier)
+        }
+        fits = check_backbone(args, backbone)
     except (FileNotFoundError, RuntimeError, ValueError, TypeError) as exc:
         print(f'error: {exc}', file=sys.stderr)
         return 2
-    classifier = sorted(k for k in state_dict
-                        if k.startswith(CLASSIFIER_PREFIXES))
-    backbone = {
-        k: v.contiguous()
-        for k, v in state_dict.items() if k not in set(classifier)
-    }
     meta = {NATIVE_META_KEY: 1, 'source_format': fmt,
             'source': osp.basename(str(args.src))}
     if args.dst.endswith('.safetensors'):
@@ -147,7 +232,7 @@ def main(argv=None):
     else:
         torch.save({'meta': meta, 'state_dict': backbone}, args.dst)
     print(f'{args.src}: format {fmt}, wrote {len(backbone)} backbone '
-          f'tensors to {args.dst}')
+          f"tensors to {args.dst}; they fit {', '.join(fits)}")
     if classifier:
         print(f'dropped {len(classifier)} classifier tensors: '
               f"{', '.join(classifier)}")
