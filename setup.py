@@ -1,8 +1,23 @@
 """Packaging for mmmetaformer.
 
-Installing the package also installs ``configs/`` and ``tools/`` inside it as
-``mmmetaformer/.mim/{configs,tools}`` (the layout OpenMMLab's mim uses), so
-``mmmetaformer::retinanet_poolformer_s12_coco.py`` resolves as a config base.
+Installing the package also installs ``configs/``, ``tools/`` and
+``model-index.yml`` inside it as ``mmmetaformer/.mim/`` (the layout
+OpenMMLab's mim reads: ``mim search mmmetaformer`` finds the model index).
+
+Configs are not resolved as ``mmmetaformer::name.py`` bases: mmengine only
+resolves the packages it knows (``mmdet::``, ``mmseg::``, ...). Inherit one
+of ours by path instead, relative to your config or absolute into the
+installed copy::
+
+    _base_ = ['/path/to/site-packages/mmmetaformer/.mim/configs/'
+              'retinanet_poolformer_s12_coco.py']
+
+where ``mmengine.utils.get_installed_path('mmmetaformer')`` gives the
+folder above ``.mim``. The base's ``custom_imports`` comes with it, so the
+backbones are registered (``tests/test_packaging.py``).
+
+Dependencies are what the package imports; mmdet and mmseg are what you
+train with (the ``mim`` extra), and timm is only the tests' reference.
 """
 import os
 import os.path as osp
@@ -13,6 +28,26 @@ from setuptools import find_packages, setup
 
 HERE = osp.dirname(osp.abspath(__file__))
 
+INSTALL_REQUIRES = [
+    'torch>=2.0',
+    'mmengine>=0.10.0,<1.0',
+    'numpy',
+    'opencv-python',
+    'Pillow',
+    'pycocotools',
+    'safetensors',
+]
+EXTRAS_REQUIRE = {
+    # mmcv with compiled ops (mim installs a prebuilt one for your torch);
+    # mmdet 3.x and mmseg 1.x refuse mmcv >= 2.2.
+    'mim': ['mmcv>=2.0.0,<2.2.0', 'mmdet>=3.0.0,<4.0',
+            'mmsegmentation>=1.0.0,<2.0'],
+    'tests': ['timm>=1.0', 'pytest', 'pytest-xdist', 'onnx', 'onnxruntime'],
+    # an independent PoolFormer v1 reference for the tests
+    'optional': ['mmpretrain>=1.0.0,<2.0'],
+}
+MIM_ITEMS = ('configs', 'tools', 'model-index.yml')
+
 
 def read_version():
     namespace = {}
@@ -21,35 +56,30 @@ def read_version():
     return namespace['__version__']
 
 
-def read_requirements(name):
-    with open(osp.join(HERE, 'requirements', name)) as f:
-        return [line.split('#')[0].strip() for line in f
-                if line.split('#')[0].strip()]
-
-
 def add_mim_extension():
-    """Expose configs/ and tools/ as package data under mmmetaformer/.mim.
+    """Expose configs/, tools/ and model-index.yml under mmmetaformer/.mim.
 
     Editable installs (``pip install -e .`` runs ``editable_wheel``) get
     symlinks, so edits show up at once; regular installs get copies.
     """
     editable = {'develop', 'editable_wheel'} & set(sys.argv)
-    mode = 'symlink' if editable else 'copy'
     mim_root = osp.join(HERE, 'mmmetaformer', '.mim')
     os.makedirs(mim_root, exist_ok=True)
-    for name in ('configs', 'tools'):
+    for name in MIM_ITEMS:
         src = osp.join(HERE, name)
         dst = osp.join(mim_root, name)
-        if not osp.isdir(src):
+        if not osp.exists(src):
             continue
         if osp.islink(dst) or osp.isfile(dst):
             os.remove(dst)
         elif osp.isdir(dst):
             shutil.rmtree(dst)
-        if mode == 'symlink':
+        if editable:
             os.symlink(osp.relpath(src, mim_root), dst)
-        else:
+        elif osp.isdir(src):
             shutil.copytree(src, dst)
+        else:
+            shutil.copyfile(src, dst)
 
 
 if __name__ == '__main__':
@@ -64,14 +94,11 @@ if __name__ == '__main__':
         long_description_content_type='text/markdown',
         packages=find_packages(exclude=('configs', 'tools', 'tests')),
         include_package_data=True,
-        package_data={'mmmetaformer': ['.mim/configs/**/*', '.mim/tools/**/*']},
+        package_data={'mmmetaformer': ['.mim/configs/**/*', '.mim/tools/**/*',
+                                       '.mim/model-index.yml']},
         python_requires='>=3.9',
-        install_requires=read_requirements('runtime.txt'),
-        extras_require={
-            'mim': read_requirements('mminstall.txt'),
-            'tests': read_requirements('tests.txt'),
-            'optional': read_requirements('optional.txt'),
-        },
+        install_requires=INSTALL_REQUIRES,
+        extras_require=EXTRAS_REQUIRE,
         license='Apache License 2.0',
         zip_safe=False,
     )
