@@ -164,8 +164,13 @@ def main(argv=None):
         with torch.no_grad():
             return model.test_step(data)
 
+    from mmengine.utils import ProgressBar
+
+    # On stderr, so that stdout holds only the report.
+    progress = ProgressBar(args.warmup + args.num_images, file=sys.stderr)
     for _ in range(args.warmup):
         step(next(batches))
+        progress.update()
     synchronize(args.device)
     images, step_times = 0, []
     start = time.perf_counter()
@@ -177,6 +182,8 @@ def main(argv=None):
         synchronize(args.device)
         step_times.append(time.perf_counter() - tic)
         images += batch_size_of(data)
+        progress.update(batch_size_of(data))
+    sys.stderr.write('\n')
     elapsed = time.perf_counter() - start
     data = next(batches)
     peak = peak_step_memory(lambda: step(data), args.device) / 2**20
