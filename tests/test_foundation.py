@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -11,15 +12,26 @@ from tests.helpers import REPO_ROOT, run_tool
 
 
 def test_every_stack_package_imports():
+    """Whichever tested stack is installed: every package imports, reports
+    the version its distribution was installed with, and lies in the ranges
+    the plugin declares (requirements/mminstall.txt)."""
+    from importlib.metadata import version
+
+    from packaging.requirements import Requirement
+
     from mmmetaformer.utils.env_check import STACK_PACKAGES, stack_versions
     versions = stack_versions()
     assert set(versions) == {name for name, _ in STACK_PACKAGES}
-    assert versions['torch'].startswith('2.5.1')
-    assert versions['mmcv'] == '2.1.0'
-    assert versions['mmengine'] == '0.10.7'
-    assert versions['mmdet'] == '3.3.0'
-    assert versions['mmseg'] == '1.2.2'
-    assert int(versions['numpy'].split('.')[0]) < 2
+    for module_name, dist_name in STACK_PACKAGES:
+        assert versions[module_name].split('+')[0] == \
+            version(dist_name).split('+')[0], dist_name
+    declared = [
+        Requirement(line.split('#')[0])
+        for line in (REPO_ROOT / 'requirements' / 'mminstall.txt').read_text()
+        .splitlines() if line.split('#')[0].strip()
+    ]
+    for req in declared:
+        assert version(req.name) in req.specifier, (req.name, version(req.name))
 
 
 def test_mmcv_compiled_ops_on_cpu_tensors():
@@ -230,18 +242,70 @@ def test_cfg_options_accepts_new_and_existing_keys():
         validate_cfg_options(cfg, {'a.items.5.c': 1})
 
 
+def _running_stack():
+    """The stack whose environment runs the suite, from its ``.venv-<stack>``
+    folder; None outside an environment built by tools/setup_env.sh."""
+    prefix = Path(sys.prefix)
+    stack = prefix.name[len('.venv-'):]
+    if not (prefix / '.mmmetaformer-env-stamp').exists() or not (
+            REPO_ROOT / 'requirements' / 'stacks' / f'{stack}.txt').exists():
+        return None
+    return stack
+
+
 def test_env_setup_has_nothing_to_do_the_second_time():
     """A second ``make env`` only verifies: the stamp matches, the checks
     pass, and no install step runs (the stamp is not rewritten)."""
-    stamp = REPO_ROOT / '.venv' / '.mmmetaformer-env-stamp'
-    if not stamp.exists():
-        pytest.skip('the suite is not running inside the project .venv')
+    stack = _running_stack()
+    if stack is None:
+        pytest.skip('the suite is not running in a .venv-<stack> environment')
+    stamp = Path(sys.prefix) / '.mmmetaformer-env-stamp'
     before = (stamp.read_text(), stamp.stat().st_mtime_ns)
-    proc = subprocess.run(['bash', 'tools/setup_env.sh'], cwd=REPO_ROOT,
-                          capture_output=True, text=True,
-                          env=dict(os.environ))
+    proc = subprocess.run(['bash', 'tools/setup_env.sh', stack],
+                          cwd=REPO_ROOT, capture_output=True, text=True,
+                          env=dict(os.environ, MMMETAFORMER_VENV=sys.prefix))
     assert proc.returncode == 0, proc.stderr[-2000:]
     steps = [line for line in proc.stdout.splitlines()
-             if line.startswith('[setup_env]')]
+             if line.startswith(f'[setup_env:{stack}]')]
     assert len(steps) == 1 and 'up to date' in steps[0], proc.stdout
     assert (stamp.read_text(), stamp.stat().st_mtime_ns) == before
+
+
+def test_env_setup_refuses_an_unknown_stack(tmp_path):
+    proc = subprocess.run(['bash', 'tools/setup_env.sh', 'nightly'],
+                          cwd=REPO_ROOT, capture_output=True, text=True,
+                          env=dict(os.environ,
+                                   MMMETAFORMER_VENV=str(tmp_path / 'venv')))
+    assert proc.returncode == 2
+    assert "unknown stack 'nightly'" in proc.stderr
+    assert 'classic' in proc.stderr and 'current' in proc.stderr
+    assert not (tmp_path / 'venv').exists()
+
+
+def test_every_stack_pins_the_packages_it_tests():
+    """Each stack file pins torch, torchvision and the OpenMMLab releases
+    exactly (tools/setup_env.sh reads the torch and mmcv versions from it),
+    and those pins lie in the ranges the plugin declares."""
+    from packaging.requirements import Requirement
+    declared = {}
+    for line in (REPO_ROOT / 'requirements' / 'mminstall.txt').read_text() \
+            .splitlines():
+        if line.split('#')[0].strip():
+            req = Requirement(line.split('#')[0])
+            declared[req.name] = req.specifier
+    stacks = sorted((REPO_ROOT / 'requirements' / 'stacks').glob('*.txt'))
+    assert {p.stem for p in stacks} >= {'classic', 'current'}
+    for path in stacks:
+        pins = {}
+        for line in path.read_text().splitlines():
+            if line.split('#')[0].strip():
+                req = Requirement(line.split('#')[0])
+                spec = str(req.specifier)
+                if spec.startswith('=='):
+                    pins[req.name] = spec[2:]
+        for name in ('torch', 'torchvision', 'mmcv', 'mmengine', 'mmdet',
+                     'mmsegmentation'):
+            assert name in pins, (path.name, name)
+        for name, spec in declared.items():
+            if name in pins:
+                assert pins[name] in spec, (path.name, name, pins[name])

@@ -1,4 +1,5 @@
-"""ONNX export (opset 17, dynamic H and W) of every family, checked with
+"""ONNX export (opset 17, dynamic H and W, the TorchScript exporter on every
+torch: ``mmmetaformer.utils.onnx_export``) of every family, checked with
 onnxruntime.
 
 Each model is exported once at one input size and run by onnxruntime at
@@ -17,6 +18,7 @@ import pytest
 import torch
 
 import mmmetaformer  # noqa: F401
+from mmmetaformer.utils.onnx_export import export_onnx
 from mmmetaformer.models.core.layers import (_enlarges, resample_to,
                                              resample_weights)
 
@@ -28,14 +30,7 @@ TOLERANCE = 1e-4
 
 
 def export(model, path):
-    x = torch.randn(1, 3, *EXPORT_SIZE)
-    names = [f'out{i}' for i in range(len(model.out_indices))]
-    axes = {2: 'height', 3: 'width'}
-    torch.onnx.export(
-        model, (x, ), str(path), opset_version=17, input_names=['image'],
-        output_names=names,
-        dynamic_axes=dict(image=axes, **{
-            name: {2: f'{name}_h', 3: f'{name}_w'} for name in names}))
+    export_onnx(model, path, torch.randn(1, 3, *EXPORT_SIZE))
     return ort.InferenceSession(str(path),
                                 providers=['CPUExecutionProvider'])
 

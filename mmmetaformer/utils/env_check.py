@@ -1,4 +1,4 @@
-"""Checks that the pinned stack imports and that mmcv really has compiled ops.
+"""Checks that the installed stack imports and that mmcv really has compiled ops.
 
 Kept free of package-level imports so ``tools/check_env.py`` can load it by
 path even when the rest of the environment is broken.
@@ -22,9 +22,12 @@ MMCV_OPS_FIX = (
     'mmcv is installed without its compiled ops (mmcv._ext); mmdet needs them '
     '(batched_nms in RetinaNet, RoIAlign in Mask R-CNN) and mmcv-lite is not '
     'enough. Fix: run `make env` (it builds mmcv 2.1.0 from source with '
-    'MMCV_WITH_OPS=1 and caches the wheel), or by hand: '
-    '`pip uninstall -y mmcv mmcv-lite && pip install "setuptools<70" && '
-    'MMCV_WITH_OPS=1 pip install --no-build-isolation mmcv==2.1.0`.')
+    'MMCV_WITH_OPS=1, with the C++ standard your torch needs, and caches the '
+    'wheel per torch version), or by hand: `pip uninstall -y mmcv mmcv-lite '
+    '&& pip install "setuptools<82" && MMCV_WITH_OPS=1 pip install '
+    '--no-build-isolation mmcv==2.1.0` (torch >= 2.13 also needs -std=c++20 '
+    "in place of -std=c++17 in mmcv's setup.py; tools/setup_env.sh does "
+    'that).')
 
 
 class MMCVOpsMissingError(RuntimeError):
@@ -49,7 +52,7 @@ def stack_versions():
     if failures:
         raise ImportError('These stack packages do not import:\n  ' +
                           '\n  '.join(failures) +
-                          '\nRun `make env` to (re)build .venv.')
+                          '\nRun `make env` to (re)build the environment.')
     return versions
 
 
