@@ -1,16 +1,18 @@
-"""The deploy switch (``switch_to_deploy`` / ``core.fuse.fuse_trunk``).
+"""The deploy folds (``switch_to_deploy`` per module; ``core/fuse.py``).
 
 Contracts, for every family (tiny archs, odd input sizes so the borders of
 every padded conv and pool matter):
 
-* the fused model computes the unfused one: max abs difference <= 1e-5 of
-  the largest output magnitude, in fp32, channels-last or not;
-* what is folded is gone: no norm affine, StarReLU or scale module is left
-  where the docstring of ``core/fuse.py`` says it folds;
-* fused modules never modify a tensor after a module returned it (hooks
-  see final values), and trace without graph breaks;
-* it is a one-way switch on one instance: the original weights still load
-  into a fresh model, the fused one refuses weights and training.
+* the folded model computes the unfused one: max abs difference <= 1e-5
+  of the largest output magnitude, in fp32, in either memory layout;
+* what is folded is gone: the norm affines, layer scales and StarReLU
+  parameters that ``core/fuse.py`` folds are ``None`` / ``nn.Identity`` /
+  frozen, block by block;
+* a model built with ``deploy=True`` has the folded model's keys and
+  loads its checkpoint; a user's mixer without a fold runs unfused, with
+  a log line;
+* folded modules never modify a tensor after a module returned it (hooks
+  see final values), trace without graph breaks and export to ONNX.
 
 Every parameter is perturbed first so layer scales, norm affines (with
 biases where a family has them), StarReLU and BatchNorm statistics are
@@ -18,18 +20,17 @@ not the identity they are at init.
 """
 import copy
 import io
+import logging
 
 import pytest
 import torch
 import torch.nn as nn
 
 import mmmetaformer  # noqa: F401
-from mmmetaformer.models.core import (GroupNorm1, LayerNorm2d, Scale,
-                                      StarReLU)
-from mmmetaformer.models.core.fuse import (FusedMetaFormerBlock,
-                                           GenericResidual, fuse_trunk)
+from mmmetaformer.checkpoint import load_pretrained
+from mmmetaformer.models.core import (IdentityMixer, MetaFormerBlock, Pooling,
+                                      RandomMixing, Scale, StarReLU)
 from mmmetaformer.registry import MODELS
-
 TINY = dict(depths=[1, 1, 2, 1], dims=[16, 32, 64, 64])
 MODELS_UNDER_TEST = dict(
     PoolFormer=dict(arch=TINY),
@@ -67,9 +68,9 @@ SIZE = (61, 83)  # odd, not a multiple of any stride
 REL_TOL = 1e-5
 
 
-def build(name):
+def build(name, **kwargs):
     torch.manual_seed(0)
-    cfg = dict(MODELS_UNDER_TEST[name])
+    cfg = dict(MODELS_UNDER_TEST[name], **kwargs)
     cfg.setdefault('type', name)
     model = MODELS.build(cfg)
     gen = torch.Generator().manual_seed(1)
@@ -98,61 +99,132 @@ def image():
     return torch.randn(2, 3, *SIZE, generator=torch.Generator().manual_seed(2))
 
 
-# NCHW memory (channels_last=False) takes other code paths in the 1x1
-# convs only: one family per mixer kind that has them
-@pytest.mark.parametrize('name, channels_last', [(n, True) for n in NAMES] + [
-    (n, False) for n in ('ConvFormer', 'CAFormer', 'PoolFormer',
-                         'ConvMixerReLU')])
-def test_fused_equals_unfused(name, channels_last, image):
-    model = build(name)
+@pytest.mark.parametrize('name', NAMES)
+@pytest.mark.parametrize('channels_last', [True, False])
+def test_folded_equals_unfused(name, channels_last, image):
+    model = build(name, channels_last=channels_last)
     with torch.no_grad():
         expected = model(image)
-    fused = copy.deepcopy(model).switch_to_deploy(channels_last=channels_last)
+    fused = copy.deepcopy(model).switch_to_deploy()
     assert fused.deployed and not model.deployed
     with torch.no_grad():
         got = fused(image)
     assert [g.shape for g in got] == [e.shape for e in expected]
+    assert all(g.is_contiguous() for g in got)
     assert rel_diff(got, expected) <= REL_TOL
-    if channels_last:
-        assert got[0].is_contiguous(memory_format=torch.channels_last)
 
 
-# modules that may stay after fusing, by family: everything else of these
-# types was folded (the stem norm normalises the stem conv's output;
-# RandomMixing keeps its norm; the output norms are not part of a trunk)
-AFFINE_TYPES = (GroupNorm1, LayerNorm2d, StarReLU, Scale, nn.BatchNorm2d)
-KEPT = dict(
-    PoolFormer=set(),
-    PoolFormerV2={'stem.norm'},
-    IdentityFormer={'stem.norm'},
-    RandFormer={'stem.norm', 'stages.2.blocks.0.mixer_residual.norm',
-                'stages.2.blocks.1.mixer_residual.norm',
-                'stages.3.blocks.0.mixer_residual.norm'},
-    ConvFormer={'stem.norm'},
-    CAFormer={'stem.norm'},
-    MetaFormer={'stem.norm', 'stages.3.blocks.0.mixer_residual.norm'},
-    ConvMixerReLU={'stem.module.2'},
-    ConvMixerGELU={'stem.module.2'},
-)
+def folded_parts(block):
+    """What a folded block must no longer have, by its mixer."""
+    mixer = block.token_mixer
+    if type(mixer) is RandomMixing:
+        branch1 = []  # nothing exact to fold
+    elif type(mixer) is Pooling:
+        branch1 = [block.norm1.weight, block.norm1.bias]
+    elif type(mixer) is IdentityMixer:
+        branch1 = [block.layer_scale1]
+    else:
+        branch1 = [block.norm1.weight, block.norm1.bias, block.layer_scale1]
+    if type(mixer) is not Pooling and type(mixer) is not RandomMixing:
+        assert isinstance(block.layer_scale1, nn.Identity)
+    branch2 = [block.norm2.weight, block.norm2.bias]
+    assert isinstance(block.layer_scale2, nn.Identity)
+    return [p for p in branch1 + branch2
+            if p is not None and not isinstance(p, nn.Identity)]
 
 
-@pytest.mark.parametrize('name', NAMES)
+@pytest.mark.parametrize('name', [n for n in NAMES
+                                  if not n.startswith('ConvMixer')])
 def test_folded_affines_are_gone(name):
     fused = build(name).switch_to_deploy()
-    left = {
-        n for n, m in fused.named_modules()
-        if isinstance(m, AFFINE_TYPES) and not n.startswith(
-            ('out_norms', 'adapter'))
-    }
-    assert left == KEPT[name]
-    if name.startswith('ConvMixer'):
-        return
-    blocks = [b for stage in fused.stages for b in stage.blocks]
-    assert blocks and all(isinstance(b, FusedMetaFormerBlock) for b in blocks)
-    generic = [n for n, m in fused.named_modules()
-               if isinstance(m, GenericResidual)]
-    assert generic == sorted(k.rsplit('.', 1)[0] for k in KEPT[name]
-                             if 'mixer_residual' in k)
+    blocks = [m for m in fused.modules() if isinstance(m, MetaFormerBlock)]
+    assert blocks
+    for block in blocks:
+        assert folded_parts(block) == []
+        assert isinstance(block.drop_path1, nn.Identity)
+        for act in (block.mlp.act, getattr(block.token_mixer, 'act1', None)):
+            if isinstance(act, StarReLU):
+                assert not act.scale.requires_grad and float(act.scale) == 1
+    left = [n for n, m in fused.named_modules() if isinstance(m, Scale)
+            and not n.endswith(('res_scale1', 'res_scale2'))]
+    # only pooling's folded scale (norm weight x layer scale) and the
+    # unfoldable RandomMixing branch keep a layer scale
+    for module_name in left:
+        block = fused.get_submodule(module_name.rsplit('.', 1)[0])
+        assert type(block.token_mixer) in (Pooling, RandomMixing)
+
+
+def test_convmixer_batchnorm_shift_folds_into_the_pointwise_conv(image):
+    model = build('ConvMixerGELU')
+    fused = copy.deepcopy(model).switch_to_deploy()
+    for layer in fused.blocks:
+        assert isinstance(layer[0].fn[2], Scale)
+        assert layer[1].bias is not None
+    with torch.no_grad():
+        assert rel_diff(fused(image), model(image)) <= REL_TOL
+
+
+@pytest.mark.parametrize('name', ['MetaFormer', 'PoolFormer', 'CAFormer',
+                                  'ConvMixerReLU'])
+def test_deploy_build_loads_a_folded_checkpoint(name, image, tmp_path):
+    fused = build(name).switch_to_deploy()
+    path = tmp_path / 'folded.pth'
+    torch.save(fused.state_dict(), path)
+    cfg = dict(MODELS_UNDER_TEST[name], deploy=True)
+    cfg.setdefault('type', name)
+    fresh = MODELS.build(cfg).eval()
+    assert fresh.deployed
+    assert fresh.state_dict().keys() == fused.state_dict().keys()
+    fresh.load_state_dict(torch.load(path, weights_only=True), strict=True)
+    with torch.no_grad():
+        assert rel_diff(fresh(image), fused(image)) == 0
+    # the unfused checkpoint does not fit a folded model
+    unfused = build(name)
+    with pytest.raises(RuntimeError, match='Missing key|Unexpected key'):
+        fresh.load_state_dict(unfused.state_dict())
+    # through init_cfg, as a config loads it
+    again = MODELS.build(dict(cfg, init_cfg=dict(
+        type='Pretrained', checkpoint=str(path), format='mmmetaformer')))
+    again.init_weights()
+    with torch.no_grad():
+        assert rel_diff(again.eval()(image), fused(image)) == 0
+
+
+class PlainMixer(nn.Module):
+    """A user's mixer with no fold."""
+
+    def __init__(self, dim):
+        super().__init__()
+        self.proj = nn.Conv2d(dim, dim, 1)
+
+    def forward(self, x):
+        return self.proj(x) - x
+
+
+def test_user_mixer_without_a_fold_runs_unfused_with_a_log_line(
+        image, caplog):
+    MODELS.register_module(module=PlainMixer)
+    try:
+        model = MODELS.build(dict(
+            type='MetaFormer', arch=dict(
+                TINY, token_mixer_cfg=dict(type='PlainMixer'),
+                norm_cfg=dict(type='GroupNorm1'),
+                layer_scale_init_value=1.0))).eval()
+    finally:
+        del MODELS._module_dict['PlainMixer']
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn(p.shape))
+        expected = model(image)
+    with caplog.at_level(logging.WARNING):
+        model.switch_to_deploy()
+    assert 'PlainMixer has no switch_to_deploy' in caplog.text
+    block = model.stages[0].blocks[0]
+    assert isinstance(block.layer_scale1, Scale)
+    assert block.norm1.weight is not None  # the mixer's norm stays
+    assert block.norm2.weight is None  # the MLP still folds
+    with torch.no_grad():
+        assert rel_diff(model(image), expected) <= REL_TOL
 
 
 def test_bias_that_cannot_fold_exactly_is_kept():
@@ -170,8 +242,28 @@ def test_bias_that_cannot_fold_exactly_is_kept():
         expected = model(x)
         fused = model.switch_to_deploy()
         assert rel_diff(fused(x), expected) <= REL_TOL
-    assert all(isinstance(s.downsample.norm, LayerNorm2d)
+    assert all(s.downsample.norm.weight is not None
                for s in fused.stages[1:])
+
+
+def test_switch_is_idempotent_and_keeps_the_original_loadable(image):
+    model = build('ConvFormer')
+    state = copy.deepcopy(model.state_dict())
+    fused = copy.deepcopy(model).switch_to_deploy()
+    with torch.no_grad():
+        once = fused(image)
+        assert rel_diff(fused.switch_to_deploy()(image), once) == 0
+    fresh = MODELS.build(dict(type='ConvFormer', arch=TINY)).eval()
+    fresh.load_state_dict(state, strict=True)
+    with torch.no_grad():
+        assert rel_diff(fresh(image), model(image)) == 0
+
+
+@pytest.mark.parametrize('value', ['yes', 1, None])
+def test_deploy_must_be_a_bool(value):
+    with pytest.raises(ValueError, match=f'deploy={value!r} is invalid; '
+                       'valid: True, False'):
+        MODELS.build(dict(type='PoolFormer', arch=TINY, deploy=value))
 
 
 @pytest.mark.parametrize('name', ['MetaFormer', 'ConvMixerGELU'])
@@ -225,45 +317,3 @@ def test_fused_exports_to_onnx_with_dynamic_size(tmp_path):
         expected = model(x)
     got = [torch.from_numpy(o) for o in session.run(None, dict(image=x.numpy()))]
     assert rel_diff(got, expected) <= 1e-5
-
-
-def test_one_way_switch_keeps_the_original_weights_loadable(tmp_path):
-    model = build('ConvFormer')
-    path = tmp_path / 'unfused.pth'
-    torch.save(model.state_dict(), path)
-    fused = copy.deepcopy(model).switch_to_deploy()
-    assert fused is not model and fused.switch_to_deploy is not None
-
-    fresh = MODELS.build(dict(type='ConvFormer', arch=TINY)).eval()
-    fresh.load_state_dict(torch.load(path, weights_only=True), strict=True)
-    x = torch.randn(1, 3, *SIZE)
-    with torch.no_grad():
-        assert rel_diff(fresh(x), model(x)) == 0
-    # the unfused model converts and fuses again as usual
-    again = fresh.switch_to_deploy()
-    with torch.no_grad():
-        assert rel_diff(again(x), model(x)) <= REL_TOL
-
-    with pytest.raises(RuntimeError, match='fused for deployment'):
-        fused.load_state_dict(torch.load(path, weights_only=True))
-    with pytest.raises(RuntimeError, match='inference-only'):
-        fused.train()
-    with pytest.raises(RuntimeError, match='already fused'):
-        fused.switch_to_deploy()
-    fused.eval()  # eval stays allowed
-
-
-def test_fuse_trunk_rejects_other_modules():
-    with pytest.raises(TypeError, match='MetaFormerTrunk or ConvMixerTrunk'):
-        fuse_trunk(nn.Conv2d(3, 3, 1))
-
-
-def test_core_fused_block_refuses_training_mode():
-    from mmmetaformer.models.core import MetaFormerTrunk
-    from mmmetaformer.models.core.mixers import Pooling
-    trunk = MetaFormerTrunk([1, 1, 1, 1], [8, 8, 16, 16], Pooling,
-                            GroupNorm1)
-    fuse_trunk(trunk)
-    trunk.train()
-    with pytest.raises(RuntimeError, match='eval mode only'):
-        trunk(torch.randn(1, 3, 64, 64))

@@ -20,7 +20,6 @@ import torch.nn as nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ...checkpoint import FORMATS, load_pretrained
-from ..core.fuse import fuse_trunk, is_fused
 from ..layers import build_norm
 
 NUM_STAGES = 4
@@ -69,6 +68,22 @@ def reject_unknown_kwargs(owner, unknown, signature_owner):
         raise TypeError(f'{owner} got unknown arguments '
                         f'{sorted(unknown)}; valid arguments: '
                         f"{', '.join(valid)}")
+
+
+def check_layout(owner, channels_last):
+    """``channels_last`` must be ``None`` (per device), ``True`` or
+    ``False``; returns it."""
+    if channels_last not in (None, True, False) or isinstance(
+            channels_last, int) and not isinstance(channels_last, bool):
+        raise ValueError(f'{owner} channels_last={channels_last!r} is '
+                         'invalid; valid: None (per device), True, False')
+    return channels_last
+
+
+def check_flag(owner, name, value):
+    if not isinstance(value, bool):
+        raise ValueError(f'{owner} {name}={value!r} is invalid; valid: '
+                         'True, False')
 
 
 def reject_pretrained(owner, pretrained):
@@ -202,31 +217,13 @@ class DenseBackboneMixin:
             module.eval()
             module.requires_grad_(False)
 
-    def switch_to_deploy(self, channels_last=True):
-        """Fuse this backbone for inference, in place; returns ``self``.
-
-        A one-way switch (``mmmetaformer.models.core.fuse``): norm affines,
-        layer scales and StarReLU's scale and bias are folded into the
-        neighbouring convs where that is exact, and activations stay
-        channels-last (``channels_last=False`` keeps NCHW memory). Outputs
-        equal the unfused model's up to fp32 rounding. The model is then
-        eval-only (``train()`` raises) and loads no weights: load them
-        before switching, and save the unfused model's checkpoint.
-        """
-        fuse_trunk(self, channels_last=channels_last)
-        return self
-
     @property
     def deployed(self):
-        """Whether ``switch_to_deploy`` has fused this backbone."""
-        return is_fused(self)
+        """Whether the backbone is folded for inference (``deploy=True`` or
+        ``switch_to_deploy()``; ``mmmetaformer/models/core/fuse.py``)."""
+        return self.deploy
 
     def train(self, mode=True):
-        if mode and is_fused(self):
-            raise RuntimeError(
-                f'{type(self).__name__} was fused by switch_to_deploy() and '
-                'is inference-only; build (or keep) an unfused model to '
-                'train')
         super().train(mode)
         self._freeze_stages()
         if mode and self.norm_eval:
@@ -238,8 +235,10 @@ class DenseBackboneMixin:
     def forward(self, x):
         """``[B, C_in, H, W]`` -> tuple of ``[B, out_channels[k], H_i, W_i]``.
 
-        One tensor per ``out_indices`` entry, at stride ``4 * 2**i``.
+        One tensor per ``out_indices`` entry, at stride ``4 * 2**i``, in
+        contiguous NCHW memory whatever the layout inside (stock heads such
+        as PSANet's ``view`` their input).
         """
         feats = self.forward_outputs(x, self.out_indices)
-        return tuple(self.out_norms[str(i)](feat)
+        return tuple(self.out_norms[str(i)](feat).contiguous()
                      for i, feat in zip(self.out_indices, feats))

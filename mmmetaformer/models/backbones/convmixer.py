@@ -18,8 +18,8 @@ from ...registry import register_public
 from ..archs import CONVMIXER_ARCH_KEYS, CONVMIXER_ARCHS
 from ..core import ConvMixerTrunk, SimplePyramidAdapter
 from ..layers import build_norm
-from .base import (DenseBackboneMixin, reject_pretrained,
-                   reject_unknown_kwargs, resolve_arch)
+from .base import (DenseBackboneMixin, check_flag, check_layout,
+                   reject_pretrained, reject_unknown_kwargs, resolve_arch)
 
 
 @register_public
@@ -34,7 +34,8 @@ class ConvMixer(DenseBackboneMixin, ConvMixerTrunk, BaseModule):
             outputs. Default ``(dim/4, dim/2, dim, dim)``.
         adapter_norm_cfg (dict): norm inside each adapter level.
         in_channels, out_indices, out_norm_cfg, frozen_stages, norm_eval,
-        with_cp, init_cfg, pretrained: as for ``MetaFormer``.
+        with_cp, init_cfg, channels_last, deploy, pretrained: as for
+            ``MetaFormer``.
             ``norm_eval`` matters here: the trunk uses BatchNorm.
     """
 
@@ -53,10 +54,13 @@ class ConvMixer(DenseBackboneMixin, ConvMixerTrunk, BaseModule):
                  norm_eval=False,
                  with_cp=False,
                  init_cfg=None,
+                 channels_last=None,
+                 deploy=False,
                  pretrained=None,
                  **unknown_kwargs):
         owner = type(self).__name__
         reject_unknown_kwargs(owner, unknown_kwargs, ConvMixer.__init__)
+        check_flag(owner, 'deploy', deploy)
         reject_pretrained(owner, pretrained)
         if isinstance(arch, str):
             arch = arch.replace('_', '/')
@@ -78,7 +82,9 @@ class ConvMixer(DenseBackboneMixin, ConvMixerTrunk, BaseModule):
             kernel_size=spec['kernel_size'],
             patch_size=spec['patch_size'],
             act_layer=lambda: build_activation_layer(spec['act_cfg']),
-            in_channels=in_channels)
+            in_channels=in_channels,
+            channels_last=check_layout(owner, channels_last),
+            deploy=deploy)
         self.adapter = SimplePyramidAdapter(
             dim, adapter_channels,
             lambda c: build_norm(adapter_norm_cfg, c))

@@ -18,8 +18,8 @@ from ..archs import (ARCH_KEYS, FAMILIES, GENERIC_DEFAULTS, METAFORMER_ARCHS,
 from ..core import MetaFormerTrunk
 from ..core.metaformer import per_stage
 from ..layers import build_norm
-from .base import (DenseBackboneMixin, reject_pretrained,
-                   reject_unknown_kwargs, resolve_arch)
+from .base import (DenseBackboneMixin, check_flag, check_layout,
+                   reject_pretrained, reject_unknown_kwargs, resolve_arch)
 from .convmixer import ConvMixer
 
 
@@ -77,6 +77,12 @@ class MetaFormer(DenseBackboneMixin, MetaFormerTrunk, BaseModule):
         drop_path_rate (float): stochastic depth, linear over all blocks.
         init_cfg (dict | None): ``dict(type='Pretrained', checkpoint=...)``
             loads any published format (``format='auto'`` by default).
+        channels_last (bool | None): memory layout inside the trunk:
+            ``None`` (default) per device (channels-last on CPU and CUDA),
+            ``True`` channels-last, ``False`` NCHW-contiguous. Outputs are
+            contiguous NCHW either way.
+        deploy (bool): build the folded inference model
+            (``switch_to_deploy()``), which loads a folded checkpoint.
         pretrained (None): accepted only as ``None``: mmseg's
             EncoderDecoder passes ``model.pretrained`` here, and a string
             there is the base config's checkpoint for another backbone
@@ -104,10 +110,13 @@ class MetaFormer(DenseBackboneMixin, MetaFormerTrunk, BaseModule):
                  with_cp=False,
                  drop_path_rate=0.0,
                  init_cfg=None,
+                 channels_last=None,
+                 deploy=False,
                  pretrained=None,
                  **unknown_kwargs):
         owner = type(self).__name__
         reject_unknown_kwargs(owner, unknown_kwargs, MetaFormer.__init__)
+        check_flag(owner, 'deploy', deploy)
         reject_pretrained(owner, pretrained)
         if not 0.0 <= drop_path_rate < 1.0:
             raise ValueError(f'{owner} drop_path_rate={drop_path_rate} must '
@@ -144,7 +153,9 @@ class MetaFormer(DenseBackboneMixin, MetaFormerTrunk, BaseModule):
             res_scale_init_values=spec['res_scale_init_value'],
             mlp_channels_last=spec['mlp_channels_last'],
             drop_path_rate=drop_path_rate,
-            in_channels=in_channels)
+            in_channels=in_channels,
+            channels_last=check_layout(owner, channels_last),
+            deploy=deploy)
         self._setup_outputs(spec['dims'], out_indices, out_norm_cfg,
                             frozen_stages, norm_eval, with_cp, init_cfg)
 

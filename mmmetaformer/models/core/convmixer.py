@@ -27,8 +27,10 @@ the exported adapter is right for every input size (see ``resample_to``).
 """
 import torch.nn as nn
 
+from . import fuse
 from .layers import DepthwiseConv2d, PointwiseConv2d, resample_to
-from .metaformer import run_blocks, stage_output_sizes
+from .metaformer import (check_channels_last, run_blocks, stage_output_sizes,
+                         to_layout)
 
 
 class Residual(nn.Module):
@@ -52,11 +54,17 @@ class ConvMixerTrunk(nn.Module):
         patch_size (int): patch embedding kernel and stride p.
         act_layer (callable): activation class (GELU or ReLU).
         in_channels (int): input image channels.
+        channels_last (bool | None): memory layout after the stem, as for
+            ``MetaFormerTrunk``.
+        deploy (bool): build folded (``switch_to_deploy``).
     """
 
     def __init__(self, dim, depth, kernel_size, patch_size,
-                 act_layer=nn.GELU, in_channels=3):
+                 act_layer=nn.GELU, in_channels=3, channels_last=None,
+                 deploy=False):
         super().__init__()
+        check_channels_last(channels_last)
+        self.channels_last = channels_last
         self.patch_size = patch_size
         self.stem = nn.Sequential(
             nn.Conv2d(in_channels, dim, patch_size, stride=patch_size),
@@ -71,12 +79,26 @@ class ConvMixerTrunk(nn.Module):
                 act_layer(), nn.BatchNorm2d(dim)) for _ in range(depth)
         ])
         self.with_cp = False
+        self.deploy = False
+        if deploy:
+            self.switch_to_deploy()
+
+    def switch_to_deploy(self):
+        """Each layer's first BatchNorm -> a ``Scale`` with its shift in the
+        pointwise conv's bias (``fuse.py``); returns ``self``."""
+        if not self.deploy:
+            for residual, pwconv, _, _ in self.blocks:
+                residual.fn[2] = fuse.fold_batchnorm_shift(residual.fn[2],
+                                                           pwconv)
+            self.deploy = True
+        return self
 
     def set_with_cp(self, with_cp):
         self.with_cp = with_cp
 
     def forward(self, x):
-        return run_blocks(self.blocks, self.stem(x), self.with_cp)
+        x = to_layout(self.stem(x), self.channels_last)
+        return run_blocks(self.blocks, x, self.with_cp)
 
 
 class SimplePyramidAdapter(nn.Module):

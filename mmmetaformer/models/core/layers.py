@@ -1,7 +1,9 @@
-"""Shared MetaFormer parts: activations, scales, norms, convs and the MLP.
+"""Shared MetaFormer parts: activations, scales, norms and convs.
 
 Everything here is plain PyTorch and works on NCHW tensors, so the stages
-hand necks exactly what they expect. Parameter names follow timm's
+hand necks exactly what they expect. The few layers with a kernel measured
+faster on CPU hand CPU tensors to ``cpu_kernels`` (one line each); every
+other device runs the PyTorch op written here. Parameter names follow timm's
 ``timm.models.metaformer`` so timm state dicts load without renaming.
 
 No module here writes into a tensor it was given or that another module
@@ -12,45 +14,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import cpu_kernels
+
 
 def _exporting():
     """True while ``torch.onnx.export`` traces: sizes are then tensors."""
     return torch.onnx.is_in_onnx_export()
-
-
-def _jit_capture():
-    """True under ``torch.jit`` tracing or scripting (ONNX export, counters).
-    """
-    return torch.jit.is_tracing() or torch.jit.is_scripting()
-
-
-def _graph_capture():
-    """True under ``torch.jit`` tracing/scripting or ``torch.compile``.
-
-    Custom autograd functions here are eager memory savers; graph capture
-    gets the plain ops (standard ops for exporters and counters, and
-    AOTAutograd chooses what to save or recompute itself).
-    """
-    return _jit_capture() or torch.compiler.is_compiling()
-
-
-_HOOK_DICTS = ('_forward_hooks', '_forward_pre_hooks', '_backward_hooks',
-               '_backward_pre_hooks')
-
-
-def has_hooks(*modules):
-    """Whether a hook could observe a call of one of ``modules``.
-
-    Global module hooks count for every module. A layer that would bypass
-    a submodule's ``__call__`` for speed checks this first and calls the
-    submodule normally when it is observed, so hooks always fire.
-    """
-    glob = nn.modules.module
-    if (glob._global_forward_hooks or glob._global_forward_pre_hooks
-            or glob._global_backward_hooks
-            or glob._global_backward_pre_hooks):
-        return True
-    return any(getattr(m, name) for m in modules for name in _HOOK_DICTS)
 
 
 def _enlarges(in_size, out_size):
@@ -149,57 +118,14 @@ def _compute_dtype(dtype):
     return torch.promote_types(dtype, torch.float32)
 
 
-def _memory_format(x):
-    """``torch.channels_last`` for a channels-last 4-D map, else contiguous."""
-    if (x.dim() == 4 and not x.is_contiguous()
-            and x.is_contiguous(memory_format=torch.channels_last)):
-        return torch.channels_last
-    return torch.contiguous_format
-
-
-def _match_layout(t, ref):
-    """``t`` in ``ref``'s memory format where their strides differ.
-
-    A gradient can arrive in another layout than the activation it meets;
-    elementwise kernels and the row views below want them alike. Graph
-    capture sees ``t`` as it is.
-    """
-    if _graph_capture() or t.stride() == ref.stride():
-        return t
-    return t.contiguous(memory_format=_memory_format(ref))
-
-
-def _sum_of_product(a, b):
-    """``(a * b).sum()`` without the product tensor, for equal layouts.
-
-    On two dense tensors laid out alike it is one ``torch.dot`` over their
-    memory order. Measured with 2 threads on a channels-last
-    ``[1, 256, 128, 128]`` map, StarReLU's whole backward took 3.7 ms this
-    way against 34 ms for the autograd-style products and full sums
-    (torch 2.5's reductions of broadcast products over channels-last maps
-    are slow). Anything else (other layouts, graph capture) takes the
-    plain expression.
-    """
-    if not _graph_capture() and a.stride() == b.stride():
-        flat_a, flat_b = _flat_layout(a)[0], _flat_layout(b)[0]
-        if flat_a.is_contiguous() and flat_b.is_contiguous():
-            return torch.dot(flat_a.reshape(-1), flat_b.reshape(-1))
-    return (a * b).sum()
-
-
-def _star(relu, scale, bias, owned):
+def _star(relu, scale, bias):
     """``scale * relu ** 2 + bias`` in at least fp32, in ``relu``'s dtype.
 
-    The arithmetic is in place on fresh tensors only: on ``relu`` itself
-    when ``owned`` (a temporary of the caller's own), else on a new square.
-    fp16/bf16 are widened to fp32 first, which is a fresh copy either way.
+    In place on the fresh square only (``relu`` is saved for backward).
     """
     dtype = relu.dtype
-    wide = _compute_dtype(dtype)
-    if wide != dtype:
-        relu, owned = relu.to(wide), True
-    out = relu.mul_(relu) if owned else relu * relu
-    return out.mul_(scale).add_(bias).to(dtype)
+    wide = relu.to(_compute_dtype(dtype))
+    return (wide * wide).mul_(scale).add_(bias).to(dtype)
 
 
 class _StarReLUFunction(torch.autograd.Function):
@@ -217,21 +143,21 @@ class _StarReLUFunction(torch.autograd.Function):
     def forward(ctx, x, scale, bias):
         relu = F.relu(x)
         ctx.save_for_backward(relu, scale)
-        return _star(relu, scale, bias, owned=False)  # relu is saved
+        return _star(relu, scale, bias)
 
     @staticmethod
     def backward(ctx, grad):
         relu, scale = ctx.saved_tensors
         dtype = _compute_dtype(relu.dtype)
         relu, grad_out = relu.to(dtype), grad.to(dtype)
-        grad_out = _match_layout(grad_out, relu)
+        grad_out = cpu_kernels.match_layout(grad_out, relu)
         need_x, need_scale, need_bias = ctx.needs_input_grad
         grad_x = grad_scale = grad_bias = None
         # g * relu(x) is shared: ds = sum(g * relu * relu) and, in place
         # on it afterwards, dx = 2 * s * g * relu (zero where x <= 0).
         grad_relu = grad_out * relu if need_x or need_scale else None
         if need_scale:
-            grad_scale = _sum_of_product(grad_relu, relu).view(1).to(
+            grad_scale = cpu_kernels.sum_of_product(grad_relu, relu).view(1).to(
                 scale.dtype)
         if need_bias:
             grad_bias = grad_out.sum().view(1).to(scale.dtype)
@@ -255,12 +181,11 @@ class StarReLU(nn.Module):
     results that fp16 cannot hold are ``inf``. fp32 and fp64 inputs are
     computed in their own dtype: bit-identical to the reference expression.
 
-    Three code paths, all computing the same expression with the same
-    rounding: with autograd, a custom function that saves one tensor instead
-    of two (less memory, faster backward); without autograd (inference), the
-    square, scale and shift run in place on the fresh ``relu(x)``; under
-    ``torch.jit`` tracing (complexity counting, ONNX export), the plain
-    expression, so tracers see standard ops.
+    Memory: a custom autograd function saves ``relu(x)`` alone, where
+    autograd on the expression would also keep ``relu(x) ** 2`` (one
+    activation-sized tensor less per StarReLU, on every device). Under
+    ``torch.jit`` tracing (complexity counting, ONNX export) the plain
+    expression runs, so tracers see standard ops; the rounding is the same.
     """
 
     def __init__(self, scale_value=1.0, bias_value=0.0, scale_learnable=True,
@@ -272,18 +197,10 @@ class StarReLU(nn.Module):
                                  requires_grad=bias_learnable)
 
     def forward(self, x):
-        if _jit_capture():
-            relu = F.relu(x)
-            dtype = _compute_dtype(x.dtype)
-            if dtype != x.dtype:
-                relu = relu.to(dtype)
-            out = self.scale * relu**2 + self.bias
-            return out if out.dtype == x.dtype else out.to(x.dtype)
-        if torch.is_grad_enabled() and (x.requires_grad
-                                        or self.scale.requires_grad
-                                        or self.bias.requires_grad):
-            return _StarReLUFunction.apply(x, self.scale, self.bias)
-        return _star(F.relu(x), self.scale, self.bias, owned=True)
+        if torch.jit.is_tracing() or torch.jit.is_scripting():
+            relu = F.relu(x).to(_compute_dtype(x.dtype))
+            return (self.scale * relu**2 + self.bias).to(x.dtype)
+        return _StarReLUFunction.apply(x, self.scale, self.bias)
 
 
 class Scale(nn.Module):
@@ -356,41 +273,14 @@ class DropPath(nn.Module):
         return f'drop_prob={self.drop_prob}'
 
 
-def _flat_layout(x):
-    """``(view, undo)``: a dense view of ``x`` for elementwise kernels.
-
-    Some CPU elementwise kernels (GELU and its backward in torch 2.5) run
-    several times slower on channels-last maps than on contiguous memory
-    (measured 1.4x forward and backward on a ``[1, 256, 128, 128]`` map,
-    2 threads); channels-last memory *is* contiguous NHWC, so they get
-    that permuted view instead. ``undo`` permutes a result back. Graph
-    capture sees ``x`` as it is (compilers choose their own loops).
-    """
-    if not _graph_capture() and _memory_format(x) is torch.channels_last:
-        return x.permute(0, 2, 3, 1), (lambda y: y.permute(0, 3, 1, 2))
-    return x, (lambda y: y)
-
-
-def gelu(x):
-    """Exact GELU, in the layout its CPU kernel is fastest on."""
-    flat, undo = _flat_layout(x)
-    return undo(F.gelu(flat))
-
-
-def _gelu_backward(grad, x):
-    flat, undo = _flat_layout(x)
-    if flat is not x:
-        grad = grad.contiguous(memory_format=torch.channels_last).permute(
-            0, 2, 3, 1)
-    return undo(torch.ops.aten.gelu_backward(grad, flat))
 
 
 class GELU(nn.GELU):
-    """``nn.GELU`` (exact) computed in the fastest layout (``gelu``).
+    """``nn.GELU`` (exact), the PoolFormer v1 MLP's activation.
 
-    Same module name and parameters (none) as ``nn.GELU``, and the same
-    values up to the last bit (on channels-last maps torch's vectorised
-    kernel replaces its strided one). PoolFormer v1's MLP uses it.
+    Same module name and parameters (none) as ``nn.GELU``; CPU tensors run
+    ``cpu_kernels.gelu`` (the same values, on the dense view of
+    channels-last maps).
     """
 
     def __init__(self, approximate='none', inplace=False):
@@ -400,7 +290,9 @@ class GELU(nn.GELU):
         super().__init__()
 
     def forward(self, x):
-        return gelu(x)
+        if cpu_kernels.applies(x):
+            return cpu_kernels.gelu(x)
+        return F.gelu(x)
 
 
 def is_exact_gelu(module):
@@ -409,277 +301,36 @@ def is_exact_gelu(module):
     return type(module) in (GELU, nn.GELU) and module.approximate == 'none'
 
 
-def _nhwc_rows(x):
-    """``[B*H*W, C]`` view of a dense channels-last map, else ``None``."""
-    if (x.dim() == 4 and not _graph_capture()
-            and x.is_contiguous(memory_format=torch.channels_last)):
-        return x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
-    return None
-
-
-def _conv1x1_backward(grad, x, weight, has_bias, needs):
-    """Gradients ``(x, weight, bias)`` of ``F.conv2d(x, weight, bias)``.
-
-    ``weight`` is ``[O, C, 1, 1]``; ``needs`` three bools. The input
-    gradient is oneDNN's. The weight gradient ``g^T x`` over the pixels is
-    one GEMM on the channels-last rows of both maps: 1.2-1.8x faster than
-    oneDNN's 1x1 backward-weights with 2 threads (e.g. 7.1 against 12.8 ms
-    for 64 -> 256 channels at 128x128). Other layouts use oneDNN for all.
-    """
-    need_x, need_w, need_b = needs
-    need_b = need_b and has_bias
-    grad_rows, x_rows = _nhwc_rows(grad), _nhwc_rows(x)
-    if grad_rows is None or x_rows is None:
-        return torch.ops.aten.convolution_backward(
-            grad, x, weight, [weight.shape[0]] if has_bias else None,
-            [1, 1], [0, 0], [1, 1], False, [0, 0], 1,
-            [need_x, need_w, need_b])
-    grad_x = grad_w = grad_b = None
-    if need_x:
-        grad_x = torch.ops.aten.convolution_backward(
-            grad, x, weight, None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1,
-            [True, False, False])[0]
-    if need_w:
-        grad_w = torch.mm(grad_rows.t(), x_rows).view(weight.shape)
-    if need_b:
-        grad_b = grad_rows.sum(0)
-    return grad_x, grad_w, grad_b
-
-
-class _GeluPointwiseFunction(torch.autograd.Function):
-    """``conv1x1(gelu(h), W, b)`` that saves ``h`` but not ``gelu(h)``.
-
-    Autograd on the two modules keeps ``h`` (for GELU's backward) *and*
-    ``gelu(h)`` (for the conv's weight gradient), two hidden-sized tensors
-    per block; here ``gelu(h)`` is recomputed in backward from ``h``: one
-    elementwise pass buys a quarter of the activation memory of a
-    PoolFormer v1 block. The forward is the arithmetic of our ``GELU``
-    module and the conv, bit for bit (``nn.GELU``: to the last bit).
-    Under autocast the conv ran in the output's dtype, and so does its
-    gradient.
-    """
-
-    @staticmethod
-    def forward(ctx, h, weight, bias):
-        out = F.conv2d(gelu(h), weight, bias)
-        ctx.save_for_backward(h, weight)
-        _record_params(ctx, weight, bias)
-        ctx.conv_dtype = out.dtype
-        return out
-
-    @staticmethod
-    def backward(ctx, grad):
-        h, weight = ctx.saved_tensors
-        need_h, need_w, need_b = ctx.needs_input_grad
-        dtype = ctx.conv_dtype
-        grad_g, grad_w, grad_b = _conv1x1_backward(
-            grad.to(dtype), gelu(h).to(dtype), weight.to(dtype),
-            ctx.has_bias, (need_h, need_w, need_b))
-        grad_h = (_gelu_backward(grad_g.to(h.dtype), h) if need_h else None)
-        return (grad_h, *_param_grads(ctx, grad_w, grad_b))
-
-
-def _save_conv(ctx, x, weight, bias, padding=0, groups=1):
-    """``F.conv2d`` (stride 1) for a custom conv function's ``forward``.
-
-    Saves ``x`` and ``weight`` in the dtype the conv ran in (autocast may
-    have lowered it; the gradients run in it too) and what ``_param_grads``
-    needs to hand gradients back in the parameters' own dtypes.
-    """
-    out = F.conv2d(x, weight, bias, 1, padding, 1, groups)
-    ctx.save_for_backward(x.to(out.dtype), weight.to(out.dtype))
-    _record_params(ctx, weight, bias)
-    return out
-
-
-def _record_params(ctx, weight, bias):
-    """What ``_param_grads`` needs: whether there is a bias, and the
-    parameters' dtypes."""
-    ctx.has_bias = bias is not None
-    ctx.param_dtypes = (weight.dtype, None if bias is None else bias.dtype)
-
-
-def _needs_grad(x, conv):
-    """Whether autograd records a call of ``conv`` on ``x``."""
-    return torch.is_grad_enabled() and (
-        x.requires_grad or conv.weight.requires_grad or
-        (conv.bias is not None and conv.bias.requires_grad))
-
-
-def _param_grads(ctx, grad_w, grad_b):
-    """The weight and bias gradients in the parameters' dtypes."""
-    return (None if grad_w is None else grad_w.to(ctx.param_dtypes[0]),
-            None if grad_b is None else grad_b.to(ctx.param_dtypes[1]))
-
-
-class _DepthwiseConvFunction(torch.autograd.Function):
-    """A stride-1 depthwise conv whose weight gradient is itself a conv.
-
-    ``dL/dW[c, i, j] = sum_{b,y,x} g[b, c, y, x] * xpad[b, c, y + i, x + j]``
-    is the depthwise correlation of the padded input with the output
-    gradient as the kernel. Run as a forward ``F.conv2d`` on NCHW memory it
-    measured 2-3x faster than oneDNN's depthwise weight gradient, which on
-    CPU takes ~10x the forward's time (2 threads, 7x7 kernel,
-    channels-last ``[1, 128, 128, 128]``: 16 ms against 47 ms; it is most
-    of ConvFormer's backward). The forward is ``F.conv2d`` as in
-    ``nn.Conv2d``, and the input gradient is oneDNN's.
-    """
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, padding):
-        ctx.padding = padding
-        return _save_conv(ctx, x, weight, bias, padding, weight.shape[0])
-
-    @staticmethod
-    def backward(ctx, grad):
-        x, weight = ctx.saved_tensors
-        need_x, need_w, need_b = ctx.needs_input_grad[:3]
-        grad = grad.to(x.dtype)
-        channels = weight.shape[0]
-        grad_x = grad_w = grad_b = None
-        if need_x:
-            grad_x = torch.ops.aten.convolution_backward(
-                grad, x, weight, None, [1, 1], list(ctx.padding), [1, 1],
-                False, [0, 0], channels, [True, False, False])[0]
-        if need_w:
-            batch, _, height, width = x.shape
-            pad_h, pad_w = ctx.padding
-            # batch folded into channels: [1, B*C, H+2p, W+2q] (*) [B*C, 1,
-            # Ho, Wo] -> [1, B*C, kh, kw], summed over the batch
-            padded = x.new_zeros(1, batch * channels, height + 2 * pad_h,
-                                 width + 2 * pad_w)
-            padded[0, :, pad_h:pad_h + height, pad_w:pad_w + width].copy_(
-                x.reshape(batch * channels, height, width))
-            kernel = grad.reshape(batch * channels, 1, *grad.shape[2:])
-            grad_w = F.conv2d(padded, kernel.contiguous(),
-                              groups=batch * channels)
-            grad_w = grad_w.view(batch, channels, *weight.shape[2:]).sum(0)
-            grad_w = grad_w.unsqueeze(1)
-        if need_b and ctx.has_bias:
-            grad_b = grad.sum((0, 2, 3))
-        return (grad_x, *_param_grads(ctx, grad_w, grad_b), None)
-
-
 class DepthwiseConv2d(nn.Conv2d):
     """``nn.Conv2d(channels, channels, kernel_size, groups=channels)``.
 
-    The same module (parameters, state-dict keys, ``isinstance`` and the
-    forward's arithmetic); training in eager mode runs the weight gradient
-    through ``_DepthwiseConvFunction``, 2-3x faster on CPU. Other strides,
-    dilations, padding modes, and graph capture (compile, ONNX, tracing)
-    run ``nn.Conv2d.forward`` itself.
+    The same module (parameters, keys, ``isinstance``); CPU training runs
+    ``cpu_kernels.depthwise_conv2d`` (the same forward, another weight
+    gradient).
     """
 
     def __init__(self, channels, kernel_size, padding=0, bias=True, **kwargs):
         super().__init__(channels, channels, kernel_size, padding=padding,
                          groups=channels, bias=bias, **kwargs)
 
-    def _symmetric_padding(self):
-        """``(ph, pw)``, or ``None`` where ``padding`` is not symmetric."""
-        if self.padding != 'same':
-            return tuple(self.padding)
-        if all(k % 2 == 1 for k in self.kernel_size):
-            return tuple(k // 2 for k in self.kernel_size)
-        return None  # 'same' with an even kernel pads one side more
-
     def forward(self, x):
-        padding = self._symmetric_padding()
-        if (_needs_grad(x, self) and not _graph_capture()
-                and padding is not None and x.dim() == 4
-                and self.padding_mode == 'zeros' and self.stride == (1, 1)
-                and self.dilation == (1, 1)):
-            return _DepthwiseConvFunction.apply(x, self.weight, self.bias,
-                                                padding)
+        if cpu_kernels.applies_to_training(x, self):
+            return cpu_kernels.depthwise_conv2d(self, x)
         return super().forward(x)
-
-
-class _PointwiseConvFunction(torch.autograd.Function):
-    """``F.conv2d(x, weight, bias)`` for a 1x1 ``weight``, with the
-    backward of ``_conv1x1_backward``. Under autocast the conv runs in the
-    output's dtype, and so do its gradients."""
-
-    @staticmethod
-    def forward(ctx, x, weight, bias):
-        return _save_conv(ctx, x, weight, bias)
-
-    @staticmethod
-    def backward(ctx, grad):
-        x, weight = ctx.saved_tensors
-        grad = _match_layout(grad.to(x.dtype), x)
-        grad_x, grad_w, grad_b = _conv1x1_backward(grad, x, weight,
-                                                   ctx.has_bias,
-                                                   ctx.needs_input_grad)
-        return (grad_x, *_param_grads(ctx, grad_w, grad_b))
 
 
 class PointwiseConv2d(nn.Conv2d):
     """``nn.Conv2d(in_channels, out_channels, 1)``: a 1x1 conv.
 
-    The same module (parameters, state-dict keys, ``isinstance`` and the
-    forward's arithmetic); training in eager mode on channels-last maps
-    computes the weight gradient as one GEMM (``_conv1x1_backward``).
-    Graph capture and other layouts run ``nn.Conv2d.forward`` itself.
+    The same module (parameters, keys, ``isinstance``); CPU training runs
+    ``cpu_kernels.pointwise_conv2d`` (the same forward, the weight gradient
+    as one GEMM on channels-last maps).
     """
 
     def __init__(self, in_channels, out_channels, bias=True, **kwargs):
         super().__init__(in_channels, out_channels, 1, bias=bias, **kwargs)
 
     def forward(self, x):
-        if (_needs_grad(x, self) and self.stride == (1, 1)
-                and self.padding == (0, 0) and self.groups == 1
-                and _nhwc_rows(x) is not None):
-            return _PointwiseConvFunction.apply(x, self.weight, self.bias)
+        if cpu_kernels.applies_to_training(x, self):
+            return cpu_kernels.pointwise_conv2d(self, x)
         return super().forward(x)
-
-
-class Mlp(nn.Module):
-    """Channel MLP as two 1x1 convs: ``fc2(act(fc1(x)))``, NCHW in and out.
-
-    The authors' channels-last ``nn.Linear`` weights ``[out, in]`` map onto
-    these ``[out, in, 1, 1]`` convs by a reshape (see ``checkpoint``).
-
-    Training with an exact GELU (PoolFormer v1) runs ``fc2(act(.))`` as
-    one autograd function that recomputes the GELU in backward instead of
-    saving its output (``_GeluPointwiseFunction``), unless a hook watches
-    ``act`` or ``fc2`` (they are then called as modules) or a graph is
-    being captured. StarReLU saves less by itself (see ``StarReLU``).
-    """
-
-    def __init__(self, dim, hidden_dim, act_layer=nn.GELU, bias=True):
-        super().__init__()
-        self.fc1 = PointwiseConv2d(dim, hidden_dim, bias=bias)
-        self.act = act_layer()
-        self.fc2 = PointwiseConv2d(hidden_dim, dim, bias=bias)
-
-    def forward(self, x):
-        h = self.fc1(x)
-        if self._recompute_gelu(h):
-            return _GeluPointwiseFunction.apply(h, self.fc2.weight,
-                                                self.fc2.bias)
-        return self.fc2(self.act(h))
-
-    def _recompute_gelu(self, h):
-        if not torch.is_grad_enabled() or _graph_capture():
-            return False
-        if not is_exact_gelu(self.act):
-            return False
-        if type(self.fc2) not in (nn.Conv2d, PointwiseConv2d):
-            return False
-        return (h.requires_grad or self.fc2.weight.requires_grad) and (
-            not has_hooks(self.act, self.fc2))
-
-
-class ChannelsLastMlp(Mlp):
-    """``Mlp`` computed as ``nn.Linear`` over channels-last tokens.
-
-    Same weights (``[out, in, 1, 1]``) and same result up to rounding; this
-    is the arithmetic the reference implementations use in attention
-    stages, where tokens are channels-last anyway, so features there match
-    timm bit for bit instead of to ~1 ulp.
-    """
-
-    def forward(self, x):
-        x = x.permute(0, 2, 3, 1)
-        x = F.linear(x, self.fc1.weight.flatten(1), self.fc1.bias)
-        x = F.linear(self.act(x), self.fc2.weight.flatten(1), self.fc2.bias)
-        return x.permute(0, 3, 1, 2)

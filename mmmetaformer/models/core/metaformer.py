@@ -28,27 +28,32 @@ Output sizes for an ``H x W`` input (the same for W)::
 e.g. 224 -> 56, 28, 14, 7 and 97 -> 24, 12, 6, 3. Any input of at least
 32x32 gives non-empty maps at every stage.
 
-Memory layout: the trunk converts the stem's output to channels-last
-memory, so every map after it is channels-last (shapes stay NCHW) and so
-are the outputs; ``.contiguous()`` them if a consumer needs NCHW-contiguous
-memory. oneDNN's convs read channels-last maps without reordering, and
-PyTorch's CPU ``avg_pool2d`` with ``count_include_pad=False`` is about
-10x faster on them than on NCHW-contiguous ones. The families with a channel LayerNorm
-stem (PoolFormerV2, ConvFormer, CAFormer, IdentityFormer, RandFormer)
-were channels-last after their stem anyway (the norm's permute leaves
-them so, in timm too); PoolFormer v1 (GroupNorm, no stem norm) was not,
-and runs 0.76x its NCHW time at 512x512 with 2 threads
-(``tools/analysis/benchmark_backbone.py``). Under ``torch.compile`` the
-layout is left as the layers make it: inductor's CPU code for PoolFormer v1
-measured 1.36x slower on channels-last maps than on NCHW ones.
+Memory layout: ``channels_last`` (trunk argument) converts the stem's
+output to channels-last memory (``True``), to NCHW-contiguous memory
+(``False``), or chooses per device (``None``, the default; see
+``CHANNELS_LAST_BY_DEVICE``). Shapes are NCHW either way. Inside, layers
+may hand back either layout (the channel LayerNorm's permutes leave maps
+channels-last, in timm too); the registered backbones return contiguous
+NCHW tensors, what every stock neck and head expects.
 """
 from functools import partial
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from .layers import ChannelsLastMlp, DropPath, Mlp, Scale
+from . import cpu_kernels, fuse
+from .layers import DropPath, PointwiseConv2d, Scale, StarReLU
+
+# channels_last=None: the layout after the stem, per device type.
+# cpu: measured (docs/benchmarks.md, "Channels-last per device"): oneDNN
+#   reads channels-last maps without reordering and CPU avg_pool2d with
+#   count_include_pad=False is ~10x faster on them.
+# cuda: cuDNN's usual guidance (channels-last for tensor-core convs, the
+#   fast path for depthwise 7x7 in bf16/fp16); not measured here.
+# anything else (mps, xpu, meta): as the layers make it.
+CHANNELS_LAST_BY_DEVICE = dict(cpu=True, cuda=True)
 
 
 def stage_output_sizes(height, width, num_stages=4):
@@ -59,6 +64,53 @@ def stage_output_sizes(height, width, num_stages=4):
         h, w = (h + 1) // 2, (w + 1) // 2
         sizes.append((h, w))
     return sizes
+
+
+class Mlp(nn.Module):
+    """Channel MLP as two 1x1 convs: ``fc2(act(fc1(x)))``, NCHW in and out.
+
+    The authors' channels-last ``nn.Linear`` weights ``[out, in]`` map onto
+    these ``[out, in, 1, 1]`` convs by a reshape (see ``checkpoint``). In
+    CPU training an exact GELU is recomputed in backward instead of kept
+    (``cpu_kernels.gelu_pointwise``).
+    """
+
+    def __init__(self, dim, hidden_dim, act_layer=nn.GELU, bias=True):
+        super().__init__()
+        self.fc1 = PointwiseConv2d(dim, hidden_dim, bias=bias)
+        self.act = act_layer()
+        self.fc2 = PointwiseConv2d(hidden_dim, dim, bias=bias)
+
+    def forward(self, x):
+        h = self.fc1(x)
+        if cpu_kernels.recomputes_gelu(self, h):
+            return cpu_kernels.gelu_pointwise(h, self.fc2)
+        return self.fc2(self.act(h))
+
+    @torch.no_grad()
+    def switch_to_deploy(self, norm, layer_scale):
+        """Norm affine -> ``fc1``; StarReLU's scale and bias and the layer
+        scale -> ``fc2`` (see ``fuse.py``)."""
+        fuse.fold_norm_into(self.fc1, norm)
+        if type(self.act) is StarReLU:
+            self.act = fuse.fold_star_relu_into(self.fc2, self.act)
+        fuse.fold_output_scale(self.fc2, fuse.scale_vector(layer_scale))
+        return norm, nn.Identity()
+
+
+class ChannelsLastMlp(Mlp):
+    """``Mlp`` computed as ``nn.Linear`` over channels-last tokens.
+
+    Same weights (``[out, in, 1, 1]``) and same result up to rounding; this
+    is the arithmetic the reference implementations use in attention
+    stages, so features there match timm bit for bit instead of to ~1 ulp.
+    """
+
+    def forward(self, x):
+        x = x.permute(0, 2, 3, 1)
+        x = F.linear(x, self.fc1.weight.flatten(1), self.fc1.bias)
+        x = F.linear(self.act(x), self.fc2.weight.flatten(1), self.fc2.bias)
+        return x.permute(0, 3, 1, 2)
 
 
 class Stem(nn.Module):
@@ -85,6 +137,10 @@ class Downsampling(nn.Module):
 
     def forward(self, x):
         return self.conv(self.norm(x))
+
+    def switch_to_deploy(self):
+        """A bias-free norm's weight -> the conv (see ``fuse.py``)."""
+        fuse.fold_downsampling(self.norm, self.conv)
 
 
 class MetaFormerBlock(nn.Module):
@@ -131,6 +187,16 @@ class MetaFormerBlock(nn.Module):
         x = self.res_scale2(x) + self.layer_scale2(
             self.drop_path2(self.mlp(self.norm2(x))))
         return x
+
+    def switch_to_deploy(self):
+        """Fold each branch's norm affine and layer scale into its token
+        mixer and MLP (their own ``switch_to_deploy``); drop path goes."""
+        self.norm1, self.layer_scale1 = fuse.deploy_branch(
+            self.token_mixer, self.norm1, self.layer_scale1)
+        self.norm2, self.layer_scale2 = fuse.deploy_branch(
+            self.mlp, self.norm2, self.layer_scale2)
+        self.drop_path1 = nn.Identity()
+        self.drop_path2 = nn.Identity()
 
 
 def run_blocks(blocks, x, with_cp):
@@ -208,23 +274,25 @@ class MetaFormerTrunk(nn.Module):
         drop_path_rate (float): stochastic depth, linear over all blocks.
         in_channels (int): input image channels.
         with_cp (bool): checkpoint every block to save activation memory.
+        channels_last (bool | None): memory layout after the stem (see the
+            module docstring); ``None`` chooses per device.
+        deploy (bool): build folded for inference (``switch_to_deploy``),
+            so a folded checkpoint loads.
 
     ``forward`` returns a list of ``[B, dims[i], H_i, W_i]`` tensors (see the
     module docstring for ``H_i``); ``num_stages`` limits how many stages run.
-    ``channels_last`` (class attribute, default ``True``): convert the stem's
-    output to channels-last memory in eager mode (see the module docstring).
     ``feature_info`` records ``num_chs`` and ``reduction`` of each output.
     """
-
-    channels_last = True
 
     def __init__(self, depths, dims, token_mixers, norm_layers,
                  mlp_act_layer=nn.GELU, mlp_ratio=4, mlp_bias=False,
                  stem_norm=None, downsample_norm=None,
                  layer_scale_init_values=None, res_scale_init_values=None,
                  mlp_channels_last=False, drop_path_rate=0.0, in_channels=3,
-                 with_cp=False):
+                 with_cp=False, channels_last=None, deploy=False):
         super().__init__()
+        check_channels_last(channels_last)
+        self.channels_last = channels_last
         num_stages = len(depths)
         if len(dims) != num_stages:
             raise ValueError(f'depths {list(depths)} and dims {list(dims)} '
@@ -267,20 +335,57 @@ class MetaFormerTrunk(nn.Module):
             prev_dim = dims[i]
             first_block += depths[i]
         self.apply(_init_weights)
+        self.deploy = False
+        if deploy:
+            self.switch_to_deploy()
+
+    def switch_to_deploy(self):
+        """Fold every block and downsampling in place (``fuse.py``);
+        returns ``self``. Outputs equal the unfused model's up to fp32
+        rounding."""
+        if not self.deploy:
+            for module in self.modules():
+                if isinstance(module, (MetaFormerBlock, Downsampling)):
+                    module.switch_to_deploy()
+            self.deploy = True
+        return self
 
     def set_with_cp(self, with_cp):
         for stage in self.stages:
             stage.with_cp = with_cp
 
     def forward(self, x, num_stages=None):
-        x = self.stem(x)
-        if self.channels_last and not torch.compiler.is_compiling():
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = to_layout(self.stem(x), self.channels_last)
         outs = []
         for stage in self.stages[:num_stages]:
             x = stage(x)
             outs.append(x)
         return outs
+
+
+def check_channels_last(value):
+    if value not in (None, True, False):
+        raise ValueError(f'channels_last={value!r} is invalid; valid: None '
+                         '(per device), True, False')
+
+
+def to_layout(x, channels_last=None):
+    """``x`` in the memory layout ``channels_last`` asks for.
+
+    ``None``: ``CHANNELS_LAST_BY_DEVICE`` (on CPU only while the CPU
+    kernels are on: off, the model is the plain one); under
+    ``torch.compile`` it then stays as it is (inductor picks its own loops; its CPU code for
+    PoolFormer v1 measured 1.36x slower on channels-last maps).
+    """
+    if channels_last is None:
+        if torch.compiler.is_compiling() or (x.device.type == 'cpu'
+                                             and not cpu_kernels.enabled()):
+            return x
+        channels_last = CHANNELS_LAST_BY_DEVICE.get(x.device.type)
+        if channels_last is None:
+            return x
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    return x.contiguous(memory_format=fmt)
 
 
 def _mlp(dim, mlp_ratio, act_layer, bias, channels_last):

@@ -4,6 +4,11 @@ Every mixer takes ``dim`` as its first argument and maps an NCHW tensor
 ``[B, C, H, W]`` to one of the same shape. Anything with that contract can
 be a token mixer (register it in ``mmmetaformer.registry.MODELS`` to use it
 from a config).
+
+``switch_to_deploy(norm, layer_scale)`` folds what is exact of the block
+branch ``layer_scale(mixer(norm(x)))`` into the mixer and returns the
+``(norm, layer_scale)`` the block keeps (see ``fuse.py``). A mixer without
+it runs unfused in a deployed model.
 """
 import math
 
@@ -11,8 +16,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .layers import (DepthwiseConv2d, PointwiseConv2d, StarReLU, _enlarges,
-                     _exporting, _graph_capture, resample_weights)
+from . import fuse
+from .layers import (DepthwiseConv2d, PointwiseConv2d, Scale, StarReLU,
+                     _enlarges, _exporting, resample_weights)
 
 
 class IdentityMixer(nn.Module):
@@ -23,6 +29,22 @@ class IdentityMixer(nn.Module):
 
     def forward(self, x):
         return x
+
+    @torch.no_grad()
+    def switch_to_deploy(self, norm, layer_scale):
+        """``ls * (g n + b)``: the layer scale goes into the norm's affine."""
+        affine = fuse.norm_affine(norm)
+        scale = fuse.scale_vector(layer_scale)
+        if affine is None or scale is None or isinstance(norm, nn.Identity):
+            return norm, layer_scale
+        weight, bias = affine
+        if weight is None:
+            norm.weight = nn.Parameter(scale.clone())
+        else:
+            weight.mul_(scale)
+        if bias is not None:
+            bias.mul_(scale)
+        return norm, nn.Identity()
 
 
 def _pool_minus_input(x, pool_size):
@@ -64,7 +86,7 @@ class Pooling(nn.Module):
     tensor, in every mode: no module has returned it yet, and the pool's
     backward does not need its output. With autograd (outside graph
     capture) it runs as ``_PoolMinusInputFunction``, which keeps no tensor
-    for backward.
+    for backward, on every device.
     """
 
     def __init__(self, dim, pool_size=3):
@@ -75,10 +97,27 @@ class Pooling(nn.Module):
         self.pool_size = pool_size
 
     def forward(self, x):
-        if (torch.is_grad_enabled() and x.requires_grad
-                and not _graph_capture()):
+        if torch.is_grad_enabled() and x.requires_grad and not (
+                torch.jit.is_tracing() or torch.compiler.is_compiling()):
             return _PoolMinusInputFunction.apply(x, self.pool_size)
         return _pool_minus_input(x, self.pool_size)
+
+    @torch.no_grad()
+    def switch_to_deploy(self, norm, layer_scale):
+        """``ls * (pool(g n + b) - (g n + b)) = (ls g) (pool(n) - n)``."""
+        affine = fuse.norm_affine(norm)
+        if affine is None or (affine[0] is None and affine[1] is None):
+            return norm, layer_scale
+        weight = affine[0]
+        scale = fuse.scale_vector(layer_scale)
+        if weight is not None:
+            scale = weight.detach() if scale is None else scale * weight
+        fuse.strip_affine(norm)
+        if scale is None:
+            return norm, nn.Identity()
+        folded = Scale(scale.numel()).to(scale)
+        folded.scale.copy_(scale)
+        return norm, folded
 
 
 class SepConv(nn.Module):
@@ -101,6 +140,20 @@ class SepConv(nn.Module):
 
     def forward(self, x):
         return self.pwconv2(self.dwconv(self.act1(self.pwconv1(x))))
+
+    @torch.no_grad()
+    def switch_to_deploy(self, norm, layer_scale):
+        """Norm affine -> ``pwconv1``; StarReLU's scale -> ``dwconv`` (its
+        bias stays, see ``fuse.py``); layer scale -> ``pwconv2``."""
+        fuse.fold_norm_into(self.pwconv1, norm)
+        act = self.act1
+        if (type(act) is StarReLU and self.dwconv.padding_mode == 'zeros'
+                and float(act.scale) != 0.0):
+            self.dwconv.weight.mul_(act.scale)
+            self.act1 = fuse.frozen_star_relu(1.0, float(act.bias / act.scale),
+                                              act.scale)
+        fuse.fold_output_scale(self.pwconv2, fuse.scale_vector(layer_scale))
+        return norm, nn.Identity()
 
 
 class Attention(nn.Module):
@@ -133,6 +186,12 @@ class Attention(nn.Module):
             dropout_p=self.attn_drop if self.training else 0.0)
         out = self.proj(out.transpose(1, 2).reshape(B, H * W, C))
         return out.transpose(1, 2).reshape(B, C, H, W)
+
+    def switch_to_deploy(self, norm, layer_scale):
+        """Norm affine -> ``qkv``; layer scale -> ``proj``."""
+        fuse.fold_norm_into(self.qkv, norm)
+        fuse.fold_output_scale(self.proj, fuse.scale_vector(layer_scale))
+        return norm, nn.Identity()
 
 
 class RandomMixing(nn.Module):
@@ -186,6 +245,10 @@ class RandomMixing(nn.Module):
         self.register_buffer(
             'random_matrix',
             torch.softmax(torch.rand(num_tokens, num_tokens), dim=-1))
+
+    def switch_to_deploy(self, norm, layer_scale):
+        """Nothing exact to fold (see ``fuse.py``)."""
+        return norm, layer_scale
 
     def resampling_weights(self, grid):
         """``(R_h [h, h0], R_w [w, w0])`` in fp32: base grid -> ``grid``."""
