@@ -31,7 +31,7 @@ def test_a_user_config_inherits_ours_by_absolute_path(tmp_path):
     from mmengine.registry import init_default_scope
     init_default_scope('mmdet')
     assert MODELS.build(dict(cfg.model.backbone, init_cfg=None)
-                        ).out_strides == (4, 8, 16, 32)
+                        ).out_strides == (8, 16, 32)  # RetinaNet: P3-P5
 
 
 def test_a_user_config_inherits_ours_by_relative_path(tmp_path):
@@ -47,8 +47,8 @@ def test_package_scope_bases_are_refused_by_mmengine(tmp_path):
     """Why the docs give paths: mmengine resolves only its own package
     list, so an ``mmmetaformer::`` base cannot work."""
     path = tmp_path / 'scoped.py'
-    path.write_text("_base_ = ['mmmetaformer::retinanet_poolformer_s12_"
-                    "coco.py']\n")
+    path.write_text("_base_ = ['mmmetaformer::toy/retinanet_poolformer_s12_"
+                    "toy_coco.py']\n")
     with pytest.raises(AssertionError, match='mmmetaformer'):
         Config.fromfile(str(path))
 
