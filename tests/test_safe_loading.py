@@ -19,8 +19,10 @@ import functools
 import http.server
 import importlib.util
 import threading
+import zipfile
 from collections import OrderedDict
 from pathlib import Path
+from typing import Tuple
 
 import mmdet
 import numpy as np
@@ -246,7 +248,7 @@ def test_every_scheme_of_checkpoint_loader_is_the_safe_one():
 
 
 @pytest.mark.parametrize('payload,named', [
-    (PlantedPayload, 'builtins.exec'), (PlantedShellCommand, 'system')])
+    (PlantedPayload, 'exec'), (PlantedShellCommand, 'system')])
 def test_planted_pickle_is_refused_by_every_loading_path(
         payload, named, tmp_path):
     marker = tmp_path / 'ran'
@@ -401,6 +403,25 @@ def toy_checkpoints(toy_cwd):
     return exact, mismatched, evil, marker
 
 
+@pytest.fixture(scope='module')
+def hostile_checkpoints(toy_cwd, toy_checkpoints):
+    """A TorchScript archive (and the file its code would write), a zip
+    with a member outside its folder, and the exact checkpoint with one
+    weight replaced by an int."""
+    script_marker = toy_cwd / 'script_marker'
+    script = plant_torchscript(toy_cwd / 'script.pth', script_marker)
+    outside = toy_cwd / 'outside.pth'
+    outside.write_bytes(toy_checkpoints[0].read_bytes())
+    rewrite_zip(outside, extra=[('../outside.txt', b'x')])
+    state_dict = torch.load(toy_checkpoints[0], weights_only=True)[
+        'state_dict']
+    state_dict['bbox_head.retina_cls.weight'] = 3
+    int_entry = toy_cwd / 'int_entry.pth'
+    torch.save({'state_dict': state_dict}, int_entry)
+    return dict(script=script, script_marker=script_marker,
+                outside=outside, int_entry=int_entry)
+
+
 def run_forked_pairs(cwd, runs):
     """Run ``{name: (script, args)}`` two at a time; ``{name: result}``."""
     results, items = {}, list(runs.items())
@@ -414,8 +435,9 @@ def run_forked_pairs(cwd, runs):
 
 
 @pytest.fixture(scope='module')
-def tool_results(toy_cwd, toy_checkpoints):
+def tool_results(toy_cwd, toy_checkpoints, hostile_checkpoints):
     exact, mismatched, evil, _ = toy_checkpoints
+    script = hostile_checkpoints['script']
     image = next((toy_cwd / 'data' / 'toy_coco' / 'val2017').glob('*.jpg'))
     auto_dir = toy_cwd / 'work_auto'
     auto_dir.mkdir()
@@ -445,6 +467,25 @@ def tool_results(toy_cwd, toy_checkpoints):
         stock_mmdet_test_evil=(MMDET_TEST_TOOL, [
             DET_CONFIG, evil, '--work-dir', toy_cwd / 'work_stock',
             '--cfg-options', *SMALL]),
+        test_script=('test.py', [DET_CONFIG, script, '--work-dir',
+                                 toy_cwd / 'work_test_script',
+                                 '--cfg-options', *SMALL]),
+        infer_script=('infer.py', [image, DET_CONFIG, script, '--out',
+                                   toy_cwd / 'script.jpg']),
+        convert_script=('convert_checkpoint.py',
+                        [script, toy_cwd / 'script_out.pth']),
+        resume_path_script=('train.py', [
+            DET_CONFIG, '--work-dir', toy_cwd / 'work_resume_script',
+            '--resume', script, '--cfg-options', *SMALL]),
+        stock_mmdet_test_script=(MMDET_TEST_TOOL, [
+            DET_CONFIG, script, '--work-dir', toy_cwd / 'work_stock_script',
+            '--cfg-options', *SMALL]),
+        test_outside=('test.py', [
+            DET_CONFIG, hostile_checkpoints['outside'], '--work-dir',
+            toy_cwd / 'work_outside', '--cfg-options', *SMALL]),
+        test_int_entry=('test.py', [
+            DET_CONFIG, hostile_checkpoints['int_entry'], '--work-dir',
+            toy_cwd / 'work_int_entry', '--cfg-options', *SMALL]),
         # score_thr 0: random weights score every box near the 0.01 prior
         test_exact=('test.py', [
             DET_CONFIG, exact, '--work-dir', toy_cwd / 'work_exact',
@@ -502,3 +543,258 @@ def test_test_tool_evaluates_a_checkpoint_that_fits(tool_results):
         result.output
     assert 'coco/bbox_mAP' in result.output
 
+
+
+# --- TorchScript archives ---------------------------------------------------
+
+
+class FileWriter(nn.Module):
+    """A TorchScript module whose ``__setstate__`` writes 'ran' into the
+    file ``target`` (through a shared mapping): loading it runs code."""
+
+    def __init__(self, target: str):
+        super().__init__()
+        self.target = target
+        self.written = torch.zeros(3, dtype=torch.uint8)
+
+    def forward(self, x):
+        return x
+
+    @torch.jit.export
+    def __getstate__(self) -> Tuple[str, bool]:
+        return self.target, self.training
+
+    @torch.jit.export
+    def __setstate__(self, state: Tuple[str, bool]):
+        self.target = state[0]
+        self.training = state[1]
+        written = torch.from_file(state[0], True, 3, dtype=torch.uint8)
+        written.copy_(torch.tensor([114, 97, 110], dtype=torch.uint8))
+        self.written = written  # kept, or TorchScript drops the write
+
+
+def plant_torchscript(path, marker):
+    """A ``.pth`` that is a TorchScript archive; ``marker`` holds 3 zero
+    bytes until the archive's code overwrites them."""
+    marker.write_bytes(b'\0\0\0')
+    torch.jit.script(FileWriter(str(marker))).save(str(path))
+    return path
+
+
+def test_torchscript_payload_is_real(tmp_path):
+    marker = tmp_path / 'marker'
+    torch.jit.load(str(plant_torchscript(tmp_path / 'script.pth', marker)))
+    assert marker.read_bytes() == b'ran'
+
+
+def test_torchscript_archive_is_refused_by_every_loading_path(tmp_path):
+    marker = tmp_path / 'marker'
+    script = str(plant_torchscript(tmp_path / 'script.pth', marker))
+    attempts = [
+        lambda: read_checkpoint(script),
+        lambda: CheckpointLoader.load_checkpoint(script, 'cpu'),
+        lambda: load_checkpoint(nn.Linear(2, 2), script),
+        lambda: BaseModule(init_cfg=dict(type='Pretrained',
+                                         checkpoint=script)).init_weights(),
+        lambda: MODELS.build(dict(
+            type='PoolFormer', arch='s12',
+            init_cfg=dict(type='Pretrained',
+                          checkpoint=script))).init_weights(),
+    ]
+    for attempt in attempts:
+        with pytest.raises(UnsafeCheckpointError) as err:
+            attempt()
+        message = str(err.value)
+        assert message.startswith(f'{script} was refused: it is a '
+                                  'TorchScript archive (it holds ')
+        assert 'Nothing in the file was run' in message
+        assert '\n' not in message
+    assert marker.read_bytes() == b'\0\0\0'
+
+
+def rewrite_zip(path, edit_pickle=None, extra=()):
+    """Rewrite the zip checkpoint ``path``: ``edit_pickle(bytes)`` on its
+    ``data.pkl``, and ``(name, bytes)`` members added."""
+    with zipfile.ZipFile(path) as archive:
+        members = [(info, archive.read(info)) for info in archive.infolist()]
+    with zipfile.ZipFile(path, 'w') as archive:
+        for info, data in members:
+            if edit_pickle and info.filename.endswith('/data.pkl'):
+                data = edit_pickle(data)
+            archive.writestr(info, data)
+        for name, data in extra:
+            archive.writestr(name, data)
+    return path
+
+
+@pytest.mark.parametrize('member', ['../outside.txt', '/etc/outside.txt',
+                                    'other/data.pkl'])
+def test_zip_member_outside_the_archive_is_refused(member, tmp_path):
+    path = tmp_path / 'model.pth'
+    torch.save({'state_dict': {'w': torch.ones(2)}}, path)
+    rewrite_zip(path, extra=[(member, b'x')])
+    with pytest.raises(UnsafeCheckpointError) as err:
+        read_checkpoint(path)
+    assert f"its zip member {member!r} lies outside the archive folder " \
+        "'model'/" in str(err.value)
+
+
+# --- the numpy entries against crafted payloads -----------------------------
+
+
+class Reduced:
+    """Pickles as ``function(*args)``, then ``state`` set on the result."""
+
+    def __init__(self, function, args, state=None):
+        self.function, self.args, self.state = function, args, state
+
+    def __reduce__(self):
+        return (self.function, self.args) if self.state is None else (
+            self.function, self.args, self.state)
+
+
+PLAIN_F8_STATE = (3, '<', None, None, None, -1, -1, 0)
+OBJECT_DTYPE = Reduced(np.dtype, ('O', False, True),
+                       (3, '|', None, None, None, -1, -1, 0))
+F8 = Reduced(np.dtype, ('f8', False, True), PLAIN_F8_STATE)
+
+
+def array_of(state):
+    return Reduced(np.core.multiarray._reconstruct, (np.ndarray, (0, ), b'b'),
+                   state)
+
+
+CRAFTED = {
+    # builds an object dtype, drops its flags, then reads 8 bytes as a
+    # pointer: a segfault with numpy's own objects
+    'object scalar': (Reduced(np.core.multiarray.scalar,
+                              (OBJECT_DTYPE, b'A' * 8)), "dtype('O'"),
+    'dtype flags': (Reduced(np.dtype, ('f8', False, True),
+                            (3, '<', None, None, None, -1, -1, 63)),
+                    'numpy dtype state'),
+    'dtype fields': (Reduced(np.dtype, ('f8', False, True),
+                             (3, '<', None, ('a', ), {'a': (F8, 8)}, 8, 1,
+                              0)), 'numpy dtype state'),
+    'aligned dtype': (Reduced(np.dtype, ('f8', True, True), PLAIN_F8_STATE),
+                      "dtype('f8', True, True)"),
+    'array larger than its bytes': (
+        array_of((1, (1000, ), F8, False, b'\0' * 8)), 'numpy array state'),
+    'array of objects': (array_of((1, (1, ), OBJECT_DTYPE, False, [print])),
+                         "dtype('O'"),
+    'negative shape': (array_of((1, (-1, ), F8, False, b'\0' * 8)),
+                       'numpy array state'),
+    'bytes of a chosen size': (Reduced(bytes, (10**12, )), 'bytes('),
+    '_reconstruct of another class': (
+        Reduced(np.core.multiarray._reconstruct, (np.dtype, (0, ), b'b')),
+        'numpy _reconstruct'),
+    'ndarray called with a buffer': (
+        Reduced(np.ndarray, ((1, ), F8, b'\0' * 8, 0, (8, ))),
+        'numpy.ndarray(...) call'),
+    'scalar shorter than its dtype': (
+        Reduced(np.core.multiarray.scalar, (F8, b'AAAA')), 'numpy scalar'),
+    'history buffer running code': (
+        Reduced(HistoryBuffer, (), {'_log_history': PlantedPayload('x')}),
+        'exec'),
+}
+
+
+@pytest.mark.parametrize('name', list(CRAFTED))
+def test_crafted_payload_against_each_allowlist_entry_is_refused(
+        name, tmp_path):
+    payload, named = CRAFTED[name]
+    path = tmp_path / 'crafted.pth'
+    torch.save({'meta': {'x': payload}, 'state_dict': {}}, path)
+    with pytest.raises(UnsafeCheckpointError) as err:
+        read_checkpoint(path)
+    assert named in str(err.value) and '\n' not in str(err.value)
+
+
+@pytest.mark.parametrize('core', ['core', '_core'])
+def test_numpy_1_and_numpy_2_pickles_both_read(core, tmp_path):
+    """numpy 1 names its pickling functions numpy.core.multiarray.*, numpy 2
+    numpy._core.multiarray.*: a checkpoint of either stack reads on both."""
+    checkpoint = {
+        'meta': {'seed': np.int64(42), 'lr': np.float32(0.5),
+                 'palette': np.arange(6, dtype=np.uint8).reshape(2, 3),
+                 'fortran': np.asfortranarray(np.arange(6.).reshape(2, 3)),
+                 'big_endian': np.arange(3, dtype='>i4'),
+                 'empty': np.zeros((0, 4), np.float16)},
+        'state_dict': {'w': torch.ones(2)}}
+    path = tmp_path / 'numpy.pth'
+    torch.save(checkpoint, path)
+
+    def rename(data):
+        for old in (b'numpy.core.multiarray', b'numpy._core.multiarray'):
+            data = data.replace(old, f'numpy.{core}.multiarray'.encode())
+        return data
+
+    assert f'numpy.{core}.multiarray'.encode() in zipfile.ZipFile(
+        rewrite_zip(path, rename)).read('numpy/data.pkl')
+    loaded = read_checkpoint(path)
+    assert_same(loaded, checkpoint)
+    assert loaded['meta']['fortran'].flags.f_contiguous
+    assert loaded['meta']['palette'].flags.writeable
+
+
+SCRIPT_RUNS = ['test_script', 'infer_script', 'convert_script',
+               'resume_path_script']
+
+
+@pytest.mark.parametrize('name', SCRIPT_RUNS)
+def test_tools_refuse_a_torchscript_archive(name, tool_results,
+                                            hostile_checkpoints):
+    result = tool_results[name]
+    assert result.returncode == 2, result.output[-3000:]
+    assert (f"error: {hostile_checkpoints['script']} was refused: it is a "
+            'TorchScript archive') in result.output
+    assert 'Traceback' not in result.output
+    assert hostile_checkpoints['script_marker'].read_bytes() == b'\0\0\0'
+    assert not (hostile_checkpoints['script'].parent /
+                'script_out.pth').exists()
+
+
+def test_stock_mmdet_test_tool_refuses_a_torchscript_archive(
+        tool_results, hostile_checkpoints):
+    result = tool_results['stock_mmdet_test_script']
+    assert result.returncode != 0
+    assert 'TorchScript archive' in result.output
+    assert hostile_checkpoints['script_marker'].read_bytes() == b'\0\0\0'
+
+
+def test_test_tool_refuses_a_zip_member_outside_the_archive(
+        tool_results, hostile_checkpoints):
+    result = tool_results['test_outside']
+    assert result.returncode == 2, result.output[-3000:]
+    assert (f"error: {hostile_checkpoints['outside']} was refused: its zip "
+            "member '../outside.txt' lies outside") in result.output
+    assert 'Traceback' not in result.output
+
+
+def test_test_tool_refuses_a_weight_that_is_not_a_tensor(
+        tool_results, hostile_checkpoints):
+    result = tool_results['test_int_entry']
+    assert result.returncode == 2, result.output[-3000:]
+    assert (f"error: {hostile_checkpoints['int_entry']} does not fit "
+            'RetinaNet: 1 cannot be loaded into the model '
+            '(bbox_head.retina_cls.weight (not a tensor: int))'
+            ) in result.output
+    assert 'coco/bbox_mAP' not in result.output
+    assert 'Traceback' not in result.output
+
+
+def test_integer_weights_for_float_parameters_are_a_mismatch():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    state = model.state_dict()
+    state['0.weight'] = state['0.weight'].to(torch.int8)
+    state['1.num_batches_tracked'] = torch.tensor(3.0)
+    state['1.bias'] = 'zeros'
+    with pytest.raises(CheckpointMismatchError) as err:
+        check_model_fits(model, {'state_dict': state}, 'cast.pth')
+    assert ('3 cannot be loaded into the model (0.weight (checkpoint '
+            'torch.int8, model torch.float32), 1.bias (not a tensor: str),'
+            ' 1.num_batches_tracked (checkpoint torch.float32, model '
+            'torch.int64))') in str(err.value)
+    # a lower float precision represents the parameter
+    state = {k: v.half() if v.is_floating_point() else v
+             for k, v in model.state_dict().items()}
+    check_model_fits(model, {'state_dict': state}, 'half.pth')

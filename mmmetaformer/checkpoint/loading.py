@@ -13,9 +13,12 @@ Loading is strict with two named exceptions:
   may be absent from the checkpoint, or present in it for outputs the
   backbone does not emit.
 
-Any other missing, unexpected or shape-mismatched key raises
+Any other missing or unexpected key, and any entry that cannot stand for
+the model's tensor (not a tensor, another shape, or a dtype that cannot
+represent it: integers or bools for a float parameter) raises
 ``CheckpointMismatchError`` listing them all.
 """
+import torch
 from mmengine.logging import print_log
 from mmengine.runner.checkpoint import CheckpointLoader
 
@@ -40,6 +43,36 @@ def read_checkpoint(checkpoint, map_location='cpu'):
     """
     return CheckpointLoader.load_checkpoint(str(checkpoint), map_location,
                                             logger='current')
+
+
+def _dtype_kind(dtype):
+    if dtype.is_complex:
+        return 'complex'
+    if dtype.is_floating_point:
+        return 'floating'
+    return 'bool' if dtype == torch.bool else 'integer'
+
+
+def unfit_entries(own, state_dict):
+    """``key (why)`` for each entry of ``state_dict`` that cannot be copied
+    into the tensor ``own[key]``: not a tensor (mmengine would skip it with
+    a log line and leave the initialisation), another shape, or another
+    kind of dtype (``load_state_dict`` would cast an int8 tensor into a
+    float parameter). A lower float precision is fine."""
+    problems = []
+    for key, target in own.items():
+        if key not in state_dict:
+            continue
+        value = state_dict[key]
+        if not isinstance(value, torch.Tensor):
+            problems.append(f'{key} (not a tensor: {type(value).__name__})')
+        elif value.shape != target.shape:
+            problems.append(f'{key} (checkpoint {tuple(value.shape)}, model '
+                            f'{tuple(target.shape)})')
+        elif _dtype_kind(value.dtype) != _dtype_kind(target.dtype):
+            problems.append(f'{key} (checkpoint {value.dtype}, model '
+                            f'{target.dtype})')
+    return problems
 
 
 def _shorten(keys, limit=20):
@@ -76,11 +109,7 @@ def load_pretrained(model, checkpoint, fmt='auto', prefix=None):
 
     missing = [k for k in own if k not in state_dict]
     unexpected = [k for k in state_dict if k not in own]
-    mismatched = [
-        f'{k}: checkpoint {tuple(state_dict[k].shape)} vs model '
-        f'{tuple(own[k].shape)}' for k in own
-        if k in state_dict and state_dict[k].shape != own[k].shape
-    ]
+    mismatched = unfit_entries(own, state_dict)
     leftovers = [k for k in unexpected if k.startswith(CLASSIFIER_PREFIXES)]
     new_missing = [k for k in missing if new_prefixes and
                    k.startswith(new_prefixes)]
@@ -99,7 +128,7 @@ def load_pretrained(model, checkpoint, fmt='auto', prefix=None):
             problems.append(f'not in the model ({len(bad_unexpected)}): '
                             f'{_shorten(bad_unexpected)}')
         if mismatched:
-            problems.append(f'shape mismatch ({len(mismatched)}): '
+            problems.append(f'shape or type mismatch ({len(mismatched)}): '
                             f'{_shorten(mismatched)}')
         raise CheckpointMismatchError(
             f'Checkpoint {checkpoint} (format {fmt}) does not fit '
@@ -159,7 +188,8 @@ def _model_state_dict(checkpoint, name):
 
 
 def check_model_fits(model, checkpoint, name):
-    """Raise unless ``checkpoint`` holds exactly ``model``'s tensors.
+    """Raise unless ``checkpoint`` holds exactly ``model``'s tensors, each a
+    tensor of the parameter's shape and kind of dtype.
 
     For evaluation, where weights that did not load would silently be the
     random initialisation. ``checkpoint`` is a loaded checkpoint (a state
@@ -169,19 +199,15 @@ def check_model_fits(model, checkpoint, name):
 
     Raises:
         CheckpointMismatchError: one line with the counts of missing,
-            unexpected and shape-mismatched tensors and the first few names.
+            unexpected and unfit entries (``unfit_entries``) and the first
+            few names.
     """
     state_dict = _model_state_dict(checkpoint, name)
     own = model.state_dict()
     missing = [k for k in own if k not in state_dict
                and not k.endswith(HARMLESS_MISSING_SUFFIXES)]
     unexpected = [k for k in state_dict if k not in own]
-    mismatched = [
-        f'{k} (checkpoint {tuple(state_dict[k].shape)}, model '
-        f'{tuple(own[k].shape)})' for k in own
-        if k in state_dict and hasattr(state_dict[k], 'shape')
-        and state_dict[k].shape != own[k].shape
-    ]
+    mismatched = unfit_entries(own, state_dict)
     problems = []
     if missing:
         problems.append(f'{len(missing)} of the model\'s {len(own)} tensors '
@@ -191,8 +217,8 @@ def check_model_fits(model, checkpoint, name):
                         f'tensors are not in the model '
                         f'({_first(unexpected)})')
     if mismatched:
-        problems.append(f'{len(mismatched)} differ in shape '
-                        f'({_first(mismatched, 3)})')
+        problems.append(f'{len(mismatched)} cannot be loaded into the '
+                        f'model ({_first(mismatched, 3)})')
     if problems:
         raise CheckpointMismatchError(
             f'{name} does not fit {type(model).__name__}: ' +

@@ -1,40 +1,54 @@
 """The one checkpoint reader: mmengine's ``CheckpointLoader``, no pickle code.
 
-mmengine 0.10.7 reads every checkpoint it fetches with
-``torch.load(weights_only=False)``: ``load_from``, ``--resume``, ``init_cfg``
-(``PretrainedInit``), ``load_checkpoint`` and so mmdet's ``init_detector`` and
-mmseg's ``init_model``. Unpickling such a file runs whatever code it was
-made to run. ``install()`` (called when ``mmmetaformer`` is imported)
-re-registers the loader of every path scheme ``CheckpointLoader`` knows with
-one that fetches the file the same way and then reads it with
-``torch.load(weights_only=True)`` and the short allowlist ``SAFE_GLOBALS``.
-Whatever goes through ``CheckpointLoader`` is then safe: our tools, our
-backbones' ``init_cfg``, and mmdet's and mmseg's own tools once a config
-imports ``mmmetaformer`` (``custom_imports``).
+mmengine 0.10.7 reads every checkpoint it fetches with ``torch.load``
+without ``weights_only`` (unsafe on torch < 2.6), and its http loader goes
+through torch hub with ``weights_only=False`` on every torch: ``load_from``,
+``--resume``, ``init_cfg`` (``PretrainedInit``), ``load_checkpoint`` and so
+mmdet's ``init_detector`` and mmseg's ``init_model``. ``install()`` (called
+when ``mmmetaformer`` is imported) re-registers the loader of every path
+scheme ``CheckpointLoader`` knows with one that fetches the file the same
+way and reads it with ``torch.load(weights_only=True)`` and the short
+allowlist ``SAFE_GLOBALS``. Whatever goes through ``CheckpointLoader`` is
+then safe: our tools, our backbones' ``init_cfg``, and mmdet's and mmseg's
+own tools once a config imports ``mmmetaformer`` (``custom_imports``).
 
 Decisions:
 
-* Fetching stays with ``CheckpointLoader``'s schemes, there is no second
-  fetcher. URLs are cached where mmengine's own http loader caches them
-  (torch hub's ``checkpoints`` folder). In a distributed run the first rank
-  of each node downloads while the node's other ranks wait at a barrier.
+* Before torch opens a zip, the archive is checked here: a TorchScript
+  archive (a ``constants.pkl`` or a ``code/`` folder) is refused, since
+  torch < 2.6 hands it to ``torch.jit.load`` even with ``weights_only=True``
+  (CVE-2025-32434; torch >= 2.6 refuses it too, this stays as defence in
+  depth), and so is a member outside the archive's one folder.
+* numpy objects are rebuilt by value. ``SAFE_GLOBALS`` holds stand-ins
+  under numpy's names (``numpy.dtype``, ``numpy.ndarray``, ``_reconstruct``
+  and ``scalar`` of ``numpy.core`` and ``numpy._core``, so pickles of numpy
+  1 and 2 both read): bool and numeric dtypes only, arrays from their bytes
+  with ``np.frombuffer``. A file can therefore not choose object dtypes,
+  dtype flags or memory layouts, which numpy's own ``__setstate__`` lets it
+  do (a crafted ``scalar`` of an object dtype crashes the process). The
+  stand-ins return placeholders that the reader swaps for the arrays after
+  unpickling, so they are never registered process-wide.
+* Fetching stays with ``CheckpointLoader``'s schemes. URLs are cached where
+  mmengine's own http loader caches them (torch hub's ``checkpoints``
+  folder), with its progress bar. In a distributed run the first rank of
+  each node downloads while the node's other ranks wait at a barrier.
 * ``.safetensors`` files (from any scheme) are read with safetensors, and
   their string metadata is kept: ``{'meta': metadata, 'state_dict':
   tensors}``. Without metadata the tensors come back as a flat dict.
-* A file the restricted unpickler refuses raises ``UnsafeCheckpointError``
-  before any of its code could run; the message names the file, the object
-  it asked for and how to re-save a trusted file. A file that is not a
-  readable checkpoint at all (truncated, corrupt, not a checkpoint) raises
-  ``CorruptCheckpointError``.
-* Files written by numpy 2 name ``numpy._core``; the allowlist holds the
-  numpy 1.x objects this stack runs with, so such files are refused.
+* A refused file raises ``UnsafeCheckpointError`` before any of its code
+  could run; the message names the file, the object it asked for and how
+  to re-save a trusted file. Anything else torch cannot read (truncated,
+  damaged, not a checkpoint) raises ``CorruptCheckpointError``.
 """
+import contextlib
 import io
 import json
+import math
 import os
 import os.path as osp
 import pickle
 import struct
+import types
 import zipfile
 from urllib.parse import urlparse
 
@@ -45,61 +59,163 @@ from mmengine.logging import HistoryBuffer, print_log
 from mmengine.runner import checkpoint as mmengine_checkpoint
 from mmengine.runner.checkpoint import CheckpointLoader
 
+
+def _refuse(what):
+    # the reader reports 'Unsupported ...' lines as refusals
+    raise pickle.UnpicklingError(f'Unsupported {what}')
+
+
+def _named(obj, module, name):
+    """``obj`` as torch's unpickler finds it: by ``module.name`` (torch <
+    2.6 reads ``__name__``, later ones ``__qualname__``)."""
+    obj.__module__, obj.__name__, obj.__qualname__ = module, name, name
+    return obj
+
+
+def _copy(function):
+    return types.FunctionType(function.__code__, function.__globals__)
+
+
 # The statistics methods HistoryBuffer registers for itself.
 _HISTORY_BUFFER_STATISTICS = ('min', 'max', 'current', 'mean')
 
 
 def _history_buffer_getattr(owner, name):
-    """``getattr`` as far as ``HistoryBuffer`` pickles need it.
-
-    A pickled ``HistoryBuffer`` carries its statistics methods
-    (``HistoryBuffer.min`` ...) as ``getattr(HistoryBuffer, 'min')``. The
-    real ``getattr`` would reach any attribute of any allowed object, so
-    the unpickler gets this stand-in under the name ``builtins.getattr``: it
-    returns those methods and refuses everything else.
-    """
+    """``getattr`` as far as ``HistoryBuffer`` pickles need it: they carry
+    their statistics methods as ``getattr(HistoryBuffer, 'min')``; the real
+    ``getattr`` would reach any attribute of any allowed object."""
     if owner is HistoryBuffer and name in _HISTORY_BUFFER_STATISTICS:
         return getattr(HistoryBuffer, name)
-    raise pickle.UnpicklingError(
-        f'Unsupported global: getattr({owner!r}, {name!r}) is not one of '
-        f"HistoryBuffer's statistics methods")
+    _refuse(f'getattr({owner!r}, {name!r}): not one of HistoryBuffer\'s '
+            f'statistics methods')
 
 
-# torch's restricted unpickler finds allowed objects by module and name.
-_history_buffer_getattr.__module__ = 'builtins'
-_history_buffer_getattr.__name__ = 'getattr'
+# Bool and numeric dtypes as numpy pickles name them ('f8', 'b1', 'u1' ...)
+_NUMPY_CODES = frozenset(
+    np.dtype(code).str[1:]
+    for code in '?' + np.typecodes['AllInteger'] + np.typecodes['AllFloat'])
+# The state numpy pickles for every such dtype, after its byte order.
+_PLAIN_DTYPE_STATE = (None, None, None, -1, -1, 0)
+
+
+class _DType:
+    """``numpy.dtype(code, False, True)`` then its state: a bool or numeric
+    type and a byte order, nothing else (no fields, sizes or flags)."""
+
+    def __init__(self, code=None, align=False, copy=True):
+        if code not in _NUMPY_CODES or (align, copy) != (False, True):
+            _refuse(f'numpy dtype({code!r}, {align!r}, {copy!r}): only bool '
+                    f'and numeric dtypes are allowed')
+        self.code, self.dtype = code, None
+
+    def __setstate__(self, state):
+        if not (isinstance(state, tuple) and len(state) == 8
+                and state[0] == 3 and state[1] in ('<', '>', '|', '=')
+                and state[2:] == _PLAIN_DTYPE_STATE):
+            _refuse(f'numpy dtype state {state!r}')
+        self.dtype = np.dtype(self.code).newbyteorder(state[1])
+
+
+class _Array:
+    """``numpy.ndarray`` from its state ``(1, shape, dtype, fortran,
+    bytes)``: ``np.frombuffer`` of exactly ``prod(shape)`` items."""
+
+    def __init__(self, *args):
+        if args:
+            _refuse('numpy.ndarray(...) call')
+        self.array = None
+
+    def __setstate__(self, state):
+        try:
+            version, shape, dtype, fortran, data = state
+            valid = (version == 1 and isinstance(shape, tuple)
+                     and all(type(n) is int and n >= 0 for n in shape)
+                     and isinstance(dtype, _DType) and dtype.dtype is not None
+                     and type(fortran) is bool and type(data) is bytes
+                     and len(data) == math.prod(shape) * dtype.dtype.itemsize)
+        except (TypeError, ValueError):
+            valid = False
+        if not valid:
+            _refuse(f'numpy array state {str(state)[:80]}')
+        self.array = np.frombuffer(data, dtype.dtype).reshape(
+            shape, order='F' if fortran else 'C').copy(order='K')
+
+
+def _reconstruct(cls, shape, code):
+    # what ndarray.__reduce__ asks for before the array's state
+    if cls is not _Array or shape != (0, ) or code not in (b'b', 'b'):
+        _refuse(f'numpy _reconstruct({cls!r}, {shape!r}, {code!r})')
+    return _Array()
+
+
+def _empty_bytes(*args):
+    # protocol 2 pickles b'' (an empty array's data) as bytes()
+    if args:
+        _refuse(f'bytes{args!r}: only bytes() is allowed')
+    return b''
+
+
+def _scalar(dtype, data):
+    if not (isinstance(dtype, _DType) and dtype.dtype is not None
+            and type(data) is bytes and len(data) == dtype.dtype.itemsize):
+        _refuse(f'numpy scalar({dtype!r}, {str(data)[:40]})')
+    return np.frombuffer(data, dtype.dtype)[0]
+
 
 # Every Python object a checkpoint may ask the unpickler for, besides what
-# torch allows on its own (tensors, storages, OrderedDict, torch.Size, ...).
-# Each only rebuilds data; none runs code chosen by the file. Found by
-# reading the pickles of real Runner checkpoints (tests/test_safe_loading.py
-# builds them and the published layouts).
+# torch allows on its own (tensors, storages, OrderedDict, torch.Size, ...),
+# found by reading the pickles of real Runner checkpoints and published
+# layouts (tests/test_safe_loading.py builds them and crafts a payload
+# against each entry). None runs code chosen by the file.
 SAFE_GLOBALS = [
     # message_hub: the loss/lr/time histories of a training checkpoint
-    # (resume). Unpickling sets its attributes (two ndarrays, an int, and
-    # its statistics methods, fetched through the getattr stand-in).
+    # (resume). It has no __setstate__; unpickling sets its attributes
+    # (two arrays, an int, and its statistics methods through getattr).
     HistoryBuffer,
-    _history_buffer_getattr,
+    _named(_history_buffer_getattr, 'builtins', 'getattr'),
     # numpy arrays, dtypes and scalars: inside HistoryBuffer, in
-    # dataset_meta (palettes) and in older checkpoints' meta (seeds).
-    np.core.multiarray._reconstruct,
-    np.core.multiarray.scalar,
-    np.ndarray,
-    np.dtype,
-    # the unpickler builds a dtype's state only for allowlisted types, and
-    # np.dtype('f8') is a numpy.dtypes.Float64DType
-    *sorted({type(np.dtype(code)) for code in np.typecodes['All']},
-            key=lambda cls: cls.__name__),
+    # dataset_meta (palettes) and in older checkpoints' meta (seeds)
+    _named(_DType, 'numpy', 'dtype'),
+    _named(_empty_bytes, 'builtins', 'bytes'),
+    _named(_Array, 'numpy', 'ndarray'),
+    *(_named(_copy(function), f'numpy.{core}.multiarray', name)
+      for core in ('core', '_core')
+      for function, name in ((_reconstruct, '_reconstruct'),
+                             (_scalar, 'scalar'))),
 ]
 
-# Phrases of torch's restricted unpickler when it refuses an object
-# (anything else it raises is a damaged file).
-_REFUSALS = ('Unsupported global', 'is blocked', 'unrecognized function',
-             'Can only', 'persistent_load', 'Unsupported operand')
-# Phrases of torch's RuntimeErrors about a damaged file (zip reader,
-# storages shorter than declared).
-_DAMAGE = ('PytorchStreamReader', 'zip archive', 'central directory',
-           'unexpected EOF', 'corrupt', 'bytes', 'storage')
+
+def _numpy_values(obj, seen):
+    """``obj`` with the numpy stand-ins replaced by their values, in place
+    where the container allows it."""
+    if isinstance(obj, (_Array, _DType)):
+        value = obj.array if isinstance(obj, _Array) else obj.dtype
+        if value is None:
+            _refuse(f'numpy {type(obj).__name__} without its state')
+        return value
+    if isinstance(obj, (str, bytes, int, float, torch.Tensor)) or \
+            id(obj) in seen:
+        return obj
+    seen.add(id(obj))
+    if isinstance(obj, tuple):
+        values = tuple(_numpy_values(item, seen) for item in obj)
+        if any(a is not b for a, b in zip(values, obj)):
+            return type(obj)(values) if type(obj) is tuple else \
+                type(obj)(*values)  # torch.Size, named tuples
+        return obj
+    if isinstance(obj, list):
+        obj[:] = [_numpy_values(item, seen) for item in obj]
+    items = obj if isinstance(obj, dict) else vars(obj) if isinstance(
+        obj, HistoryBuffer) else {}
+    for key, value in items.items():
+        items[key] = _numpy_values(value, seen)
+    return obj
+
+
+# Words of torch's restricted unpickler (and of the stand-ins above) when it
+# refuses an object, lower-cased.
+_REFUSALS = ('unsupported', 'blocked', 'trying to', 'can only',
+             'not an allowed', 'unrecognized', 'persistent_load')
 
 
 class CheckpointError(RuntimeError):
@@ -126,13 +242,41 @@ def _resave_hint(name):
             f'torch.serialization.add_safe_globals([TheClass])')
 
 
-def _describe_container(head):
-    """'zip', 'pickle' or None (neither) from a file's first bytes."""
-    if head.startswith(b'PK\x03\x04'):
-        return 'zip'
+def _check_archive(source, name):
+    """Refuse what torch must not open: neither a zip nor a pickle, a zip
+    member outside the archive's folder, a TorchScript archive."""
+    position = source.tell()
+    head = source.read(4)
+    source.seek(position)
     if head[:1] == b'\x80':  # pickle PROTO opcode: torch's legacy format
         return 'pickle'
-    return None
+    if head != b'PK\x03\x04':
+        raise CorruptCheckpointError(
+            f'{name} is not a PyTorch checkpoint: it is neither a zip archive '
+            f'(torch.save) nor a pickle (first bytes {head!r})')
+    try:
+        members = zipfile.ZipFile(source).namelist()
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise CorruptCheckpointError(
+            f'{name} is not a readable checkpoint: the zip data is truncated '
+            f'or damaged ({exc})') from None
+    finally:
+        source.seek(position)
+    folder = members[0].split('/')[0] if members else ''
+    for member in members:
+        parts = member.split('/')
+        if parts[0] != folder or len(parts) < 2 or '..' in parts or \
+                '\\' in member or not all(parts[:-1]):
+            raise UnsafeCheckpointError(
+                f'{name} was refused: its zip member {member!r} lies outside '
+                f'the archive folder {folder!r}/. Nothing in the file was run')
+        if parts[-1] == 'constants.pkl' or 'code' in parts[1:-1]:
+            raise UnsafeCheckpointError(
+                f'{name} was refused: it is a TorchScript archive (it holds '
+                f'{member}), which torch.load hands to torch.jit.load, and '
+                f'that runs code from the file. Nothing in the file was run. '
+                f'Load it with torch.jit.load only if you trust it')
+    return 'zip'
 
 
 def torch_load_safely(source, name, map_location=None):
@@ -144,59 +288,39 @@ def torch_load_safely(source, name, map_location=None):
         map_location: as ``torch.load``.
 
     Raises:
-        UnsafeCheckpointError: the pickle asks for an object outside the
+        UnsafeCheckpointError: a TorchScript archive, a zip member outside
+            the archive, or a pickle asking for an object outside the
             allowlist (nothing of it was executed).
         CorruptCheckpointError: truncated, damaged or not a checkpoint.
     """
-    if isinstance(source, str):
-        with open(source, 'rb') as f:
-            head = f.read(8)
-    else:
-        position = source.tell()
-        head = source.read(8)
-        source.seek(position)
-    container = _describe_container(head)
-    if container is None:
-        raise CorruptCheckpointError(
-            f'{name} is not a PyTorch checkpoint: it is neither a zip archive '
-            f'(torch.save) nor a pickle (first bytes {head!r})')
-    try:
-        with torch.serialization.safe_globals(SAFE_GLOBALS):
-            return torch.load(source, map_location=map_location,
-                              weights_only=True)
-    except pickle.UnpicklingError as exc:
-        # torch words a refusal in several ways, on the first line after
-        # 'WeightsUnpickler error:' or (a blocked module such as posix) on
-        # a line of its own after a generic preamble.
-        lines = [line.strip() for line in str(exc).split(
-            'WeightsUnpickler error:')[-1].splitlines() if line.strip()]
-        refusal = next((line for line in lines
-                        if any(phrase in line for phrase in _REFUSALS)), None)
-        reason = refusal or (lines[0] if lines else type(exc).__name__)
-        if refusal is not None:
-            raise UnsafeCheckpointError(
-                f'{name} was refused: besides tensors it asks the unpickler '
-                f'for Python objects outside the allowlist of plain data, '
-                f'and loading them could run code ({reason}). Nothing in the '
-                f'file was run. {_resave_hint(name)}') from None
-        raise CorruptCheckpointError(
-            f'{name} is not a readable checkpoint ({reason}); it may be '
-            f'truncated or damaged') from None
-    except RuntimeError as exc:
-        if not any(phrase in str(exc) for phrase in _DAMAGE):
-            raise  # e.g. a CUDA map_location on a machine without CUDA
-        raise _damaged(name, container, exc) from None
-    except (EOFError, ValueError, KeyError, struct.error,
-            zipfile.BadZipFile) as exc:
-        raise _damaged(name, container, exc) from None
-
-
-def _damaged(name, container, exc):
-    reason = str(exc).splitlines()[0] if str(exc) else ''
-    return CorruptCheckpointError(
+    with open(source, 'rb') if isinstance(source, str) else \
+            contextlib.nullcontext(source) as f:
+        container = _check_archive(f, name)
+        try:
+            with torch.serialization.safe_globals(SAFE_GLOBALS):
+                loaded = torch.load(f, map_location=map_location,
+                                    weights_only=True)
+            return _numpy_values(loaded, set())
+        except Exception as exc:  # noqa: BLE001  any failure is named
+            error = exc
+    # torch words a refusal in several ways (and differently across
+    # versions): the line after 'WeightsUnpickler error:', or (a blocked
+    # module such as posix) a line of its own after a generic preamble.
+    lines = [line.strip() for line in str(error).split(
+        'WeightsUnpickler error:')[-1].splitlines() if line.strip()]
+    refusal = next((line for line in lines if any(
+        phrase in line.lower() for phrase in _REFUSALS)), None)
+    if isinstance(error, pickle.UnpicklingError) and refusal is not None:
+        raise UnsafeCheckpointError(
+            f'{name} was refused: besides tensors it asks the unpickler for '
+            f'Python objects outside the allowlist of plain data, and loading'
+            f' them could run code ({refusal}). Nothing in the file was run. '
+            f'{_resave_hint(name)}') from None
+    reason = lines[0] if lines else ''
+    raise CorruptCheckpointError(
         f'{name} is not a readable checkpoint: the {container} data is '
-        f'truncated or damaged ({type(exc).__name__}: {reason}). If a run '
-        f'was killed while writing it, use an earlier checkpoint')
+        f'truncated or damaged ({type(error).__name__}: {reason}). If a run was killed while '
+        f'writing it, use an earlier checkpoint') from None
 
 
 def _safetensors_metadata(header_bytes, name):
@@ -277,7 +401,7 @@ def fetch_url(url):
         os.makedirs(cache_dir, exist_ok=True)
         print_log(f'Downloading {url} to {path}', logger='current')
         try:
-            torch.hub.download_url_to_file(url, path, progress=False)
+            torch.hub.download_url_to_file(url, path, progress=True)
         except Exception as exc:  # re-raised after the barrier
             error = exc
     barrier()
