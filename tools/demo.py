@@ -276,6 +276,18 @@ def tile(images, columns):
     return np.concatenate(rows, axis=0)
 
 
+def for_inferencer(config):
+    """``config`` loaded, its test image loader named ``LoadImageFromFile``:
+    the inferencers look it up by that name and put their own loader (file
+    or array) in its place."""
+    from mmengine.config import Config
+    cfg = Config.fromfile(config)
+    for transform in cfg.test_dataloader.dataset.pipeline:
+        if transform.type.split('.')[-1].endswith('ImageFromFile'):
+            transform.type = 'LoadImageFromFile'
+    return cfg
+
+
 def box_iou(a, b):
     import numpy as np
     lt = np.maximum(a[:, None, :2], b[None, :, :2])
@@ -294,7 +306,8 @@ def draw_detections(config, checkpoint, images, ann_file, out):
     import numpy as np
     from mmcv.ops import nms
     from mmdet.apis import DetInferencer
-    inferencer = DetInferencer(model=config, weights=checkpoint,
+    inferencer = DetInferencer(model=for_inferencer(config),
+                               weights=checkpoint,
                                device='cpu', show_progress=False)
     classes = inferencer.model.dataset_meta['classes']
     with open(ann_file) as f:
@@ -340,8 +353,10 @@ def draw_segmentation(config, checkpoint, images, out):
     from mmengine.structures import PixelData
     from mmseg.apis import MMSegInferencer
     from mmseg.structures import SegDataSample
-    inferencer = MMSegInferencer(model=config, weights=checkpoint,
+    inferencer = MMSegInferencer(model=for_inferencer(config),
+                                 weights=checkpoint,
                                  device='cpu')
+    inferencer.show_progress = False
     visualizer = inferencer.visualizer
     visualizer.alpha = 0.6
     drawn = []

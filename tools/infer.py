@@ -186,6 +186,11 @@ def main(argv=None):
         args.device = 'cuda:0' if torch.cuda.is_available() else 'cpu'
     # The checkpoint supplies every weight; skip the ImageNet download.
     cfg.model.backbone.init_cfg = None
+    # The inferencers find the image loader by this name and replace it
+    # with their own (the images were checked above).
+    for transform in cfg.test_dataloader.dataset.pipeline:
+        if transform.type.split('.')[-1].endswith('ImageFromFile'):
+            transform.type = 'LoadImageFromFile'
     init_default_scope(scope)
     predict = predict_detection if scope == 'mmdet' else \
         predict_segmentation
