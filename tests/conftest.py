@@ -28,7 +28,7 @@ FILE_SECONDS = {
     'test_recipes.py': 45, 'test_compile_hooks_amp.py': 40,
     'test_resume.py': 35, 'test_registry.py': 25,
     'test_broken_inputs.py': 25, 'test_complexity.py': 25,
-    'test_safe_loading.py': 25,
+    'test_safe_loading.py': 25, 'test_cross_stack.py': 60,
 }
 
 
