@@ -242,9 +242,73 @@ def _resave_hint(name):
             f'torch.serialization.add_safe_globals([TheClass])')
 
 
+class _Inert:
+    """What the first, inert pass over a pickle builds for any object."""
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __setstate__(self, state):
+        pass
+
+    def __setitem__(self, key, value):  # SETITEMS on an OrderedDict ...
+        pass
+
+    def append(self, item):  # APPENDS on a list-like object
+        pass
+
+    extend = append
+
+
+class _StorageSizes(pickle.Unpickler):
+    """Collects ``(key, claimed bytes)`` of the storages a torch pickle
+    names, building nothing but ``_Inert`` placeholders (no global of the
+    file is imported or called)."""
+
+    def __init__(self, data):
+        super().__init__(io.BytesIO(data))
+        self.claims = []
+
+    def find_class(self, module, name):
+        return type(name, (_Inert, ), {'global_name': (module, name)})
+
+    def persistent_load(self, pid):
+        if isinstance(pid, tuple) and len(pid) == 5 and pid[0] == 'storage':
+            module, name = getattr(pid[1], 'global_name', ('', ''))
+            storage = getattr(torch, name, None) if module in (
+                'torch', 'torch.storage') else None
+            size = 1 if name == 'UntypedStorage' else getattr(
+                getattr(storage, 'dtype', None), 'itemsize', None)
+            if size is None or type(pid[4]) is not int:
+                _refuse(f'storage {pid!r}')
+            self.claims.append((str(pid[2]), pid[4] * size))
+        return _Inert()
+
+
+def _check_storage_sizes(archive, folder, name):
+    """torch < 2.6 (at least) takes a storage's size from the pickle and its
+    bytes from the zip record: a larger claim reads past the record's
+    memory. Every claim must equal its record's size."""
+    sizes = {info.filename: info.file_size for info in archive.infolist()}
+    try:
+        unpickler = _StorageSizes(archive.read(f'{folder}/data.pkl'))
+        unpickler.load()
+    except Exception as exc:  # noqa: BLE001  a malformed pickle
+        raise CorruptCheckpointError(
+            f'{name} is not a readable checkpoint: its pickle is damaged '
+            f'({type(exc).__name__}: {exc})') from None
+    for key, claimed in unpickler.claims:
+        record = sizes.get(f'{folder}/data/{key}')
+        if record != claimed:
+            raise CorruptCheckpointError(
+                f'{name} is not a readable checkpoint: storage {key!r} '
+                f'declares {claimed} bytes, its record holds {record}')
+
+
 def _check_archive(source, name):
     """Refuse what torch must not open: neither a zip nor a pickle, a zip
-    member outside the archive's folder, a TorchScript archive."""
+    member outside the archive's folder, a TorchScript archive, a storage
+    larger than its record."""
     position = source.tell()
     head = source.read(4)
     source.seek(position)
@@ -255,14 +319,21 @@ def _check_archive(source, name):
             f'{name} is not a PyTorch checkpoint: it is neither a zip archive '
             f'(torch.save) nor a pickle (first bytes {head!r})')
     try:
-        members = zipfile.ZipFile(source).namelist()
-    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        archive = zipfile.ZipFile(source)
+        members = archive.namelist()
+        folder = members[0].split('/')[0] if members else ''
+        _check_members(members, folder, name)
+        _check_storage_sizes(archive, folder, name)
+    except (zipfile.BadZipFile, OSError, ValueError, KeyError) as exc:
         raise CorruptCheckpointError(
             f'{name} is not a readable checkpoint: the zip data is truncated '
             f'or damaged ({exc})') from None
     finally:
         source.seek(position)
-    folder = members[0].split('/')[0] if members else ''
+    return 'zip'
+
+
+def _check_members(members, folder, name):
     for member in members:
         parts = member.split('/')
         if parts[0] != folder or len(parts) < 2 or '..' in parts or \
@@ -276,7 +347,6 @@ def _check_archive(source, name):
                 f'{member}), which torch.load hands to torch.jit.load, and '
                 f'that runs code from the file. Nothing in the file was run. '
                 f'Load it with torch.jit.load only if you trust it')
-    return 'zip'
 
 
 def torch_load_safely(source, name, map_location=None):
