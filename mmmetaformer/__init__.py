@@ -7,6 +7,6 @@ them; the generic building blocks (token mixers, norms) only into
 mmmetaformer's own registry (see ``mmmetaformer/registry.py``).
 """
 from .version import __version__
-from . import engine, models  # noqa: F401  (registers modules)
+from . import datasets, engine, models  # noqa: F401  (registers modules)
 
 __all__ = ['__version__']

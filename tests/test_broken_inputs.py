@@ -3,7 +3,8 @@
 Each case: the tool exits with status 2 and one ``error:`` line naming the
 file and what is wrong. Cases: a truncated or damaged checkpoint, an
 annotation JSON that does not parse, an image listed in the annotations but
-missing on disk, an image and a label map that do not decode.
+missing on disk, an image and a label map that do not decode, an empty
+image, and a decompression bomb (refused from its header).
 """
 import shutil
 
@@ -17,6 +18,7 @@ from mmmetaformer.registry import MODELS
 
 from .forked_tools import ForkedTool
 from .helpers import REPO_ROOT
+from .test_images import png_declaring
 
 DET_CONFIG = REPO_ROOT / 'configs/toy/retinanet_poolformer_s12_toy_coco.py'
 SEG_CONFIG = (REPO_ROOT /
@@ -85,6 +87,14 @@ def cases(tmp_path_factory):
     image = sorted(corrupt_root.glob('data/toy_coco/val2017/*.jpg'))[-1]
     image.write_bytes(b'\xff\xd8\xff\xe0 not really a jpeg')
     found['corrupt'] = image.relative_to(corrupt_root)
+    empty_root = copy_toy(clean, cwd, 'empty')
+    image = sorted(empty_root.glob('data/toy_coco/val2017/*.jpg'))[-1]
+    image.write_bytes(b'')
+    found['empty'] = image.relative_to(empty_root)
+    bomb_root = copy_toy(clean, cwd, 'bomb')
+    image = sorted(bomb_root.glob('data/toy_coco/val2017/*.jpg'))[-1]
+    image.write_bytes(png_declaring(20000, 20000, rows=1))
+    found['bomb'] = image.relative_to(bomb_root)
     label_root = copy_toy(clean, cwd, 'label')
     label = next(label_root.glob('data/toy_ade20k/annotations/training/*.png'))
     label.write_bytes(b'GIF89a garbage')
@@ -99,6 +109,8 @@ def cases(tmp_path_factory):
         json=test(json_root, checkpoint),
         missing=test(missing_root, checkpoint),
         corrupt=test(corrupt_root, checkpoint),
+        empty=test(empty_root, checkpoint),
+        bomb=test(bomb_root, checkpoint),
         label=('train.py', [SEG_CONFIG, '--work-dir', label_root / 'work',
                             '--cfg-options', *SEG_SMALL], label_root),
     )
@@ -141,15 +153,29 @@ def test_annotation_json_that_does_not_parse(cases):
 def test_image_listed_but_missing_on_disk(cases):
     results, found = cases
     line = error_line(results['missing'])
-    assert line == (f"error: image {found['missing']} does not exist "
+    assert line == (f"error: {found['missing']}: the image does not exist "
                     '(the dataset lists it)')
 
 
 def test_corrupt_image(cases):
     results, found = cases
     line = error_line(results['corrupt'])
-    assert line.startswith(f"error: cannot decode image "
-                           f"{found['corrupt']}: it is corrupt")
+    assert line.startswith(f"error: {found['corrupt']}: not a readable "
+                           'image (no JPEG header giving its size')
+
+
+def test_empty_image(cases):
+    results, found = cases
+    line = error_line(results['empty'])
+    assert line == f"error: {found['empty']}: the image file is empty"
+
+
+def test_decompression_bomb_is_refused_before_decoding(cases):
+    results, found = cases
+    line = error_line(results['bomb'])
+    assert line.startswith(f"error: {found['bomb']}: the PNG header declares "
+                           '20000x20000 = 400000000 pixels, more than '
+                           'max_pixels=100000000; not decoded')
 
 
 def test_corrupt_label_map(cases):

@@ -29,7 +29,8 @@ custom_imports = dict(imports=['mmmetaformer'], allow_failed_imports=False)
 # mmmetaformer/engine/checkpoint_hooks.py; mmengine's CheckpointHook options
 # all apply).
 default_hooks = dict(checkpoint=dict(type='AtomicCheckpointHook'))
-custom_hooks = [dict(type='ExactResumeHook')]
+# NaNGuardHook (mmmetaformer/engine/nan_guard.py) stops at a non-finite loss.
+custom_hooks = [dict(type='ExactResumeHook'), dict(type='NaNGuardHook')]
 
 model = dict(
     # Placeholder, filled by each leaf: type, arch, init_cfg and the

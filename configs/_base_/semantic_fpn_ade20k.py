@@ -35,7 +35,8 @@ custom_imports = dict(imports=['mmmetaformer'], allow_failed_imports=False)
 # mmmetaformer/engine/checkpoint_hooks.py; mmengine's CheckpointHook options
 # all apply).
 default_hooks = dict(checkpoint=dict(type='AtomicCheckpointHook'))
-custom_hooks = [dict(type='ExactResumeHook')]
+# NaNGuardHook (mmmetaformer/engine/nan_guard.py) stops at a non-finite loss.
+custom_hooks = [dict(type='ExactResumeHook'), dict(type='NaNGuardHook')]
 
 # Norms in the head: fpn_r50's SyncBN is kept for the 8-GPU recipe. Where
 # there is nothing to synchronise it is plain BN anyway: torch's
@@ -71,7 +72,7 @@ train_dataloader = dict(batch_size=4)
 # sides up to a multiple of 32 (PVT's AlignResize, mmseg's ResizeToMultiple);
 # the label map stays at full resolution and predictions are resized back.
 test_pipeline = [
-    dict(type='LoadImageFromFile'),
+    dict(type='LoadCheckedImageFromFile'),
     dict(type='Resize', scale=(2048, 512), keep_ratio=True),
     dict(type='ResizeToMultiple', size_divisor=32),
     dict(type='LoadAnnotations', reduce_zero_label=True),

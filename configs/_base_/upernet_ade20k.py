@@ -26,6 +26,9 @@ _base_ = [
 
 # The base imports mmpretrain for its ConvNeXt; the leaves use ours.
 custom_imports = dict(imports=['mmmetaformer'], allow_failed_imports=False)
+# AMP: skip up to 10 consecutive steps with a non-finite loss, then stop
+# (NaNGuardHook, mmmetaformer/engine/nan_guard.py).
+custom_hooks = [dict(type='NaNGuardHook', action='skip')]
 
 model = dict(
     # Placeholder, filled by each leaf: type, arch, drop_path_rate,

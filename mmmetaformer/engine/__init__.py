@@ -1,14 +1,16 @@
-"""Runtime glue: CPU distributed training, config adaptation, and the
+"""Runtime glue: CPU distributed training, config adaptation, the
 checkpoint hooks (atomic saves, exact resume, strict evaluation loading),
-and mixed precision on CPU."""
+the NaN guard, and mixed precision on CPU."""
 from .amp import CPUAmpOptimWrapper
-from .checkpoint_hooks import (AtomicCheckpointHook, ExactResumeHook,
-                               StrictLoadHook)
+from .checkpoint_hooks import (AtomicCheckpointHook, CheckpointWriteError,
+                               ExactResumeHook, StrictLoadHook)
 from .cpu import CPUDistributedDataParallel, setup_cpu_distributed, sync_bn_to_bn
+from .nan_guard import NaNGuardHook, NonFiniteTrainingError
 from .optimizers import MetaFormerLayerDecayConstructor
 
 __all__ = [
-    'AtomicCheckpointHook', 'ExactResumeHook', 'StrictLoadHook',
+    'AtomicCheckpointHook', 'CheckpointWriteError', 'ExactResumeHook',
+    'NaNGuardHook', 'NonFiniteTrainingError', 'StrictLoadHook',
     'CPUAmpOptimWrapper', 'CPUDistributedDataParallel', 'MetaFormerLayerDecayConstructor',
     'setup_cpu_distributed', 'sync_bn_to_bn'
 ]

@@ -8,6 +8,7 @@ our tools and in mmdet's and mmseg's own ones. ``tools/test.py`` adds
 ``StrictLoadHook``. They are registered in mmengine's root ``HOOKS``, which
 the ``mmdet`` and ``mmseg`` scopes both search (see ``registry.py``).
 """
+import contextlib
 import glob
 import os
 import os.path as osp
@@ -22,9 +23,13 @@ from mmengine.logging import print_log
 from mmengine.model import is_model_wrapper
 from mmengine.registry import HOOKS
 
-from ..checkpoint import check_model_fits
+from ..checkpoint import CheckpointError, check_model_fits
 
 PARTIAL_SUFFIX = '.partial'
+
+
+class CheckpointWriteError(CheckpointError):
+    """A checkpoint could not be written (disk full, no permission ...)."""
 
 
 def _fsync(path):
@@ -47,6 +52,11 @@ def commit_file(partial, final):
     _fsync(osp.dirname(osp.abspath(final)))
 
 
+def _remove_quietly(path):
+    with contextlib.suppress(OSError):
+        os.remove(path)
+
+
 def write_text_atomically(path, text):
     partial = path + PARTIAL_SUFFIX
     with open(partial, 'w') as f:
@@ -67,7 +77,10 @@ class AtomicCheckpointHook(CheckpointHook):
     oldest checkpoint; ``.partial`` files a killed run left are deleted when
     training starts. After a kill at any point ``last_checkpoint`` names a
     complete checkpoint (the previous one if the kill came mid-save), and
-    ``--resume`` continues from it. Other storage backends keep mmengine's
+    ``--resume`` continues from it. A save that fails (disk full, a write
+    error) deletes its ``.partial`` file at once and raises
+    ``CheckpointWriteError``, one line naming the file, the error and the
+    previous checkpoint, which stays intact. Other storage backends keep mmengine's
     behaviour (an object store's put is all or nothing). Best-checkpoint
     saving (``save_best``) is mmengine's own.
 
@@ -100,24 +113,37 @@ class AtomicCheckpointHook(CheckpointHook):
             runner.message_hub.update_info('keep_ckpt_ids',
                                            list(self.keep_ckpt_ids))
         ckpt_filename = self.filename_tmpl.format(step)
+        previous = runner.message_hub.get_info('last_ckpt')
         self.last_ckpt = self.file_backend.join_path(self.out_dir,
                                                      ckpt_filename)
         runner.message_hub.update_info('last_ckpt', self.last_ckpt)
-        runner.save_checkpoint(
-            self.out_dir,
-            ckpt_filename + PARTIAL_SUFFIX,
-            self.file_client_args,
-            save_optimizer=self.save_optimizer,
-            save_param_scheduler=self.save_param_scheduler,
-            meta=meta,
-            by_epoch=self.by_epoch,
-            backend_args=self.backend_args,
-            **self.args)
-        if not is_main_process():
-            return
-        commit_file(self.last_ckpt + PARTIAL_SUFFIX, self.last_ckpt)
-        write_text_atomically(osp.join(runner.work_dir, 'last_checkpoint'),
-                              self.last_ckpt)
+        partial = self.last_ckpt + PARTIAL_SUFFIX
+        try:
+            runner.save_checkpoint(
+                self.out_dir,
+                ckpt_filename + PARTIAL_SUFFIX,
+                self.file_client_args,
+                save_optimizer=self.save_optimizer,
+                save_param_scheduler=self.save_param_scheduler,
+                meta=meta,
+                by_epoch=self.by_epoch,
+                backend_args=self.backend_args,
+                **self.args)
+            if not is_main_process():
+                return
+            commit_file(partial, self.last_ckpt)
+            write_text_atomically(
+                osp.join(runner.work_dir, 'last_checkpoint'), self.last_ckpt)
+        except OSError as exc:
+            runner.message_hub.update_info('last_ckpt', previous)
+            _remove_quietly(partial)
+            _remove_quietly(
+                osp.join(runner.work_dir, 'last_checkpoint' + PARTIAL_SUFFIX))
+            raise CheckpointWriteError(
+                f'Could not write the checkpoint {self.last_ckpt}: '
+                f'{exc.strerror or exc} ({type(exc).__name__}); the partial '
+                f'file was removed and the previous checkpoint '
+                f'({previous or "none yet"}) is intact') from exc
         if outdated is not None:
             path = self.file_backend.join_path(
                 self.out_dir, self.filename_tmpl.format(outdated))

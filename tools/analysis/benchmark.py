@@ -109,7 +109,7 @@ def random_image_batches(cfg, scope, size):
         kind = transform['type'].split('.')[-1]
         if kind == 'LoadAnnotations':
             continue  # nothing to annotate; metrics are not computed
-        if kind == 'LoadImageFromFile':
+        if kind in ('LoadImageFromFile', 'LoadCheckedImageFromFile'):
             transform = dict(type=NDARRAY_LOADERS[scope])
         pipeline.append(transform)
     pipeline = Compose(pipeline)
