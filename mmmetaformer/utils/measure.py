@@ -11,8 +11,11 @@ same way, so their figures are comparable:
 * several variants of one step are timed interleaved (``time_steps``), so
   they share whatever load a shared machine has;
 * ``gemm_rate`` measures the machine's fp32 matrix-multiply rate with the
-  same threads and clock, for the MAC-bound floor ``floor_ms``.
+  same threads and clock, for the MAC-bound floor ``floor_ms``;
+* ``eval_step`` / ``train_step`` are the timed calls (optionally under
+  autocast) and ``check_outputs`` the equality check that precedes timing.
 """
+import contextlib
 import gc
 import os
 import platform
@@ -203,3 +206,66 @@ def machine_summary(device, packages=()):
                         if str(device).startswith('cuda') else 'cpu'),
     ]
     return '\n'.join(lines)
+
+
+def autocast(device, dtype):
+    """``torch.autocast`` for ``dtype`` (``None``: a no-op context)."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=dtype)
+
+
+def eval_step(run, x, amp_dtype=None):
+    """``step()``: one no-grad call of ``run`` on ``x``."""
+    def step():
+        with torch.no_grad(), autocast(x.device, amp_dtype):
+            return run(x)
+    return step
+
+
+def train_step(model, x, amp_dtype=None):
+    """``step()``: forward and backward of the sum of all outputs
+    (gradients reset to ``None`` first); ``step.model`` is ``model``."""
+    model.train()
+
+    def step():
+        model.zero_grad(set_to_none=True)
+        with autocast(x.device, amp_dtype):
+            outs = model(x)
+        sum(o.float().sum() for o in outs).backward()
+    step.model = model
+    return step
+
+
+def check_outputs(runners, reference, x, tolerances, device,
+                  report=print):
+    """Run every runner once on ``x`` and compare with ``reference``'s.
+
+    Args:
+        runners (dict): ``{name: callable(x) -> outputs}``.
+        reference (str): the key whose outputs are the reference.
+        tolerances (dict): ``{name: relative tolerance}``: a runner passes
+            when its max abs difference is at most the tolerance times
+            ``max(max |reference|, 1)``.
+
+    Returns:
+        tuple: ``(first-call seconds by name, names that failed)``.
+    """
+    first, outputs, failed = {}, {}, []
+    with torch.no_grad():
+        for name, run in runners.items():
+            synchronize(device)
+            start = time.perf_counter()
+            outputs[name] = run(x)
+            synchronize(device)
+            first[name] = time.perf_counter() - start
+    for name, outs in outputs.items():
+        if name == reference:
+            continue
+        diff, scale = max_abs_diff(outs, outputs[reference])
+        ok = diff <= tolerances[name] * max(scale, 1.0)
+        report(f'{name} vs {reference}: max abs diff {diff:.3g} (max '
+               f"|output| {scale:.3g}) {'OK' if ok else 'MISMATCH'}")
+        if not ok:
+            failed.append(name)
+    return first, failed

@@ -8,7 +8,7 @@ column              what runs (all ``eval()``, under ``torch.no_grad()``)
 ==================  ====================================================
 ``eager``           our registered backbone as built
 ``fused``           the same after ``switch_to_deploy()`` (norm affines,
-                    scales and StarReLU folded into convs, channels-last;
+                    scales and StarReLU folded into convs;
                     ``mmmetaformer/models/core/fuse.py``)
 ``compiled``        ``torch.compile(eager)`` (``--compile-backend``,
                     inductor by default; one static-shape graph per size)
@@ -52,18 +52,22 @@ Figures:
   implementation can beat the floor by more than its GEMMs run faster
   than a large square product. A training step is given 3x the forward
   floor (backward ~ 2x forward).
-* the targets table: issue 10's targets (``TARGETS``), each with the time
-  it allows (limit x the timm cell), that time over the floor, and a
-  verdict: ``met``, ``not met``, or ``below the floor`` where the allowed
-  time is under the MAC floor, i.e. no fp32 implementation could meet it
-  on this machine.
 * ``train`` mode: forward and backward of the sum of all outputs (gradients
   reset to ``None`` first), ours (eager, unfused) against timm (eager);
   peak memory is the extra tensor memory of one step
   (``mmmetaformer.utils.measure.peak_step_memory``); also given for the
   eager inference columns.
 
-The tables at the end are markdown, ready for the README.
+* ``--amp bf16|fp16`` times every column and the training step under
+  autocast (the equality checks run in fp32 first); ``--channels-last
+  on|off`` sets ours' ``channels_last`` and converts timm's model and the
+  input alike (``auto``: ours choose per device, timm as built).
+* sizes are ``HxW`` or ``HxW@B`` (batch ``B``; default ``--batch-size``).
+  On CUDA the default sizes are 224x224 in batches of 128 and 800x1216 in
+  batches of 2; peak memory is ``torch.cuda.max_memory_allocated``.
+
+The tables at the end are markdown; ``--json PATH`` also writes every
+figure (times, memory, MACs, floors, ratios) for other tools.
 
 Usage::
 
@@ -71,10 +75,13 @@ Usage::
     python tools/analysis/benchmark_backbone.py --models caformer_s18 \\
         --sizes 512x512 --columns eager fused timm --modes eval \\
         --runs 5 --warmup 2 --threads 2 --clock cpu
+    python tools/analysis/benchmark_backbone.py --device cuda --amp bf16 \\
+        --columns eager fused compiled timm timm_compiled
 """
 import argparse
 import copy
 import gc
+import json
 import os
 import os.path as osp
 import re
@@ -109,15 +116,18 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(
 import torch  # noqa: E402
 
 from mmmetaformer.utils.launch import LaunchError, run_tool  # noqa: E402
-from mmmetaformer.utils.measure import (clock_function,  # noqa: E402
-                                        floor_ms, gemm_rate, machine_summary,
-                                        max_abs_diff, parse_hw,
+from mmmetaformer.utils.measure import (check_outputs,  # noqa: E402
+                                        clock_function, eval_step, floor_ms,
+                                        gemm_rate, machine_summary, parse_hw,
                                         peak_step_memory, prepare_device,
-                                        synchronize, time_steps)
+                                        time_steps, train_step)
 
 DEFAULT_MODELS = ('poolformer_s12', 'poolformerv2_s12', 'convformer_s18',
                   'caformer_s18')
-DEFAULT_SIZES = ('512x512', '800x1216')
+DEFAULT_SIZES = dict(cpu=('512x512', '800x1216'),
+                     cuda=('224x224@128', '800x1216@2'))
+AMP_DTYPES = dict(none=None, bf16=torch.bfloat16, fp16=torch.float16)
+LAYOUTS = dict(auto=None, on=True, off=False)
 MODES = ('eval', 'train')
 COLUMNS = ('eager', 'fused', 'compiled', 'fused_compiled', 'onnx', 'timm',
            'timm_compiled')
@@ -140,20 +150,6 @@ REL_TOLERANCE = 1e-4
 OTHER_RUNTIME_TOLERANCE = 1e-3
 # A training step costs about this many forward passes of MACs.
 TRAIN_MAC_FACTOR = 3
-# Issue 10's targets: (what, ours, reference, limit, families the limit is
-# for; None: all with a timm reference). 'train'/'train_mb' are the training
-# step's time and peak memory. "Never slower anywhere" is the 1.00 rows.
-TARGETS = (
-    ('eager', 'eager', 'timm', 0.95, ('poolformer', )),
-    ('eager', 'eager', 'timm', 0.80,
-     ('poolformerv2', 'convformer', 'caformer')),
-    ('fused', 'fused', 'timm', 0.70, None),
-    ('compiled', 'compiled', 'timm_compiled', 0.90, None),
-    ('fused+compiled', 'fused_compiled', 'timm_compiled', 1.00, None),
-    ('onnxruntime', 'onnx', 'timm', 1.00, None),
-    ('training step', 'train', 'train_timm', 0.85, None),
-    ('training memory', 'train_mb', 'train_timm_mb', 0.80, None),
-)
 
 
 def parse_args(argv=None):
@@ -162,8 +158,10 @@ def parse_args(argv=None):
         'onnxruntime) against timm features_only models, same weights')
     parser.add_argument('--models', nargs='+', default=list(DEFAULT_MODELS),
                         help='<family>_<arch> names (default: %(default)s)')
-    parser.add_argument('--sizes', nargs='+', default=list(DEFAULT_SIZES),
-                        help='input sizes HxW (default: %(default)s)')
+    parser.add_argument('--sizes', nargs='+', default=None,
+                        help='input sizes HxW or HxW@BATCH (default: cpu '
+                        f"{' '.join(DEFAULT_SIZES['cpu'])}; cuda "
+                        f"{' '.join(DEFAULT_SIZES['cuda'])})")
     parser.add_argument('--columns', nargs='+', default=list(COLUMNS),
                         choices=COLUMNS, metavar='COLUMN',
                         help='inference columns, any of: '
@@ -192,7 +190,29 @@ def parse_args(argv=None):
                         default='fused',
                         help='which of ours is exported for the onnx column '
                         '(default: %(default)s)')
+    parser.add_argument('--amp', choices=tuple(AMP_DTYPES), default='none',
+                        help='time under autocast in this dtype (checks '
+                        'run in fp32 first; default: %(default)s)')
+    parser.add_argument('--channels-last', choices=tuple(LAYOUTS),
+                        default='auto',
+                        help="on/off: ours' channels_last and timm's "
+                        'model and input layout; auto: ours per device, '
+                        'timm as built (default: %(default)s)')
+    parser.add_argument('--json', metavar='PATH',
+                        help='also write every figure to this JSON file')
     return parser.parse_args(argv)
+
+
+def parse_size(text, batch_size):
+    """``'800x1216@2'`` -> ``(800, 1216, 2)``; no ``@``: ``batch_size``."""
+    hw, _, batch = text.partition('@')
+    h, w = parse_hw(hw, '--sizes entry', allow_square=True)
+    if batch:
+        if not batch.isdigit() or int(batch) < 1:
+            raise LaunchError(f"--sizes entry '{text}': the batch after @ "
+                              'must be an int >= 1')
+        batch_size = int(batch)
+    return h, w, batch_size
 
 
 def model_table():
@@ -222,13 +242,18 @@ def has_timm(name, family):
     return family in TIMM_FAMILIES and name in timm.list_models(name)
 
 
-def build_models(name, device):
-    """``(ours, timm_features or None)``, same weights where timm has it."""
+def build_models(name, device, channels_last=None):
+    """``(ours, timm_features or None)``, same weights where timm has it.
+
+    ``channels_last`` (``None``/``True``/``False``) is ours' argument;
+    ``True``/``False`` also converts timm's parameters alike.
+    """
     from mmmetaformer.checkpoint import to_native
     from mmmetaformer.registry import MODELS
     family, cls_name, arch = resolve_model(name)
     torch.manual_seed(0)
-    ours = MODELS.build(dict(type=cls_name, arch=arch, out_norm_cfg=None))
+    ours = MODELS.build(dict(type=cls_name, arch=arch, out_norm_cfg=None,
+                             channels_last=channels_last))
     if not has_timm(name, family):
         return ours.to(device), None
     import timm
@@ -252,7 +277,12 @@ def build_models(name, device):
                            f'shape mismatch {shapes}')
     ours.load_state_dict(
         {k: v for k, v in native.items() if k in own}, strict=True)
-    return ours.to(device), reference.to(device)
+    reference = reference.to(device)
+    if channels_last is not None:
+        reference = reference.to(memory_format=torch.channels_last
+                                 if channels_last else
+                                 torch.contiguous_format)
+    return ours.to(device), reference
 
 
 class OnnxRunner:
@@ -329,61 +359,26 @@ def build_runners(columns, ours, reference, x, args, workdir):
     return runners
 
 
-def check_outputs(name, size, runners, reference_column, x, device):
-    """Run every column once (compiling it), compare with the reference.
-
-    Returns ``{column: seconds of that first call}``; exits with status 1
-    on a mismatch.
-    """
-    first = {}
-    outputs = {}
-    with torch.no_grad():
-        for column, run in runners.items():
-            synchronize(device)
-            start = time.perf_counter()
-            outputs[column] = run(x)
-            synchronize(device)
-            first[column] = time.perf_counter() - start
-    expected = outputs[reference_column]
-    for column, outs in outputs.items():
-        if column == reference_column:
-            continue
-        diff, scale = max_abs_diff(outs, expected)
-        tolerance = (REL_TOLERANCE if column in ('eager', 'fused', 'timm')
-                     else OTHER_RUNTIME_TOLERANCE)
-        ok = diff <= tolerance * max(scale, 1.0)
-        print(f'check {name} {size} {column} vs {reference_column}: max abs '
-              f'diff {diff:.3g} (max |output| {scale:.3g}) '
-              f"{'OK' if ok else 'MISMATCH'}", flush=True)
-        if not ok:
-            print(f'error: {name} {column} outputs differ from '
-                  f'{reference_column} at {size}; not timing',
-                  file=sys.stderr)
-            sys.exit(1)
+def check_columns(name, size, runners, reference_column, x, device):
+    """Run every column once (compiling it) in fp32 and compare with the
+    reference; returns ``{column: seconds of that first call}`` and exits
+    with status 1 on a mismatch."""
+    tolerances = {c: REL_TOLERANCE if c in ('eager', 'fused', 'timm') else
+                  OTHER_RUNTIME_TOLERANCE for c in runners}
+    first, failed = check_outputs(
+        runners, reference_column, x, tolerances, device,
+        report=lambda line: print(f'check {name} {size} {line}',
+                                  flush=True))
+    if failed:
+        print(f'error: {name} {failed[0]} outputs differ from '
+              f'{reference_column} at {size}; not timing', file=sys.stderr)
+        sys.exit(1)
     return first
 
 
-def eval_step(run, x):
-    def step():
-        with torch.no_grad():
-            return run(x)
-    return step
-
-
-def train_step(model, x):
-    model.train()
-
-    def step():
-        model.zero_grad(set_to_none=True)
-        outs = model(x)
-        sum(o.sum() for o in outs).backward()
-    step.model = model
-    return step
-
-
-def eager_peak_mb(run, x, device):
+def eager_peak_mb(run, x, device, amp_dtype=None):
     """Peak extra MB of one no-grad call of an eager PyTorch module."""
-    return peak_step_memory(eval_step(run, x), device) / 2**20
+    return peak_step_memory(eval_step(run, x, amp_dtype), device) / 2**20
 
 
 def train_peak_mb(step, device):
@@ -453,70 +448,6 @@ def print_tables(columns, rows, train_rows, rate):
             print(f"| {row['model']} | {row['size']} | {fmt(row['floor'])} | "
                   f'{fmt(ms[0])} | {fmt(ms[1])} | {ratio(*ms)} | '
                   f'{fmt(mb[0], 0)} | {fmt(mb[1], 0)} | {ratio(*mb)} |')
-    print_targets(rows, train_rows)
-
-
-def target_cells(rows, train_rows):
-    """``{(model, size): {cell: value}}``: every timed figure by the names
-    ``TARGETS`` uses, with the cell's MAC floor."""
-    cells = {}
-    for row in rows:
-        cell = cells.setdefault((row['model'], row['size']), {})
-        cell.update(row['ms'], floor=row['floor'])
-    for row in train_rows:
-        cell = cells.setdefault((row['model'], row['size']), {})
-        cell.update(train=row['ms'][0], train_timm=row['ms'][1],
-                    train_mb=row['mb'][0], train_timm_mb=row['mb'][1],
-                    train_floor=row['floor'])
-    return cells
-
-
-def target_verdict(value, reference, limit, floor):
-    """``(allowed, allowed / floor, verdict)`` of one target.
-
-    ``allowed`` is ``limit * reference``. A target whose allowed time is
-    under the MAC floor is ``below the floor``: no fp32 implementation
-    could meet it on this machine, whatever it measured.
-    """
-    allowed = limit * reference
-    over_floor = None if floor is None else allowed / floor
-    if value <= allowed:
-        verdict = 'met'
-    elif over_floor is not None and over_floor < 1:
-        verdict = 'below the floor'
-    else:
-        verdict = 'not met'
-    return allowed, over_floor, verdict
-
-
-def print_targets(rows, train_rows):
-    """Issue 10's targets for every measured cell with a timm reference."""
-    lines = []
-    for (model, size), cell in target_cells(rows, train_rows).items():
-        family = model.split('_')[0]
-        for what, ours, reference, limit, families in TARGETS:
-            if families is not None and family not in families:
-                continue
-            if cell.get(ours) is None or cell.get(reference) is None:
-                continue
-            floor = (None if ours == 'train_mb' else
-                     cell['train_floor'] if ours == 'train' else
-                     cell['floor'])
-            allowed, over_floor, verdict = target_verdict(
-                cell[ours], cell[reference], limit, floor)
-            unit = 'MB' if ours == 'train_mb' else 'ms'
-            lines.append(
-                f'| {model} | {size} | {what} | {limit:.2f} | '
-                f'{cell[ours] / cell[reference]:.2f} | {allowed:.1f} {unit} '
-                f'| {fmt(floor)} | {fmt(over_floor, 2)} | {verdict} |')
-    if lines:
-        print('\n**Targets** (issue 10): ours / timm against the limit; '
-              'allowed = limit x timm; below the floor = allowed time under '
-              'the MAC floor (no fp32 implementation could meet it here):\n')
-        print('| model | size | target | limit | ours / timm | allowed | '
-              'MAC floor | allowed / floor | verdict |')
-        print('| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | --- |')
-        print('\n'.join(lines))
 
 
 def benchmark_model(name, sizes, args, clock, device, rate, workdir):
@@ -526,14 +457,19 @@ def benchmark_model(name, sizes, args, clock, device, rate, workdir):
     size serves every size; compiled columns compile again for each new
     size, in the check call).
     """
-    ours, reference = build_models(name, device)
+    layout = LAYOUTS[args.channels_last]
+    amp = AMP_DTYPES[args.amp]
+    ours, reference = build_models(name, device, layout)
     reference_column = 'timm' if reference is not None else 'eager'
     runners = None
     rows, train_rows = [], []
-    for h, w in sizes:
-        size = f'{h}x{w}'
-        x = torch.randn(args.batch_size, 3, h, w, device=device)
-        macs = count_macs(ours, (h, w), args.batch_size)
+    for h, w, batch in sizes:
+        size = f'{h}x{w}' + (f'@{batch}' if batch != args.batch_size else '')
+        x = torch.randn(batch, 3, h, w, device=device)
+        if layout is not None:
+            x = x.contiguous(memory_format=torch.channels_last
+                             if layout else torch.contiguous_format)
+        macs = count_macs(ours, (h, w), batch)
         print(f'{name} {size}: {macs / 1e9:.2f} GMACs, MAC floor '
               f'{floor_ms(macs, rate):.1f} ms at {rate:.1f} GFLOP/s',
               flush=True)
@@ -548,7 +484,7 @@ def benchmark_model(name, sizes, args, clock, device, rate, workdir):
                     columns.append(reference_column)
                 runners = build_runners(columns, ours, reference, x, args,
                                         workdir)
-            first = check_outputs(name, size, runners, reference_column, x,
+            first = check_columns(name, size, runners, reference_column, x,
                                   device)
             for column in runners:
                 if 'compiled' in column or column == 'onnx':
@@ -556,9 +492,9 @@ def benchmark_model(name, sizes, args, clock, device, rate, workdir):
                           f'or export) {first[column]:.1f} s', flush=True)
             timed = [c for c in args.columns if c in runners]
             ms = dict(zip(timed, time_steps(
-                [eval_step(runners[c], x) for c in timed], device,
+                [eval_step(runners[c], x, amp) for c in timed], device,
                 args.runs, args.warmup, clock)))
-            mb = {c: eager_peak_mb(runners[c], x, device)
+            mb = {c: eager_peak_mb(runners[c], x, device, amp)
                   for c in ('eager', 'fused', 'timm') if c in timed}
             rows.append(dict(model=name, size=size, macs=macs,
                              floor_factor=1, ms=ms, mb=mb,
@@ -567,7 +503,7 @@ def benchmark_model(name, sizes, args, clock, device, rate, workdir):
                 f'{TITLES[c]} {ms[c]:.1f} ms' for c in timed), flush=True)
         if 'train' in args.modes:
             models = [ours] + ([reference] if reference is not None else [])
-            steps = [train_step(m, x) for m in models]
+            steps = [train_step(m, x, amp) for m in models]
             times = time_steps(steps, device, args.runs, args.warmup, clock)
             mems = [train_peak_mb(s, device) for s in steps]
             for model in models:
@@ -598,6 +534,9 @@ def main(argv=None):
     if args.clock == 'cpu' and args.device != 'cpu':
         raise LaunchError('--clock cpu measures CPU time; use it with '
                           '--device cpu')
+    if args.amp != 'none' and 'onnx' in args.columns:
+        raise LaunchError("--amp times PyTorch under autocast; leave 'onnx'"
+                          ' out of --columns')
     if args.runs < 1 or args.warmup < 0 or args.batch_size < 1:
         raise LaunchError(f'--runs ({args.runs}) and --batch-size '
                           f'({args.batch_size}) must be >= 1 and --warmup '
@@ -605,8 +544,8 @@ def main(argv=None):
     if 'onnx' in args.columns and args.device != 'cpu':
         raise LaunchError("the 'onnx' column runs onnxruntime on CPU; use "
                           "--device cpu or leave 'onnx' out of --columns")
-    sizes = [parse_hw(s, '--sizes entry', allow_square=True)
-             for s in args.sizes]
+    sizes = [parse_size(s, args.batch_size)
+             for s in args.sizes or DEFAULT_SIZES[args.device]]
     columns = [c for c in COLUMNS if c in args.columns]  # table order
     args.columns = columns
     table = model_table()
@@ -619,11 +558,12 @@ def main(argv=None):
           'onnxruntime) vs timm features_only, same weights')
     print(machine_summary(device, packages=('timm', )))
     rate = gemm_rate(device, clock)
-    print(f'- batch {args.batch_size}, median of {args.runs} runs after '
-          f'{args.warmup} warmup, {args.clock} clock, compile backend '
-          f'{args.compile_backend}, onnx from ours {args.onnx_model}; '
-          f'fp32 GEMM rate {rate:.1f} GFLOP/s (2048^3 matmul, same '
-          'threads and clock)')
+    print(f'- batch {args.batch_size} (unless a size says @B), median of '
+          f'{args.runs} runs after {args.warmup} warmup, {args.clock} clock, '
+          f'compile backend {args.compile_backend}, onnx from ours '
+          f'{args.onnx_model}, amp {args.amp}, channels-last '
+          f'{args.channels_last}; fp32 GEMM rate {rate:.1f} GFLOP/s '
+          '(2048^3 matmul, same threads and clock)')
     print('- command: python tools/analysis/benchmark_backbone.py ' +
           ' '.join(argv), flush=True)
     del timm
@@ -643,6 +583,26 @@ def main(argv=None):
           f'{measured} GFLOP/s; the floors use the highest, '
           f'{max(rates):.1f}')
     print_tables(columns, rows, train_rows, max(rates))
+    if args.json:
+        write_json(args.json, rows, train_rows, rates, argv)
+
+
+def write_json(path, rows, train_rows, rates, argv):
+    """Every figure of the tables (unrounded), with the ratios to timm."""
+    def ratios(ms):
+        return {f'{a}/{b}': ms[a] / ms[b] for a, b in RATIOS
+                if ms.get(a) is not None and ms.get(b)}
+    result = dict(
+        command=['tools/analysis/benchmark_backbone.py', *argv],
+        gemm_rates=rates, floor_rate=max(rates),
+        inference=[dict(row, ratios=ratios(row['ms'])) for row in rows],
+        training=[dict(row, ratio=(row['ms'][0] / row['ms'][1]
+                                   if row['ms'][1] else None),
+                       memory_ratio=(row['mb'][0] / row['mb'][1]
+                                     if row['mb'][1] else None))
+                  for row in train_rows])
+    with open(path, 'w') as f:
+        json.dump(result, f, indent=1)
 
 
 if __name__ == '__main__':
