@@ -323,7 +323,8 @@ def test_wrong_arch_lists_mismatched_keys(poolformer_reference, tmp_path):
         ours('PoolFormer', 's24', path)
     msg = str(err.value)
     assert 'missing in checkpoint' in msg and 'stages.0.blocks.2' in msg
-    with pytest.raises(CheckpointMismatchError, match="shape or type mismatch"):
+    with pytest.raises(CheckpointMismatchError,
+                       match='shape or type mismatch'):
         ours('PoolFormer', 'm36', path)
 
 

@@ -389,8 +389,9 @@ def torch_load_safely(source, name, map_location=None):
     reason = lines[0] if lines else ''
     raise CorruptCheckpointError(
         f'{name} is not a readable checkpoint: the {container} data is '
-        f'truncated or damaged ({type(error).__name__}: {reason}). If a run was killed while '
-        f'writing it, use an earlier checkpoint') from None
+        f'truncated or damaged ({type(error).__name__}: {reason}). If a '
+        f'run was killed while writing it, use an earlier checkpoint'
+    ) from None
 
 
 def _safetensors_metadata(header_bytes, name):

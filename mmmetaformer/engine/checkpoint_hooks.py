@@ -80,9 +80,9 @@ class AtomicCheckpointHook(CheckpointHook):
     ``--resume`` continues from it. A save that fails (disk full, a write
     error) deletes its ``.partial`` file at once and raises
     ``CheckpointWriteError``, one line naming the file, the error and the
-    previous checkpoint, which stays intact. Other storage backends keep mmengine's
-    behaviour (an object store's put is all or nothing). Best-checkpoint
-    saving (``save_best``) is mmengine's own.
+    previous checkpoint, which stays intact. Other storage backends keep
+    mmengine's behaviour (an object store's put is all or nothing).
+    Best-checkpoint saving (``save_best``) is mmengine's own.
 
     Arguments: those of ``CheckpointHook``.
     """
