@@ -286,9 +286,9 @@ class _StorageSizes(pickle.Unpickler):
 
 
 def _check_storage_sizes(archive, folder, name):
-    """torch < 2.6 (at least) takes a storage's size from the pickle and its
-    bytes from the zip record: a larger claim reads past the record's
-    memory. Every claim must equal its record's size."""
+    """torch 2.5.1 takes a storage's size from the pickle and its bytes from
+    the zip record: a larger claim reads past the record's memory (torch
+    2.14 checks this itself). Every claim must equal its record's size."""
     sizes = {info.filename: info.file_size for info in archive.infolist()}
     try:
         unpickler = _StorageSizes(archive.read(f'{folder}/data.pkl'))
