@@ -350,3 +350,31 @@ class TestRandomMixing:
 def test_identityformer_has_no_mixing_parameters():
     model = IdentityFormer(arch='s12')
     assert not any('token_mixer' in n for n, _ in model.named_parameters())
+
+
+@pytest.mark.parametrize('head', [
+    dict(type='PSAHead', mask_size=(15, 15), psa_type='bi-direction',
+         compact=False, shrink_factor=2, normalization_factor=1.0,
+         psa_softmax=True),
+    dict(type='DAHead', pam_channels=16),
+    dict(type='NLHead', dropout_ratio=0.1, reduction=2, use_scale=True,
+         mode='embedded_gaussian'),
+], ids=['PSAHead', 'DAHead', 'NLHead'])
+@pytest.mark.parametrize('channels_last', [None, True])
+def test_stock_mmseg_heads_take_the_outputs(head, channels_last):
+    """Heads that ``view`` their input (PSANet) get contiguous NCHW maps,
+    whatever the layout inside the backbone."""
+    from mmseg.registry import MODELS as SEG_MODELS
+    backbone = build('ConvFormer', dict(depths=[1, 1, 1, 1],
+                                        dims=[16, 32, 64, 64]),
+                     channels_last=channels_last).eval()
+    outs = backbone(torch.randn(1, 3, 256, 256))  # stage 3: 8x8
+    assert all(o.is_contiguous() for o in outs)
+    decode = SEG_MODELS.build(dict(head, in_channels=64, in_index=3,
+                                   channels=32, num_classes=3,
+                                   norm_cfg=dict(type='BN'),
+                                   align_corners=False)).eval()
+    with torch.no_grad():
+        seg = decode(list(outs))
+    seg = seg[0] if isinstance(seg, (list, tuple)) else seg
+    assert seg.shape == (1, 3, 8, 8)
