@@ -28,23 +28,24 @@ from setuptools import find_packages, setup
 
 HERE = osp.dirname(osp.abspath(__file__))
 
-INSTALL_REQUIRES = [
-    'torch>=2.0',
-    'mmengine>=0.10.0,<1.0',
-    'numpy',
-    'opencv-python',
-    'Pillow',
-    'pycocotools',
-    'safetensors',
-]
+
+def read_requirements(name):
+    """The requirement lines of ``requirements/<name>``: the one list that
+    both this file and tools/setup_env.sh install from."""
+    with open(osp.join(HERE, 'requirements', name)) as f:
+        lines = (line.split('#')[0].strip() for line in f)
+        return [line for line in lines if line]
+
+
+# What the package imports (torch as whatever >= 2.0 is installed).
+INSTALL_REQUIRES = read_requirements('runtime.txt')
 EXTRAS_REQUIRE = {
-    # mmcv with compiled ops (mim installs a prebuilt one for your torch);
-    # mmdet 3.x and mmseg 1.x refuse mmcv >= 2.2.
-    'mim': ['mmcv>=2.0.0,<2.2.0', 'mmdet>=3.0.0,<4.0',
-            'mmsegmentation>=1.0.0,<2.0'],
-    'tests': ['timm>=1.0', 'pytest', 'pytest-xdist', 'onnx', 'onnxruntime'],
+    # mmcv with compiled ops, mmdet 3.x and mmseg 1.x, as ranges.
+    'mim': read_requirements('mminstall.txt'),
+    # timm (the reference every backbone is checked against), pytest, onnx.
+    'tests': read_requirements('tests.txt'),
     # an independent PoolFormer v1 reference for the tests
-    'optional': ['mmpretrain>=1.0.0,<2.0'],
+    'optional': read_requirements('optional.txt'),
 }
 MIM_ITEMS = ('configs', 'tools', 'model-index.yml')
 
