@@ -392,7 +392,7 @@ def test_infer_writes_segmentation_overlay(toy_ade20k, toy_seg_run,
     image = sorted((toy_ade20k / 'images' / 'validation').glob('*.jpg'))[0]
     out_file = tmp_path / 'overlay.jpg'
     proc = run_tool('infer.py', image, TOY_CONFIG, toy_seg_run[1], '--out',
-                    out_file)
+                    out_file, cwd=tmp_path)  # its default --out-dir too
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     assert re.search(r'\d+ classes predicted; wrote ', proc.stdout)
     drawn = mmcv.imread(str(out_file))
