@@ -37,7 +37,8 @@ done
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 python="${PYTHON:-python}"
-[ -x "$root/.venv/bin/python" ] && [ -z "${PYTHON:-}" ] && python="$root/.venv/bin/python"
+venv_python="$root/.venv-${STACK:-current}/bin/python"
+[ -x "$venv_python" ] && [ -z "${PYTHON:-}" ] && python="$venv_python"
 
 tests=("$python" -m pytest -q -p no:cacheprovider "$root/tests/test_cuda.py")
 bench=("$python" "$root/tools/analysis/benchmark_backbone.py" --device cuda
