@@ -18,6 +18,8 @@ from mmmetaformer.utils import images
 from mmmetaformer.utils.images import (MAX_ASPECT_RATIO, ImageError,
                                        decode_image, read_image)
 
+from .helpers import REPO_ROOT
+
 IMAGES_MODULE = images.__file__
 
 
@@ -149,7 +151,7 @@ def test_invalid_channel_order_names_the_choices(tmp_path):
 
 
 def test_pipeline_transform_refuses_with_the_file_name(tmp_path):
-    """Our configs load images with LoadCheckedImageFromFile; valid images
+    """Our tools load images with LoadCheckedImageFromFile; valid images
     load as mmcv's LoadImageFromFile loads them."""
     from mmcv.transforms import LoadImageFromFile
     from mmengine.registry import TRANSFORMS, init_default_scope
@@ -171,3 +173,28 @@ def test_pipeline_transform_refuses_with_the_file_name(tmp_path):
     with pytest.raises(ValueError, match="color_type='color_ignore_orie"):
         TRANSFORMS.build(dict(type='LoadCheckedImageFromFile',
                               color_type='color_ignore_orientation'))
+
+
+@pytest.mark.parametrize('config', [
+    'retinanet_poolformer_s12_coco.py', 'mask_rcnn_caformer_s18_coco.py',
+    'semantic_fpn_poolformer_s12_ade20k.py',
+    'toy/retinanet_poolformer_s12_toy_coco.py'])
+def test_tools_swap_every_stock_image_loader(config):
+    """Configs keep the stock loader, which mmdet's and mmseg's inferencers
+    look up by name; tools/train.py and tools/test.py load through the
+    checked one, options kept."""
+    from mmmetaformer.utils.launch import (_dataset_cfgs,
+                                           check_images_when_loading,
+                                           load_config)
+    keys = ('train_dataloader', 'val_dataloader', 'test_dataloader')
+    cfg, _ = load_config(str(REPO_ROOT / 'configs' / config))
+    loaders = [t for _, dataset in _dataset_cfgs(cfg, keys)
+               for t in dataset.pipeline if 'Load' in t['type']
+               and 'Image' in t['type']]
+    assert loaders and {t['type'] for t in loaders} == {'LoadImageFromFile'}
+    before = [dict(t) for t in loaders]
+    check_images_when_loading(cfg, keys)
+    for old, new in zip(before, loaders):
+        assert new['type'] == 'LoadCheckedImageFromFile'
+        assert {k: v for k, v in new.items() if k != 'type'} == {
+            k: v for k, v in old.items() if k != 'type'}

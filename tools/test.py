@@ -18,11 +18,17 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 from mmengine.config import DictAction  # noqa: E402
 
 from mmmetaformer.utils.images import ImageError  # noqa: E402
-from mmmetaformer.utils.launch import (LaunchError, build_runner,  # noqa: E402
-                                       check_data_roots, check_ops_for,
-                                       explain_data_errors, load_config,
-                                       prepare_for_device, run_tool,
-                                       set_work_dir)
+from mmmetaformer.utils.launch import (  # noqa: E402
+    LaunchError,
+    build_runner,
+    check_data_roots,
+    check_images_when_loading,
+    check_ops_for,
+    explain_data_errors,
+    load_config,
+    prepare_for_device,
+    run_tool,
+    set_work_dir)
 
 
 def parse_args(argv=None):
@@ -63,6 +69,7 @@ def main(argv=None):
     cfg, scope = load_config(args.config, args.cfg_options)
     check_ops_for(scope)
     check_data_roots(cfg, scope, ('test_dataloader', ))
+    check_images_when_loading(cfg, ('test_dataloader', ))
     if not osp.isfile(args.checkpoint):
         raise LaunchError(f'Checkpoint file not found: {args.checkpoint}')
     set_work_dir(cfg, args.work_dir, args.config)

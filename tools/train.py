@@ -14,11 +14,17 @@ from mmengine.config import DictAction  # noqa: E402
 
 from mmmetaformer.engine import NonFiniteTrainingError  # noqa: E402
 from mmmetaformer.utils.images import ImageError  # noqa: E402
-from mmmetaformer.utils.launch import (LaunchError, build_runner,  # noqa: E402
-                                       check_data_roots, check_ops_for,
-                                       explain_data_errors, load_config,
-                                       prepare_for_device, run_tool,
-                                       set_work_dir)
+from mmmetaformer.utils.launch import (  # noqa: E402
+    LaunchError,
+    build_runner,
+    check_data_roots,
+    check_images_when_loading,
+    check_ops_for,
+    explain_data_errors,
+    load_config,
+    prepare_for_device,
+    run_tool,
+    set_work_dir)
 
 
 def parse_args(argv=None):
@@ -55,6 +61,7 @@ def main(argv=None):
     cfg, scope = load_config(args.config, args.cfg_options)
     check_ops_for(scope)
     check_data_roots(cfg, scope, ('train_dataloader', 'val_dataloader'))
+    check_images_when_loading(cfg, ('train_dataloader', 'val_dataloader'))
 
     set_work_dir(cfg, args.work_dir, args.config)
     if args.amp:

@@ -72,7 +72,7 @@ train_dataloader = dict(batch_size=4)
 # sides up to a multiple of 32 (PVT's AlignResize, mmseg's ResizeToMultiple);
 # the label map stays at full resolution and predictions are resized back.
 test_pipeline = [
-    dict(type='LoadCheckedImageFromFile'),
+    dict(type='LoadImageFromFile'),
     dict(type='Resize', scale=(2048, 512), keep_ratio=True),
     dict(type='ResizeToMultiple', size_divisor=32),
     dict(type='LoadAnnotations', reduce_zero_label=True),

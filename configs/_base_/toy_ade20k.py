@@ -20,7 +20,7 @@ toy_data_root = 'data/toy_ade20k'
 toy_crop_size = (128, 128)
 toy_scale = (512, 128)
 toy_train_pipeline = [
-    dict(type='LoadCheckedImageFromFile'),
+    dict(type='LoadImageFromFile'),
     dict(type='LoadAnnotations', reduce_zero_label=True),
     dict(
         type='RandomResize',
@@ -33,7 +33,7 @@ toy_train_pipeline = [
     dict(type='PackSegInputs')
 ]
 toy_test_pipeline = [
-    dict(type='LoadCheckedImageFromFile'),
+    dict(type='LoadImageFromFile'),
     dict(type='Resize', scale=toy_scale, keep_ratio=True),
     dict(type='ResizeToMultiple', size_divisor=32),
     dict(type='LoadAnnotations', reduce_zero_label=True),

@@ -29,13 +29,13 @@ toy_scale = (128, 128)
 def _pipelines(with_mask):
     load = dict(type='LoadAnnotations', with_bbox=True, with_mask=with_mask)
     train = [
-        dict(type='LoadCheckedImageFromFile'), load,
+        dict(type='LoadImageFromFile'), load,
         dict(type='Resize', scale=toy_scale, keep_ratio=True),
         dict(type='RandomFlip', prob=0.5),
         dict(type='PackDetInputs')
     ]
     test = [
-        dict(type='LoadCheckedImageFromFile'),
+        dict(type='LoadImageFromFile'),
         dict(type='Resize', scale=toy_scale, keep_ratio=True), load,
         dict(
             type='PackDetInputs',

@@ -198,6 +198,24 @@ def _dataset_cfgs(cfg, dataloader_keys):
         yield key, dataset
 
 
+def check_images_when_loading(cfg, dataloader_keys):
+    """Load the datasets' images through ``LoadCheckedImageFromFile``.
+
+    Configs keep the stock ``LoadImageFromFile`` (mmdet's and mmseg's
+    inferencers find their loader by that name); our tools swap it, by
+    name and with its options, for the subclass that refuses an empty,
+    undecodable or degenerate image, or a decompression bomb, with one line
+    naming the file (``mmmetaformer/datasets/transforms.py``). A loader with
+    another decoding backend than OpenCV is left as it is.
+    """
+    for _, dataset in _dataset_cfgs(cfg, dataloader_keys):
+        for transform in dataset.get('pipeline', None) or []:
+            if (transform.get('type') in ('LoadImageFromFile',
+                                          'mmcv.LoadImageFromFile')
+                    and transform.get('imdecode_backend', 'cv2') == 'cv2'):
+                transform['type'] = 'LoadCheckedImageFromFile'
+
+
 def _annotation_files(cfg, dataloader_keys):
     """``(config key, path)`` of the datasets' and metrics' annotations."""
     for key, dataset in _dataset_cfgs(cfg, dataloader_keys):
