@@ -34,6 +34,15 @@ class MMCVOpsMissingError(RuntimeError):
     """mmcv imports but its compiled extension is missing or broken."""
 
 
+def _distribution_version(dist_name):
+    # pycocotools has no __version__; its distribution metadata does.
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version(dist_name)
+    except PackageNotFoundError:
+        return 'unknown'
+
+
 def stack_versions():
     """Import every stack package; return ``{import_name: version}``.
 
@@ -48,7 +57,8 @@ def stack_versions():
             failures.append(f'{dist_name} ({module_name}): '
                             f'{type(exc).__name__}: {exc}')
             continue
-        versions[module_name] = getattr(module, '__version__', 'unknown')
+        versions[module_name] = getattr(module, '__version__', None) or \
+            _distribution_version(dist_name)
     if failures:
         raise ImportError('These stack packages do not import:\n  ' +
                           '\n  '.join(failures) +

@@ -116,6 +116,7 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(
 import torch  # noqa: E402
 
 from mmmetaformer.utils.launch import LaunchError, run_tool  # noqa: E402
+from mmmetaformer.utils.onnx_export import export_onnx  # noqa: E402
 from mmmetaformer.utils.measure import (check_outputs,  # noqa: E402
                                         clock_function, eval_step, floor_ms,
                                         gemm_rate, machine_summary, parse_hw,
@@ -298,18 +299,10 @@ class OnnxRunner:
         except ImportError as exc:
             raise LaunchError(
                 "the 'onnx' column needs onnxruntime (pip install "
-                "'onnxruntime<1.24' 'onnx<1.18', see requirements/tests.txt)"
+                "onnx onnxruntime, see requirements/tests.txt)"
                 " or leave it out of --columns") from exc
         path = osp.join(workdir, 'model.onnx')
-        with torch.no_grad():
-            num_outputs = len(model(x))
-        names = [f'out{i}' for i in range(num_outputs)]
-        axes = {0: 'batch', 2: 'height', 3: 'width'}
-        torch.onnx.export(
-            model, (x, ), path, opset_version=17, input_names=['image'],
-            output_names=names,
-            dynamic_axes=dict(image=axes, **{
-                n: {0: 'batch', 2: f'{n}_h', 3: f'{n}_w'} for n in names}))
+        export_onnx(model, path, x, dynamic_batch=True)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
