@@ -94,6 +94,19 @@ def smallest_archs():
     return list(seen.values())
 
 
+def built_stack(venv):
+    """The stack (``requirements/stacks/<stack>.txt``) whose environment
+    tools/setup_env.sh built in ``venv`` (a ``.venv-<stack>`` folder), or
+    None."""
+    venv = Path(venv)
+    stack = venv.name[len('.venv-'):]
+    if venv.name.startswith('.venv-') and (
+            venv / '.mmmetaformer-env-stamp').exists() and (
+            REPO_ROOT / 'requirements' / 'stacks' / f'{stack}.txt').exists():
+        return stack
+    return None
+
+
 def run_tool(script, *args, timeout=600, cwd=None, env=None):
     """Run ``tools/<script>`` with this interpreter; return the process."""
     return subprocess.run(

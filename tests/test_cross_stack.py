@@ -23,7 +23,7 @@ import torch
 
 from mmmetaformer.datasets.toy import make_ade20k
 
-from .helpers import REPO_ROOT, run_tool
+from .helpers import REPO_ROOT, built_stack, run_tool
 
 CONFIG = REPO_ROOT / 'configs/toy/semantic_fpn_poolformer_s12_toy_ade20k.py'
 # 2 iterations of 2 random 96x96 crops, a checkpoint at the end.
@@ -102,11 +102,10 @@ def test_checkpoint_of_either_numpy_resumes_and_evaluates(
 
 def other_stack_python():
     """The interpreter of the other tested stack's environment, if built."""
-    here = Path(sys.prefix).name
+    here = Path(sys.prefix).resolve()
     for venv in sorted(REPO_ROOT.glob('.venv-*')):
         python = venv / 'bin' / 'python'
-        if venv.name != here and python.exists() and (
-                venv / '.mmmetaformer-env-stamp').exists():
+        if venv.resolve() != here and built_stack(venv) and python.exists():
             return python
     return None
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPO_ROOT, run_tool
+from tests.helpers import REPO_ROOT, built_stack, run_tool
 
 
 def test_every_stack_package_imports():
@@ -242,21 +242,10 @@ def test_cfg_options_accepts_new_and_existing_keys():
         validate_cfg_options(cfg, {'a.items.5.c': 1})
 
 
-def _running_stack():
-    """The stack whose environment runs the suite, from its ``.venv-<stack>``
-    folder; None outside an environment built by tools/setup_env.sh."""
-    prefix = Path(sys.prefix)
-    stack = prefix.name[len('.venv-'):]
-    if not (prefix / '.mmmetaformer-env-stamp').exists() or not (
-            REPO_ROOT / 'requirements' / 'stacks' / f'{stack}.txt').exists():
-        return None
-    return stack
-
-
 def test_env_setup_has_nothing_to_do_the_second_time():
     """A second ``make env`` only verifies: the stamp matches, the checks
     pass, and no install step runs (the stamp is not rewritten)."""
-    stack = _running_stack()
+    stack = built_stack(sys.prefix)
     if stack is None:
         pytest.skip('the suite is not running in a .venv-<stack> environment')
     stamp = Path(sys.prefix) / '.mmmetaformer-env-stamp'

@@ -190,41 +190,11 @@ def test_a_failed_write_is_one_line_and_keeps_the_previous_checkpoint(
     assert_finite(good)
 
 
-def test_a_diverging_run_through_the_train_tool_is_one_line(tmp_path):
-    """tools/train.py on the toy segmentation config, made to diverge at
-    once (a zero std turns the normalised image into inf): exit 2, one
-    line naming the iteration, and no checkpoint written."""
-    from mmmetaformer.datasets.toy import make_ade20k
-
-    from .helpers import REPO_ROOT, run_tool
-    make_ade20k(tmp_path / 'data' / 'toy_ade20k', num_train=2, num_val=1,
-                img_size=64, seed=0)
-    work_dir = tmp_path / 'run'
-    proc = run_tool(
-        'train.py',
-        REPO_ROOT / 'configs/toy/semantic_fpn_poolformer_s12_toy_ade20k.py',
-        '--work-dir', work_dir, '--cfg-options',
-        'model.data_preprocessor.std=[0.0,0.0,0.0]',
-        'train_dataloader.batch_size=1', 'train_dataloader.dataset.indices=2',
-        'val_dataloader.dataset.indices=1', 'train_cfg.max_iters=2',
-        'train_cfg.val_interval=100', 'default_hooks.checkpoint.interval=1',
-        cwd=tmp_path)
-    assert proc.returncode == 2, (proc.stdout + proc.stderr)[-3000:]
-    assert 'Traceback' not in proc.stderr
-    errors = [line for line in proc.stderr.splitlines()
-              if line.startswith('error:')]
-    assert len(errors) == 1, proc.stderr[-3000:]
-    assert errors[0].startswith('error: Training stopped at iteration 1')
-    assert 'nan' in errors[0] or 'inf' in errors[0] or \
-        'non-finite' in errors[0]
-    assert not list(work_dir.glob('*.pth'))
-    assert not (work_dir / 'last_checkpoint').exists()
-
-
-def test_a_failed_save_through_the_train_tool_is_one_line(tmp_path):
-    """tools/train.py whose checkpoint cannot be written (a 10 MB file-size
-    limit, as a full disk: the write fails with an OSError): exit 2, one
-    line naming the file, and no partial file left behind."""
+def train_toy_segmentation_until_it_fails(tmp_path, *options,
+                                          preexec_fn=None):
+    """Run tools/train.py on the toy segmentation config (two 64 px scenes,
+    a checkpoint every iteration) with ``options``; it must exit 2 with one
+    ``error:`` line and no traceback. Returns the work dir and that line."""
     import subprocess
     import sys
 
@@ -234,27 +204,49 @@ def test_a_failed_save_through_the_train_tool_is_one_line(tmp_path):
     make_ade20k(tmp_path / 'data' / 'toy_ade20k', num_train=2, num_val=1,
                 img_size=64, seed=0)
     work_dir = tmp_path / 'run'
-    limit = 10 * 2**20
-
-    def limit_file_size():
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG, not a kill
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-
     proc = subprocess.run(
         [sys.executable, str(REPO_ROOT / 'tools' / 'train.py'),
          str(REPO_ROOT /
              'configs/toy/semantic_fpn_poolformer_s12_toy_ade20k.py'),
          '--work-dir', str(work_dir), '--cfg-options',
          'train_dataloader.batch_size=1', 'train_dataloader.dataset.indices=2',
-         'val_dataloader.dataset.indices=1', 'train_cfg.max_iters=1',
-         'train_cfg.val_interval=100', 'default_hooks.checkpoint.interval=1'],
+         'val_dataloader.dataset.indices=1', 'train_cfg.val_interval=100',
+         'default_hooks.checkpoint.interval=1', *options],
         cwd=tmp_path, capture_output=True, text=True, timeout=600,
-        preexec_fn=limit_file_size)
+        preexec_fn=preexec_fn)
     assert proc.returncode == 2, (proc.stdout + proc.stderr)[-3000:]
     assert 'Traceback' not in proc.stderr
     errors = [line for line in proc.stderr.splitlines()
               if line.startswith('error:')]
     assert len(errors) == 1, proc.stderr[-3000:]
-    assert str(work_dir / 'iter_1.pth') in errors[0]
+    return work_dir, errors[0]
+
+
+def test_a_diverging_run_through_the_train_tool_is_one_line(tmp_path):
+    """tools/train.py made to diverge at once (a zero std turns the
+    normalised image into inf): exit 2, one line naming the iteration, and
+    no checkpoint written."""
+    work_dir, error = train_toy_segmentation_until_it_fails(
+        tmp_path, 'model.data_preprocessor.std=[0.0,0.0,0.0]',
+        'train_cfg.max_iters=2')
+    assert error.startswith('error: Training stopped at iteration 1')
+    assert 'nan' in error or 'inf' in error or 'non-finite' in error
+    assert not list(work_dir.glob('*.pth'))
+    assert not (work_dir / 'last_checkpoint').exists()
+
+
+def test_a_failed_save_through_the_train_tool_is_one_line(tmp_path):
+    """tools/train.py whose checkpoint cannot be written (a 10 MB file-size
+    limit, as a full disk: the write fails with an OSError): exit 2, one
+    line naming the file, and no partial file left behind."""
+    limit = 10 * 2**20
+
+    def limit_file_size():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG, not a kill
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    work_dir, error = train_toy_segmentation_until_it_fails(
+        tmp_path, 'train_cfg.max_iters=1', preexec_fn=limit_file_size)
+    assert str(work_dir / 'iter_1.pth') in error
     assert not list(work_dir.glob('*.partial'))
     assert not list(work_dir.glob('*.pth'))
