@@ -19,8 +19,8 @@ import torch
 
 import mmmetaformer  # noqa: F401
 from mmmetaformer.utils.onnx_export import export_onnx
-from mmmetaformer.models.core.layers import (_enlarges, resample_to,
-                                             resample_weights)
+from mmmetaformer.models.resample import (_enlarges, resample_to,
+                                          resample_weights)
 
 from .test_compile_hooks_amp import FAMILIES, build, randomise
 

@@ -9,26 +9,19 @@ The trunk is isotropic: one ``[B, dim, H/p, W/p]`` map (floor division)::
 Module names match ``timm.models.convmixer`` (``stem.0``, ``blocks.i.0.fn.0``
 ...), so the released timm-format weights load as they are.
 
-A dense-prediction backbone must emit strides 4, 8, 16 and 32, and p = 7 or
-14 is not even a power of two. ``SimplePyramidAdapter`` (in the spirit of
-ViTDet's simple feature pyramid) resamples the single trunk map to the exact
-sizes a hierarchical MetaFormer emits at strides 4..32 (so the whole family
-shares one size arithmetic, ``stage_output_sizes``): bilinear interpolation
-where the level is finer than the trunk, area averaging where it is
-coarser. Each level projects the trunk map with a 1x1 conv to its channel
-count *before* resampling (cheaper at the fine levels), then applies
-``norm -> GELU -> 3x3 conv``. The adapter is new (not in any
-ImageNet checkpoint) and always trainable.
-
-The level sizes are computed from the input, and an adaptive pool to such a
-size cannot be exported to ONNX; ``resample_to`` therefore switches to an
-equivalent pair of matrix products while ``torch.onnx.export`` traces, so
-the exported adapter is right for every input size (see ``resample_to``).
+Dense prediction needs strides 4, 8, 16 and 32, and p = 7 or 14 is not a
+power of two: ``SimplePyramidAdapter`` (after ViTDet's simple feature
+pyramid) resamples the one trunk map to the sizes a hierarchical MetaFormer
+emits (``stage_output_sizes``, with ``resample_to``). Each level projects
+with a 1x1 conv *before* resampling (cheaper at the fine levels), then
+applies ``norm -> GELU -> 3x3 conv``. The adapter is new (in no ImageNet
+checkpoint) and always trainable.
 """
 import torch.nn as nn
 
+from ..resample import resample_to
 from . import fuse
-from .layers import DepthwiseConv2d, PointwiseConv2d, resample_to
+from .layers import DepthwiseConv2d, PointwiseConv2d
 from .metaformer import (check_channels_last, run_blocks, stage_output_sizes,
                          to_layout)
 
@@ -84,12 +77,9 @@ class ConvMixerTrunk(nn.Module):
             self.switch_to_deploy()
 
     def switch_to_deploy(self):
-        """Each layer's first BatchNorm -> a ``Scale`` with its shift in the
-        pointwise conv's bias (``fuse.py``); returns ``self``."""
+        """Fold in place (``fuse.py``); returns ``self``."""
         if not self.deploy:
-            for residual, pwconv, _, _ in self.blocks:
-                residual.fn[2] = fuse.fold_batchnorm_shift(residual.fn[2],
-                                                           pwconv)
+            fuse.fold_convmixer(self.blocks)
             self.deploy = True
         return self
 

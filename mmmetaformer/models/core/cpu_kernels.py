@@ -351,4 +351,3 @@ def recomputes_gelu(mlp, h):
 def gelu_pointwise(h, fc2):
     """``fc2(gelu(h))`` without keeping ``gelu(h)`` for backward."""
     return _GeluPointwiseFunction.apply(h, fc2.weight, fc2.bias)
-

@@ -1,14 +1,15 @@
 """Deploy folds: exact re-parametrisations for inference.
 
 As in mmpretrain's RepVGG and RIFormer, every module that has something to
-fold knows its own ``switch_to_deploy()``: the block (``MetaFormerBlock``),
-each token mixer, the MLP and the downsampling. Each rewrites its own
-parameters in place so that the same ``forward`` computes the same function
-with fewer multiplies: per-channel affine maps that sit next to a linear map
-are folded into that map's weights and the affine modules become
-``nn.Identity`` (or lose their weights). The module tree keeps its shape,
-so a model built with ``deploy=True`` has exactly the keys of a folded one
-and loads its checkpoint. A user's token mixer without a
+fold has its own ``switch_to_deploy()``: the block (``MetaFormerBlock``),
+each token mixer, the MLP, the downsampling and the ConvMixer trunk. Each
+is one call to its fold here (``fold_block``, ``fold_pooling``, ...), which
+rewrites the module's own parameters in place so that the same ``forward``
+computes the same function with fewer multiplies: per-channel affine maps
+next to a linear map are folded into its weights and the affine modules
+become ``nn.Identity`` (or lose their weights). The module tree keeps its
+shape, so a model built with ``deploy=True`` has exactly the keys of a
+folded one and loads its checkpoint. A user's token mixer without a
 ``switch_to_deploy`` runs unfused (one log line says so).
 
 Identities the folds rely on (``n`` a ``[B, C, H, W]`` map, ``g``/``b``
@@ -192,3 +193,92 @@ def fold_batchnorm_shift(bn, conv):
     module = Scale(scale.numel()).to(scale)
     module.scale.copy_(scale)
     return module
+
+
+def fold_block(block):
+    """A ``MetaFormerBlock``: each branch's norm affine and layer scale
+    into its token mixer and MLP; drop path goes."""
+    block.norm1, block.layer_scale1 = deploy_branch(
+        block.token_mixer, block.norm1, block.layer_scale1)
+    block.norm2, block.layer_scale2 = deploy_branch(
+        block.mlp, block.norm2, block.layer_scale2)
+    block.drop_path1 = nn.Identity()
+    block.drop_path2 = nn.Identity()
+
+
+def _linear_branch(first, last, norm, layer_scale):
+    """Norm affine -> the 1x1 ``first``; layer scale -> ``last``."""
+    fold_norm_into(first, norm)
+    fold_output_scale(last, scale_vector(layer_scale))
+    return norm, nn.Identity()
+
+
+@torch.no_grad()
+def fold_mlp(mlp, norm, layer_scale):
+    """Norm affine -> ``fc1``; StarReLU's scale and bias and the layer
+    scale -> ``fc2``."""
+    if type(mlp.act) is StarReLU:
+        mlp.act = fold_star_relu_into(mlp.fc2, mlp.act)
+    return _linear_branch(mlp.fc1, mlp.fc2, norm, layer_scale)
+
+
+def fold_attention(attn, norm, layer_scale):
+    """Norm affine -> ``qkv``; layer scale -> ``proj``."""
+    return _linear_branch(attn.qkv, attn.proj, norm, layer_scale)
+
+
+@torch.no_grad()
+def fold_sepconv(mixer, norm, layer_scale):
+    """Norm affine -> ``pwconv1``; StarReLU's scale -> ``dwconv`` (its bias
+    stays); layer scale -> ``pwconv2``."""
+    fold_norm_into(mixer.pwconv1, norm)
+    act = mixer.act1
+    if (type(act) is StarReLU and mixer.dwconv.padding_mode == 'zeros'
+            and float(act.scale) != 0.0):
+        mixer.dwconv.weight.mul_(act.scale)
+        mixer.act1 = frozen_star_relu(1.0, float(act.bias / act.scale),
+                                      act.scale)
+    fold_output_scale(mixer.pwconv2, scale_vector(layer_scale))
+    return norm, nn.Identity()
+
+
+@torch.no_grad()
+def fold_pooling(norm, layer_scale):
+    """``ls * (pool(g n + b) - (g n + b)) = (ls g) (pool(n) - n)``."""
+    affine = norm_affine(norm)
+    if affine is None or (affine[0] is None and affine[1] is None):
+        return norm, layer_scale
+    weight = affine[0]
+    scale = scale_vector(layer_scale)
+    if weight is not None:
+        scale = weight.detach() if scale is None else scale * weight
+    strip_affine(norm)
+    if scale is None:
+        return norm, nn.Identity()
+    folded = Scale(scale.numel()).to(scale)
+    folded.scale.copy_(scale)
+    return norm, folded
+
+
+@torch.no_grad()
+def fold_identity_mixer(norm, layer_scale):
+    """``ls * (g n + b)``: the layer scale goes into the norm's affine."""
+    affine = norm_affine(norm)
+    scale = scale_vector(layer_scale)
+    if affine is None or scale is None or isinstance(norm, nn.Identity):
+        return norm, layer_scale
+    weight, bias = affine
+    if weight is None:
+        norm.weight = nn.Parameter(scale.clone())
+    else:
+        weight.mul_(scale)
+    if bias is not None:
+        bias.mul_(scale)
+    return norm, nn.Identity()
+
+
+def fold_convmixer(blocks):
+    """Each ConvMixer layer's first BatchNorm -> a ``Scale``, its shift
+    into the pointwise conv's bias."""
+    for residual, pwconv, _, _ in blocks:
+        residual.fn[2] = fold_batchnorm_shift(residual.fn[2], pwconv)

@@ -1,40 +1,22 @@
 """The generic MetaFormer in plain PyTorch.
 
 One model covers PoolFormer v1/v2, IdentityFormer, RandFormer, ConvFormer and
-CAFormer; they differ only in the layers passed in (see
-``mmmetaformer/models/archs.py``).
-
-Layout (module names match ``timm.models.metaformer``)::
+CAFormer; they differ only in the layers passed in (``models/archs.py``).
+Module names match ``timm.models.metaformer``::
 
     stem                  conv 7x7/4 (pad 2) -> norm          H/4
     stages[0]             blocks                              H/4
     stages[i], i = 1..3   downsample (norm -> conv 3x3/2, pad 1) -> blocks
 
-and each block is::
+    block:  x = res_scale1(x) + layer_scale1(drop_path(token_mixer(norm1(x))))
+            x = res_scale2(x) + layer_scale2(drop_path(mlp(norm2(x))))
 
-    x = res_scale1(x) + layer_scale1(drop_path(token_mixer(norm1(x))))
-    x = res_scale2(x) + layer_scale2(drop_path(mlp(norm2(x))))
+Parts a model does not have are ``nn.Identity``, so ``forward`` has no
+``if`` for them.
 
-Unused parts (a scale, drop path or norm a model does not have) are
-``nn.Identity`` at build time, so a block's ``forward`` has no ``if`` for
-them (``run_blocks`` still checks ``with_cp``, and a layer may pick its own
-path, e.g. ``DropPath`` outside training).
-
-Output sizes for an ``H x W`` input (the same for W)::
-
-    H_0 = floor((H - 3) / 4) + 1        # stem: (H + 2*2 - 7) // 4 + 1
-    H_i = ceil(H_{i-1} / 2), i = 1..3   # (H + 2*1 - 3) // 2 + 1
-
-e.g. 224 -> 56, 28, 14, 7 and 97 -> 24, 12, 6, 3. Any input of at least
-32x32 gives non-empty maps at every stage.
-
-Memory layout: ``channels_last`` (trunk argument) converts the stem's
-output to channels-last memory (``True``), to NCHW-contiguous memory
-(``False``), or chooses per device (``None``, the default; see
-``CHANNELS_LAST_BY_DEVICE``). Shapes are NCHW either way. Inside, layers
-may hand back either layout (the channel LayerNorm's permutes leave maps
-channels-last, in timm too); the registered backbones return contiguous
-NCHW tensors, what every stock neck and head expects.
+``channels_last`` (trunk argument) sets the memory layout after the stem:
+channels-last (``True``), NCHW-contiguous (``False``) or per device
+(``None``, ``CHANNELS_LAST_BY_DEVICE``). Shapes are NCHW either way.
 """
 from functools import partial
 
@@ -44,20 +26,20 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from . import cpu_kernels, fuse
-from .layers import DropPath, PointwiseConv2d, Scale, StarReLU
+from .layers import DropPath, PointwiseConv2d, Scale
 
-# channels_last=None: the layout after the stem, per device type.
-# cpu: measured (docs/benchmarks.md, "Channels-last per device"): oneDNN
-#   reads channels-last maps without reordering and CPU avg_pool2d with
-#   count_include_pad=False is ~10x faster on them.
-# cuda: cuDNN's usual guidance (channels-last for tensor-core convs, the
-#   fast path for depthwise 7x7 in bf16/fp16); not measured here.
-# anything else (mps, xpu, meta): as the layers make it.
+# channels_last=None, per device type. cpu: measured (docs/benchmarks.md):
+# oneDNN reads channels-last maps without reordering, and avg_pool2d with
+# count_include_pad=False is ~10x faster on them. cuda: cuDNN's guidance
+# (tensor-core convs, depthwise 7x7 in bf16/fp16), not measured here.
+# Other devices: as the layers make it.
 CHANNELS_LAST_BY_DEVICE = dict(cpu=True, cuda=True)
 
 
 def stage_output_sizes(height, width, num_stages=4):
-    """``[(H_i, W_i)]`` of every stage output for an input of ``H x W``."""
+    """``[(H_i, W_i)]`` of every stage output for an input of ``H x W``:
+    ``H_0 = floor((H - 3) / 4) + 1``, ``H_i = ceil(H_{i-1} / 2)`` (224 ->
+    56, 28, 14, 7; any input of at least 32x32 works)."""
     h, w = (height - 3) // 4 + 1, (width - 3) // 4 + 1
     sizes = [(h, w)]
     for _ in range(num_stages - 1):
@@ -67,10 +49,9 @@ def stage_output_sizes(height, width, num_stages=4):
 
 
 class Mlp(nn.Module):
-    """Channel MLP as two 1x1 convs: ``fc2(act(fc1(x)))``, NCHW in and out.
+    """Channel MLP as two 1x1 convs: ``fc2(act(fc1(x)))``.
 
-    The authors' channels-last ``nn.Linear`` weights ``[out, in]`` map onto
-    these ``[out, in, 1, 1]`` convs by a reshape (see ``checkpoint``). In
+    The authors' ``nn.Linear`` weights ``[out, in]`` load by a reshape. In
     CPU training an exact GELU is recomputed in backward instead of kept
     (``cpu_kernels.gelu_pointwise``).
     """
@@ -87,24 +68,13 @@ class Mlp(nn.Module):
             return cpu_kernels.gelu_pointwise(h, self.fc2)
         return self.fc2(self.act(h))
 
-    @torch.no_grad()
     def switch_to_deploy(self, norm, layer_scale):
-        """Norm affine -> ``fc1``; StarReLU's scale and bias and the layer
-        scale -> ``fc2`` (see ``fuse.py``)."""
-        fuse.fold_norm_into(self.fc1, norm)
-        if type(self.act) is StarReLU:
-            self.act = fuse.fold_star_relu_into(self.fc2, self.act)
-        fuse.fold_output_scale(self.fc2, fuse.scale_vector(layer_scale))
-        return norm, nn.Identity()
+        return fuse.fold_mlp(self, norm, layer_scale)
 
 
 class ChannelsLastMlp(Mlp):
-    """``Mlp`` computed as ``nn.Linear`` over channels-last tokens.
-
-    Same weights (``[out, in, 1, 1]``) and same result up to rounding; this
-    is the arithmetic the reference implementations use in attention
-    stages, so features there match timm bit for bit instead of to ~1 ulp.
-    """
+    """``Mlp`` as ``nn.Linear`` over channels-last tokens: the references'
+    arithmetic in attention stages, so features match timm bit for bit."""
 
     def forward(self, x):
         x = x.permute(0, 2, 3, 1)
@@ -114,7 +84,7 @@ class ChannelsLastMlp(Mlp):
 
 
 class Stem(nn.Module):
-    """Patch embedding: conv 7x7, stride 4, padding 2, then an optional norm."""
+    """Patch embedding: conv 7x7, stride 4, padding 2, optional norm."""
 
     def __init__(self, in_channels, out_channels, norm_layer=None):
         super().__init__()
@@ -139,7 +109,6 @@ class Downsampling(nn.Module):
         return self.conv(self.norm(x))
 
     def switch_to_deploy(self):
-        """A bias-free norm's weight -> the conv (see ``fuse.py``)."""
         fuse.fold_downsampling(self.norm, self.conv)
 
 
@@ -162,7 +131,6 @@ class MetaFormerBlock(nn.Module):
                  drop_path=0.0, layer_scale_init_value=None,
                  res_scale_init_value=None):
         super().__init__()
-
         identity = nn.Identity
         layer_scale = (partial(Scale, dim, layer_scale_init_value)
                        if layer_scale_init_value is not None else identity)
@@ -180,8 +148,7 @@ class MetaFormerBlock(nn.Module):
         self.res_scale2 = res_scale()
 
     def forward(self, x):
-        # Out of place: both operands are tensors submodules returned (or
-        # the block input), which forward hooks and callers may still hold.
+        # out of place: hooks and callers may hold both operands
         x = self.res_scale1(x) + self.layer_scale1(
             self.drop_path1(self.token_mixer(self.norm1(x))))
         x = self.res_scale2(x) + self.layer_scale2(
@@ -189,22 +156,13 @@ class MetaFormerBlock(nn.Module):
         return x
 
     def switch_to_deploy(self):
-        """Fold each branch's norm affine and layer scale into its token
-        mixer and MLP (their own ``switch_to_deploy``); drop path goes."""
-        self.norm1, self.layer_scale1 = fuse.deploy_branch(
-            self.token_mixer, self.norm1, self.layer_scale1)
-        self.norm2, self.layer_scale2 = fuse.deploy_branch(
-            self.mlp, self.norm2, self.layer_scale2)
-        self.drop_path1 = nn.Identity()
-        self.drop_path2 = nn.Identity()
+        fuse.fold_block(self)
 
 
 def run_blocks(blocks, x, with_cp):
-    """Run ``blocks`` in order; with ``with_cp`` each one is checkpointed.
-
-    Non-reentrant checkpointing works with DDP and with frozen inputs, and
-    preserves the RNG state, so drop path draws the same mask on recompute.
-    """
+    """Run ``blocks`` in order; with ``with_cp`` each is checkpointed
+    (non-reentrant: works with DDP and frozen inputs, and drop path draws
+    the same mask on recompute)."""
     for block in blocks:
         if with_cp and x.requires_grad:
             x = checkpoint(block, x, use_reentrant=False)
@@ -216,11 +174,10 @@ def run_blocks(blocks, x, with_cp):
 class MetaFormerStage(nn.Module):
     """Optional downsampling followed by ``depth`` MetaFormer blocks.
 
-    The downsample belongs to its stage, so "stage i" means the same thing
-    for ``out_indices``, ``frozen_stages`` and the checkpoint keys. Whether
-    it exists is said by ``downsample`` (the trunk: every stage but the
-    first), never inferred from the channels: equal consecutive dims still
-    halve the resolution, so strides always match ``feature_info``.
+    The downsample belongs to its stage, so "stage i" means the same for
+    ``out_indices``, ``frozen_stages`` and the checkpoint keys. It exists
+    when ``downsample`` says so (every stage but the first), never inferred
+    from the channels, so strides always match ``feature_info``.
     """
 
     def __init__(self, in_channels, out_channels, depth, downsample_norm,
@@ -274,14 +231,14 @@ class MetaFormerTrunk(nn.Module):
         drop_path_rate (float): stochastic depth, linear over all blocks.
         in_channels (int): input image channels.
         with_cp (bool): checkpoint every block to save activation memory.
-        channels_last (bool | None): memory layout after the stem (see the
-            module docstring); ``None`` chooses per device.
-        deploy (bool): build folded for inference (``switch_to_deploy``),
-            so a folded checkpoint loads.
+        channels_last (bool | None): memory layout after the stem;
+            ``None`` chooses per device.
+        deploy (bool): build folded (``switch_to_deploy``), so a folded
+            checkpoint loads.
 
-    ``forward`` returns a list of ``[B, dims[i], H_i, W_i]`` tensors (see the
-    module docstring for ``H_i``); ``num_stages`` limits how many stages run.
-    ``feature_info`` records ``num_chs`` and ``reduction`` of each output.
+    ``forward`` returns ``[B, dims[i], H_i, W_i]`` per stage; ``num_stages``
+    limits how many run. ``feature_info`` records each output's
+    ``num_chs`` and ``reduction``.
     """
 
     def __init__(self, depths, dims, token_mixers, norm_layers,
@@ -300,11 +257,11 @@ class MetaFormerTrunk(nn.Module):
         token_mixers = per_stage(token_mixers, 'token_mixers', num_stages)
         norm_layers = per_stage(norm_layers, 'norm_layers', num_stages)
         layer_scales = per_stage(layer_scale_init_values,
-                                  'layer_scale_init_values', num_stages)
+                                 'layer_scale_init_values', num_stages)
         res_scales = per_stage(res_scale_init_values,
-                                'res_scale_init_values', num_stages)
+                               'res_scale_init_values', num_stages)
         mlp_layouts = per_stage(mlp_channels_last, 'mlp_channels_last',
-                                 num_stages)
+                                num_stages)
         total = sum(depths)
         rates = [drop_path_rate * i / max(total - 1, 1) for i in range(total)]
 
@@ -341,8 +298,7 @@ class MetaFormerTrunk(nn.Module):
 
     def switch_to_deploy(self):
         """Fold every block and downsampling in place (``fuse.py``);
-        returns ``self``. Outputs equal the unfused model's up to fp32
-        rounding."""
+        returns ``self``."""
         if not self.deploy:
             for module in self.modules():
                 if isinstance(module, (MetaFormerBlock, Downsampling)):
@@ -373,9 +329,8 @@ def to_layout(x, channels_last=None):
     """``x`` in the memory layout ``channels_last`` asks for.
 
     ``None``: ``CHANNELS_LAST_BY_DEVICE`` (on CPU only while the CPU
-    kernels are on: off, the model is the plain one); under
-    ``torch.compile`` it then stays as it is (inductor picks its own loops; its CPU code for
-    PoolFormer v1 measured 1.36x slower on channels-last maps).
+    kernels are on); under ``torch.compile`` as it is (inductor's CPU code
+    for PoolFormer v1 measured 1.36x slower on channels-last maps).
     """
     if channels_last is None:
         if torch.compiler.is_compiling() or (x.device.type == 'cpu'
