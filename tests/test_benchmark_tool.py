@@ -12,6 +12,8 @@ import re
 import pytest
 import torch
 
+from mmmetaformer.utils import backbone_benchmark as bench
+
 from .helpers import REPO_ROOT, benchmark_row, run_tool
 
 
@@ -121,28 +123,92 @@ def test_floors_use_the_highest_measured_gemm_rate(backbone_run):
     assert float(rates.group(2)) == max(measured)
 
 
+def test_tables_show_the_figures(backbone_results):
+    """The markdown tables print the same figures as the JSON: times,
+    floors and the ratios of ours to timm."""
+    out, figures = backbone_results
+    row = next(r for r in figures['inference']
+               if (r['model'], r['size']) == ('poolformer_s12', '64x64'))
+    ms = row['ms']
+    cells = [f"{ms[c]:.1f}" for c in ('eager', 'fused', 'compiled', 'onnx',
+                                      'timm')]
+    assert (f"| poolformer_s12 | 64x64 | timm eager | {row['floor']:.1f} | "
+            + ' | '.join(cells) + ' |') in out
+    ratios = [f"{ms[c] / ms['timm']:.2f}" for c in ('eager', 'fused', 'onnx')]
+    assert '| poolformer_s12 | 64x64 | ' + ' | '.join(ratios) + ' | ' in out
+    train = next(r for r in figures['training']
+                 if (r['model'], r['size']) == ('poolformer_s12', '64x64'))
+    assert (f"| poolformer_s12 | 64x64 | {train['floor']:.1f} | "
+            f"{train['ms'][0]:.1f} | {train['ms'][1]:.1f} | "
+            f"{train['ratio']:.2f} |") in out
+
+
 # offsets exact in fp32 next to 1.0: 6.1e-5, 4.9e-4, 2e-3
 @pytest.mark.parametrize('column, offset, ok', [
     ('fused', 2**-14, True), ('fused', 2**-11, False),  # PyTorch: 1e-4
     ('onnx', 2**-11, True), ('onnx', 2**-9, False),  # other runtimes: 1e-3
 ])
-def test_a_mismatching_column_stops_the_tool(column, offset, ok, capsys):
-    tool = load_backbone_tool()
+def test_a_column_beyond_its_tolerance_is_a_mismatch(column, offset, ok):
     outputs = [torch.ones(1, 4, 8, 8), torch.ones(1, 8, 4, 4)]
     runners = {'timm': lambda x: outputs,
                column: lambda x: [outputs[0], outputs[1] + offset]}
+    lines = []
     if ok:
-        tool.check_columns('m', '8x8', runners, 'timm', None, 'cpu')
+        first = bench.check_columns('m', '8x8', runners, 'timm', None,
+                                    'cpu', lines.append)
+        assert set(first) == {'timm', column}
     else:
+        with pytest.raises(bench.OutputMismatch) as exc:
+            bench.check_columns('m', '8x8', runners, 'timm', None, 'cpu',
+                                lines.append)
+        assert str(exc.value) == (f'm {column} outputs differ from timm at '
+                                  '8x8; not timing')
+    assert len(lines) == 1
+    assert lines[0].startswith(f'check m 8x8 {column} vs timm: max abs '
+                               f'diff {offset:.3g} ')
+    assert lines[0].endswith('MISMATCH' if not ok else 'OK')
+
+
+def test_a_mismatching_column_stops_the_tool(monkeypatch, capsys):
+    """Exit status 1 and one error line, before anything is timed (here
+    every PyTorch column fails: no difference is within a negative
+    tolerance)."""
+    tool = load_backbone_tool()
+    monkeypatch.setattr(bench, 'REL_TOLERANCE', -1.0)
+    threads = torch.get_num_threads()
+    try:
         with pytest.raises(SystemExit) as exc:
-            tool.check_columns('m', '8x8', runners, 'timm', None, 'cpu')
-        assert exc.value.code == 1
-    captured = capsys.readouterr()
-    assert f'check m 8x8 {column} vs timm: max abs diff {offset:.3g} ' in \
-        captured.out
-    assert ('MISMATCH' in captured.out) is not ok
-    assert (f'error: m {column} outputs differ from timm at 8x8'
-            in captured.err) is not ok
+            tool.main(['--device', 'cpu', '--models', 'identityformer_s12',
+                       '--sizes', '32x32', '--columns', 'eager', 'fused',
+                       '--runs', '1', '--warmup', '0', '--threads', '1'])
+    finally:
+        torch.set_num_threads(threads)
+    assert exc.value.code == 1
+    out, err = capsys.readouterr()
+    assert re.search(r'check identityformer_s12 32x32 fused vs eager: .* '
+                     'MISMATCH', out)
+    assert err.strip() == ('error: identityformer_s12 fused outputs differ '
+                           'from eager at 32x32; not timing')
+    assert ' eval: ' not in out and '**Inference**' not in out
+
+
+def test_training_steps_leave_the_inference_models_as_they_were(capsys):
+    """ConvMixer has BatchNorm: training steps at the first size must not
+    change the running statistics the next size's eager model uses (its
+    fused copy, made at the first size, would no longer match)."""
+    tool = load_backbone_tool()
+    threads = torch.get_num_threads()
+    try:
+        tool.main(['--device', 'cpu', '--models', 'convmixer_768_32',
+                   '--sizes', '32x32', '32x32@2', '--columns', 'eager',
+                   'fused', '--runs', '1', '--warmup', '0', '--threads', '1'])
+    finally:
+        torch.set_num_threads(threads)
+    out = capsys.readouterr().out
+    assert 'convmixer_768_32 32x32 train: ours' in out
+    assert re.search(r'check convmixer_768_32 32x32@2 fused vs eager: .* OK',
+                     out)
+    assert 'convmixer_768_32 32x32@2 train: ours' in out
 
 
 def test_unknown_model_is_a_clear_error():

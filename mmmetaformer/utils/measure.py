@@ -1,8 +1,9 @@
 """Timing and memory measurement shared by the benchmark tools.
 
-``tools/analysis/benchmark_backbone.py`` (backbone against timm) and
-``tools/analysis/benchmark.py`` (a whole detector or segmentor) measure the
-same way, so their figures are comparable:
+``tools/analysis/benchmark_backbone.py`` (backbone against timm, its core in
+``backbone_benchmark``) and ``tools/analysis/benchmark.py`` (a whole
+detector or segmentor) measure the same way, so their figures are
+comparable:
 
 * time: ``synchronize`` around each timed step on CUDA, so asynchronous
   kernels are counted where they run;
