@@ -8,6 +8,7 @@ The full demo (12-20 minutes of 2 cores) runs with
 floors under its measured runs (box mAP 0.572-0.587, mIoU 70.1-70.3).
 """
 import importlib.util
+import json
 import os
 import re
 import subprocess
@@ -136,6 +137,67 @@ def test_overrides_are_by_name():
     seg = demo.seg_config('there', 250)
     assert demo.scheduler(seg, 'PolyLR').end == 250
     assert seg.train_cfg.max_iters == 250
+
+
+@pytest.fixture(scope='module')
+def toy_detector(tmp_path_factory):
+    """The demo's detection config on a 2-image toy set and two untrained
+    checkpoints of it: one written by the Runner (its ``meta`` names the
+    classes) and the same weights without ``meta``. Label 0 (airplane)
+    scores ~1 on every anchor, so every drawn box carries it."""
+    import torch
+
+    from mmmetaformer.datasets import toy
+    from mmmetaformer.utils.launch import build_runner
+    demo = demo_module()
+    root = tmp_path_factory.mktemp('toy_detector')
+    data = toy.make_coco(root / 'toy_coco', num_train=2, num_val=2,
+                         img_size=64)
+    cfg = demo.det_config(str(data), 64, 1)
+    cfg.work_dir = str(root / 'work')
+    config = root / 'det_config.py'
+    cfg.dump(str(config))
+    runner = build_runner(cfg)
+    cls_bias = runner.model.bbox_head.retina_cls.bias
+    with torch.no_grad():  # channels: anchor-major, then class
+        cls_bias.fill_(-10.0)
+        cls_bias[::runner.model.bbox_head.num_classes] = 10.0
+    runner.save_checkpoint(str(root), 'with_meta.pth', save_optimizer=False,
+                           save_param_scheduler=False)
+    torch.save({'state_dict': runner.model.state_dict()},
+               root / 'weights_only.pth')
+    val = sorted((data / 'val2017').glob('*.jpg'))
+    return demo, config, root, val, data / 'annotations'
+
+
+@pytest.mark.parametrize('weights', ['with_meta.pth', 'weights_only.pth'])
+def test_detection_picture_names_the_toy_classes(toy_detector, weights,
+                                                 monkeypatch):
+    """The labels drawn in detections.jpg are the toy set's class names,
+    whether or not the checkpoint carries them (without, DetInferencer's
+    fallback, the 80 COCO names, would draw label 0 as "person")."""
+    from mmdet.visualization import DetLocalVisualizer
+
+    from mmmetaformer.datasets import toy
+    demo, config, root, val, annotations = toy_detector
+    ann_file = annotations / 'instances_val2017.json'
+    categories = json.loads(ann_file.read_text())['categories']
+    toy_classes = tuple(c['name'] for c in categories
+                        if c['name'] in toy.SHAPE_CATEGORY.values())
+    drawn, draw_texts = [], DetLocalVisualizer.draw_texts
+
+    def record(visualizer, texts, *args, **kwargs):
+        drawn.append((tuple(visualizer.dataset_meta['classes']), texts))
+        return draw_texts(visualizer, texts, *args, **kwargs)
+
+    monkeypatch.setattr(DetLocalVisualizer, 'draw_texts', record)
+    out = root / f'{weights}.jpg'
+    boxes, _ = demo.draw_detections(str(config), str(root / weights), val,
+                                    str(ann_file), str(out))
+    assert boxes > 0 and len(drawn) == boxes
+    assert {classes for classes, _ in drawn} == {toy_classes}
+    assert {text.split(':')[0] for _, text in drawn} == {'airplane'}
+    assert cv2.imread(str(out)) is not None
 
 
 @pytest.mark.skipif(os.environ.get('MMMETAFORMER_FULL_DEMO') != '1',

@@ -13,8 +13,9 @@ in pictures.
 3. detection: trains ``configs/toy/retinanet_poolformer_s12_toy_coco.py``
    the same way; mmdet's CocoMetric on the held-out images every epoch.
 4. pictures, into the work dir: the learning curves, detections drawn by
-   mmdet's ``DetInferencer`` and segmentation predicted by mmseg's
-   ``MMSegInferencer`` next to the ground truth.
+   mmdet's ``DetInferencer`` (labelled with the toy set's class names,
+   whatever the checkpoint's meta holds) and segmentation predicted by
+   mmseg's ``MMSegInferencer`` next to the ground truth.
 
 Config values are changed by name (the key, or a pipeline transform's and
 a scheduler's ``type``), never by list position; the config that ran is
@@ -297,18 +298,60 @@ def box_iou(a, b):
     return inter / (area(a)[:, None] + area(b)[None] - inter)
 
 
+def label_names(dataset_cfg):
+    """The name of each label the detector learns from ``dataset_cfg``, as
+    mmdet numbers them: label ``i`` is the ``i``-th of the dataset's
+    ``cat_ids`` (the annotation file's categories among the config's
+    classes, in the file's order)."""
+    from mmdet.registry import DATASETS
+    from mmengine.registry import init_default_scope
+    init_default_scope('mmdet')
+    dataset = DATASETS.build(dict(dataset_cfg, pipeline=[]))
+    with open(dataset.ann_file) as f:
+        names = {c['id']: c['name'] for c in json.load(f)['categories']}
+    return tuple(names[i] for i in dataset.cat_ids)
+
+
+def det_inferencer(config, checkpoint):
+    """mmdet's DetInferencer of ``checkpoint``, its labels named by the
+    config's dataset.
+
+    DetInferencer names labels by the checkpoint's ``meta['dataset_meta']``
+    and, where a checkpoint has none (weights re-saved or converted without
+    their meta), by the 80 COCO classes: label 0 of the toy detector, an
+    airplane, would be drawn as "person". The names are taken from the
+    dataset the detector was trained on instead, for the model and the
+    visualizer alike; a checkpoint that names other classes is reported.
+    """
+    from mmdet.apis import DetInferencer
+    cfg = for_inferencer(config)
+    classes = label_names(cfg.test_dataloader.dataset)
+    inferencer = DetInferencer(model=cfg, weights=checkpoint, device='cpu',
+                               show_progress=False)
+    heads = inferencer.model.bbox_head.num_classes
+    if heads != len(classes):
+        sys.exit(f'{checkpoint}: the detector predicts {heads} classes, '
+                 f'its dataset in {config} names {len(classes)}')
+    meta = inferencer.model.dataset_meta
+    if tuple(meta.get('classes') or ()) != classes:
+        print(f'  {checkpoint} names other classes than its dataset '
+              f"({', '.join(list(meta.get('classes') or ['none'])[:3])} "
+              "...); drawing the dataset's", flush=True)
+    meta['classes'] = classes
+    inferencer.visualizer.dataset_meta = meta
+    return inferencer
+
+
 def draw_detections(config, checkpoint, images, ann_file, out):
     """Boxes scoring >= SCORE_THR on ``images``, predicted and drawn by
-    mmdet's DetInferencer at ZOOM x. Returns ``(boxes, right)``: the boxes
-    drawn and how many of them overlap (IoU >= 0.5) a ground-truth object
-    of the class their label names."""
+    mmdet's DetInferencer at ZOOM x, labelled with the class names of the
+    config's dataset (``det_inferencer``). Returns ``(boxes, right)``: the
+    boxes drawn and how many of them overlap (IoU >= 0.5) a ground-truth
+    object of the class their label names."""
     import mmcv
     import numpy as np
     from mmcv.ops import nms
-    from mmdet.apis import DetInferencer
-    inferencer = DetInferencer(model=for_inferencer(config),
-                               weights=checkpoint,
-                               device='cpu', show_progress=False)
+    inferencer = det_inferencer(config, checkpoint)
     classes = inferencer.model.dataset_meta['classes']
     with open(ann_file) as f:
         coco = json.load(f)
