@@ -15,9 +15,12 @@ loaders that read ``torch.load(weights_only=True)`` plus a short allowlist
   refuse a checkpoint that does not hold exactly the model's tensors, and
   print no metric.
 """
+import copy
 import functools
 import http.server
 import importlib.util
+import pickle
+import re
 import threading
 import zipfile
 from collections import OrderedDict
@@ -37,7 +40,8 @@ from mmengine.runner.checkpoint import CheckpointLoader
 import mmmetaformer  # noqa: F401  (installs the safe loaders)
 from mmmetaformer.checkpoint import (CheckpointMismatchError,
                                      UnsafeCheckpointError, check_model_fits,
-                                     read_checkpoint, reader, to_native)
+                                     read_checkpoint, schemes, to_native)
+from mmmetaformer.checkpoint.reader import TORCH_LOAD_IS_SAFE
 from mmmetaformer.datasets.toy import make_coco
 from mmmetaformer.registry import MODELS
 
@@ -149,9 +153,14 @@ def runner_checkpoint(tmp_path_factory):
     return work_dir / 'epoch_1.pth'
 
 
+def kind(obj):
+    # the reader's arrays are an ndarray subclass that pickles as ndarray
+    return np.ndarray if isinstance(obj, np.ndarray) else type(obj)
+
+
 def assert_same(a, b, where='checkpoint'):
     """Equal objects, tensors and arrays compared exactly."""
-    assert type(a) is type(b), (where, type(a), type(b))
+    assert kind(a) is kind(b), (where, type(a), type(b))
     if isinstance(a, dict):
         assert list(a) == list(b), where
         for key in a:
@@ -177,9 +186,35 @@ def test_runner_checkpoint_reads_as_an_unrestricted_load(runner_checkpoint):
     assert isinstance(checkpoint['message_hub']['log_scalars']['train/loss'],
                       HistoryBuffer)
     assert_same(checkpoint, torch.load(runner_checkpoint, weights_only=False))
-    # torch's own allowlist alone refuses it: the extra entries are needed
-    with pytest.raises(Exception, match='HistoryBuffer'):
-        torch.load(runner_checkpoint, weights_only=True)
+
+
+def test_torch_load_reads_runner_checkpoints_where_it_is_safe(
+        runner_checkpoint):
+    """On torch >= 2.6 the allowlist is registered process-wide, so torch's
+    default load and mmengine's own local loader (which passes no
+    ``weights_only``) read a Runner checkpoint; on older torch, where that
+    default is unrestricted, nothing is registered."""
+    from mmengine.runner.checkpoint import load_from_local as mmengine_local
+    unrestricted = torch.load(runner_checkpoint, weights_only=False)
+    if not TORCH_LOAD_IS_SAFE:
+        with pytest.raises(Exception, match='HistoryBuffer'):
+            torch.load(runner_checkpoint, weights_only=True)
+        return
+    assert_same(torch.load(runner_checkpoint), unrestricted)
+    assert_same(mmengine_local(str(runner_checkpoint), None), unrestricted)
+
+
+def test_read_arrays_are_saved_as_plain_numpy(runner_checkpoint, tmp_path):
+    """What the reader rebuilt and a run saves again names no object of
+    this package: a plain unrestricted load reads it without importing it."""
+    checkpoint = read_checkpoint(runner_checkpoint)
+    history = checkpoint['message_hub']['log_scalars']['train/loss']
+    for copied in (copy.copy, copy.deepcopy):
+        assert type(copied(history._log_history)) is np.ndarray
+    path = tmp_path / 'saved_again.pth'
+    torch.save(checkpoint, path)
+    assert b'mmmetaformer' not in zipfile.ZipFile(path).read(
+        'saved_again/data.pkl')
 
 
 def test_runner_resumes_through_the_safe_reader(runner_checkpoint, tmp_path):
@@ -241,7 +276,7 @@ def test_published_layouts_read_as_an_unrestricted_load(
 
 
 def test_every_scheme_of_checkpoint_loader_is_the_safe_one():
-    for prefixes, loader in reader.SCHEMES:
+    for prefixes, loader in schemes.SCHEMES:
         for prefix in [prefixes] if isinstance(prefixes, str) else prefixes:
             example = prefix.replace(r'(\S+\:)?', '') + 'x/model.pth'
             assert CheckpointLoader._get_checkpoint_loader(example) is loader
@@ -707,6 +742,10 @@ def test_crafted_payload_against_each_allowlist_entry_is_refused(
     with pytest.raises(UnsafeCheckpointError) as err:
         read_checkpoint(path)
     assert named in str(err.value) and '\n' not in str(err.value)
+    # registered process-wide, the entries keep torch's own load safe too
+    with pytest.raises(pickle.UnpicklingError,
+                       match=re.escape(named) if TORCH_LOAD_IS_SAFE else ''):
+        torch.load(path, weights_only=True)
 
 
 @pytest.mark.parametrize('core', ['core', '_core'])
@@ -731,7 +770,8 @@ def test_numpy_1_and_numpy_2_pickles_both_read(core, tmp_path):
     assert f'numpy.{core}.multiarray'.encode() in zipfile.ZipFile(
         rewrite_zip(path, rename)).read('numpy/data.pkl')
     loaded = read_checkpoint(path)
-    assert_same(loaded, checkpoint)
+    # as numpy's own unpickling rebuilds them (it makes byte orders native)
+    assert_same(loaded, pickle.loads(pickle.dumps(checkpoint)))
     assert loaded['meta']['fortran'].flags.f_contiguous
     assert loaded['meta']['palette'].flags.writeable
 

@@ -1,7 +1,7 @@
 """Checkpoint formats: pure converters and one strict, code-free reader.
 
 Importing this package (which importing ``mmmetaformer`` does) installs the
-safe loaders into mmengine's ``CheckpointLoader`` (``reader.install``), so
+safe loaders into mmengine's ``CheckpointLoader`` (``schemes.install``), so
 every checkpoint mmengine, mmdet or mmseg fetches in this process is read
 without running pickled code.
 """
@@ -11,7 +11,8 @@ from .loading import (HARMLESS_MISSING_SUFFIXES, CheckpointMismatchError,
                       check_model_fits, load_model_strictly, load_pretrained,
                       read_checkpoint)
 from .reader import (SAFE_GLOBALS, CheckpointError, CorruptCheckpointError,
-                     UnsafeCheckpointError, install)
+                     UnsafeCheckpointError)
+from .schemes import install
 
 install()
 

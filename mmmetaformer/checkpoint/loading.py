@@ -1,7 +1,7 @@
 """Read checkpoints safely and load them into a backbone strictly.
 
 Reading goes through mmengine's ``CheckpointLoader`` (any path or URL
-scheme), whose loaders ``reader.install()`` made code-free: ``.safetensors``
+scheme), whose loaders ``schemes.install()`` made code-free: ``.safetensors``
 through safetensors (metadata kept), everything else through
 ``torch.load(weights_only=True)`` with a short allowlist.
 

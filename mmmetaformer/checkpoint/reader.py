@@ -1,50 +1,45 @@
-"""The one checkpoint reader: mmengine's ``CheckpointLoader``, no pickle code.
+"""The one checkpoint reader: tensors and plain data, no pickled code.
 
-mmengine 0.10.7 reads every checkpoint it fetches with ``torch.load``
-without ``weights_only`` (unsafe on torch < 2.6), and its http loader goes
-through torch hub with ``weights_only=False`` on every torch: ``load_from``,
-``--resume``, ``init_cfg`` (``PretrainedInit``), ``load_checkpoint`` and so
-mmdet's ``init_detector`` and mmseg's ``init_model``. ``install()`` (called
-when ``mmmetaformer`` is imported) re-registers the loader of every path
-scheme ``CheckpointLoader`` knows with one that fetches the file the same
-way and reads it with ``torch.load(weights_only=True)`` and the short
-allowlist ``SAFE_GLOBALS``. Whatever goes through ``CheckpointLoader`` is
-then safe: our tools, our backbones' ``init_cfg``, and mmdet's and mmseg's
-own tools once a config imports ``mmmetaformer`` (``custom_imports``).
+``torch_load_safely`` reads a torch checkpoint with
+``torch.load(weights_only=True)`` and the short allowlist ``SAFE_GLOBALS``,
+``read_safetensors`` a ``.safetensors`` file (its string metadata kept as
+``{'meta': metadata, 'state_dict': tensors}``). ``schemes.py`` routes every
+path and URL scheme of mmengine's ``CheckpointLoader`` here.
 
-Decisions:
+What torch guarantees is used where it holds; what it does not is checked
+here, before torch opens the file:
 
-* Before torch opens a zip, the archive is checked here: a TorchScript
-  archive (a ``constants.pkl`` or a ``code/`` folder) is refused, since
-  torch < 2.6 hands it to ``torch.jit.load`` even with ``weights_only=True``
-  (CVE-2025-32434; torch >= 2.6 refuses it too, this stays as defence in
-  depth), and so is a member outside the archive's one folder.
-* numpy objects are rebuilt by value. ``SAFE_GLOBALS`` holds stand-ins
-  under numpy's names (``numpy.dtype``, ``numpy.ndarray``, ``_reconstruct``
-  and ``scalar`` of ``numpy.core`` and ``numpy._core``, so pickles of numpy
-  1 and 2 both read): bool and numeric dtypes only, arrays from their bytes
-  with ``np.frombuffer``. A file can therefore not choose object dtypes,
-  dtype flags or memory layouts, which numpy's own ``__setstate__`` lets it
-  do (a crafted ``scalar`` of an object dtype crashes the process). The
-  stand-ins return placeholders that the reader swaps for the arrays after
-  unpickling, so they are never registered process-wide.
-* Fetching stays with ``CheckpointLoader``'s schemes. URLs are cached where
-  mmengine's own http loader caches them (torch hub's ``checkpoints``
-  folder), with its progress bar. In a distributed run the first rank of
-  each node downloads while the node's other ranks wait at a barrier.
-* ``.safetensors`` files (from any scheme) are read with safetensors, and
-  their string metadata is kept: ``{'meta': metadata, 'state_dict':
-  tensors}``. Without metadata the tensors come back as a flat dict.
+* torch >= 2.6 reads ``weights_only`` pickles safely and loads with it by
+  default, so ``allow_in_torch_load`` registers ``SAFE_GLOBALS``
+  process-wide (``torch.serialization.add_safe_globals``): mmengine's own
+  ``torch.load`` calls then read Runner checkpoints (its loaders fail on
+  them otherwise). On torch < 2.6 nothing is registered; ``torch.load``'s
+  default there is unrestricted, so only our loaders are safe.
+* torch < 2.6 hands a TorchScript archive (a ``constants.pkl`` or a
+  ``code/`` folder) to ``torch.jit.load`` even with ``weights_only=True``
+  (CVE-2025-32434), and takes a storage's size from the pickle rather than
+  from its zip record. Both are refused here on every torch (defence in
+  depth), and so is a zip member outside the archive's folder, which torch
+  reports only as an internal assertion.
+* The allowlist is what real OpenMMLab checkpoints carry: mmengine's
+  ``HistoryBuffer`` (resume) and numpy arrays, dtypes and scalars. The numpy
+  entries are stand-ins under numpy's names (of ``numpy.core`` and
+  ``numpy._core``, so pickles of numpy 1 and 2 both read) that accept bool
+  and numeric dtypes only and arrays of exactly their bytes: a file cannot
+  choose object dtypes, dtype flags or memory layouts, as numpy's own
+  ``__setstate__`` lets it (a crafted ``scalar`` of an object dtype crashes
+  the process). They build real numpy values; arrays are an ``ndarray``
+  subclass that pickles and copies as a plain ``ndarray``. A dtype pickled
+  on its own (never in real checkpoints) stays a ``_DType`` holding it.
 * A refused file raises ``UnsafeCheckpointError`` before any of its code
-  could run; the message names the file, the object it asked for and how
-  to re-save a trusted file. Anything else torch cannot read (truncated,
+  could run; the message names the file, the object it asked for and how to
+  re-save a trusted file. Anything else torch cannot read (truncated,
   damaged, not a checkpoint) raises ``CorruptCheckpointError``.
 """
 import contextlib
 import io
 import json
 import math
-import os
 import os.path as osp
 import pickle
 import struct
@@ -54,11 +49,8 @@ from urllib.parse import urlparse
 
 import numpy as np
 import torch
-from mmengine.dist import barrier, get_local_rank
-from mmengine.logging import HistoryBuffer, print_log
-from mmengine.runner import checkpoint as mmengine_checkpoint
-from mmengine.runner.checkpoint import CheckpointLoader
-
+from mmengine.logging import HistoryBuffer
+from mmengine.utils import digit_version
 
 def _refuse(what):
     # the reader reports 'Unsupported ...' lines as refusals
@@ -116,14 +108,14 @@ class _DType:
         self.dtype = np.dtype(self.code).newbyteorder(state[1])
 
 
-class _Array:
+class _Array(np.ndarray):
     """``numpy.ndarray`` from its state ``(1, shape, dtype, fortran,
-    bytes)``: ``np.frombuffer`` of exactly ``prod(shape)`` items."""
+    bytes)``, filled by numpy once the dtype is a ``_DType`` and the bytes
+    are exactly ``prod(shape)`` items. Calling it (numpy's constructor
+    takes a buffer, an offset and strides) is refused."""
 
-    def __init__(self, *args):
-        if args:
-            _refuse('numpy.ndarray(...) call')
-        self.array = None
+    def __new__(cls, *args, **kwargs):
+        _refuse('numpy.ndarray(...) call')
 
     def __setstate__(self, state):
         try:
@@ -137,15 +129,24 @@ class _Array:
             valid = False
         if not valid:
             _refuse(f'numpy array state {str(state)[:80]}')
-        self.array = np.frombuffer(data, dtype.dtype).reshape(
-            shape, order='F' if fortran else 'C').copy(order='K')
+        super().__setstate__((1, shape, dtype.dtype, fortran, data))
+
+    # pickled and copied as the plain ndarray it stands for
+    def __reduce_ex__(self, protocol):
+        return np.asarray(self).__reduce_ex__(protocol)
+
+    def __copy__(self):
+        return np.array(self)
+
+    def __deepcopy__(self, memo):
+        return np.array(self)
 
 
 def _reconstruct(cls, shape, code):
     # what ndarray.__reduce__ asks for before the array's state
     if cls is not _Array or shape != (0, ) or code not in (b'b', 'b'):
         _refuse(f'numpy _reconstruct({cls!r}, {shape!r}, {code!r})')
-    return _Array()
+    return np.ndarray.__new__(_Array, (0, ), np.int8)
 
 
 def _empty_bytes(*args):
@@ -185,31 +186,20 @@ SAFE_GLOBALS = [
 ]
 
 
-def _numpy_values(obj, seen):
-    """``obj`` with the numpy stand-ins replaced by their values, in place
-    where the container allows it."""
-    if isinstance(obj, (_Array, _DType)):
-        value = obj.array if isinstance(obj, _Array) else obj.dtype
-        if value is None:
-            _refuse(f'numpy {type(obj).__name__} without its state')
-        return value
-    if isinstance(obj, (str, bytes, int, float, torch.Tensor)) or \
-            id(obj) in seen:
-        return obj
-    seen.add(id(obj))
-    if isinstance(obj, tuple):
-        values = tuple(_numpy_values(item, seen) for item in obj)
-        if any(a is not b for a, b in zip(values, obj)):
-            return type(obj)(values) if type(obj) is tuple else \
-                type(obj)(*values)  # torch.Size, named tuples
-        return obj
-    if isinstance(obj, list):
-        obj[:] = [_numpy_values(item, seen) for item in obj]
-    items = obj if isinstance(obj, dict) else vars(obj) if isinstance(
-        obj, HistoryBuffer) else {}
-    for key, value in items.items():
-        items[key] = _numpy_values(value, seen)
-    return obj
+TORCH_LOAD_IS_SAFE = digit_version(
+    torch.__version__) >= digit_version('2.6.0')
+
+
+def allow_in_torch_load():
+    """``SAFE_GLOBALS`` for the loads that follow: registered for every
+    ``torch.load`` of the process where ``weights_only`` is safe (torch >=
+    2.6; see the module docstring), returning a no-op context; a context
+    that allows them only inside it elsewhere. Idempotent (registering again
+    also undoes another caller's ``clear_safe_globals``)."""
+    if TORCH_LOAD_IS_SAFE:
+        torch.serialization.add_safe_globals(SAFE_GLOBALS)
+        return contextlib.nullcontext()
+    return torch.serialization.safe_globals(SAFE_GLOBALS)
 
 
 # Words of torch's restricted unpickler (and of the stand-ins above) when it
@@ -367,10 +357,9 @@ def torch_load_safely(source, name, map_location=None):
             contextlib.nullcontext(source) as f:
         container = _check_archive(f, name)
         try:
-            with torch.serialization.safe_globals(SAFE_GLOBALS):
-                loaded = torch.load(f, map_location=map_location,
-                                    weights_only=True)
-            return _numpy_values(loaded, set())
+            with allow_in_torch_load():
+                return torch.load(f, map_location=map_location,
+                                  weights_only=True)
         except Exception as exc:  # noqa: BLE001  any failure is named
             error = exc
     # torch words a refusal in several ways (and differently across
@@ -455,112 +444,3 @@ def read_bytes(data, name, map_location=None):
         return read_safetensors(data, name, map_location)
     with io.BytesIO(data) as buffer:
         return torch_load_safely(buffer, name, map_location)
-
-
-def fetch_url(url):
-    """The local copy of ``url`` in torch hub's checkpoint cache.
-
-    The first rank of each node downloads (into a temporary file that is
-    renamed when complete); the node's other ranks wait at a barrier. A
-    failed download is re-raised on every rank after the barrier, so no rank
-    waits forever.
-    """
-    cache_dir = osp.join(torch.hub.get_dir(), 'checkpoints')
-    path = osp.join(cache_dir, osp.basename(urlparse(url).path))
-    error = None
-    if get_local_rank() == 0 and not osp.isfile(path):
-        os.makedirs(cache_dir, exist_ok=True)
-        print_log(f'Downloading {url} to {path}', logger='current')
-        try:
-            torch.hub.download_url_to_file(url, path, progress=True)
-        except Exception as exc:  # re-raised after the barrier
-            error = exc
-    barrier()
-    if error is not None or not osp.isfile(path):
-        raise CheckpointError(
-            f'Could not download {url} ({error or "no file after download"}).'
-            f' Download it by other means and pass the local file, or place '
-            f'it at {path}')
-    return path
-
-
-# The scheme loaders. CheckpointLoader logs "Loads checkpoint by <name[10:]>
-# backend", hence the ``load_from_`` names.
-
-
-def load_from_local(filename, map_location=None):
-    return read_local_file(filename, map_location)
-
-
-def load_from_http(filename, map_location=None):
-    return read_local_file(fetch_url(filename), map_location, name=filename)
-
-
-def load_from_ceph(filename, map_location=None, backend='petrel'):
-    from mmengine.fileio import get_file_backend
-    storage = get_file_backend(filename, backend_args={'backend': backend})
-    return read_bytes(storage.get(filename), filename, map_location)
-
-
-def load_from_torchvision(filename, map_location=None):
-    name = filename.split('://', 1)[1]
-    urls = mmengine_checkpoint.get_torchvision_models()
-    if name not in urls:
-        raise CheckpointError(f'{filename}: no torchvision model {name!r}')
-    return load_from_http(urls[name], map_location)
-
-
-def load_from_openmmlab(filename, map_location=None):
-    name = filename.split('://', 1)[1]
-    name = mmengine_checkpoint.get_deprecated_model_names().get(name, name)
-    urls = mmengine_checkpoint.get_external_models()
-    if name not in urls:
-        raise CheckpointError(f'{filename}: no OpenMMLab model {name!r}')
-    url = urls[name]
-    if url.startswith(('http://', 'https://')):
-        return load_from_http(url, map_location)
-    # mmengine keeps some models as files under its home directory
-    return read_local_file(
-        osp.join(mmengine_checkpoint._get_mmengine_home(), url), map_location,
-        name=filename)
-
-
-def load_from_mmcls(filename, map_location=None):
-    name = filename[len('mmcls://'):]
-    urls = mmengine_checkpoint.get_mmcls_models()
-    if name not in urls:
-        raise CheckpointError(f'{filename}: no mmcls model {name!r}')
-    return mmengine_checkpoint._process_mmcls_checkpoint(
-        load_from_http(urls[name], map_location))
-
-
-def load_from_pavi(filename, map_location=None):
-    from tempfile import TemporaryDirectory
-    try:
-        from pavi import modelcloud
-    except ImportError:
-        raise ImportError('Install pavi to load checkpoints from pavi://')
-    model = modelcloud.get(filename[len('pavi://'):])
-    with TemporaryDirectory() as tmp_dir:
-        local = osp.join(tmp_dir, model.name)
-        model.download(local)
-        return read_local_file(local, map_location, name=filename)
-
-
-# Prefixes exactly as mmengine registers them, so ours replace its loaders.
-SCHEMES = (
-    ('', load_from_local),
-    (('http://', 'https://'), load_from_http),
-    ((r'(\S+\:)?s3://', r'(\S+\:)?petrel://'), load_from_ceph),
-    (('modelzoo://', 'torchvision://'), load_from_torchvision),
-    (('open-mmlab://', 'openmmlab://'), load_from_openmmlab),
-    ('mmcls://', load_from_mmcls),
-    ('pavi://', load_from_pavi),
-)
-
-
-def install():
-    """Make ``CheckpointLoader`` read every scheme with the safe loaders."""
-    for prefixes, loader in SCHEMES:
-        CheckpointLoader.register_scheme(prefixes, loader, force=True)
-
