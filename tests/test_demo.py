@@ -173,17 +173,20 @@ def toy_detector(tmp_path_factory):
 @pytest.mark.parametrize('weights', ['with_meta.pth', 'weights_only.pth'])
 def test_detection_picture_names_the_toy_classes(toy_detector, weights,
                                                  monkeypatch):
-    """The labels drawn in detections.jpg are the toy set's class names,
-    whether or not the checkpoint carries them (without, DetInferencer's
-    fallback, the 80 COCO names, would draw label 0 as "person")."""
+    """The labels drawn in detections.jpg are the toy set's class names
+    with the shape each stands for, whether or not the checkpoint carries
+    them (without, DetInferencer's fallback, the 80 COCO names, would draw
+    label 0 as "person")."""
     from mmdet.visualization import DetLocalVisualizer
 
     from mmmetaformer.datasets import toy
     demo, config, root, val, annotations = toy_detector
     ann_file = annotations / 'instances_val2017.json'
     categories = json.loads(ann_file.read_text())['categories']
-    toy_classes = tuple(c['name'] for c in categories
-                        if c['name'] in toy.SHAPE_CATEGORY.values())
+    shapes = {category: shape
+              for shape, category in toy.SHAPE_CATEGORY.items()}
+    toy_classes = tuple(f"{c['name']} ({shapes[c['name']]})"
+                        for c in categories if c['name'] in shapes)
     drawn, draw_texts = [], DetLocalVisualizer.draw_texts
 
     def record(visualizer, texts, *args, **kwargs):
@@ -196,7 +199,7 @@ def test_detection_picture_names_the_toy_classes(toy_detector, weights,
                                     str(ann_file), str(out))
     assert boxes > 0 and len(drawn) == boxes
     assert {classes for classes, _ in drawn} == {toy_classes}
-    assert {text.split(':')[0] for _, text in drawn} == {'airplane'}
+    assert {text.split(':')[0] for _, text in drawn} == {'airplane (cross)'}
     assert cv2.imread(str(out)) is not None
 
 

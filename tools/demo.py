@@ -322,7 +322,12 @@ def det_inferencer(config, checkpoint):
     airplane, would be drawn as "person". The names are taken from the
     dataset the detector was trained on instead, for the model and the
     visualizer alike; a checkpoint that names other classes is reported.
+    The toy images draw each of those COCO classes as a shape, so the
+    picture labels a box with both ("airplane (cross)"): a cross labelled
+    "kite (triangle)" then reads as the confusion it is.
     """
+    from mmmetaformer.datasets.toy import SHAPE_CATEGORY
+    shapes = {category: shape for shape, category in SHAPE_CATEGORY.items()}
     from mmdet.apis import DetInferencer
     cfg = for_inferencer(config)
     classes = label_names(cfg.test_dataloader.dataset)
@@ -338,7 +343,9 @@ def det_inferencer(config, checkpoint):
               f"({', '.join(list(meta.get('classes') or ['none'])[:3])} "
               "...); drawing the dataset's", flush=True)
     meta['classes'] = classes
-    inferencer.visualizer.dataset_meta = meta
+    inferencer.visualizer.dataset_meta = dict(meta, classes=tuple(
+        f'{name} ({shapes[name]})' if name in shapes else name
+        for name in classes))
     return inferencer
 
 
