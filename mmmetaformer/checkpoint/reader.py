@@ -44,6 +44,7 @@ import os.path as osp
 import pickle
 import struct
 import types
+import warnings
 import zipfile
 from urllib.parse import urlparse
 
@@ -266,9 +267,12 @@ class _StorageSizes(pickle.Unpickler):
         if isinstance(pid, tuple) and len(pid) == 5 and pid[0] == 'storage':
             module, name = getattr(pid[1], 'global_name', ('', ''))
             storage = getattr(torch, name, None) if module in (
-                'torch', 'torch.storage') else None
-            size = 1 if name == 'UntypedStorage' else getattr(
-                getattr(storage, 'dtype', None), 'itemsize', None)
+                'torch', 'torch.storage') and name.endswith(
+                    'Storage') else None
+            with warnings.catch_warnings():  # TypedStorage is deprecated
+                warnings.simplefilter('ignore', UserWarning)
+                size = 1 if name == 'UntypedStorage' else getattr(
+                    getattr(storage, 'dtype', None), 'itemsize', None)
             if size is None or type(pid[4]) is not int:
                 _refuse(f'storage {pid!r}')
             self.claims.append((str(pid[2]), pid[4] * size))
