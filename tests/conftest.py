@@ -17,18 +17,21 @@ if os.environ.get('PYTEST_XDIST_WORKER'):
     torch.set_num_threads(1)
 
 
-# Seconds each file took in one process on 2 idle cores (pytest
-# --durations=0, November 2026). xdist hands whole files to whichever worker
+# Seconds each file took in a two-worker run on 2 idle cores (pytest
+# --durations=0, December 2026). xdist hands whole files to whichever worker
 # is free in collection order, so the longest go first: otherwise a long
 # file collected last keeps one worker busy while the other idles.
 FILE_SECONDS = {
-    'test_det_configs.py': 190, 'test_seg_configs.py': 110,
-    'test_foundation.py': 80, 'test_benchmark_tool.py': 75,
-    'test_checkpoints.py': 75, 'test_ecosystem.py': 65, 'test_demo.py': 50,
-    'test_recipes.py': 45, 'test_compile_hooks_amp.py': 40,
-    'test_resume.py': 35, 'test_registry.py': 25,
-    'test_broken_inputs.py': 25, 'test_complexity.py': 25,
-    'test_safe_loading.py': 25, 'test_cross_stack.py': 60,
+    'test_det_configs.py': 153, 'test_seg_configs.py': 90,
+    'test_demo.py': 69, 'test_benchmark_tool.py': 65,
+    'test_checkpoints.py': 60, 'test_foundation.py': 60,
+    'test_cross_stack.py': 58, 'test_ecosystem.py': 48,
+    'test_safe_loading.py': 42, 'test_backbones.py': 38,
+    'test_recipes.py': 38, 'test_convert_and_infer.py': 37,
+    'test_resume.py': 28, 'test_compile_hooks_amp.py': 24,
+    'test_broken_inputs.py': 20, 'test_training_guards.py': 20,
+    'test_complexity.py': 18, 'test_registry.py': 18,
+    'test_fast_paths.py': 12, 'test_model_index.py': 10,
 }
 
 
