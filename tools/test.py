@@ -17,7 +17,6 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 from mmengine.config import DictAction  # noqa: E402
 
-from mmmetaformer.utils.images import ImageError  # noqa: E402
 from mmmetaformer.utils.launch import (  # noqa: E402
     LaunchError,
     build_runner,
@@ -92,15 +91,8 @@ def main(argv=None):
         from mmdet.evaluation import DumpDetResults
         runner.test_evaluator.metrics.append(
             DumpDetResults(out_file_path=args.out))
-    try:
-        with explain_data_errors(cfg, ('test_dataloader', )):
-            return runner.test()
-    except ImageError as exc:
-        # a data-loader worker re-raises it as 'Caught ... <traceback>
-        # ...ImageError: <message>'
-        lines = str(exc).strip().splitlines()
-        raise LaunchError(lines[-1].split(': ', 1)[-1] if len(lines) > 1
-                          else lines[0]) from exc
+    with explain_data_errors(cfg, ('test_dataloader', )):
+        return runner.test()
 
 
 if __name__ == '__main__':

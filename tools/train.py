@@ -12,8 +12,6 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 from mmengine.config import DictAction  # noqa: E402
 
-from mmmetaformer.engine import NonFiniteTrainingError  # noqa: E402
-from mmmetaformer.utils.images import ImageError  # noqa: E402
 from mmmetaformer.utils.launch import (  # noqa: E402
     LaunchError,
     build_runner,
@@ -86,15 +84,8 @@ def main(argv=None):
 
     prepare_for_device(cfg, args.launcher)
     runner = build_runner(cfg)
-    try:
-        with explain_data_errors(cfg, ('train_dataloader', 'val_dataloader')):
-            runner.train()
-    except (ImageError, NonFiniteTrainingError) as exc:
-        # a data-loader worker re-raises it as 'Caught ... <traceback>
-        # ...ImageError: <message>'
-        lines = str(exc).strip().splitlines()
-        raise LaunchError(lines[-1].split(': ', 1)[-1] if len(lines) > 1
-                          else lines[0]) from exc
+    with explain_data_errors(cfg, ('train_dataloader', 'val_dataloader')):
+        runner.train()
 
 
 if __name__ == '__main__':

@@ -17,6 +17,8 @@ import sys
 from mmengine.config import Config
 from mmengine.logging import print_log
 
+from .images import ImageError
+
 # default_scope -> (package to import, what it is for, toy generator kind)
 SCOPES = {
     'mmdet': ('mmdet', 'detection', 'coco'),
@@ -285,10 +287,19 @@ def explain_data_errors(cfg, dataloader_keys):
     * a file listed in the annotations but missing on disk
       (``FileNotFoundError``);
     * an image or label map that does not decode (mmcv's "failed to load
-      image" assertion, Pillow's ``UnidentifiedImageError``, ``OSError``).
+      image" assertion, Pillow's ``UnidentifiedImageError``, ``OSError``);
+    * an image our loader refused (``ImageError``, already one line naming
+      the file; a data-loader worker re-raises it with the worker's
+      traceback in front, which is dropped).
     """
     try:
         yield
+    except ImageError as exc:
+        # from a worker: 'Caught ImageError in DataLoader worker process 0.
+        # Original Traceback ... ImageError: <message>'
+        lines = str(exc).strip().splitlines()
+        raise LaunchError(lines[-1].split(': ', 1)[-1] if len(lines) > 1
+                          else lines[0]) from exc
     except json.JSONDecodeError as exc:
         bad = _unparsable_json(cfg, dataloader_keys)
         if bad is None:
@@ -320,12 +331,14 @@ def explain_data_errors(cfg, dataloader_keys):
 def run_tool(main):
     """Call ``main()``; print a user-facing error as one line and exit 2.
 
-    User-facing errors: ``LaunchError`` and the checkpoint errors
-    (``CheckpointError``: unsafe, unreadable or not fitting the model).
+    User-facing errors: ``LaunchError``, the checkpoint errors
+    (``CheckpointError``: unsafe, unreadable or not fitting the model, or
+    not written) and a diverging run (``NonFiniteTrainingError``).
     """
     from ..checkpoint import CheckpointError
+    from ..engine import NonFiniteTrainingError
     try:
         return main()
-    except (LaunchError, CheckpointError) as exc:
+    except (LaunchError, CheckpointError, NonFiniteTrainingError) as exc:
         print(f'error: {exc}', file=sys.stderr)
         sys.exit(2)
