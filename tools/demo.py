@@ -326,9 +326,10 @@ def det_inferencer(config, checkpoint):
     picture labels a box with both ("airplane (cross)"): a cross labelled
     "kite (triangle)" then reads as the confusion it is.
     """
+    from mmdet.apis import DetInferencer
+
     from mmmetaformer.datasets.toy import SHAPE_CATEGORY
     shapes = {category: shape for shape, category in SHAPE_CATEGORY.items()}
-    from mmdet.apis import DetInferencer
     cfg = for_inferencer(config)
     classes = label_names(cfg.test_dataloader.dataset)
     inferencer = DetInferencer(model=cfg, weights=checkpoint, device='cpu',

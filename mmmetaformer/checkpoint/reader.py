@@ -53,6 +53,7 @@ import torch
 from mmengine.logging import HistoryBuffer
 from mmengine.utils import digit_version
 
+
 def _refuse(what):
     # the reader reports 'Unsupported ...' lines as refusals
     raise pickle.UnpicklingError(f'Unsupported {what}')
