@@ -193,15 +193,20 @@ TORCH_LOAD_IS_SAFE = digit_version(
 
 
 def allow_in_torch_load():
-    """``SAFE_GLOBALS`` for the loads that follow: registered for every
-    ``torch.load`` of the process where ``weights_only`` is safe (torch >=
-    2.6; see the module docstring), returning a no-op context; a context
-    that allows them only inside it elsewhere. Idempotent (registering again
-    also undoes another caller's ``clear_safe_globals``)."""
+    """Register ``SAFE_GLOBALS`` for every ``torch.load`` of the process
+    where ``weights_only`` is safe (torch >= 2.6; see the module
+    docstring). Idempotent."""
     if TORCH_LOAD_IS_SAFE:
         torch.serialization.add_safe_globals(SAFE_GLOBALS)
-        return contextlib.nullcontext()
-    return torch.serialization.safe_globals(SAFE_GLOBALS)
+
+
+def _allowlist():
+    """The context of one of our loads. torch >= 2.6: registered again,
+    since another caller may have cleared it (and ``safe_globals``' exit
+    removes what it added); older torch: allowed only inside the load."""
+    allow_in_torch_load()
+    return contextlib.nullcontext() if TORCH_LOAD_IS_SAFE else \
+        torch.serialization.safe_globals(SAFE_GLOBALS)
 
 
 # Words of torch's restricted unpickler (and of the stand-ins above) when it
@@ -362,7 +367,7 @@ def torch_load_safely(source, name, map_location=None):
             contextlib.nullcontext(source) as f:
         container = _check_archive(f, name)
         try:
-            with allow_in_torch_load():
+            with _allowlist():
                 return torch.load(f, map_location=map_location,
                                   weights_only=True)
         except Exception as exc:  # noqa: BLE001  any failure is named
