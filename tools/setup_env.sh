@@ -47,6 +47,12 @@ if [ -x "$VENV/bin/python" ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want_
 fi
 
 if [ ! -x "$VENV/bin/python" ]; then
+    # The registry's torch wheels carry CUDA libraries: an environment takes
+    # about 6 GB. Say so up front instead of failing half-way with ENOSPC.
+    free_kb=$(df -Pk "$(dirname "$VENV")" | awk 'NR==2 {print $4}')
+    if [ "${free_kb:-0}" -lt $((7 * 1024 * 1024)) ]; then
+        log "warning: $((free_kb / 1024 / 1024)) GB free next to $VENV; an environment needs about 6 GB"
+    fi
     log "creating $VENV with $($PYTHON --version)"
     "$PYTHON" -m venv "$VENV"
 fi
