@@ -84,6 +84,11 @@ def test_demo_reports_machine_figures_times_and_files(demo):
         assert str(work / name) in tail
     assert re.search(r'\d+ boxes scoring >= 0\.3 on 2 val images, \d+ on '
                      r'an object of their class', out)
+    # the detector's backbone came from the segmentor's checkpoint, every
+    # backbone tensor of it
+    loaded = re.search(r'\[det\] Loaded (\d+)/(\d+) tensors into PoolFormer '
+                       r'from \S+segmentation\S+\.pth', out)
+    assert loaded and loaded.group(1) == loaded.group(2), out
     # training progress with mmengine's ETA was echoed for both runs
     assert re.search(r'\[seg\] Iter\(train\).*eta: ', out)
     assert re.search(r'\[det\] Epoch\(train\).*eta: ', out)
@@ -114,14 +119,22 @@ def demo_module():
 
 def test_schedule_fits_the_budget_where_the_machine_allows():
     demo = demo_module()
-    # A machine as fast as the one the recipes were tuned on: the full 600
-    # iterations each, within the budget.
+    full = (demo.FULL_ITERS['seg'],
+            demo.FULL_ITERS['det'] // demo.DET_ITERS_PER_EPOCH)
+    # A machine as fast as the one the recipes were tuned on: the full
+    # schedules, within the budget.
     seg, det, seconds = demo.plan_schedule(136.0, 14)
-    assert (seg, det) == (600, 6) and seconds <= 14 * 60
-    # Half as fast: shortened (never below 400 iterations), both alike.
+    assert (seg, det) == full and seconds <= 14 * 60
+    # Half as fast (about 65 GFLOP/s): both shortened, never below the
+    # shortest schedules, and still within the budget.
     seg, det, seconds = demo.plan_schedule(65.0, 14)
-    assert 400 <= seg < 600 and 4 <= det < 6
-    assert seconds <= 14 * 60 or (seg, det) == (400, 4)
+    assert demo.MIN_ITERS['seg'] <= seg < full[0]
+    assert demo.MIN_ITERS['det'] <= det * demo.DET_ITERS_PER_EPOCH
+    assert det <= full[1] and seconds <= 14 * 60
+    # Slower still: the shortest schedules, whatever the budget says.
+    seg, det, _ = demo.plan_schedule(20.0, 14)
+    assert (seg, det * demo.DET_ITERS_PER_EPOCH) == (
+        demo.MIN_ITERS['seg'], demo.MIN_ITERS['det'])
 
 
 def test_overrides_are_by_name():
@@ -134,6 +147,10 @@ def test_overrides_are_by_name():
     cosine = demo.scheduler(det, 'CosineAnnealingLR')
     assert (cosine.T_max, cosine.end, det.train_cfg.max_epochs) == (3, 3, 3)
     assert det.test_dataloader.dataset.data_root == 'somewhere/'
+    assert det.model.backbone.init_cfg is None  # the toy config: scratch
+    det = demo.det_config('somewhere', 96, 3, backbone_from='seg.pth')
+    assert det.model.backbone.init_cfg == dict(type='Pretrained',
+                                               checkpoint='seg.pth')
     seg = demo.seg_config('there', 250)
     assert demo.scheduler(seg, 'PolyLR').end == 250
     assert seg.train_cfg.max_iters == 250

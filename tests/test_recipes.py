@@ -334,7 +334,8 @@ def test_toy_upernet_run_with_layer_decay(tmp_path):
                        weights_only=False)
     groups = state['optimizer']['param_groups']
     assert sorted({g['layer_id'] for g in groups}) == [0, 1, 2, 3, 4, 7]
-    base_lr = 1e-3  # the toy lr (configs/_base_/toy_ade20k.py)
+    base_lr = Config.fromfile(CONFIGS / 'toy' / 'upernet_convformer_s18_'
+                              'toy_ade20k.py').optim_wrapper.optimizer.lr
     factor = groups[0]['lr'] / groups[0]['initial_lr']
     assert 0 < factor < 1  # in warmup
     for group in groups:
