@@ -119,22 +119,21 @@ def demo_module():
 
 def test_schedule_fits_the_budget_where_the_machine_allows():
     demo = demo_module()
-    full = (demo.FULL_ITERS['seg'],
-            demo.FULL_ITERS['det'] // demo.DET_ITERS_PER_EPOCH)
+    per_epoch = demo.DET_ITERS_PER_EPOCH
+    full = (demo.FULL_ITERS['seg'], demo.FULL_ITERS['det'] // per_epoch)
+    shortest = (demo.MIN_ITERS['seg'], demo.MIN_ITERS['det'] // per_epoch)
     # A machine as fast as the one the recipes were tuned on: the full
     # schedules, within the budget.
     seg, det, seconds = demo.plan_schedule(136.0, 14)
     assert (seg, det) == full and seconds <= 14 * 60
-    # Half as fast (about 65 GFLOP/s): both shortened, never below the
-    # shortest schedules, and still within the budget.
+    # Half as fast (about 65 GFLOP/s): shortened, never below the shortest
+    # schedules, and still within the budget.
     seg, det, seconds = demo.plan_schedule(65.0, 14)
-    assert demo.MIN_ITERS['seg'] <= seg < full[0]
-    assert demo.MIN_ITERS['det'] <= det * demo.DET_ITERS_PER_EPOCH
-    assert det <= full[1] and seconds <= 14 * 60
-    # Slower still: the shortest schedules, whatever the budget says.
-    seg, det, _ = demo.plan_schedule(20.0, 14)
-    assert (seg, det * demo.DET_ITERS_PER_EPOCH) == (
-        demo.MIN_ITERS['seg'], demo.MIN_ITERS['det'])
+    assert shortest[0] <= seg < full[0] and det == shortest[1]
+    assert seconds <= 14 * 60
+    # More budget, the full schedules; slower, never below the shortest.
+    assert demo.plan_schedule(65.0, 20)[:2] == full
+    assert demo.plan_schedule(20.0, 14)[:2] == shortest
 
 
 def test_overrides_are_by_name():
@@ -148,9 +147,11 @@ def test_overrides_are_by_name():
     assert (cosine.T_max, cosine.end, det.train_cfg.max_epochs) == (3, 3, 3)
     assert det.test_dataloader.dataset.data_root == 'somewhere/'
     assert det.model.backbone.init_cfg is None  # the toy config: scratch
+    lr = det.optim_wrapper.optimizer.lr
     det = demo.det_config('somewhere', 96, 3, backbone_from='seg.pth')
     assert det.model.backbone.init_cfg == dict(type='Pretrained',
                                                checkpoint='seg.pth')
+    assert det.optim_wrapper.optimizer.lr == demo.DET_LR_FROM_BACKBONE != lr
     seg = demo.seg_config('there', 250)
     assert demo.scheduler(seg, 'PolyLR').end == 250
     assert seg.train_cfg.max_iters == 250
