@@ -3,9 +3,10 @@ measurement, toy sets, both trainings through tools/train.py, validation
 with the real metrics, all pictures) on tiny sets for a couple of
 iterations; and the figure floors that make `make demo` fail.
 
-The full demo (12-20 minutes of 2 cores) runs with
+The full demo (7-14 minutes of 2 cores) runs with
 ``MMMETAFORMER_FULL_DEMO=1``: it must reach box mAP 0.5 and mIoU 69.5, the
-floors under its measured runs (box mAP 0.572-0.587, mIoU 70.1-70.3).
+floors under its measured runs (docs/benchmarks.md: box mAP 0.61-0.72, mIoU
+71.3-72.3 with the current schedules).
 """
 import importlib.util
 import json
@@ -222,7 +223,7 @@ def test_detection_picture_names_the_toy_classes(toy_detector, weights,
 
 
 @pytest.mark.skipif(os.environ.get('MMMETAFORMER_FULL_DEMO') != '1',
-                    reason='the full demo takes 12-20 minutes; set '
+                    reason='the full demo takes 7-14 minutes; set '
                     'MMMETAFORMER_FULL_DEMO=1')
 def test_full_demo_reaches_its_figures(tmp_path):
     proc = run_demo(tmp_path, timeout=3600)
