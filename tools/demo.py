@@ -281,7 +281,7 @@ def plot_curves(path, panels):
         row[0].set(title=f'{title}: training loss', xlabel='iteration',
                    ylabel='loss')
         row[1].plot(*zip(*val), marker='o', color='tab:red')
-        row[1].set(title=f'{title}: {metric_name}, held-out val images',
+        row[1].set(title=f'{title}: {metric_name}, held-out images',
                    xlabel='iteration', ylabel=metric_name)
         for ax in row:
             ax.grid(alpha=0.3)
@@ -530,11 +530,11 @@ def main(argv=None):
     det_vals = [(i, dict({'coco/bbox_mAP': 0.0, 'coco/bbox_mAP_50': 0.0},
                          **v)) for i, v in det_vals]
     curves_png = osp.join(args.work_dir, 'learning_curves.png')
-    plot_curves(curves_png, [
-        ('Detection (toy COCO)', det_losses, 'box mAP',
-         [(i, v['coco/bbox_mAP']) for i, v in det_vals]),
+    plot_curves(curves_png, [  # in the order they trained
         ('Segmentation (toy ADE20K)', seg_losses, 'mIoU',
-         [(i, v['mIoU']) for i, v in seg_vals])])
+         [(i, v['mIoU']) for i, v in seg_vals]),
+        ('Detection (toy COCO)', det_losses, 'box mAP',
+         [(i, v['coco/bbox_mAP']) for i, v in det_vals])])
     det_final, seg_final = det_vals[-1][1], seg_vals[-1][1]
     val_dir = osp.join(coco_root, 'val2017')
     det_images = [osp.join(val_dir, f) for f in sorted(os.listdir(val_dir))]
