@@ -506,6 +506,7 @@ def main(argv=None):
         'seg', seg_config(ade_root, seg_iters), seg_work)
     seg_losses = losses(scalars(seg_run))
     seg_vals = validations(scalars(seg_run))
+    seg_checkpoint = checkpoint_of(seg_work)
     phases['segmentation'] = time.time() - mark
 
     print('== 3/4 detection: RetinaNet + PoolFormer-S12, the backbone '
@@ -513,7 +514,7 @@ def main(argv=None):
     mark = time.time()
     det_work = osp.join(args.work_dir, 'detection')
     det_cfg = det_config(coco_root, args.det_img_size, det_epochs,
-                         backbone_from=checkpoint_of(seg_work))
+                         backbone_from=seg_checkpoint)
     det_run, det_cfg_path = train('det', det_cfg, det_work)
     iters_per_epoch = -(-args.det_images[0] //
                         det_cfg.train_dataloader.batch_size)
@@ -546,8 +547,7 @@ def main(argv=None):
     seg_images = [osp.join(seg_val_dir, f)
                   for f in sorted(os.listdir(seg_val_dir))]
     seg_jpg = osp.join(args.work_dir, 'segmentation.jpg')
-    draw_segmentation(seg_cfg_path, checkpoint_of(seg_work), seg_images[:4],
-                      seg_jpg)
+    draw_segmentation(seg_cfg_path, seg_checkpoint, seg_images[:4], seg_jpg)
     phases['pictures'] = time.time() - mark
 
     box_map, miou = det_final['coco/bbox_mAP'], seg_final['mIoU']
