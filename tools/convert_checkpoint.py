@@ -27,6 +27,13 @@ config (``configs/{retinanet,mask_rcnn}_poolformer_*_coco.py``,
 ``tools/test.py`` or mmdet's/mmseg's own tools. ``--check-config`` builds
 that config's model and loads DST into it strictly. ``--backbone-only``
 takes just the backbone of such a file instead.
+
+DST is written whole or not at all (``atomic_output``: a temporary file
+beside it, renamed over it once complete), so converting a file in place
+(DST = SRC) is safe: SRC is read fully first and replaced only by a
+complete conversion. Every error of the input (a missing, unsafe or
+damaged file, tensors that fit no backbone or of the wrong dtype, DST a
+folder or under a missing one, a full disk) is one line and exit status 2.
 """
 import argparse
 import os.path as osp
@@ -37,12 +44,15 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 from mmmetaformer.checkpoint import (FORMATS, NATIVE_META_KEY,  # noqa: E402
                                      read_checkpoint, to_native)
 from mmmetaformer.checkpoint.formats import (  # noqa: E402
-    CLASSIFIER_PREFIXES, DENSE_FORMATS, dense_to_native)
+    CLASSIFIER_PREFIXES, DENSE_FORMATS, dense_to_native, unwrap_checkpoint)
+from mmmetaformer.engine.checkpoint_hooks import (  # noqa: E402
+    OutputWriteError, check_output_file, write_bytes_atomically)
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('src', help='source checkpoint (path or URL)')
+    parser.add_argument('src', help='source checkpoint: path, URL or '
+                        'hf-hub:ORG/NAME[@REVISION][/FILE]')
     parser.add_argument('dst', help='output file (.pth or .safetensors)')
     parser.add_argument('--format', default='auto',
                         choices=('auto', ) + FORMATS + DENSE_FORMATS,
@@ -68,6 +78,7 @@ def check_config(config, state_dict):
     """
     from mmengine.config import Config
     from mmengine.registry import MODELS, init_default_scope
+    from mmmetaformer.checkpoint.loading import unfit_entries
     cfg = Config.fromfile(config)  # its custom_imports register our models
     init_default_scope(cfg.get('default_scope', 'mmdet'))
     model = MODELS.build(cfg.model)
@@ -75,13 +86,10 @@ def check_config(config, state_dict):
     problems = []
     missing = [k for k in own if k not in state_dict]
     unexpected = [k for k in state_dict if k not in own]
-    mismatched = [
-        f'{k}: {tuple(state_dict[k].shape)} vs {tuple(own[k].shape)}'
-        for k in own if k in state_dict and state_dict[k].shape != own[k].shape
-    ]
+    mismatched = unfit_entries(own, state_dict)  # as the loader judges
     for what, keys in (('missing in the checkpoint', missing),
                        ('not in the model', unexpected),
-                       ('shape mismatch (checkpoint vs model)', mismatched)):
+                       ('shape or type mismatch', mismatched)):
         if keys:
             problems.append(f"{what} ({len(keys)}): {', '.join(keys[:20])}"
                             f"{' ...' if len(keys) > 20 else ''}")
@@ -106,10 +114,12 @@ def registered_archs():
 def backbone_problems(backbone_cfg, state_dict):
     """What keeps ``state_dict`` from loading strictly into the backbone
     ``backbone_cfg`` builds (on the meta device: shapes only), as
-    ``mmmetaformer.checkpoint.load_pretrained`` judges it: a list of
-    ``'key: why'``, empty when it fits."""
+    ``mmmetaformer.checkpoint.load_pretrained`` judges it (its
+    ``unfit_entries``: a tensor of the parameter's shape and kind of
+    dtype): a list of ``'key: why'``, empty when it fits."""
     import torch
 
+    from mmmetaformer.checkpoint.loading import unfit_entries
     from mmmetaformer.registry import MODELS
     with torch.device('meta'):
         model = MODELS.build(dict(backbone_cfg, init_cfg=None))
@@ -119,10 +129,7 @@ def backbone_problems(backbone_cfg, state_dict):
                 if k not in state_dict and not k.startswith(new)]
     problems += [f'{k}: not in the backbone' for k in state_dict
                  if k not in own and not k.startswith(new)]
-    problems += [
-        f'{k}: {tuple(state_dict[k].shape)} vs {tuple(own[k].shape)}'
-        for k in own if k in state_dict and state_dict[k].shape != own[k].shape
-    ]
+    problems += unfit_entries(own, state_dict)
     return problems
 
 
@@ -166,26 +173,44 @@ def check_backbone(args, state_dict):
                      f'{name}, {len(problems)} differ: {shown}{more}')
 
 
+def save_pth(obj, dst):
+    """``torch.save`` into memory, then one atomic write: a failed write is
+    a Python ``OSError`` (not torch's writer's ``RuntimeError``) and leaves
+    nothing partial."""
+    import io
+
+    import torch
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    write_bytes_atomically(dst, buffer.getvalue())
+
+
+def contiguous(state_dict):
+    """Tensors made contiguous (``save_file`` needs it); any other entry is
+    left for the fit check to name."""
+    import torch
+    return {k: v.contiguous() if isinstance(v, torch.Tensor) else v
+            for k, v in state_dict.items()}
+
+
 def write_dense(args, dense):
     """Write a converted whole model; optionally check it against a config."""
-    import torch
-    state_dict = {k: v.contiguous() for k, v in dense['state_dict'].items()}
+    state_dict = contiguous(dense['state_dict'])
     meta = {NATIVE_META_KEY: 1, 'source_format': DENSE_FORMATS[0],
             'model': dense['kind'], 'source': osp.basename(str(args.src))}
     if dense['dataset_meta']:
         meta['dataset_meta'] = dense['dataset_meta']
     if args.dst.endswith('.safetensors'):
-        print('error: a whole trained model is written as .pth (mmengine '
-              "reads load_from with torch.load); DST ends with "
-              '.safetensors', file=sys.stderr)
-        return 2
+        raise ValueError('a whole trained model is written as .pth (mmengine '
+                         "reads load_from with torch.load); DST ends with "
+                         '.safetensors')
     if args.check_config:  # before anything is written
         try:
             count = check_config(args.check_config, state_dict)
         except ValueError as exc:
             print(f'error: {exc}; nothing written', file=sys.stderr)
             return 1
-    torch.save({'meta': meta, 'state_dict': state_dict}, args.dst)
+    save_pth({'meta': meta, 'state_dict': state_dict}, args.dst)
     print(f"{args.src}: whole {dense['kind']} (format {DENSE_FORMATS[0]}), "
           f'wrote {len(state_dict)} tensors to {args.dst}')
     if dense['dropped']:
@@ -198,39 +223,59 @@ def write_dense(args, dense):
 
 
 def main(argv=None):
+    """Exit status: 0 written, 2 an error of the input (one line), 1 the
+    converted whole model does not fit ``--check-config``."""
     args = parse_args(argv)
-    import torch
     try:
-        raw = read_checkpoint(args.src)
-        dense = None
-        whole = args.format in ('auto', ) + DENSE_FORMATS
-        if whole and not args.backbone_only:
-            dense = dense_to_native(raw)
-            if dense is None and args.format in DENSE_FORMATS:
-                raise ValueError(
-                    f'{args.src} is not a whole PoolFormer RetinaNet / Mask '
-                    f'R-CNN / Semantic FPN checkpoint (format {args.format})')
-        if dense is not None:
-            return write_dense(args, dense)
-        state_dict, fmt, others = to_native(raw, args.format)
-        classifier = sorted(k for k in state_dict
-                            if k.startswith(CLASSIFIER_PREFIXES))
-        backbone = {
-            k: v.contiguous()
-            for k, v in state_dict.items() if k not in set(classifier)
-        }
-        fits = check_backbone(args, backbone)
-    except (FileNotFoundError, RuntimeError, ValueError, TypeError) as exc:
-        print(f'error: {exc}', file=sys.stderr)
+        return convert(args)
+    except (FileNotFoundError, IsADirectoryError, PermissionError,
+            UnicodeDecodeError, RuntimeError, ValueError, TypeError,
+            OutputWriteError) as exc:
+        # RuntimeError covers CheckpointError (unsafe, damaged, unfit)
+        lines = [line.strip() for line in str(exc).splitlines()]
+        print(f"error: {'; '.join(filter(None, lines)) or repr(exc)}",
+              file=sys.stderr)
         return 2
+
+
+def convert(args):
+    import torch
+    check_output_file(args.dst, 'DST')
+    raw = read_checkpoint(args.src)
+    # a weight that is a number or a string: named here, before the
+    # converters reshape tensors
+    not_tensors = [f'{k} (not a tensor: {type(v).__name__})'
+                   for k, v in unwrap_checkpoint(raw)[0].items()
+                   if not isinstance(v, torch.Tensor)]
+    if not_tensors:
+        raise ValueError(f'{args.src}: {len(not_tensors)} entries of its '
+                         f"state dict cannot be weights: "
+                         f"{', '.join(not_tensors[:5])}")
+    dense = None
+    whole = args.format in ('auto', ) + DENSE_FORMATS
+    if whole and not args.backbone_only:
+        dense = dense_to_native(raw)
+        if dense is None and args.format in DENSE_FORMATS:
+            raise ValueError(
+                f'{args.src} is not a whole PoolFormer RetinaNet / Mask '
+                f'R-CNN / Semantic FPN checkpoint (format {args.format})')
+    if dense is not None:
+        return write_dense(args, dense)
+    state_dict, fmt, others = to_native(raw, args.format)
+    classifier = sorted(k for k in state_dict
+                        if k.startswith(CLASSIFIER_PREFIXES))
+    backbone = contiguous(
+        {k: v for k, v in state_dict.items() if k not in set(classifier)})
+    fits = check_backbone(args, backbone)
     meta = {NATIVE_META_KEY: 1, 'source_format': fmt,
             'source': osp.basename(str(args.src))}
     if args.dst.endswith('.safetensors'):
-        from safetensors.torch import save_file
-        save_file(backbone, args.dst,
-                  metadata={k: str(v) for k, v in meta.items()})
+        from safetensors.torch import save
+        write_bytes_atomically(
+            args.dst,
+            save(backbone, metadata={k: str(v) for k, v in meta.items()}))
     else:
-        torch.save({'meta': meta, 'state_dict': backbone}, args.dst)
+        save_pth({'meta': meta, 'state_dict': backbone}, args.dst)
     print(f'{args.src}: format {fmt}, wrote {len(backbone)} backbone '
           f"tensors to {args.dst}; they fit {', '.join(fits)}")
     if classifier:

@@ -11,7 +11,10 @@ demos: the drawn pictures in ``DIR/vis/`` and the predictions in
 ``DIR/preds/`` (detection: one JSON per image with ``labels``, ``scores``
 and ``bboxes``, and masks for instance segmentation; segmentation: one
 label PNG per image in ``DIR/pred/``). ``--out FILE`` also writes the
-picture of a single image to FILE.
+picture of a single image to FILE. Outputs are named by the image's file
+name, so two inputs of the same name (extension aside) are refused rather
+than one overwriting the other; every output appears whole or not at all
+(written aside, then renamed into place), and none may replace an input.
 
 Detection thresholds: the model drops boxes scoring under its own
 ``test_cfg.score_thr`` (RetinaNet: 0.05) before anything is drawn or
@@ -63,6 +66,9 @@ def parse_args(argv=None):
                         '(default: 0.3)')
     parser.add_argument('--opacity', type=float, default=0.5,
                         help='segmentation: overlay opacity')
+    parser.add_argument('--allow-nonfinite', action='store_true',
+                        help='predict with weights holding nan or inf '
+                        '(refused by default, naming the first such tensor)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config settings, as in train.py')
     return parser.parse_args(argv)
@@ -81,9 +87,15 @@ def list_images(source):
         raise LaunchError(f'Image file not found: {source}')
     if source.lower().endswith('.txt'):
         base = osp.dirname(source)
-        with open(source) as f:
-            images = [osp.join(base, line.strip()) for line in f
-                      if line.strip() and not line.startswith('#')]
+        try:
+            with open(source, encoding='utf-8') as f:
+                images = [osp.join(base, line.strip()) for line in f
+                          if line.strip() and not line.startswith('#')]
+        except UnicodeDecodeError as exc:
+            raise LaunchError(f'{source} is not a text list of image paths '
+                              f'(not UTF-8 text: {exc.reason} at byte '
+                              f'{exc.start}); give an image, a folder or a '
+                              '.txt file with one path per line') from None
         missing = [p for p in images if not osp.isfile(p)]
         if missing:
             raise LaunchError(f'Image file not found: {missing[0]} (listed '
@@ -104,14 +116,19 @@ def check_images(images):
             raise LaunchError(str(exc)) from None
 
 
-def require_exact_fit(model, checkpoint):
-    """Refuse a checkpoint that left weights unloaded or brought others.
+def require_exact_fit(model, checkpoint, allow_nonfinite=False):
+    """Refuse a checkpoint that left weights unloaded or brought others, or
+    (unless ``allow_nonfinite``) whose weights hold nan or inf.
 
     The inferencers load non-strictly (and only log mismatches); the file
     is read again (safely) to check.
     """
     from mmmetaformer.checkpoint import check_model_fits, read_checkpoint
-    check_model_fits(model, read_checkpoint(checkpoint), checkpoint)
+    from mmmetaformer.engine.checkpoint_hooks import check_finite_weights
+    loaded = read_checkpoint(checkpoint)
+    check_model_fits(model, loaded, checkpoint)
+    if not allow_nonfinite:
+        check_finite_weights(loaded, checkpoint)
 
 
 def model_score_thr(test_cfg):
@@ -138,7 +155,8 @@ def predict_detection(cfg, args, images):
         note = f" (the model's own threshold: {holder[key]})"
     inferencer = DetInferencer(model=cfg, weights=args.checkpoint,
                                device=args.device, show_progress=False)
-    require_exact_fit(inferencer.model, args.checkpoint)
+    require_exact_fit(inferencer.model, args.checkpoint,
+                      args.allow_nonfinite)
     results = inferencer(images, out_dir=args.out_dir, no_save_pred=False,
                          pred_score_thr=args.score_thr)
     summaries = [
@@ -154,7 +172,8 @@ def predict_segmentation(cfg, args, images):
     from mmseg.apis import MMSegInferencer
     inferencer = MMSegInferencer(model=cfg, weights=args.checkpoint,
                                  device=args.device)
-    require_exact_fit(inferencer.model, args.checkpoint)
+    require_exact_fit(inferencer.model, args.checkpoint,
+                      args.allow_nonfinite)
     summaries = []
     for path in images:
         result = inferencer(path, out_dir=args.out_dir,
@@ -168,9 +187,94 @@ def predict_segmentation(cfg, args, images):
         args.out_dir, 'pred')
 
 
+def check_outputs(args, images):
+    """Refuse, before any work, options and outputs that cannot be right:
+    a threshold or opacity that is not a number in [0, 1], ``--out-dir``
+    that is a file, ``--out`` that is a folder or an input image, two
+    images of the same file name (their pictures and predictions are named
+    by it and would overwrite each other), or an input image that an
+    output would replace."""
+    import math
+    for name in ('score_thr', 'opacity'):
+        value = getattr(args, name)
+        if not (math.isfinite(value) and 0 <= value <= 1):
+            raise LaunchError(f"--{name.replace('_', '-')} {value}: give a "
+                              'number from 0 to 1')
+    if osp.exists(args.out_dir) and not osp.isdir(args.out_dir):
+        raise LaunchError(f'--out-dir {args.out_dir} is a file; give a '
+                          'folder (it is created if needed)')
+    inputs = {osp.realpath(p): p for p in images}
+    if args.out:
+        if osp.isdir(args.out):
+            raise LaunchError(f'--out {args.out} is a folder; give a file '
+                              'name for the picture, e.g. '
+                              f'{osp.join(args.out, osp.basename(images[0]))}')
+        if osp.realpath(args.out) in inputs:
+            raise LaunchError(f'--out {args.out} is the input image; give '
+                              'another file name')
+    seen = {}
+    for path in images:
+        name = osp.splitext(osp.basename(path))[0]
+        if name in seen:
+            raise LaunchError(
+                f'{seen[name]} and {path} have the same file name '
+                '(extension aside), which names their pictures and '
+                'predictions in --out-dir; rename one or run them '
+                'separately')
+        seen[name] = path
+        for sub in OUTPUT_FOLDERS:
+            output = osp.realpath(osp.join(args.out_dir, sub,
+                                           osp.basename(path)))
+            if output in inputs:
+                raise LaunchError(f'--out-dir {args.out_dir} would replace '
+                                  f'the input image {inputs[output]}; give '
+                                  'another --out-dir')
+
+
+# Where the inferencers write under --out-dir: pictures, and predictions
+# (mmdet: preds/<name>.json; mmseg: pred/<name>.png).
+OUTPUT_FOLDERS = ('vis', 'preds', 'pred')
+
+
+def predict_atomically(predict, cfg, args, images):
+    """Run ``predict`` with the inferencers writing into a hidden staging
+    folder inside ``--out-dir``, then move each file into place with
+    ``atomic_output``: a kill or a full disk never leaves a half-written
+    picture or JSON under its final name. Returns what ``predict`` returns,
+    its folders under ``--out-dir``."""
+    import tempfile
+
+    from mmmetaformer.engine.checkpoint_hooks import (OutputWriteError,
+                                                      atomic_output)
+    os.makedirs(args.out_dir, exist_ok=True)
+    out_dir = args.out_dir
+    args.out_dir = tempfile.mkdtemp(prefix='.partial-', dir=out_dir)
+    try:
+        try:
+            summaries, vis_dir, pred_dir = predict(cfg, args, images)
+        except OSError as exc:  # a picture or JSON the inferencer wrote
+            raise OutputWriteError(
+                f'Could not write the predictions into {out_dir}: '
+                f'{exc.strerror or exc} ({type(exc).__name__}); nothing '
+                'partial was left there') from exc
+        for folder, _, files in os.walk(args.out_dir):
+            final_folder = osp.join(out_dir,
+                                    osp.relpath(folder, args.out_dir))
+            os.makedirs(final_folder, exist_ok=True)
+            for name in files:
+                with atomic_output(osp.join(final_folder, name)) as partial:
+                    os.replace(osp.join(folder, name), partial)
+    finally:
+        shutil.rmtree(args.out_dir, ignore_errors=True)
+        staging, args.out_dir = args.out_dir, out_dir
+    return (summaries, osp.join(out_dir, osp.relpath(vis_dir, staging)),
+            osp.join(out_dir, osp.relpath(pred_dir, staging)))
+
+
 def main(argv=None):
     args = parse_args(argv)
     images = list_images(args.input)
+    check_outputs(args, images)
     cfg, scope = load_config(args.config, args.cfg_options)
     if not osp.isfile(args.checkpoint):
         raise LaunchError(f'Checkpoint file not found: {args.checkpoint}')
@@ -194,11 +298,15 @@ def main(argv=None):
     init_default_scope(scope)
     predict = predict_detection if scope == 'mmdet' else \
         predict_segmentation
-    summaries, vis_dir, pred_dir = predict(cfg, args, images)
+    summaries, vis_dir, pred_dir = predict_atomically(predict, cfg, args,
+                                                      images)
     if args.out:
+        from mmmetaformer.engine.checkpoint_hooks import atomic_output
         if osp.dirname(args.out):
             os.makedirs(osp.dirname(args.out), exist_ok=True)
-        shutil.copyfile(osp.join(vis_dir, osp.basename(images[0])), args.out)
+        with atomic_output(args.out) as partial:
+            shutil.copyfile(osp.join(vis_dir, osp.basename(images[0])),
+                            partial)
     for path, summary in zip(images[:-1], summaries):
         print(f'{path}: {summary}')
     print(f'{images[-1]}: {summaries[-1]}; wrote {len(images)} pictures to '

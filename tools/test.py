@@ -7,7 +7,8 @@ segmentation reports mIoU, mAcc and aAcc with the per-class table
 
 The checkpoint is read without running pickled code and must hold exactly
 the model's tensors (``StrictLoadHook``): a file that leaves weights
-unloaded, or brings others, is an error (exit 2) and no metric is printed.
+unloaded, or brings others, is an error (exit 2) and no metric is printed;
+so are weights holding nan or inf (``--allow-nonfinite`` evaluates them).
 """
 import argparse
 import os.path as osp
@@ -44,6 +45,9 @@ def parse_args(argv=None):
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config keys, e.g. '
                         'model.test_cfg.mode=slide')
+    parser.add_argument('--allow-nonfinite', action='store_true',
+                        help='evaluate weights holding nan or inf (refused '
+                        'by default, naming the first such tensor)')
     parser.add_argument('--launcher',
                         choices=['none', 'pytorch', 'slurm', 'mpi'],
                         default='none', help='job launcher')
@@ -86,7 +90,8 @@ def main(argv=None):
     prepare_for_device(cfg, args.launcher)
     runner = build_runner(cfg)
     from mmmetaformer.engine import StrictLoadHook
-    runner.register_hook(StrictLoadHook())
+    runner.register_hook(
+        StrictLoadHook(allow_nonfinite=args.allow_nonfinite))
     if args.out and scope == 'mmdet':
         from mmdet.evaluation import DumpDetResults
         runner.test_evaluator.metrics.append(

@@ -3,8 +3,19 @@
 The task follows the config's ``default_scope``. Without a GPU, SyncBN
 becomes BN and ``--launcher pytorch`` runs on gloo (see
 ``mmmetaformer/engine/cpu.py``); on GPUs mmengine's NCCL path is unchanged.
+
+Before training starts, every value the user gave is checked and a bad one
+is one line (exit status 2): the backbone's options (``build_runner``),
+non-finite optimizer or schedule values, an optimizer torch refuses
+(``lr=-1``), and a ``--resume`` target that is not a training state of this
+model and optimizer (weights only, another model, another number of
+parameter groups, or optimizer state of other shapes), checked before
+mmengine loads it. A config with mmengine's plain ``CheckpointHook`` gets
+``AtomicCheckpointHook`` (same options), which never leaves a truncated
+checkpoint.
 """
 import argparse
+import math
 import os.path as osp
 import sys
 
@@ -16,6 +27,7 @@ from mmmetaformer.utils.launch import (  # noqa: E402
     LaunchError,
     build_runner,
     check_data_roots,
+    check_dataset_contents,
     check_images_when_loading,
     check_ops_for,
     explain_data_errors,
@@ -46,6 +58,11 @@ def parse_args(argv=None):
         '--cfg-options', nargs='+', action=DictAction,
         help='override config keys, e.g. train_cfg.max_epochs=1; a key that '
         'looks like a typo of an existing one is an error')
+    parser.add_argument(
+        '--strict-data', action='store_true',
+        help='refuse an annotation file with boxes mmdet would drop (nan, '
+        'negative or under 1 px wide or high); by default they are counted '
+        'in a warning')
     parser.add_argument('--launcher',
                         choices=['none', 'pytorch', 'slurm', 'mpi'],
                         default='none', help='job launcher')
@@ -54,12 +71,154 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
+def nonfinite_values(node, path):
+    """``(key, value)`` of every float in a config subtree that is nan or
+    inf."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from nonfinite_values(value, f'{path}.{key}')
+    elif isinstance(node, (list, tuple)):
+        for i, value in enumerate(node):
+            yield from nonfinite_values(value, f'{path}[{i}]')
+    elif isinstance(node, float) and not math.isfinite(node):
+        yield path, node
+
+
+def check_finite_optimizer_values(cfg):
+    """Refuse ``lr=nan`` and any other non-finite number in the optimizer
+    wrapper or the schedules: one line naming the key."""
+    for key in ('optim_wrapper', 'param_scheduler'):
+        for path, value in nonfinite_values(cfg.get(key), key):
+            raise LaunchError(f'{path}={value} is not a finite number; set '
+                              f'it with --cfg-options {path}=<number>')
+
+
+def use_atomic_checkpoints(cfg):
+    """mmengine's plain ``CheckpointHook`` -> ``AtomicCheckpointHook``."""
+    hook = cfg.get('default_hooks', {}).get('checkpoint')
+    if hook and hook.get('type') in ('CheckpointHook',
+                                     'mmengine.CheckpointHook'):
+        hook['type'] = 'AtomicCheckpointHook'
+
+
+def build_optimizer(runner):
+    """Build the optimizer wrapper now, as ``Runner.train`` would first
+    thing: torch's own checks of the values (``Invalid learning rate``)
+    become one line, and the resume check can compare against it."""
+    try:
+        runner.optim_wrapper = runner.build_optim_wrapper(
+            runner.optim_wrapper)
+    except ValueError as exc:
+        raise LaunchError(f'optim_wrapper: {exc}; fix it in the config or '
+                          'with --cfg-options') from exc
+    return runner.optim_wrapper
+
+
+def resume_target(runner, cfg):
+    if cfg.get('load_from'):
+        return cfg.load_from
+    from mmengine.runner import find_latest_checkpoint
+    return find_latest_checkpoint(cfg.work_dir)
+
+
+def check_resume_target(runner, path):
+    """Refuse, before mmengine loads it, a ``--resume`` checkpoint that is
+    not a training state of this model and optimizer: it must have
+    ``meta``, ``state_dict`` and ``optimizer``; the state dict must fit the
+    model (``unfit_entries``, as every loader here judges); the optimizer
+    state must have the built optimizer's parameter groups, their sizes,
+    and per-parameter state of the parameters' shapes.
+
+    Raises:
+        LaunchError: one line naming the file and what differs.
+    """
+    import torch
+    from mmengine.model import is_model_wrapper
+    from mmengine.optim import OptimWrapperDict
+
+    from mmmetaformer.checkpoint import read_checkpoint
+    from mmmetaformer.checkpoint.loading import (_first, _model_state_dict,
+                                                 unfit_entries)
+    checkpoint = read_checkpoint(path)
+    needed = ('meta', 'state_dict', 'optimizer')
+    lacking = [k for k in needed if not isinstance(checkpoint, dict)
+               or k not in checkpoint]
+    if lacking:
+        raise LaunchError(
+            f'--resume {path} is not a training state (it has no '
+            f"{', '.join(lacking)}); to start a new training from its "
+            f'weights use --cfg-options load_from={path} instead')
+    model = runner.model.module if is_model_wrapper(
+        runner.model) else runner.model
+    own, saved = model.state_dict(), _model_state_dict(checkpoint, path)
+    missing = [k for k in own if k not in saved]
+    unexpected = [k for k in saved if k not in own]
+    unfit = unfit_entries(own, saved)
+    if missing or unexpected or unfit:
+        what = [f'{len(keys)} {name} ({_first(keys, 3)})'
+                for name, keys in (('missing', missing),
+                                   ('not in the model', unexpected),
+                                   ('unfit', unfit)) if keys]
+        raise LaunchError(
+            f"--resume {path} holds another model's weights "
+            f"({'; '.join(what)}); resume from a checkpoint of this config")
+    optim_wrapper = runner.optim_wrapper
+    if isinstance(optim_wrapper, OptimWrapperDict):
+        return  # several optimizers: mmengine's own checks
+    state = checkpoint['optimizer']
+    groups = state.get('param_groups') if isinstance(state, dict) else None
+    if not isinstance(groups, list) or not isinstance(
+            state.get('state'), dict):
+        raise LaunchError(f'--resume {path}: its optimizer state is not a '
+                          'torch optimizer state dict')
+    own_groups = optim_wrapper.optimizer.param_groups
+    if len(groups) != len(own_groups):
+        raise LaunchError(
+            f'--resume {path}: its optimizer has {len(groups)} parameter '
+            f"groups, this config's {len(own_groups)} (another model or "
+            'paramwise_cfg); resume from a checkpoint of this config')
+    names = {p: n for n, p in model.named_parameters()}
+    index_to_param = {}
+    for i, (group, own_group) in enumerate(zip(groups, own_groups)):
+        if len(group.get('params', ())) != len(own_group['params']):
+            raise LaunchError(
+                f'--resume {path}: parameter group {i} of its optimizer has '
+                f"{len(group.get('params', ()))} parameters, this config's "
+                f"{len(own_group['params'])}; resume from a checkpoint of "
+                'this config')
+        index_to_param.update(zip(group['params'], own_group['params']))
+    for index, values in state['state'].items():
+        param = index_to_param.get(index)
+        if param is None:
+            raise LaunchError(f'--resume {path}: its optimizer holds state '
+                              f'for parameter {index}, which no group has')
+        for key, value in (values.items() if isinstance(values, dict)
+                           else ()):
+            if (isinstance(value, torch.Tensor) and value.dim() > 0
+                    and value.shape != param.shape):
+                raise LaunchError(
+                    f"--resume {path}: optimizer state '{key}' of "
+                    f'{names.get(param, index)} has shape '
+                    f'{tuple(value.shape)}, the parameter '
+                    f'{tuple(param.shape)}: the optimizer state is damaged '
+                    'or of another model; resume from another checkpoint')
+
+
 def main(argv=None):
     args = parse_args(argv)
+    if str(args.resume).startswith(('hf-hub:', 'http://', 'https://')):
+        raise LaunchError(
+            f'--resume takes a local training checkpoint; {args.resume} '
+            'holds weights, not a training state: start from it with '
+            f'--cfg-options load_from={args.resume}')
     cfg, scope = load_config(args.config, args.cfg_options)
+    check_finite_optimizer_values(cfg)
+    use_atomic_checkpoints(cfg)
     check_ops_for(scope)
     check_data_roots(cfg, scope, ('train_dataloader', 'val_dataloader'))
     check_images_when_loading(cfg, ('train_dataloader', 'val_dataloader'))
+    check_dataset_contents(cfg, scope, ('train_dataloader', 'val_dataloader'),
+                           strict=args.strict_data)
 
     set_work_dir(cfg, args.work_dir, args.config)
     if args.amp:
@@ -84,6 +243,11 @@ def main(argv=None):
 
     prepare_for_device(cfg, args.launcher)
     runner = build_runner(cfg)
+    build_optimizer(runner)
+    if cfg.resume:
+        target = resume_target(runner, cfg)
+        if target is not None:
+            check_resume_target(runner, target)
     with explain_data_errors(cfg, ('train_dataloader', 'val_dataloader')):
         runner.train()
 

@@ -25,9 +25,17 @@ _base_ = [
 
 # The base imports mmpretrain for its ConvNeXt; the leaves use ours.
 custom_imports = dict(imports=['mmmetaformer'], allow_failed_imports=False)
+# Checkpoints are written atomically (a kill or a full disk mid-save never
+# leaves a truncated iter_N.pth or a broken last_checkpoint) and carry the
+# random state, so `--resume` continues a killed run exactly (both hooks in
+# mmmetaformer/engine/checkpoint_hooks.py; the recipe's interval is kept).
+default_hooks = dict(checkpoint=dict(type='AtomicCheckpointHook'))
 # AMP: skip up to 10 consecutive steps with a non-finite loss, then stop
 # (NaNGuardHook, mmmetaformer/engine/nan_guard.py).
-custom_hooks = [dict(type='NaNGuardHook', action='skip')]
+custom_hooks = [
+    dict(type='ExactResumeHook'),
+    dict(type='NaNGuardHook', action='skip')
+]
 
 model = dict(
     # Placeholder, filled by each leaf: type, arch, drop_path_rate,

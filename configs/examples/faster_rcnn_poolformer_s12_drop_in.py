@@ -7,6 +7,9 @@ _base_ = 'mmdet::faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py'
 
 # Registers PoolFormer and friends in mmdet's MODELS registry.
 custom_imports = dict(imports=['mmmetaformer'], allow_failed_imports=False)
+# The stock CheckpointHook writes iter_N.pth in place (a kill or a full disk
+# leaves it truncated); mmmetaformer's writes it whole or not at all.
+default_hooks = dict(checkpoint=dict(type='AtomicCheckpointHook'))
 
 checkpoint_file = 'https://github.com/sail-sg/poolformer/releases/download/v1.0/poolformer_s12.pth.tar'  # noqa: E501
 model = dict(

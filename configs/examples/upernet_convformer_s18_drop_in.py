@@ -6,6 +6,9 @@
 # tools/train.py, tools/test.py and MMSegInferencer.
 _base_ = ['mmseg::upernet/upernet_r50_4xb4-80k_ade20k-512x512.py']
 custom_imports = dict(imports=['mmmetaformer'], allow_failed_imports=False)
+# The stock CheckpointHook writes iter_N.pth in place (a kill or a full disk
+# leaves it truncated); mmmetaformer's writes it whole or not at all.
+default_hooks = dict(checkpoint=dict(type='AtomicCheckpointHook'))
 
 checkpoint_file = 'https://huggingface.co/sail/dl/resolve/main/convformer/convformer_s18.pth'  # noqa: E501
 model = dict(

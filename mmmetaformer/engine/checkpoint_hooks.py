@@ -1,11 +1,13 @@
 """Hooks for checkpoints that are never half-written, exact resumes, and
 evaluation that refuses weights that did not load.
 
-``configs/_base_/{retinanet_coco,mask_rcnn_coco,semantic_fpn_ade20k}.py``
-set ``default_hooks.checkpoint`` to ``AtomicCheckpointHook`` and add
-``ExactResumeHook`` to ``custom_hooks``, so every leaf config gets both in
-our tools and in mmdet's and mmseg's own ones. ``tools/test.py`` adds
-``StrictLoadHook``. They are registered in mmengine's root ``HOOKS``, which
+``configs/_base_/{retinanet_coco,mask_rcnn_coco,cascade_mask_rcnn_coco,
+semantic_fpn_ade20k,upernet_ade20k}.py`` set ``default_hooks.checkpoint``
+to ``AtomicCheckpointHook`` and add ``ExactResumeHook`` to
+``custom_hooks``, so every leaf config gets both in our tools and in
+mmdet's and mmseg's own ones. ``tools/test.py`` adds
+``StrictLoadHook``. ``atomic_output`` is the one writer of every file the
+tools write. They are registered in mmengine's root ``HOOKS``, which
 the ``mmdet`` and ``mmseg`` scopes both search (see ``registry.py``).
 """
 import contextlib
@@ -24,12 +26,23 @@ from mmengine.model import is_model_wrapper
 from mmengine.registry import HOOKS
 
 from ..checkpoint import CheckpointError, check_model_fits
+from ..checkpoint.loading import _model_state_dict
 
 PARTIAL_SUFFIX = '.partial'
 
 
-class CheckpointWriteError(CheckpointError):
+class OutputWriteError(Exception):
+    """A file could not be written (disk full, no permission, a folder in
+    the way ...); one line naming the file and why. Nothing partial is
+    left and the file's previous content, if any, is unchanged."""
+
+
+class CheckpointWriteError(OutputWriteError, CheckpointError):
     """A checkpoint could not be written (disk full, no permission ...)."""
+
+
+class NonFiniteWeightsError(CheckpointError):
+    """A checkpoint's weights hold nan or inf."""
 
 
 def _fsync(path):
@@ -57,11 +70,93 @@ def _remove_quietly(path):
         os.remove(path)
 
 
-def write_text_atomically(path, text):
+def check_output_file(path, what='output file'):
+    """Refuse, before any work, an output path that cannot be a file: an
+    existing folder, or one under a folder that does not exist.
+
+    Raises:
+        OutputWriteError: one line naming the path and the fix.
+    """
+    path = str(path)
+    if osp.isdir(path):
+        raise OutputWriteError(f'{what} {path} is a folder; give the path of '
+                               'a file (in it, or elsewhere)')
+    folder = osp.dirname(osp.abspath(path))
+    if not osp.isdir(folder):
+        raise OutputWriteError(f'cannot write {what} {path}: the folder '
+                               f'{osp.dirname(path) or folder} does not '
+                               'exist; create it first')
+
+
+@contextlib.contextmanager
+def atomic_output(path):
+    """Write the file ``path`` whole or not at all: the one writer of every
+    file the tools and hooks write (checkpoints, ``last_checkpoint``,
+    converted weights, inference pictures and predictions).
+
+    Yields the temporary path ``path + '.partial'`` (same folder, so the
+    final rename is atomic); the body writes the complete file there with
+    any writer (``torch.save``, mmengine's ``save_checkpoint``, ``open``).
+    On success it is flushed and renamed over ``path`` (``commit_file``):
+    readers see the old file or the whole new one. If the body raises, the
+    partial file is deleted and ``path`` is left as it was, so writing a
+    file over the input it was read from is safe once the input is in
+    memory. An ``OSError`` (disk full, ``EFBIG``, no permission, ``path``
+    a folder) becomes ``OutputWriteError``, one line.
+    """
+    path = str(path)
     partial = path + PARTIAL_SUFFIX
-    with open(partial, 'w') as f:
+    try:
+        yield partial
+        commit_file(partial, path)
+    except OSError as exc:
+        _remove_quietly(partial)
+        raise OutputWriteError(
+            f'Could not write {path}: {exc.strerror or exc} '
+            f'({type(exc).__name__}); the partial file was removed and '
+            f'{osp.basename(path)} was left as it was') from exc
+    except BaseException:
+        _remove_quietly(partial)
+        raise
+
+
+def write_bytes_atomically(path, data):
+    with atomic_output(path) as partial, open(partial, 'wb') as f:
+        f.write(data)
+
+
+def write_text_atomically(path, text):
+    with atomic_output(path) as partial, open(partial, 'w') as f:
         f.write(text)
-    commit_file(partial, path)
+
+
+def first_nonfinite(state_dict):
+    """``(key, count of non-finite values, numel)`` of the first floating or
+    complex tensor of ``state_dict`` holding nan or inf, else None."""
+    for key, value in state_dict.items():
+        if isinstance(value, torch.Tensor) and (value.is_floating_point()
+                                                or value.is_complex()):
+            finite = torch.isfinite(value)
+            if not bool(finite.all()):
+                return key, int((~finite).sum()), value.numel()
+    return None
+
+
+def check_finite_weights(checkpoint, name, flag='--allow-nonfinite'):
+    """Refuse a loaded checkpoint (a state dict, or a dict with
+    ``state_dict``) whose weights hold nan or inf: evaluating it prints
+    metrics of a model that computes nothing.
+
+    Raises:
+        NonFiniteWeightsError: one line naming the first bad tensor.
+    """
+    bad = first_nonfinite(_model_state_dict(checkpoint, name))
+    if bad is not None:
+        key, count, numel = bad
+        raise NonFiniteWeightsError(
+            f'{name}: tensor {key} holds {count} non-finite values (nan or '
+            f'inf) of {numel}, the first tensor that does; refusing weights '
+            f'that are not numbers (pass {flag} to use them anyway)')
 
 
 @HOOKS.register_module()
@@ -117,33 +212,33 @@ class AtomicCheckpointHook(CheckpointHook):
         self.last_ckpt = self.file_backend.join_path(self.out_dir,
                                                      ckpt_filename)
         runner.message_hub.update_info('last_ckpt', self.last_ckpt)
-        partial = self.last_ckpt + PARTIAL_SUFFIX
+        save = dict(
+            file_client_args=self.file_client_args,
+            save_optimizer=self.save_optimizer,
+            save_param_scheduler=self.save_param_scheduler,
+            meta=meta,
+            by_epoch=self.by_epoch,
+            backend_args=self.backend_args,
+            **self.args)
+        if not is_main_process():  # mmengine saves on rank 0 only
+            runner.save_checkpoint(self.out_dir,
+                                   ckpt_filename + PARTIAL_SUFFIX, **save)
+            return
         try:
-            runner.save_checkpoint(
-                self.out_dir,
-                ckpt_filename + PARTIAL_SUFFIX,
-                self.file_client_args,
-                save_optimizer=self.save_optimizer,
-                save_param_scheduler=self.save_param_scheduler,
-                meta=meta,
-                by_epoch=self.by_epoch,
-                backend_args=self.backend_args,
-                **self.args)
-            if not is_main_process():
-                return
-            commit_file(partial, self.last_ckpt)
+            with atomic_output(self.last_ckpt) as partial:
+                runner.save_checkpoint(self.out_dir, osp.basename(partial),
+                                       **save)
             write_text_atomically(
                 osp.join(runner.work_dir, 'last_checkpoint'), self.last_ckpt)
-        except OSError as exc:
+        except OutputWriteError as exc:
             runner.message_hub.update_info('last_ckpt', previous)
-            _remove_quietly(partial)
-            _remove_quietly(
-                osp.join(runner.work_dir, 'last_checkpoint' + PARTIAL_SUFFIX))
+            cause = exc.__cause__
             raise CheckpointWriteError(
                 f'Could not write the checkpoint {self.last_ckpt}: '
-                f'{exc.strerror or exc} ({type(exc).__name__}); the partial '
-                f'file was removed and the previous checkpoint '
-                f'({previous or "none yet"}) is intact') from exc
+                f'{getattr(cause, "strerror", None) or cause} '
+                f'({type(cause).__name__}); the partial file was removed and '
+                f'the previous checkpoint ({previous or "none yet"}) is '
+                'intact') from cause
         if outdated is not None:
             path = self.file_backend.join_path(
                 self.out_dir, self.filename_tmpl.format(outdated))
@@ -335,14 +430,22 @@ class StrictLoadHook(Hook):
     exceptions). ``tools/test.py`` adds it; add it to ``custom_hooks`` to get
     the same in mmdet's or mmseg's own test tool. Not for fine-tuning, where
     a head that does not match is expected.
+
+    Weights holding nan or inf are refused too (``NonFiniteWeightsError``,
+    naming the first such tensor) unless ``allow_nonfinite=True``.
     """
 
     priority = 'HIGHEST'  # before any hook changes the checkpoint
 
+    def __init__(self, allow_nonfinite=False):
+        self.allow_nonfinite = allow_nonfinite
+
     def after_load_checkpoint(self, runner, checkpoint):
         model = runner.model.module if is_model_wrapper(
             runner.model) else runner.model
-        check_model_fits(model, checkpoint,
-                         runner.cfg.get('load_from') or 'the checkpoint')
+        name = runner.cfg.get('load_from') or 'the checkpoint'
+        check_model_fits(model, checkpoint, name)
+        if not self.allow_nonfinite:
+            check_finite_weights(checkpoint, name)
         print_log('The checkpoint holds exactly the model\'s tensors',
                   logger='current')

@@ -178,11 +178,41 @@ def check_ops_for(scope):
         raise LaunchError(str(exc)) from exc
 
 
+def check_backbone_builds(cfg):
+    """Build the config's backbone, if it is one of ours, on the ``meta``
+    device (no memory, no weights read) so that its own argument checks
+    (``out_indices=(7,)``, ``arch='s99'``, ``frozen_stages=9``, an unknown
+    key ...) reach the user as one line naming the value, instead of a
+    traceback from deep inside the runner. Only the errors our backbones
+    raise from their arguments (``ValueError``, ``TypeError``) are mapped.
+    """
+    import torch
+
+    from ..registry import MODELS
+    backbone = cfg.get('model', {}).get('backbone')
+    name = backbone.get('type') if isinstance(backbone, dict) else None
+    if not isinstance(name, str) or name.split('.')[0] not in (
+            name, 'mmmetaformer'):
+        return  # a class object, or another package's scope
+    cls = MODELS.get(name)
+    if cls is None or not cls.__module__.startswith('mmmetaformer.'):
+        return
+    try:
+        with torch.device('meta'):
+            MODELS.build(backbone)
+    except (ValueError, TypeError) as exc:
+        # mmengine's registry re-raises as type(exc)('class `X` in
+        # module.py: <message>'), once per nesting level; keep ours
+        message = re.sub(r'^(class `[^`]*` in \S+\.py: )+', '', str(exc))
+        raise LaunchError(f'model.backbone: {message}') from exc
+
+
 def build_runner(cfg):
     from mmengine.registry import RUNNERS
     from mmengine.runner import Runner
 
     import mmmetaformer  # noqa: F401  (registers our modules)
+    check_backbone_builds(cfg)
     if 'runner_type' in cfg:
         return RUNNERS.build(cfg)
     return Runner.from_cfg(cfg)
@@ -333,12 +363,23 @@ def run_tool(main):
 
     User-facing errors: ``LaunchError``, the checkpoint errors
     (``CheckpointError``: unsafe, unreadable or not fitting the model, or
-    not written) and a diverging run (``NonFiniteTrainingError``).
+    not written), an output that could not be written
+    (``OutputWriteError``) and a diverging run (``NonFiniteTrainingError``).
+    Any other exception is a defect of ours: its traceback is printed,
+    then a last line saying so, and the exit status is 1.
     """
     from ..checkpoint import CheckpointError
-    from ..engine import NonFiniteTrainingError
+    from ..engine import NonFiniteTrainingError, OutputWriteError
     try:
         return main()
-    except (LaunchError, CheckpointError, NonFiniteTrainingError) as exc:
-        print(f'error: {exc}', file=sys.stderr)
+    except (LaunchError, CheckpointError, NonFiniteTrainingError,
+            OutputWriteError) as exc:
+        lines = [line.strip() for line in str(exc).splitlines()]
+        print(f"error: {'; '.join(filter(None, lines))}", file=sys.stderr)
         sys.exit(2)
+    except Exception:
+        import traceback
+        traceback.print_exc()
+        print('this is a defect in mmmetaformer; please report it with the '
+              'traceback above', file=sys.stderr)
+        sys.exit(1)

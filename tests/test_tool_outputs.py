@@ -1,0 +1,548 @@
+"""The tools never destroy data, check weights for what they are, and turn
+every error of the user's input into one line (exit status 2).
+
+Tools run in this process through their ``main(argv)`` wrapped in
+``run_tool``, as ``python tools/X.py`` runs them: a user error exits 2 with
+one ``error:`` line and no traceback. Full disks are an ``RLIMIT_FSIZE``
+limit (with ``SIGXFSZ`` ignored a write past it fails with ``EFBIG``, as on
+a full disk with ``ENOSPC``). The training states come from one real
+iteration of the toy Semantic FPN config.
+"""
+import hashlib
+import importlib.util
+import resource
+import signal
+
+import pytest
+import torch
+
+import mmmetaformer  # noqa: F401  (registers the hooks and backbones)
+from mmmetaformer.checkpoint import NATIVE_META_KEY, read_checkpoint
+from mmmetaformer.datasets.toy import make_ade20k
+from mmmetaformer.engine.checkpoint_hooks import (OutputWriteError,
+                                                  atomic_output)
+from mmmetaformer.registry import MODELS
+from mmmetaformer.utils.launch import run_tool
+
+from .helpers import REPO_ROOT
+
+SEG_CONFIG = str(REPO_ROOT /
+                 'configs/toy/semantic_fpn_poolformer_s12_toy_ade20k.py')
+# one 64 px scene per iteration, no validation; checkpoint every iteration
+SEG_SMALL = ['train_dataloader.batch_size=1',
+             'train_dataloader.dataset.indices=1',
+             'val_dataloader.dataset.indices=1', 'train_cfg.val_interval=100',
+             'train_cfg.max_iters=1', 'default_hooks.checkpoint.interval=1']
+
+
+def load_tool(name):
+    spec = importlib.util.spec_from_file_location(
+        f'tool_{name}', REPO_ROOT / 'tools' / f'{name}.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+TOOLS = {name: load_tool(name) for name in ('train', 'test', 'infer')}
+CONVERT = load_tool('convert_checkpoint')
+
+
+def one_error_line(capsys, name, *argv):
+    """Run ``tools/<name>.py argv`` as its ``__main__`` does; it must exit 2
+    with exactly one ``error:`` line and no traceback. Returns the line."""
+    with pytest.raises(SystemExit) as exit_:
+        run_tool(lambda: TOOLS[name].main([str(a) for a in argv]))
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2, err[-3000:]
+    assert 'Traceback' not in err, err[-3000:]
+    lines = [line for line in err.splitlines() if line.startswith('error:')]
+    assert len(lines) == 1, err[-3000:]
+    return lines[0]
+
+
+def convert_error_line(capsys, *argv):
+    status = CONVERT.main([str(a) for a in argv])
+    err = capsys.readouterr().err
+    assert status == 2, err[-3000:]
+    assert 'Traceback' not in err
+    (line, ) = [line for line in err.splitlines()]
+    assert line.startswith('error: ')
+    return line
+
+
+def digest(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# --------------------------------------------------------------------------
+# One writer: whole files or nothing
+# --------------------------------------------------------------------------
+
+
+class FileSizeLimit:
+    """Files of this process may not grow past ``limit`` bytes inside the
+    ``with`` block."""
+
+    def __init__(self, limit):
+        self.limit = limit
+
+    def __enter__(self):
+        self.handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        self.saved = resource.getrlimit(resource.RLIMIT_FSIZE)
+        resource.setrlimit(resource.RLIMIT_FSIZE,
+                           (self.limit, self.saved[1]))
+
+    def __exit__(self, *exc):
+        resource.setrlimit(resource.RLIMIT_FSIZE, self.saved)
+        signal.signal(signal.SIGXFSZ, self.handler)
+
+
+def test_atomic_output_leaves_the_old_file_or_the_whole_new_one(tmp_path):
+    path = tmp_path / 'file.bin'
+    path.write_bytes(b'old')
+    with pytest.raises(OutputWriteError, match=(
+            f'^Could not write {path}: File too large .OSError.; the partial '
+            'file was removed and file.bin was left as it was$')):
+        with FileSizeLimit(1000), atomic_output(path) as partial:
+            with open(partial, 'wb') as f:
+                f.write(b'x' * 5000)
+    with pytest.raises(KeyError):  # the writer's own failure
+        with atomic_output(path) as partial:
+            with open(partial, 'wb') as f:
+                f.write(b'new, half')
+            raise KeyError('the writer failed')
+    assert path.read_bytes() == b'old'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['file.bin']
+    with atomic_output(path) as partial, open(partial, 'wb') as f:
+        f.write(b'new')
+    assert path.read_bytes() == b'new'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['file.bin']
+
+
+def config_files():
+    return sorted(p for p in (REPO_ROOT / 'configs').rglob('*.py')
+                  if p.parent.name != '_base_')
+
+
+def test_every_config_writes_checkpoints_atomically():
+    """Every config in configs/ resolves ``default_hooks.checkpoint`` to
+    ``AtomicCheckpointHook``: mmengine's plain ``CheckpointHook`` leaves a
+    truncated ``iter_N.pth`` on a full disk or a kill.
+
+    Resolving a config parses its whole ``mmdet::``/``mmseg::`` chain (1-2 s
+    each), so one leaf per base is resolved; every other leaf must then not
+    set the hook itself (its own settings, run as plain Python)."""
+    from mmengine.config import Config
+
+    from .helpers import own_settings
+    resolved = {}
+    for path in config_files():
+        try:
+            own = own_settings(path)
+        except Exception:  # refers to its base's variables: resolve it
+            own = None
+        base = tuple(own['_base_']) if own and isinstance(
+            own.get('_base_'), list) else (str(own and own.get('_base_')), )
+        sets_hook = own is None or 'checkpoint' in own.get(
+            'default_hooks', {})
+        if own is not None and base in resolved and not sets_hook:
+            continue
+        hook = Config.fromfile(str(path)).default_hooks.checkpoint
+        assert hook.type == 'AtomicCheckpointHook', (path, hook)
+        resolved.setdefault(base, path)
+    assert len(resolved) >= 8, resolved  # the bases and the examples
+
+
+def test_the_train_tool_makes_a_plain_checkpoint_hook_atomic():
+    from mmengine.config import Config
+    cfg = Config(dict(default_hooks=dict(
+        checkpoint=dict(type='CheckpointHook', interval=3))))
+    TOOLS['train'].use_atomic_checkpoints(cfg)
+    assert cfg.default_hooks.checkpoint == dict(type='AtomicCheckpointHook',
+                                                interval=3)
+
+
+# --------------------------------------------------------------------------
+# tools/convert_checkpoint.py
+# --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope='module')
+def s12_weights():
+    """PoolFormer-S12 weights in our own format (zeros: only names, shapes
+    and dtypes matter to the converter)."""
+    with torch.device('meta'):
+        model = MODELS.build(dict(type='PoolFormer', arch='s12'))
+    return {k: torch.zeros(v.shape, dtype=v.dtype)
+            for k, v in model.state_dict().items()}
+
+
+def native(state_dict):
+    return {'meta': {NATIVE_META_KEY: 1}, 'state_dict': state_dict}
+
+
+def test_in_place_conversion_onto_a_full_disk_keeps_the_source(
+        s12_weights, tmp_path, capsys):
+    """SRC = DST: the source is read whole, the output written aside; a
+    write that fails leaves the source byte for byte, and no partial."""
+    src = tmp_path / 'weights.pth'
+    torch.save(native(s12_weights), src)
+    before = digest(src)
+    with FileSizeLimit(2**20):
+        line = convert_error_line(capsys, src, src, '--arch', 'poolformer_s12')
+    assert line == (f'error: Could not write {src}: File too large '
+                    '(OSError); the partial file was removed and weights.pth '
+                    'was left as it was')
+    assert digest(src) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['weights.pth']
+    # with room, in place works and gives our format
+    assert CONVERT.main([str(src), str(src), '--arch', 'poolformer_s12']) == 0
+    converted = read_checkpoint(src)
+    assert converted['meta']['source_format'] == 'mmmetaformer'
+    assert set(converted['state_dict']) == set(s12_weights)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['weights.pth']
+
+
+@pytest.mark.parametrize('dtype', [torch.int64, torch.bool, torch.complex64])
+def test_weights_of_a_dtype_the_loader_refuses_are_not_written(
+        s12_weights, dtype, tmp_path, capsys):
+    key = 'stages.0.blocks.0.mlp.fc1.weight'
+    src, dst = tmp_path / 'src.pth', tmp_path / 'dst.pth'
+    torch.save(native(dict(s12_weights, **{key: s12_weights[key].to(dtype)})),
+               src)
+    line = convert_error_line(capsys, src, dst, '--arch', 'poolformer_s12')
+    assert 'fit no backbone' in line
+    assert f'{key} (checkpoint {dtype}, model torch.float32)' in line
+    assert not dst.exists()
+
+
+def test_a_weight_that_is_a_number_is_one_line(s12_weights, tmp_path,
+                                               capsys):
+    src, dst = tmp_path / 'src.pth', tmp_path / 'dst.pth'
+    torch.save(dict(s12_weights, **{'stem.conv.weight': 3}), src)
+    line = convert_error_line(capsys, src, dst)
+    assert 'stem.conv.weight (not a tensor: int)' in line
+    assert not dst.exists()
+
+
+def test_destination_that_is_a_folder_or_under_a_missing_one(
+        s12_weights, tmp_path, capsys):
+    src = tmp_path / 'src.pth'
+    torch.save(native(s12_weights), src)
+    line = convert_error_line(capsys, src, tmp_path)
+    assert line == (f'error: DST {tmp_path} is a folder; give the path of a '
+                    'file (in it, or elsewhere)')
+    missing = tmp_path / 'no' / 'such' / 'out.pth'
+    line = convert_error_line(capsys, src, missing)
+    assert line == (f'error: cannot write DST {missing}: the folder '
+                    f"{tmp_path / 'no' / 'such'} does not exist; create it "
+                    'first')
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['src.pth']
+
+
+# --------------------------------------------------------------------------
+# tools/train.py: every bad value one line, before anything runs
+# --------------------------------------------------------------------------
+
+
+TINY_DIMS = [16, 32, 64, 128]
+
+
+@pytest.fixture(scope='module')
+def toy(tmp_path_factory):
+    """The toy ADE20K (two 64 px scenes), the toy Semantic FPN config with
+    a one-block-per-stage PoolFormer of dims 16..128 (its checkpoints are
+    small), and its training state after one iteration."""
+    import os
+    root = tmp_path_factory.mktemp('tool_outputs')
+    make_ade20k(root / 'data' / 'toy_ade20k', num_train=2, num_val=1,
+                img_size=64, seed=0)
+    config = root / 'tiny.py'
+    config.write_text(
+        f'_base_ = [{SEG_CONFIG!r}]\n'
+        'model = dict(\n'
+        '    backbone=dict(arch=dict(depths=[1, 1, 1, 1],\n'
+        f'                            dims={TINY_DIMS})),\n'
+        f'    neck=dict(in_channels={TINY_DIMS}))\n')
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        TOOLS['train'].main([str(config), '--work-dir', str(root / 'run'),
+                             '--cfg-options', *SEG_SMALL,
+                             'experiment_name=tool_outputs_state'])
+    finally:
+        os.chdir(cwd)
+    state = root / 'run' / 'iter_1.pth'
+    assert state.is_file()
+    return root, state, str(config)
+
+
+CONFIG = None  # the tiny config, set by in_toy
+
+
+@pytest.fixture
+def in_toy(toy, monkeypatch):
+    """Run in the toy's folder (the configs name data/toy_ade20k)."""
+    monkeypatch.chdir(toy[0])
+    monkeypatch.setitem(globals(), 'CONFIG', toy[2])
+    return toy
+
+
+_runs = iter(range(10**6))
+
+
+def train_error(capsys, *options, resume=None):
+    """tools/train.py on the toy config with ``options``: its one line."""
+    argv = [CONFIG, '--work-dir', 'work']
+    if resume is not None:
+        argv += ['--resume', resume]
+    return one_error_line(capsys, 'train', *argv, '--cfg-options',
+                          *SEG_SMALL, *options,
+                          f'experiment_name=tool_outputs_{next(_runs)}')
+
+
+@pytest.mark.parametrize('option, message', [
+    ('model.backbone.out_indices=(7,)',
+     'PoolFormer out_indices (7,) must be distinct stage indices in 0..3'),
+    ('model.backbone.frozen_stages=9',
+     'PoolFormer frozen_stages=9 must be an int in -1..4'),
+    ('model.backbone.drop_path_rate=-1', 'drop_path_rate=-1'),
+    ('model.backbone.arch=s99', "'s99'"),
+    ('model.backbone.colour=1', "got unknown arguments ['colour']"),
+])
+def test_invalid_backbone_values_are_one_line(in_toy, capsys, option,
+                                              message):
+    line = train_error(capsys, option)
+    assert line.startswith('error: model.backbone: '), line
+    assert message in line
+
+
+def test_input_channels_that_the_weights_do_not_have(in_toy, capsys):
+    """in_channels=1 with ImageNet-style 3-channel weights: the weights do
+    not fit, named in one line."""
+    root, state, tiny = in_toy
+    backbone = root / 'backbone.pth'
+    if not backbone.exists():
+        weights = read_checkpoint(state)['state_dict']
+        torch.save(native({k[len('backbone.'):]: v
+                           for k, v in weights.items()
+                           if k.startswith('backbone.')}), backbone)
+    config = root / 'one_channel.py'
+    config.write_text(
+        f'_base_ = [{tiny!r}]\n'
+        'model = dict(backbone=dict(in_channels=1, init_cfg=dict(\n'
+        f"    type='Pretrained', checkpoint={str(backbone)!r})))\n")
+    line = one_error_line(capsys, 'train', config, '--work-dir', 'work',
+                          '--cfg-options', *SEG_SMALL,
+                          'experiment_name=tool_outputs_channels')
+    assert 'stem.conv.weight (checkpoint (16, 3, 7, 7), model (16, 1, 7, 7))'\
+        in line, line
+
+
+@pytest.mark.parametrize('option', ['optim_wrapper.optimizer.lr=nan',
+                                    'optim_wrapper.optimizer.lr=inf'])
+def test_a_non_finite_learning_rate_is_one_line(in_toy, capsys, option):
+    key, value = option.split('=')
+    line = train_error(capsys, option)
+    assert line == (f'error: {key}={float(value)} is not a finite number; '
+                    f'set it with --cfg-options {key}=<number>')
+
+
+def test_a_learning_rate_torch_refuses_is_one_line(in_toy, capsys):
+    line = train_error(capsys, 'optim_wrapper.optimizer.lr=-1.0')
+    assert line.startswith('error: optim_wrapper: Invalid learning rate: '
+                           '-1.0'), line
+
+
+# --------------------------------------------------------------------------
+# tools/train.py --resume: a training state of this model, or one line
+# --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope='module')
+def training_state(toy):
+    return read_checkpoint(toy[1])
+
+
+def test_resume_from_weights_only(in_toy, training_state, capsys):
+    path = in_toy[0] / 'weights_only.pth'
+    torch.save({'state_dict': training_state['state_dict']}, path)
+    line = train_error(capsys, resume=path)
+    assert line == (f'error: --resume {path} is not a training state (it '
+                    'has no meta, optimizer); to start a new training from '
+                    f'its weights use --cfg-options load_from={path} instead')
+
+
+def test_resume_from_another_models_state(in_toy, training_state, capsys):
+    path = in_toy[0] / 'other_model.pth'
+    state = dict(training_state)
+    state['state_dict'] = {k.replace('decode_head.', 'head.'): v
+                           for k, v in state['state_dict'].items()}
+    torch.save(state, path)
+    line = train_error(capsys, resume=path)
+    assert line.startswith(f"error: --resume {path} holds another model's "
+                           'weights (')
+    assert 'missing (decode_head.' in line
+    assert 'not in the model (head.' in line
+
+
+def test_resume_with_other_parameter_groups(in_toy, training_state,
+                                            capsys):
+    path = in_toy[0] / 'other_groups.pth'
+    groups = training_state['optimizer']['param_groups']
+    state = dict(training_state, optimizer=dict(
+        training_state['optimizer'], param_groups=groups[:-1]))
+    torch.save(state, path)
+    line = train_error(capsys, resume=path)
+    assert line == (f'error: --resume {path}: its optimizer has '
+                    f'{len(groups) - 1} parameter groups, this config\'s '
+                    f'{len(groups)} (another model or paramwise_cfg); resume '
+                    'from a checkpoint of this config')
+
+
+def test_resume_with_a_damaged_optimizer_state(in_toy, training_state,
+                                               capsys):
+    path = in_toy[0] / 'damaged_optimizer.pth'
+    optimizer = training_state['optimizer']
+    index = optimizer['param_groups'][0]['params'][0]
+    param_state = dict(optimizer['state'][index], exp_avg=torch.zeros(1))
+    state = dict(training_state, optimizer=dict(
+        optimizer, state={**optimizer['state'], index: param_state}))
+    torch.save(state, path)
+    line = train_error(capsys, resume=path)
+    assert line.startswith(f"error: --resume {path}: optimizer state "
+                           "'exp_avg' of backbone.stem.conv.weight has shape "
+                           '(1,), the parameter (16, 3, 7, 7)'), line
+
+
+# --------------------------------------------------------------------------
+# tools/test.py and tools/infer.py refuse weights that are not numbers
+# --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope='module')
+def nan_checkpoint(toy, training_state):
+    path = toy[0] / 'nan.pth'
+    torch.save({'meta': training_state['meta'], 'state_dict': {
+        k: torch.full_like(v, float('nan')) if v.is_floating_point() else v
+        for k, v in training_state['state_dict'].items()}}, path)
+    return path
+
+
+def test_test_refuses_non_finite_weights(in_toy, nan_checkpoint, capsys):
+    line = one_error_line(
+        capsys, 'test', CONFIG, nan_checkpoint, '--work-dir', 'work',
+        '--cfg-options', 'test_dataloader.dataset.indices=1',
+        'experiment_name=tool_outputs_test_nan')
+    assert line.startswith(
+        f'error: {nan_checkpoint}: tensor backbone.stem.conv.weight holds '
+        '2352 non-finite values (nan or inf) of 2352, the first tensor that '
+        'does'), line
+    assert line.endswith('(pass --allow-nonfinite to use them anyway)')
+
+
+def test_infer_refuses_non_finite_weights(in_toy, nan_checkpoint, capsys):
+    image = sorted((in_toy[0] / 'data/toy_ade20k/images/validation')
+                   .glob('*'))[0]
+    line = one_error_line(capsys, 'infer', image, CONFIG,
+                          nan_checkpoint, '--out-dir', 'infer_out',
+                          '--device', 'cpu')
+    assert 'tensor backbone.stem.conv.weight holds 2352 non-finite' in line
+    assert not (in_toy[0] / 'infer_out' / 'vis').exists()
+
+
+# --------------------------------------------------------------------------
+# tools/infer.py: options and outputs checked before any work
+# --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def two_images(tmp_path):
+    """Two images of the same file name in different folders, listed."""
+    import cv2
+    import numpy as np
+    paths = []
+    for folder in ('a', 'b'):
+        (tmp_path / folder).mkdir()
+        paths.append(tmp_path / folder / 'scene.png')
+        cv2.imwrite(str(paths[-1]), np.zeros((8, 8, 3), np.uint8))
+    listing = tmp_path / 'list.txt'
+    listing.write_text('a/scene.png\nb/scene.png\n')
+    return listing, paths
+
+
+def infer_error(capsys, *argv):
+    return one_error_line(capsys, 'infer', *argv[:1], SEG_CONFIG,
+                          'missing.pth', *argv[1:])
+
+
+def test_infer_refuses_inputs_whose_outputs_would_collide(two_images,
+                                                          tmp_path, capsys):
+    listing, (first, second) = two_images
+    line = infer_error(capsys, listing, '--out-dir', tmp_path / 'out')
+    assert line == (f'error: {first} and {second} have the same file name '
+                    '(extension aside), which names their pictures and '
+                    'predictions in --out-dir; rename one or run them '
+                    'separately')
+    assert not (tmp_path / 'out').exists()
+
+
+def test_infer_never_writes_over_an_input(two_images, tmp_path, capsys):
+    _, (first, _) = two_images
+    line = infer_error(capsys, first, '--out-dir', tmp_path, '--out', first)
+    assert line == (f'error: --out {first} is the input image; give another '
+                    'file name')
+    (tmp_path / 'vis').mkdir()
+    picture = tmp_path / 'vis' / 'scene.png'
+    picture.write_bytes(first.read_bytes())
+    line = infer_error(capsys, picture, '--out-dir', tmp_path)
+    assert line == (f'error: --out-dir {tmp_path} would replace the input '
+                    f'image {picture}; give another --out-dir')
+
+
+@pytest.mark.parametrize('option, value', [
+    ('--score-thr', 'nan'), ('--score-thr', '1.5'), ('--opacity', '-0.1')])
+def test_infer_refuses_thresholds_that_are_not_in_0_1(two_images, capsys,
+                                                      option, value):
+    _, (image, _) = two_images
+    line = infer_error(capsys, image, option, value)
+    assert line == f'error: {option} {float(value)}: give a number from 0 to 1'
+
+
+def test_infer_refuses_output_paths_of_the_wrong_kind(two_images, tmp_path,
+                                                      capsys):
+    _, (image, _) = two_images
+    line = infer_error(capsys, image, '--out-dir', image)
+    assert line == (f'error: --out-dir {image} is a file; give a folder (it '
+                    'is created if needed)')
+    line = infer_error(capsys, image, '--out', tmp_path)
+    assert line.startswith(f'error: --out {tmp_path} is a folder; give a '
+                           'file name for the picture')
+
+
+def test_infer_refuses_a_list_file_that_is_not_text(tmp_path, capsys):
+    listing = tmp_path / 'images.txt'
+    listing.write_bytes(b'\x89PNG\r\n\x1a\n\xff\xfe binary')
+    line = infer_error(capsys, listing)
+    assert line.startswith(f'error: {listing} is not a text list of image '
+                           'paths (not UTF-8 text: invalid start byte at '
+                           'byte 0)'), line
+
+
+# --------------------------------------------------------------------------
+# a defect of ours says so
+# --------------------------------------------------------------------------
+
+
+def test_an_unexpected_exception_is_reported_as_a_defect(capsys):
+    def broken():
+        raise ZeroDivisionError('a bug')
+
+    with pytest.raises(SystemExit) as exit_:
+        run_tool(broken)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 1
+    assert 'Traceback' in err and 'ZeroDivisionError: a bug' in err
+    assert err.strip().splitlines()[-1] == (
+        'this is a defect in mmmetaformer; please report it with the '
+        'traceback above')
