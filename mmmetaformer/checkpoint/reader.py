@@ -31,21 +31,48 @@ here, before torch opens the file:
   the process). They build real numpy values; arrays are an ``ndarray``
   subclass that pickles and copies as a plain ``ndarray``. A dtype pickled
   on its own (never in real checkpoints) stays a ``_DType`` holding it.
+* Reading is bounded by the file, which torch does not do: before anything
+  is decompressed or unpickled, the zip's central directory and the
+  pickle's opcodes are checked against limits derived from the file's size
+  S and its number R of tensor records (``data/`` members), so a small
+  file can neither expand a zip bomb nor walk a flood of opcodes through
+  torch's pure-Python unpickler (or the C pass that checks storage sizes):
+
+  - members are stored (declared size = stored size, as torch.save writes
+    them) or deflated (a re-zipped checkpoint, which torch reads too);
+    together they expand to at most ``ZIP_EXPANSION_LIMIT`` x S, and a
+    member outside ``data/`` (the pickle) to at most max(S,
+    ``SMALL_MEMBER_FLOOR``);
+  - the pickle holds at most ``PICKLE_OPS_BASE`` + ``PICKLE_OPS_PER_RECORD``
+    x R opcodes and ``PICKLE_GLOBALS_LIMIT`` globals, fills memo slots in
+    order, reads only slots it filled, and uses only opcodes torch's
+    ``weights_only`` unpickler reads;
+  - a legacy (non-zip) file counts R as S / ``LEGACY_BYTES_PER_RECORD``,
+    its three header pickles may hold ``LEGACY_HEADER_OPS`` opcodes each,
+    and the storages it claims must fit in the bytes after its pickles.
+
+  A legitimate checkpoint sits far inside these: a tensor takes 30-50
+  opcodes, trained weights deflate about 1.1 times. safetensors headers
+  are bounded by safetensors itself (at most 100 MB and the file's size)
+  before ``read_safetensors`` parses the metadata.
 * A refused file raises ``UnsafeCheckpointError`` before any of its code
   could run; the message names the file, the object it asked for and how to
   re-save a trusted file. Anything else torch cannot read (truncated,
   damaged, not a checkpoint) raises ``CorruptCheckpointError``.
 """
 import contextlib
+import functools
 import io
 import json
 import math
+import mmap
 import os.path as osp
 import pickle
 import struct
 import types
 import warnings
 import zipfile
+import zlib
 from urllib.parse import urlparse
 
 import numpy as np
@@ -223,7 +250,8 @@ class CheckpointError(RuntimeError):
 
 
 class UnsafeCheckpointError(CheckpointError):
-    """A checkpoint asked for Python objects outside the allowlist."""
+    """A checkpoint asked for Python objects outside the allowlist, or for
+    more work than its size allows (the bounds in the module docstring)."""
 
 
 class CorruptCheckpointError(CheckpointError):
@@ -257,47 +285,240 @@ class _Inert:
     extend = append
 
 
+# Bounded reading. torch.save stores every zip member uncompressed (its
+# writer's ``compress`` flag is off by default and torch.save never sets it,
+# torch 1.6 to 2.14), and its pickle spends about 30-50 opcodes on a tensor.
+# A re-zipped checkpoint (``zip -r``) has deflated members, which torch reads
+# too; trained weights deflate by about 1.1 times, pickles and text by up to
+# about 10 times.
+# The archive's members may expand to at most this many times the file.
+ZIP_EXPANSION_LIMIT = 32
+# A member outside data/ (the pickle, version, byteorder ...) may expand to
+# at most max(file size, this): the pickle is small next to the tensors.
+SMALL_MEMBER_FLOOR = 1 << 20
+# Opcodes a pickle may hold: PICKLE_OPS_BASE for meta, message_hub and
+# dataset_meta, plus PICKLE_OPS_PER_RECORD per tensor record (a tensor and
+# its share of the optimizer's param_groups take 33-48 in Runner checkpoints
+# of a ResNet-50 with SGD or AdamW, one param group per parameter included).
+# A legacy (non-zip) file does not list its records before its pickle: it is
+# counted as one record per LEGACY_BYTES_PER_RECORD bytes of the file; its
+# first three pickles (magic number, protocol, system info) are a few
+# opcodes each.
+PICKLE_OPS_BASE = 100_000
+PICKLE_OPS_PER_RECORD = 64
+LEGACY_BYTES_PER_RECORD = 4096
+LEGACY_HEADER_OPS = 256
+# GLOBAL opcodes (a pickler writes each global once, then memo references).
+PICKLE_GLOBALS_LIMIT = 1024
+
+# The opcodes torch's weights_only unpickler reads (protocol 2, which
+# torch.save writes), with how their argument is laid out: a fixed number of
+# bytes, or one of the kinds below.
+_LEN1, _LEN4, _LINES, _PUT1, _PUT4, _GET1, _GET4, _STOP = range(-8, 0)
+_OPCODE_ARGS = {
+    **dict.fromkeys(b'\x81Rbaesu(t\x85\x86\x87N\x89\x88)]}\x8fQ', 0),
+    ord('J'): 4, ord('K'): 1, ord('M'): 2, ord('G'): 8, 0x80: 1,
+    ord('X'): _LEN4, ord('U'): _LEN1, 0x8a: _LEN1, ord('c'): _LINES,
+    ord('q'): _PUT1, ord('r'): _PUT4, ord('h'): _GET1, ord('j'): _GET4,
+    ord('.'): _STOP,
+}
+
+
+def _refuse_bound(name, what, allowed, rule):
+    """One line for a file that asks for more work than its size allows:
+    what it asks for, the limit and the rule that set it."""
+    raise UnsafeCheckpointError(
+        f'{name} was refused: {what}; the reader allows {allowed} ({rule}).'
+        f' Nothing in the file was run. {_resave_hint(name)}')
+
+
+def _damaged(name, why):
+    raise CorruptCheckpointError(
+        f'{name} is not a readable checkpoint: {why}. If a run was killed '
+        f'while writing it, use an earlier checkpoint')
+
+
+def _scan_pickle(data, start, max_ops, name, where):
+    """Walk the opcodes of the pickle at ``data[start:]`` without building
+    anything and return the position after its STOP. It stops at the first
+    bound a pickle breaks: more than ``max_ops`` opcodes or
+    ``PICKLE_GLOBALS_LIMIT`` globals, a memo slot written out of order (a
+    pickler fills slots 0, 1, 2 ...; a far slot would size the C
+    unpickler's memo array) or read before it is written, or an opcode
+    torch's weights_only unpickler does not read.
+
+    Args:
+        data (bytes | mmap.mmap): the pickle's bytes (and what follows).
+        start (int): where the pickle starts.
+        max_ops (int): the opcode limit.
+        name, where (str): the file and the member, for messages.
+    """
+    end, pos, ops, globals_seen, filled = len(data), start, 0, 0, 0
+    args = _OPCODE_ARGS
+    while pos < end:
+        code = data[pos]
+        kind = args.get(code)
+        if kind is None:
+            raise UnsafeCheckpointError(
+                f'{name} was refused: {where} holds opcode {bytes([code])!r} '
+                f'at byte {pos - start}, which torch\'s weights_only '
+                f'unpickler does not read (torch.save writes pickle protocol'
+                f' 2). Nothing in the file was run. {_resave_hint(name)}')
+        ops += 1
+        if ops > max_ops:
+            _refuse_bound(name, f'{where} holds over {max_ops} opcodes '
+                          f'(stopped at byte {pos - start})',
+                          f'{max_ops} opcodes', f'{PICKLE_OPS_BASE} + '
+                          f'{PICKLE_OPS_PER_RECORD} per tensor record; '
+                          f'{LEGACY_HEADER_OPS} for a legacy file\'s '
+                          'header pickles')
+        pos += 1
+        if kind >= 0:
+            pos += kind
+        elif kind == _LEN4:
+            pos += 4 + int.from_bytes(data[pos:pos + 4], 'little')
+        elif kind == _LEN1:
+            pos += 1 + (data[pos] if pos < end else 0)
+        elif kind == _LINES:
+            globals_seen += 1
+            if globals_seen > PICKLE_GLOBALS_LIMIT:
+                _refuse_bound(name, f'{where} names over '
+                              f'{PICKLE_GLOBALS_LIMIT} globals (stopped at '
+                              f'byte {pos - start - 1})',
+                              f'{PICKLE_GLOBALS_LIMIT} globals',
+                              'a pickler writes each global once')
+            module_end = data.find(b'\n', pos, end)
+            pos = data.find(b'\n', module_end + 1, end) + 1
+            if module_end < 0 or pos == 0:
+                break
+        elif kind == _STOP:
+            return pos
+        else:
+            size = 1 if kind in (_PUT1, _GET1) else 4
+            slot = int.from_bytes(data[pos:pos + size], 'little')
+            pos += size
+            if kind in (_PUT1, _PUT4):
+                if slot > filled:
+                    _refuse_bound(
+                        name, f'{where} writes memo slot {slot} at byte '
+                        f'{pos - start - size - 1}', f'slot {filled} next',
+                        'a pickler fills memo slots in order')
+                filled = max(filled, slot + 1)
+            elif slot >= filled:
+                _damaged(name, f'{where} reads memo slot {slot} at byte '
+                         f'{pos - start - size - 1} before writing it')
+    _damaged(name, f'{where} is truncated ({end - start} bytes, no STOP)')
+
+
 class _StorageSizes(pickle.Unpickler):
     """Collects ``(key, claimed bytes)`` of the storages a torch pickle
     names, building nothing but ``_Inert`` placeholders (no global of the
-    file is imported or called)."""
+    file is imported or called). Runs after ``_scan_pickle`` bounded the
+    pickle."""
 
     def __init__(self, data):
         super().__init__(io.BytesIO(data))
         self.claims = []
+        self.placeholders = {}
 
     def find_class(self, module, name):
-        return type(name, (_Inert, ), {'global_name': (module, name)})
+        key = (module, name)
+        if key not in self.placeholders:
+            self.placeholders[key] = type(name, (_Inert, ),
+                                          {'global_name': key})
+        return self.placeholders[key]
 
     def persistent_load(self, pid):
-        if isinstance(pid, tuple) and len(pid) == 5 and pid[0] == 'storage':
-            module, name = getattr(pid[1], 'global_name', ('', ''))
-            storage = getattr(torch, name, None) if module in (
-                'torch', 'torch.storage') and name.endswith(
-                    'Storage') else None
-            with warnings.catch_warnings():  # TypedStorage is deprecated
-                warnings.simplefilter('ignore', UserWarning)
-                size = 1 if name == 'UntypedStorage' else getattr(
-                    getattr(storage, 'dtype', None), 'itemsize', None)
+        # ('storage', type, key, location, numel) in zip files, with the
+        # view's metadata as a sixth item in the legacy format
+        if isinstance(pid, tuple) and len(pid) in (5, 6) and \
+                pid[0] == 'storage':
+            size = _storage_itemsize(
+                getattr(pid[1], 'global_name', ('', '')))
             if size is None or type(pid[4]) is not int:
                 _refuse(f'storage {pid!r}')
             self.claims.append((str(pid[2]), pid[4] * size))
         return _Inert()
 
 
-def _check_storage_sizes(archive, folder, name):
-    """torch 2.5.1 takes a storage's size from the pickle and its bytes from
-    the zip record: a larger claim reads past the record's memory (torch
-    2.14 checks this itself). Every claim must equal its record's size."""
-    sizes = {info.filename: info.file_size for info in archive.infolist()}
+@functools.lru_cache(maxsize=None)
+def _storage_itemsize(global_name):
+    """Bytes per element of the storage class ``(module, name)`` a pickle
+    names, or None for anything but a torch storage class."""
+    module, name = global_name
+    storage = getattr(torch, name, None) if module in (
+        'torch', 'torch.storage') and name.endswith('Storage') else None
+    with warnings.catch_warnings():  # TypedStorage is deprecated
+        warnings.simplefilter('ignore', UserWarning)
+        return 1 if name == 'UntypedStorage' else getattr(
+            getattr(storage, 'dtype', None), 'itemsize', None)
+
+
+def _storage_claims(data, name):
+    """``(key, claimed bytes)`` of the storages the pickle ``data`` names."""
     try:
-        unpickler = _StorageSizes(archive.read(f'{folder}/data.pkl'))
+        unpickler = _StorageSizes(data)
         unpickler.load()
     except Exception as exc:  # noqa: BLE001  a malformed pickle
         raise CorruptCheckpointError(
             f'{name} is not a readable checkpoint: its pickle is damaged '
             f'({type(exc).__name__}: {exc})') from None
-    for key, claimed in unpickler.claims:
+    return unpickler.claims
+
+
+def _check_zip_bounds(archive, folder, size, name):
+    """The zip rule, from the central directory alone (nothing is read or
+    decompressed): every member is stored (as torch.save writes it) with
+    equal declared and stored sizes, or deflated (a re-zipped checkpoint);
+    all members together expand to at most ``ZIP_EXPANSION_LIMIT`` times
+    the file, and a member outside ``data/`` to at most max(file size,
+    ``SMALL_MEMBER_FLOOR``). Returns the number of tensor records."""
+    records = total = 0
+    small_limit = max(size, SMALL_MEMBER_FLOOR)
+    seen = set()
+    for info in archive.infolist():
+        member = info.filename
+        if member in seen:  # zipfile and torch may read different copies
+            _damaged(name, f'its member {member!r} appears twice')
+        seen.add(member)
+        if info.compress_type not in (zipfile.ZIP_STORED,
+                                      zipfile.ZIP_DEFLATED):
+            _damaged(name, f'its member {member!r} is compressed with zip '
+                     f'method {info.compress_type}; torch reads stored and '
+                     f'deflated members only')
+        if info.compress_type == zipfile.ZIP_STORED and \
+                info.file_size != info.compress_size:
+            _damaged(name, f'its stored member {member!r} declares '
+                     f'{info.file_size} bytes but holds {info.compress_size}')
+        if member.startswith(f'{folder}/data/'):
+            records += 1
+        elif info.file_size > small_limit:
+            _refuse_bound(name, f'its member {member!r} expands to '
+                          f'{info.file_size} bytes from {info.compress_size}',
+                          f'{small_limit} bytes', 'a member besides the '
+                          'tensor records expands to at most the file size '
+                          f'or {SMALL_MEMBER_FLOOR} bytes')
+        total += info.file_size
+    if total > ZIP_EXPANSION_LIMIT * size:
+        _refuse_bound(name, f'its members expand to {total} bytes from a '
+                      f'{size}-byte file', f'{ZIP_EXPANSION_LIMIT * size} '
+                      f'bytes', f'{ZIP_EXPANSION_LIMIT} times the file; '
+                      'torch.save stores members uncompressed, re-zipped '
+                      'weights expand about 1.1 times')
+    return records
+
+
+def _check_storage_sizes(archive, folder, name, records):
+    """Bound the pickle (``_scan_pickle``), then check its storages: torch
+    2.5.1 takes a storage's size from the pickle and its bytes from the zip
+    record, so a larger claim reads past the record's memory (torch 2.14
+    checks this itself). Every claim must equal its record's size."""
+    member = f'{folder}/data.pkl'
+    data = archive.read(member)
+    _scan_pickle(data, 0, PICKLE_OPS_BASE + PICKLE_OPS_PER_RECORD * records,
+                 name, f'its pickle {member!r}')
+    sizes = {info.filename: info.file_size for info in archive.infolist()}
+    for key, claimed in _storage_claims(data, name):
         record = sizes.get(f'{folder}/data/{key}')
         if record != claimed:
             raise CorruptCheckpointError(
@@ -305,26 +526,78 @@ def _check_storage_sizes(archive, folder, name):
                 f'declares {claimed} bytes, its record holds {record}')
 
 
+def _file_bytes(source, position):
+    """The bytes of ``source`` from ``position``: mapped where it is a
+    file on disk (nothing is read into memory), else read."""
+    with contextlib.suppress(AttributeError, OSError, ValueError,
+                             io.UnsupportedOperation):
+        if position == 0:
+            return mmap.mmap(source.fileno(), 0, access=mmap.ACCESS_READ)
+    source.seek(position)
+    return source.read()
+
+
+def _check_legacy_bounds(source, position, name):
+    """torch's legacy format: five pickles in a row (magic number, protocol,
+    system info, the object, the storage keys), then each storage's 8-byte
+    size and bytes, uncompressed. The first three may hold
+    ``LEGACY_HEADER_OPS`` opcodes each, the others as many as a zip's pickle
+    with one record per ``LEGACY_BYTES_PER_RECORD`` bytes of the file; the
+    storages the object claims must fit in what follows the pickles (torch
+    allocates them before it reads their bytes)."""
+    data = _file_bytes(source, position)
+    try:
+        max_ops = PICKLE_OPS_BASE + PICKLE_OPS_PER_RECORD * (
+            len(data) // LEGACY_BYTES_PER_RECORD)
+        pos, main = 0, b''
+        for index in range(5):
+            if pos == len(data):  # not torch's format: torch names it
+                break
+            start = pos
+            pos = _scan_pickle(data, start,
+                               max_ops if index > 2 else LEGACY_HEADER_OPS,
+                               name, f'its pickle {index + 1} of 5')
+            if index == 3:
+                main = data[start:pos]
+        claims = dict(_storage_claims(main, name)) if main else {}
+        claimed = sum(claims.values())
+        if claimed > len(data) - pos:
+            _damaged(name, f'its storages claim {claimed} bytes, but '
+                     f'{len(data) - pos} follow its pickles')
+    finally:
+        if isinstance(data, mmap.mmap):
+            data.close()
+
+
 def _check_archive(source, name):
-    """Refuse what torch must not open: neither a zip nor a pickle, a zip
-    member outside the archive's folder, a TorchScript archive, a storage
-    larger than its record."""
+    """Refuse what torch must not open, before it opens it: neither a zip
+    nor a pickle, a zip member outside the archive's folder, a TorchScript
+    archive, more work than the file's size allows (``_check_zip_bounds``,
+    ``_scan_pickle``), a storage larger than its record."""
     position = source.tell()
     head = source.read(4)
     source.seek(position)
     if head[:1] == b'\x80':  # pickle PROTO opcode: torch's legacy format
+        try:
+            _check_legacy_bounds(source, position, name)
+        finally:
+            source.seek(position)
         return 'pickle'
     if head != b'PK\x03\x04':
         raise CorruptCheckpointError(
             f'{name} is not a PyTorch checkpoint: it is neither a zip archive '
             f'(torch.save) nor a pickle (first bytes {head!r})')
     try:
+        size = source.seek(0, io.SEEK_END) - position
+        source.seek(position)
         archive = zipfile.ZipFile(source)
         members = archive.namelist()
         folder = members[0].split('/')[0] if members else ''
         _check_members(members, folder, name)
-        _check_storage_sizes(archive, folder, name)
-    except (zipfile.BadZipFile, OSError, ValueError, KeyError) as exc:
+        records = _check_zip_bounds(archive, folder, size, name)
+        _check_storage_sizes(archive, folder, name, records)
+    except (zipfile.BadZipFile, OSError, ValueError, KeyError,
+            EOFError, zlib.error) as exc:
         raise CorruptCheckpointError(
             f'{name} is not a readable checkpoint: the zip data is truncated '
             f'or damaged ({exc})') from None
