@@ -23,6 +23,10 @@ box the model returned, with its score. Below the model's own threshold,
 the model's is lowered to it so that the low-scoring boxes exist, and the
 tool says so.
 
+CHECKPOINT may be a ``.onnx`` file from ``tools/export_onnx.py``: the
+same pictures and predictions, computed in onnxruntime (the config still
+gives the test pipeline; the classes come with the file).
+
 A checkpoint is required: a detection or segmentation head without trained
 weights predicts noise. It is read without running pickled code and must
 hold exactly the model's tensors. An image that cannot be decoded stops
@@ -298,6 +302,11 @@ def main(argv=None):
     init_default_scope(scope)
     predict = predict_detection if scope == 'mmdet' else \
         predict_segmentation
+    if args.checkpoint.endswith('.onnx'):  # tools/export_onnx.py's file
+        from functools import partial
+
+        from mmmetaformer.export.runtime import predict_with_onnx
+        predict = partial(predict_with_onnx, scope=scope)
     summaries, vis_dir, pred_dir = predict_atomically(predict, cfg, args,
                                                       images)
     if args.out:

@@ -3,6 +3,7 @@
     python tools/analysis/benchmark.py CONFIG [CHECKPOINT]
         [--num-images 20] [--warmup 5] [--device cpu|cuda]
         [--image-size HxW] [--threads N] [--cfg-options KEY=VALUE ...]
+        [--backend pytorch|onnxruntime]
 
 What runs is what ``tools/test.py`` runs, minus the metric: the config's
 test dataloader (its real dataset and test pipeline) feeds
@@ -27,6 +28,13 @@ Reported:
   on top of the model's weights, see
   ``mmmetaformer.utils.measure.peak_step_memory``; and the process's peak
   resident memory.
+
+``--backend onnxruntime`` times a file from ``tools/export_onnx.py``
+(CHECKPOINT is the ``.onnx`` file) in place of the PyTorch model: the same
+data and test pipeline, ``test_step`` running the file in onnxruntime
+(``--threads`` intra-op threads) with the same post-processing outside the
+graph (rescaling to the original image); peak tensor MB counts PyTorch's
+tensors only, so it is reported as n/a there.
 
 Without CHECKPOINT the weights are the model's own random initialisation
 (no ImageNet download). Detection post-processing depends on how many
@@ -79,6 +87,9 @@ def parse_args(argv=None):
                         help="torch intra-op threads (default: torch's)")
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config keys')
+    parser.add_argument('--backend', choices=('pytorch', 'onnxruntime'),
+                        default='pytorch', help='onnxruntime: CHECKPOINT '
+                        'is a file from tools/export_onnx.py')
     return parser.parse_args(argv)
 
 
@@ -156,7 +167,18 @@ def main(argv=None):
 
     from mmengine.registry import init_default_scope
     init_default_scope(scope)
-    model = build_model(cfg, args.checkpoint, args.device)
+    if args.backend == 'onnxruntime':
+        if not str(args.checkpoint).endswith('.onnx'):
+            raise LaunchError(f'--backend onnxruntime times an exported '
+                              f'file: give the .onnx from '
+                              f'tools/export_onnx.py as CHECKPOINT, not '
+                              f'{args.checkpoint}')
+        from mmmetaformer.export.runtime import OnnxModel, bind
+        # the PyTorch model only post-processes (segmentation: resize back)
+        model = bind(build_model(cfg, None, 'cpu'), OnnxModel(
+            args.checkpoint, threads=args.threads, device=args.device))
+    else:
+        model = build_model(cfg, args.checkpoint, args.device)
     batches = (random_image_batches(cfg, scope, size) if size else
                dataset_batches(cfg))
 
@@ -186,7 +208,8 @@ def main(argv=None):
     sys.stderr.write('\n')
     elapsed = time.perf_counter() - start
     data = next(batches)
-    peak = peak_step_memory(lambda: step(data), args.device) / 2**20
+    peak = 'n/a' if args.backend == 'onnxruntime' else '%.0f' % (
+        peak_step_memory(lambda: step(data), args.device) / 2**20)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
 
     source = (f'random {size[0]}x{size[1]} images' if size else
@@ -194,13 +217,14 @@ def main(argv=None):
     print(f'## Inference benchmark: {args.config}')
     print(machine_summary(args.device, packages=(scope, )))
     print(f'- {images} images from {source} after {args.warmup} warmup '
-          f'batch(es); weights: {args.checkpoint or "random"}\n')
+          f'batch(es); weights: {args.checkpoint or "random"}; backend: '
+          f'{args.backend}\n')
     print('| config | device | images | model img/s | overall img/s | '
           'median ms/batch | peak tensor MB | peak RSS MB |')
     print('|---|---|---|---|---|---|---|---|')
     print(f'| {osp.basename(args.config)} | {args.device} | {images} | '
           f'{images / sum(step_times):.2f} | {images / elapsed:.2f} | '
-          f'{statistics.median(step_times) * 1e3:.1f} | {peak:.0f} | '
+          f'{statistics.median(step_times) * 1e3:.1f} | {peak} | '
           f'{rss:.0f} |')
 
 

@@ -6,7 +6,9 @@
 # ours eager/fused against timm eager in bf16 autocast with the training
 # step and its peak memory, then ours compiled against timm compiled for
 # PoolFormer-S12 and ConvFormer-S18 at 224x224 (compiling takes most of
-# that step's time).
+# that step's time). Last, where TensorRT's trtexec is on PATH, an
+# engine is built from the toy RetinaNet and Mask R-CNN exported by
+# mmmetaformer.export (random weights; skipped with a line otherwise).
 #
 #   bash tools/analysis/gpu_check.sh [OUTPUT.md] [--dry-run]
 #
@@ -52,10 +54,29 @@ compiled=("$python" "$root/tools/analysis/benchmark_backbone.py" --device cuda
           --modes eval --runs 10 --warmup 3
           --json "${out%.md}_compiled.json")
 
+# TensorRT: a file with dynamic shapes needs an optimisation profile
+# (min/opt/max of the input 'image').
+trt_dir="${TMPDIR:-/tmp}/mmmetaformer_trt"
+trt_export=("$python" -c "
+import sys; sys.path.insert(0, '$root')
+from mmmetaformer.utils.launch import load_config
+from mmmetaformer.export.exporter import export_model
+for name in ('retinanet_poolformer_s12_toy_coco', 'mask_rcnn_poolformer_s12_toy_coco'):
+    cfg, scope = load_config('$root/configs/toy/' + name + '.py')
+    export_model(cfg, scope, None, '$trt_dir/' + name + '.onnx', (128, 128), verify=False)
+")
+trtexec_cmd() {  # trtexec_cmd NAME
+    echo trtexec --onnx="$trt_dir/$1.onnx" --saveEngine="$trt_dir/$1.engine" \
+        --minShapes=image:1x3x64x64 --optShapes=image:1x3x128x128 \
+        --maxShapes=image:2x3x256x256
+}
+trt_models=(retinanet_poolformer_s12_toy_coco mask_rcnn_poolformer_s12_toy_coco)
+
 if [ "$dry_run" = 1 ]; then
     echo "${tests[*]}"
     echo "${bench[*]}"
     echo "${compiled[*]}"
+    for name in "${trt_models[@]}"; do trtexec_cmd "$name"; done
     exit 0
 fi
 
@@ -89,5 +110,27 @@ for step in bench compiled; do
     rc=${PIPESTATUS[0]}
     [ "$status" = 0 ] && status=$rc
 done
+{
+    echo
+    echo "## TensorRT engines from the exported ONNX files"
+    echo
+    echo '```'
+} >> "$out"
+if command -v trtexec > /dev/null; then
+    mkdir -p "$trt_dir"
+    timeout 150 "${trt_export[@]}" 2>&1 | tail -n 5 | tee -a "$out"
+    rc=${PIPESTATUS[0]}
+    [ "$status" = 0 ] && status=$rc
+    for name in "${trt_models[@]}"; do
+        trtexec_cmd "$name" | tee -a "$out"
+        # shellcheck disable=SC2046  # the command's words
+        timeout 150 $(trtexec_cmd "$name") 2>&1 | tail -n 8 | tee -a "$out"
+        rc=${PIPESTATUS[0]}
+        [ "$status" = 0 ] && status=$rc
+    done
+else
+    echo "trtexec not found on PATH: TensorRT engine step skipped" | tee -a "$out"
+fi
+echo '```' >> "$out"
 echo "wrote $out (status $status)"
 exit "$status"
