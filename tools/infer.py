@@ -56,7 +56,8 @@ def parse_args(argv=None):
     parser.add_argument('input', help='image file, folder of images, or a '
                         'text file with one image path per line')
     parser.add_argument('config', help='config file')
-    parser.add_argument('checkpoint', help='checkpoint file')
+    parser.add_argument('checkpoint', help='checkpoint file, or a Hub file '
+                        '(hf-hub:ORG/NAME[@REVISION][/FILE] or its URL)')
     parser.add_argument('--out-dir', default='outputs',
                         help='pictures go to OUT_DIR/vis, predictions to '
                         'OUT_DIR/preds (default: outputs)')
@@ -280,7 +281,10 @@ def main(argv=None):
     images = list_images(args.input)
     check_outputs(args, images)
     cfg, scope = load_config(args.config, args.cfg_options)
-    if not osp.isfile(args.checkpoint):
+    from mmmetaformer.checkpoint.hub import fetch_hub_file, is_hub_checkpoint
+    if is_hub_checkpoint(args.checkpoint):  # hf-hub: id or Hub URL
+        args.checkpoint = fetch_hub_file(args.checkpoint)
+    elif not osp.isfile(args.checkpoint):
         raise LaunchError(f'Checkpoint file not found: {args.checkpoint}')
     if args.out and len(images) != 1:
         raise LaunchError(f'--out takes the picture of one image; '

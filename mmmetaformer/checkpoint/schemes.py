@@ -13,9 +13,12 @@ and mmdet's and mmseg's own tools once a config imports ``mmmetaformer``
 (``custom_imports``).
 
 URLs are cached where mmengine's http loader caches them (torch hub's
-``checkpoints`` folder) and downloaded with torch hub's progress bar. In a
-distributed run the first rank of each node downloads while the node's other
-ranks wait at a barrier.
+``checkpoints`` folder) and downloaded with torch hub's progress bar. Hugging
+Face Hub files, ``hf-hub:ORG/NAME[@REVISION][/FILE]`` ids (a scheme of our
+own) and ``https://huggingface.co/.../resolve/...`` URLs, go through
+``huggingface_hub`` and its cache instead (``hub.py``). In a distributed run
+the first rank of each node downloads while the node's other ranks wait at a
+barrier.
 """
 import os
 import os.path as osp
@@ -27,6 +30,8 @@ from mmengine.logging import print_log
 from mmengine.runner import checkpoint as mmengine_checkpoint
 from mmengine.runner.checkpoint import CheckpointLoader
 
+from .hub import (HUB_PREFIX, fetch_hub_file, hub_checkpoint_name,
+                  parse_hub_url)
 from .reader import (CheckpointError, allow_in_torch_load, read_bytes,
                      read_local_file)
 
@@ -77,7 +82,15 @@ def load_from_local(filename, map_location=None):
 
 
 def load_from_http(filename, map_location=None):
+    if parse_hub_url(filename) is not None:  # the Hub's cache, not torch's
+        return load_from_hf_hub(filename, map_location)
     return read_local_file(fetch_url(filename), map_location, name=filename)
+
+
+def load_from_hf_hub(filename, map_location=None):
+    path = fetch_hub_file(filename)
+    return read_local_file(path, map_location,
+                           name=hub_checkpoint_name(filename, path))
 
 
 def load_from_ceph(filename, map_location=None, backend='petrel'):
@@ -123,10 +136,12 @@ def load_from_pavi(filename, map_location=None):
         return read_local_file(local, map_location, name=filename)
 
 
-# Prefixes exactly as mmengine registers them, so ours replace its loaders.
+# Prefixes exactly as mmengine registers them, so ours replace its loaders;
+# hf-hub: is ours.
 SCHEMES = (
     ('', load_from_local),
     (('http://', 'https://'), load_from_http),
+    (HUB_PREFIX, load_from_hf_hub),
     ((r'(\S+\:)?s3://', r'(\S+\:)?petrel://'), load_from_ceph),
     (('modelzoo://', 'torchvision://'), load_from_torchvision),
     (('open-mmlab://', 'openmmlab://'), load_from_openmmlab),

@@ -196,3 +196,49 @@ def pretrained_url(family, arch, variant=None):
                   '1536/20': '1536_20_ks9_p7'}[arch])
     return _BASELINE_URL.format(family=family, size=arch,
                                 suffix=f'_{variant}' if variant else '')
+
+
+# The same weights as Hugging Face Hub ids (``hf-hub:``, see
+# mmmetaformer/checkpoint/hub.py): timm's repos (``model.safetensors`` in
+# timm's key layout, converted by timm from the authors' files), named as in
+# timm's pretrained cfgs (``timm.models.metaformer``/``convmixer``
+# ``default_cfgs``, ``hf_hub_id='timm/'``), keyed by our variant names.
+# IdentityFormer and RandFormer are not in timm: their id is the authors'
+# Hub file itself.
+_TIMM_TAGS = {None: 'sail_in1k', '384': 'sail_in1k_384',
+              'in21ft1k': 'sail_in22k_ft_in1k',
+              '384_in21ft1k': 'sail_in22k_ft_in1k_384', 'in21k': 'sail_in22k'}
+_TIMM_CONVMIXER = {'768/32': 'convmixer_768_32.in1k',
+                   '1024/20': 'convmixer_1024_20_ks9_p14.in1k',
+                   '1536/20': 'convmixer_1536_20.in1k'}
+_TIMM_FAMILIES = ('poolformer', 'poolformerv2', 'convformer', 'caformer')
+
+
+def pretrained_hub_id(family, arch, variant=None):
+    """The ``hf-hub:`` id of the weights ``pretrained_url(family, arch,
+    variant)`` names (same arguments, same errors).
+
+    timm's repo where timm publishes them
+    (``'hf-hub:timm/caformer_s18.sail_in22k_ft_in1k'`` for
+    ``('caformer', 's18', 'in21ft1k')``), else the authors' Hub file
+    (``'hf-hub:sail/dl/identityformer/identityformer_s12.pth'``).
+    """
+    url = pretrained_url(family, arch, variant)
+    if family == 'convmixer':
+        return f'hf-hub:timm/{_TIMM_CONVMIXER[arch]}'
+    if family in _TIMM_FAMILIES:
+        return f'hf-hub:timm/{family}_{arch}.{_TIMM_TAGS[variant]}'
+    return 'hf-hub:sail/dl/' + url.split('/resolve/main/', 1)[1]
+
+
+def published_weights():
+    """``{url: hub_id}`` of every official ImageNet checkpoint."""
+    table = {}
+    for family in list(METAFORMER_ARCHS) + ['convmixer']:
+        sizes = CONVMIXER_ARCHS if family == 'convmixer' else \
+            METAFORMER_ARCHS[family]
+        for arch in sizes:
+            for variant in (None, ) + WEIGHT_VARIANTS.get(family, ()):
+                table[pretrained_url(family, arch, variant)] = \
+                    pretrained_hub_id(family, arch, variant)
+    return table

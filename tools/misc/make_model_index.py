@@ -8,6 +8,10 @@ reports every way it disagrees with the repository:
   entry (the toy configs are test set-ups, not models);
 * every entry's ``Config`` exists, names are unique, every ``In
   Collection`` is a collection, ``model-index.yml`` imports the metafile;
+* each entry's ``Pretrained`` is an official ImageNet checkpoint and its
+  ``Pretrained Hub`` that checkpoint's Hugging Face Hub id
+  (``pretrained_url`` / ``pretrained_hub_id`` in
+  ``mmmetaformer/models/archs.py``);
 * each entry's ``Parameters`` and ``FLOPs`` are what its ``Complexity``
   command (``tools/analysis/get_flops.py --backbone TYPE --arch ARCH``)
   counts: the backbone without output norms or classifier on one 224x224
@@ -121,6 +125,25 @@ def check_structure(root):
     return problems, models
 
 
+def check_pretrained(models):
+    """Problems where ``Pretrained`` is not a published checkpoint or
+    ``Pretrained Hub`` is not its Hub id."""
+    from mmmetaformer.models.archs import published_weights
+    published = published_weights()
+    problems = []
+    for model in models:
+        meta = model.get('Metadata', {})
+        url, hub_id = meta.get('Pretrained'), meta.get('Pretrained Hub')
+        if url not in published:
+            problems.append(f"{model['Name']}: Pretrained {url} is not an "
+                            'official checkpoint (pretrained_url)')
+        elif hub_id != published[url]:
+            problems.append(f"{model['Name']}: Pretrained Hub {hub_id} but "
+                            f'{url} is on the Hub as {published[url]} '
+                            f'(write Pretrained Hub: {published[url]})')
+    return problems
+
+
 def check_complexity(models, get_flops, flops=True, only=None,
                      progress=False):
     """Problems where an entry's Parameters/FLOPs differ from the count.
@@ -189,6 +212,7 @@ def validate(root=REPO_ROOT, flops=True, configs=False, only=None,
     problems, models = check_structure(root)
     if problems:
         return problems  # figures of a broken index would only add noise
+    problems += check_pretrained(models)
     problems += check_complexity(models, load_get_flops(root), flops=flops,
                                  only=only, progress=progress)
     if configs or config_names:
