@@ -1,0 +1,21 @@
+_base_ = ['./_base_/dino_4scale_coco.py']
+
+# CAFormer-B36 DINO 4-scale 12e; no published COCO results.
+# Size peer: ConvNeXt-B: 36 blocks, 99M vs 89M params.
+# ImageNet-21k pre-trained, fine-tuned on ImageNet-1k: the authors publish
+# these for every ConvFormer/CAFormer size (sail-sg/metaformer README);
+# the bigger ConvNeXts are benchmarked from IN-22k weights too.
+# = pretrained_url('caformer', 'b36', variant='in21ft1k').
+checkpoint_file = 'https://huggingface.co/sail/dl/resolve/main/caformer/caformer_b36_in21ft1k.pth'  # noqa: E501
+model = dict(
+    backbone=dict(
+        type='CAFormer',
+        arch='b36',
+        drop_path_rate=0.6,  # ConvNeXt-B IN-22k's (as the Cascade leaf)
+        init_cfg=dict(type='Pretrained', checkpoint=checkpoint_file)),
+    neck=dict(in_channels=[256, 512, 768]))  # stages 2..4 (see _base_)
+# Layer-wise decay as the Cascade Mask R-CNN leaf: ConvNeXt-B IN-22k's 0.8 over
+# its 12 layer groups puts the stem at 0.8**13 x lr; 0.8**(13/37) per block
+# spans the same range over 36 blocks.
+optim_wrapper = dict(
+    paramwise_cfg=dict(decay_rate=0.8**(13 / 37), num_layers=36))

@@ -1,0 +1,18 @@
+_base_ = ['./_base_/mask2former_ade20k.py']
+
+# ConvFormer-B36 Mask2Former 160k; no published ADE20K results.
+# Size peer: ConvNeXt-B: 36 blocks, 100M vs 89M params.
+# ImageNet-21k pre-trained, fine-tuned on ImageNet-1k: the authors publish
+# these for every ConvFormer/CAFormer size (sail-sg/metaformer README);
+# the bigger ConvNeXts are benchmarked from IN-22k weights too.
+# = pretrained_url('convformer', 'b36', variant='in21ft1k').
+checkpoint_file = 'https://huggingface.co/sail/dl/resolve/main/convformer/convformer_b36_in21ft1k.pth'  # noqa: E501
+model = dict(
+    backbone=dict(
+        type='ConvFormer',
+        arch='b36',
+        drop_path_rate=0.4,  # ConvNeXt-B's (as the UperNet leaf)
+        init_cfg=dict(type='Pretrained', checkpoint=checkpoint_file)),
+    decode_head=dict(in_channels=[128, 256, 512, 768]))  # all four stages
+# Stage-wise decay 0.9 (base) with ConvNeXt-B's num_layers (UperNet leaf).
+optim_wrapper = dict(paramwise_cfg=dict(num_layers=12))

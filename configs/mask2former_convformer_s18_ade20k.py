@@ -1,0 +1,15 @@
+_base_ = ['./_base_/mask2former_ade20k.py']
+
+# ConvFormer-S18 Mask2Former 160k; no published ADE20K results.
+# Size peer: ConvNeXt-T: the same depths (3-3-9-3), 27M vs 28M params.
+# ImageNet-1k weights, as the ConvNeXt-T/S recipes.
+checkpoint_file = 'https://huggingface.co/sail/dl/resolve/main/convformer/convformer_s18.pth'  # noqa: E501
+model = dict(
+    backbone=dict(
+        type='ConvFormer',
+        arch='s18',
+        drop_path_rate=0.4,  # ConvNeXt-T's (as the UperNet leaf)
+        init_cfg=dict(type='Pretrained', checkpoint=checkpoint_file)),
+    decode_head=dict(in_channels=[64, 128, 320, 512]))  # all four stages
+# Stage-wise decay 0.9 (base) with ConvNeXt-T's num_layers (UperNet leaf).
+optim_wrapper = dict(paramwise_cfg=dict(num_layers=6))
