@@ -26,6 +26,7 @@ from mmengine.config import DictAction  # noqa: E402
 from mmmetaformer.utils.launch import (  # noqa: E402
     LaunchError,
     build_runner,
+    built_error,
     check_data_roots,
     check_dataset_contents,
     check_images_when_loading,
@@ -109,12 +110,14 @@ def build_optimizer(runner):
         runner.optim_wrapper = runner.build_optim_wrapper(
             runner.optim_wrapper)
     except ValueError as exc:
-        raise LaunchError(f'optim_wrapper: {exc}; fix it in the config or '
-                          'with --cfg-options') from exc
+        raise LaunchError(f'optim_wrapper: {built_error(exc)}; fix it in the '
+                          'config or with --cfg-options') from exc
     return runner.optim_wrapper
 
 
-def resume_target(runner, cfg):
+def resume_target(cfg):
+    """The checkpoint mmengine will resume from: ``--resume PATH``, else
+    (``--resume`` alone) the work dir's latest, or None."""
     if cfg.get('load_from'):
         return cfg.load_from
     from mmengine.runner import find_latest_checkpoint
@@ -244,8 +247,8 @@ def main(argv=None):
     prepare_for_device(cfg, args.launcher)
     runner = build_runner(cfg)
     build_optimizer(runner)
-    if cfg.resume:
-        target = resume_target(runner, cfg)
+    if cfg.get('resume'):
+        target = resume_target(cfg)
         if target is not None:
             check_resume_target(runner, target)
     with explain_data_errors(cfg, ('train_dataloader', 'val_dataloader')):

@@ -201,10 +201,15 @@ def check_backbone_builds(cfg):
         with torch.device('meta'):
             MODELS.build(backbone)
     except (ValueError, TypeError) as exc:
-        # mmengine's registry re-raises as type(exc)('class `X` in
-        # module.py: <message>'), once per nesting level; keep ours
-        message = re.sub(r'^(class `[^`]*` in \S+\.py: )+', '', str(exc))
-        raise LaunchError(f'model.backbone: {message}') from exc
+        raise LaunchError(f'model.backbone: {built_error(exc)}') from exc
+
+
+def built_error(exc):
+    """The message of an error raised while mmengine's registry built a
+    class. Some mmengine versions re-raise it as ``type(exc)('class `X` in
+    module.py: ...')``, once per nesting level (0.10.7 does not); the
+    original message is kept."""
+    return re.sub(r'^(class `[^`]*` in \S+\.py: )+', '', str(exc))
 
 
 def build_runner(cfg):
