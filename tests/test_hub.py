@@ -10,7 +10,10 @@ call, so in this process the constants are patched; the tool runs get the
 environment variables.
 """
 import hashlib
+import http.server
+import importlib.util
 import os
+import threading
 
 import pytest
 import timm
@@ -27,6 +30,7 @@ from mmmetaformer.checkpoint.hub import (HubCheckpointError, parse_hub_id,
 from mmmetaformer.models.archs import (pretrained_hub_id, pretrained_url,
                                        published_weights)
 from mmmetaformer.registry import MODELS
+from mmmetaformer.utils.launch import LaunchError
 from tests.helpers import REPO_ROOT, run_tool
 
 
@@ -238,6 +242,96 @@ def test_hub_url_uses_the_hub_cache_not_torch_hub(hub, tmp_path):
                 weights)
 
 
+@pytest.fixture
+def mirror(hub, monkeypatch):
+    """A Hub mirror on localhost (``HF_ENDPOINT``) serving ``files``
+    (``{(repo_id, filename): bytes}``) as the Hub's resolve endpoint does
+    (HEAD with the commit and ETag headers, GET with the bytes; 404 with
+    the Hub's X-Error-Code otherwise), online, with a token. Yields
+    ``(files, seen)``: ``seen`` records each request's method, path and
+    Authorization header."""
+    files, seen = {}, []
+    commit = 'c0ffee' * 6 + 'c0ff'
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+
+        def log_message(self, *args):
+            pass
+
+        def _answer(self, send_body):
+            seen.append((self.command, self.path,
+                         self.headers.get('Authorization')))
+            parts = self.path.split('/', 5)  # '', org, name, resolve, rev, f
+            repo_id = '/'.join(parts[1:3])
+            body = files.get((repo_id, parts[-1]))
+            if body is None:
+                known = any(r == repo_id for r, _ in files)
+                self.send_response(404)
+                self.send_header('X-Error-Code', 'EntryNotFound' if known
+                                 else 'RepoNotFound')
+                self.send_header('Content-Length', '0')
+                self.end_headers()
+                return
+            self.send_response(200)
+            self.send_header('X-Repo-Commit', commit)
+            self.send_header('ETag', '"%s"' % hashlib.sha256(body).hexdigest())
+            self.send_header('Content-Length', str(len(body)))
+            self.end_headers()
+            if send_body:
+                self.wfile.write(body)
+
+        def do_HEAD(self):
+            self._answer(False)
+
+        def do_GET(self):
+            self._answer(True)
+
+    server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    endpoint = f'http://127.0.0.1:{server.server_port}'
+    # huggingface_hub computes these from HF_ENDPOINT at import
+    monkeypatch.setattr(constants, 'ENDPOINT', endpoint)
+    monkeypatch.setattr(constants, 'HUGGINGFACE_CO_URL_TEMPLATE',
+                        endpoint + '/{repo_id}/resolve/{revision}/{filename}')
+    monkeypatch.setattr(constants, 'HF_HUB_OFFLINE', False)
+    monkeypatch.setenv('HF_TOKEN', 'hf_test_token')
+    yield files, seen
+    server.shutdown()
+
+
+def test_download_through_a_mirror_with_token_and_bin_fallback(
+        mirror, tmp_path):
+    """Online: the repo has no model.safetensors (the mirror says so), so
+    its pytorch_model.bin is downloaded into the Hub cache, with the token;
+    a huggingface.co URL goes to the mirror too; a second read uses the
+    cache; a repo the mirror does not have is one line."""
+    files, seen = mirror
+    weights = tensors(6, w=(2, 2))
+    local = tmp_path / 'w.bin'
+    torch.save(weights, local)
+    files[('org/mirrored', 'pytorch_model.bin')] = local.read_bytes()
+    assert_same(read_checkpoint('hf-hub:org/mirrored'), weights)
+    # (huggingface_hub 2.x also asks the endpoint's /api/ for other things)
+    files_seen = [(m, p, a) for m, p, a in seen if '/resolve/' in p]
+    paths = [path for _, path, _ in files_seen]
+    assert paths[0] == '/org/mirrored/resolve/main/model.safetensors'
+    assert '/org/mirrored/resolve/main/pytorch_model.bin' in paths
+    assert {auth for _, _, auth in files_seen} == {'Bearer hf_test_token'}
+    assert any((tmp_path / 'hf_home' / 'hub' / 'models--org--mirrored' /
+                'blobs').iterdir())
+    assert_same(read_checkpoint('https://huggingface.co/org/mirrored/'
+                                'resolve/main/pytorch_model.bin'), weights)
+    gets = [p for m, p, _ in seen if m == 'GET' and '/resolve/' in p]
+    assert len(gets) == 1  # downloaded once, then read from the cache
+    with pytest.raises(HubCheckpointError) as info:
+        read_checkpoint('hf-hub:nobody/nothing')
+    message = str(info.value)
+    assert '\n' not in message and message.startswith(
+        'hf-hub:nobody/nothing: no repository nobody/nothing on '
+        'http://127.0.0.1:')
+    assert 'HF_TOKEN' in message
+
+
 # --- absent files -------------------------------------------------------------
 
 
@@ -262,20 +356,29 @@ def test_absent_file_offline_is_one_line_naming_repo_file_and_command(hub):
     assert issubclass(HubCheckpointError, CheckpointError)
 
 
-def test_tools_exit_2_with_one_line(hub, tmp_path):
-    """The converter (in a process of its own, with the Hub read from the
-    environment) converts a Hub id and refuses an absent one in one line.
-    train.py refuses a Hub id for --resume before anything is built."""
+def tool_module(script):
+    """``tools/<script>`` imported as a module (its ``main`` runs here)."""
+    spec = importlib.util.spec_from_file_location(
+        script[:-3], REPO_ROOT / 'tools' / script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_tools_take_hub_ids_and_exit_2_with_one_line(hub, tmp_path):
+    """The converter converts a Hub id, and (in a process of its own, the
+    Hub's settings read from the environment) refuses an absent one with
+    one line and exit status 2. train.py refuses a Hub id for --resume
+    before anything is built."""
     reference = timm.create_model('poolformerv2_s12', pretrained=False)
     hub.put('timm/poolformerv2_s12.sail_in1k', 'model.safetensors',
             safetensors_file(tmp_path / 'p.safetensors',
                              reference.state_dict()))
     dst = tmp_path / 'converted.pth'
-    done = run_tool('convert_checkpoint.py',
-                    'hf-hub:timm/poolformerv2_s12.sail_in1k', dst,
-                    '--arch', 'poolformerv2_s12', env=hub.env(), timeout=300)
-    assert done.returncode == 0, done.stderr
-    assert 'format timm' in done.stdout and dst.is_file()
+    convert = tool_module('convert_checkpoint.py')
+    assert convert.main(['hf-hub:timm/poolformerv2_s12.sail_in1k', str(dst),
+                         '--arch', 'poolformerv2_s12']) == 0
+    assert read_checkpoint(dst)['meta']['source_format'] == 'timm'
 
     absent = run_tool('convert_checkpoint.py', 'hf-hub:nobody/nothing',
                       tmp_path / 'x.pth', env=hub.env(), timeout=300)
@@ -283,17 +386,17 @@ def test_tools_exit_2_with_one_line(hub, tmp_path):
     lines = absent.stderr.strip().splitlines()
     assert len(lines) == 1 and 'Traceback' not in absent.stderr
     assert 'nobody/nothing' in lines[0] and 'model.safetensors' in lines[0]
+    assert str(hub.cache) in lines[0]  # HF_HOME from the environment
     assert not (tmp_path / 'x.pth').exists()
 
-
-def test_resume_refuses_a_hub_id(hub):
-    done = run_tool('train.py', 'configs/toy/retinanet_poolformer_s12_toy_coco.py',
-                    '--resume', 'hf-hub:timm/poolformer_s12.sail_in1k',
-                    env=hub.env(), timeout=300)
-    assert done.returncode == 2
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and '--resume' in lines[0]
-    assert 'load_from=hf-hub:timm/poolformer_s12.sail_in1k' in lines[0]
+    train = tool_module('train.py')
+    with pytest.raises(LaunchError) as info:
+        train.main(['configs/toy/retinanet_poolformer_s12_toy_coco.py',
+                    '--resume', 'hf-hub:timm/poolformer_s12.sail_in1k'])
+    message = str(info.value)
+    assert '\n' not in message and message.startswith('--resume takes a '
+                                                       'local training')
+    assert 'load_from=hf-hub:timm/poolformer_s12.sail_in1k' in message
 
 
 # --- the published ids ---------------------------------------------------------

@@ -25,6 +25,9 @@ reader (``reader.read_local_file``), safetensors first. A file that is not
 there (offline and not cached, no such repo, revision or file) raises
 ``HubCheckpointError`` with one line naming the repo and the file and the
 command that fetches it; the tools print it and exit with status 2.
+Offline mode fails at once; online, huggingface_hub retries an unreachable
+endpoint with backoff before giving up, so set ``HF_HUB_OFFLINE=1`` on a
+machine without network.
 
 ``huggingface_hub`` is a runtime dependency (``requirements/runtime.txt``):
 the authors' weights are Hub files, so every config's ``init_cfg`` needs it;
