@@ -138,7 +138,7 @@ def test_hub_urls_are_recognised():
         assert parse_hub_url(other) is None
 
 
-# --- loading ------------------------------------------------------------------
+# --- loading -----------------------------------------------------------------
 
 
 def test_timm_repo_gives_timms_features(hub, tmp_path):
@@ -274,7 +274,7 @@ def mirror(hub, monkeypatch):
                 return
             self.send_response(200)
             self.send_header('X-Repo-Commit', commit)
-            self.send_header('ETag', '"%s"' % hashlib.sha256(body).hexdigest())
+            self.send_header('ETag', f'"{hashlib.sha256(body).hexdigest()}"')
             self.send_header('Content-Length', str(len(body)))
             self.end_headers()
             if send_body:
@@ -332,7 +332,7 @@ def test_download_through_a_mirror_with_token_and_bin_fallback(
     assert 'HF_TOKEN' in message
 
 
-# --- absent files -------------------------------------------------------------
+# --- absent files ------------------------------------------------------------
 
 
 def test_absent_file_offline_is_one_line_naming_repo_file_and_command(hub):
@@ -399,7 +399,7 @@ def test_tools_take_hub_ids_and_exit_2_with_one_line(hub, tmp_path):
     assert 'load_from=hf-hub:timm/poolformer_s12.sail_in1k' in message
 
 
-# --- the published ids ---------------------------------------------------------
+# --- the published ids -------------------------------------------------------
 
 
 def test_published_hub_ids_are_timms_names():
