@@ -36,7 +36,7 @@ crafted = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(crafted)
 
 BUDGET = reader.PICKLE_OPS_BASE  # opcodes of a pickle with no records
-FLOOD_SIZE = 400_000  # bytes: four times the base budget of 1-byte ops
+FLOOD_SIZE = 300_000  # bytes: three times the base budget of 1-byte ops
 
 
 def read_once(data, name):
@@ -47,10 +47,20 @@ def read_once(data, name):
         return exc
 
 
+def traced_peak(data, name):
+    """(outcome, peak bytes of Python allocations) of reading ``data``;
+    tracemalloc slows the reader several times."""
+    tracemalloc.start()
+    try:
+        outcome = read_once(data, name)
+        return outcome, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
 def read_measured(data, name='crafted.pth'):
     """(outcome, seconds, peak bytes) of reading ``data``: the seconds of a
-    plain read, the peak of Python allocations (tracemalloc, which slows
-    the reader several times) of a second one."""
+    plain read, the peak of Python allocations of a second one."""
     start = time.perf_counter()
     outcome = read_once(data, name)
     seconds = time.perf_counter() - start
@@ -154,19 +164,19 @@ def test_rezipped_checkpoints_load():
 
 
 def test_large_runner_checkpoint_loads_zip_legacy_and_rezipped():
-    """1000 parameters (ConvFormer-B36 has ~650, a Cascade Mask R-CNN with
-    a ResNeXt-101 ~1000) with an AdamW state and a param group each: 4000
-    records; a smaller one in the legacy format and re-zipped."""
-    data = saved(runner_checkpoint(1000))
+    """600 parameters (ConvFormer-B36 has 458, a detector around it more)
+    with an AdamW state and a param group each: 2400 records; a smaller
+    one in the legacy format and re-zipped."""
+    data = saved(runner_checkpoint(600))
     with zipfile.ZipFile(io.BytesIO(data)) as archive:
         records = sum('/data/' in name for name in archive.namelist())
-    assert records == 1000 * 4  # weight, exp_avg, exp_avg_sq, step
-    small = runner_checkpoint(200)
+    assert records == 600 * 4  # weight, exp_avg, exp_avg_sq, step
+    small = runner_checkpoint(100)
     for label, blob in (('zip', data), ('rezipped', rezipped(saved(small))),
                         ('legacy', saved(
                             small, _use_new_zipfile_serialization=False))):
         loaded = torch_load_safely(io.BytesIO(blob), f'{label}.pth')
-        assert len(loaded['optimizer']['param_groups']) in (200, 1000)
+        assert len(loaded['optimizer']['param_groups']) in (100, 600)
         assert loaded['meta']['dataset_meta']['palette'][1202] == (
             1202 % 256, 1202 // 256, 7), label
 
@@ -225,24 +235,27 @@ def random_pickle(rng, size):
     return bytes(body[:size]) + b'.'
 
 
-def test_random_opcode_floods_are_refused_or_load_within_bounds():
+def test_random_opcode_floods_are_refused_or_load_within_bounds(
+        monkeypatch):
     """Property: whatever a stream of torch-readable opcodes does, reading
     it as a zip or legacy file ends as a ``CheckpointError`` or a load, and
-    costs at most the opcode budget's work."""
+    its memory is the file's plus at most ~100 bytes per allowed opcode
+    (a tenth of the base budget here, so that the floods exceed it)."""
+    budget = BUDGET // 10
+    monkeypatch.setattr(reader, 'PICKLE_OPS_BASE', budget)
     rng = random.Random(0)
-    worst = {'seconds': 0.0, 'peak/size': 0.0}
-    for case in range(24):
-        size = rng.choice([1_000, 30_000, 200_000])
+    outcomes = set()
+    for case in range(30):
+        size = rng.choice([1_000, 10_000, 60_000])
         pickle_bytes = random_pickle(rng, size)
         data = pickle_bytes if case % 4 == 3 else crafted._pickle_zip(
             pickle_bytes)
-        outcome, seconds, peak = read_measured(data, f'case {case}')
+        outcome, peak = traced_peak(data, f'case {case}')
         assert outcome == 'loaded' or isinstance(outcome, CheckpointError)
-        # at most a 100-byte object per allowed opcode besides the file
-        assert peak < 3 * len(data) + 100 * BUDGET + 2**20, (case, peak)
-        worst['seconds'] = max(worst['seconds'], seconds)
-        worst['peak/size'] = max(worst['peak/size'], peak / len(data))
-    assert worst['seconds'] < 2.0, worst
+        outcomes.add(type(outcome).__name__)
+        assert peak < 3 * len(data) + 100 * budget + 2**20, (case, peak)
+    # the cases reach torch (loads, its refusals) and the bounds
+    assert {'str', 'UnsafeCheckpointError'} <= outcomes, outcomes
 
 
 def test_memo_slots_out_of_order_or_unset():
