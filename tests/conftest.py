@@ -17,8 +17,8 @@ if os.environ.get('PYTEST_XDIST_WORKER'):
     torch.set_num_threads(1)
 
 
-# Seconds each file took in a two-worker run on 2 idle cores (pytest
-# --durations=0, December 2026). xdist hands whole files to whichever worker
+# Seconds each file takes in a two-worker run on 2 idle cores (pytest
+# --durations=0; the run is in docs/benchmarks.md). xdist hands whole files to whichever worker
 # is free in collection order, so the longest go first: otherwise a long
 # file collected last keeps one worker busy while the other idles.
 FILE_SECONDS = {

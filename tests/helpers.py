@@ -23,19 +23,12 @@ def own_settings(path):
 
 def merged_into(base, own):
     """``base`` (a parsed config as a dict) with ``own`` (``own_settings``
-    of a leaf) merged in: nested dicts key by key, anything else replaced,
-    which is what mmengine does for a leaf without ``_delete_``."""
-    out = copy.deepcopy(base)
-
-    def merge(into, update):
-        for key, value in update.items():
-            if isinstance(value, dict) and isinstance(into.get(key), dict):
-                merge(into[key], value)
-            else:
-                into[key] = copy.deepcopy(value)
-
-    merge(out, {k: v for k, v in own.items() if k != '_base_'})
-    return out
+    of a leaf) merged in by mmengine's own ``Config.merge_from_dict``
+    (nested dicts key by key, anything else replaced), as a dict."""
+    from mmengine.config import Config
+    cfg = Config(copy.deepcopy(base))
+    cfg.merge_from_dict({k: v for k, v in own.items() if k != '_base_'})
+    return cfg.to_dict()
 
 
 def check_leaf_settings(path, base, family, arch, base_backbone=None):

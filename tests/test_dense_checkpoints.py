@@ -27,7 +27,7 @@ from mmengine.runner import load_checkpoint
 from mmengine.utils import get_installed_path
 
 import mmmetaformer  # noqa: F401
-from mmmetaformer.checkpoint.formats import (DENSE_MODELS, HEAD_RENAMES,
+from mmmetaformer.checkpoint.formats import (DENSE_MODELS,
                                              convert_poolformer_dense,
                                              dense_model_kind, dense_to_native)
 from mmmetaformer.engine import sync_bn_to_bn
@@ -291,7 +291,6 @@ def test_dense_detection_and_its_limits():
         assert dense_model_kind(
             dict(backbone, **{spec['marker'] + 'weight': torch.zeros(1)
                               })) == kind
-        assert HEAD_RENAMES[kind] == ()  # see the evidence in formats.py
     with pytest.raises(ValueError, match=r"model parts \['bbox_head', "
                        r"'neck'\], which match none of the known"):
         dense_model_kind(dict(backbone, **{

@@ -106,7 +106,7 @@ def test_folded_equals_unfused(name, channels_last, image):
     with torch.no_grad():
         expected = model(image)
     fused = copy.deepcopy(model).switch_to_deploy()
-    assert fused.deployed and not model.deployed
+    assert fused.deploy and not model.deploy
     with torch.no_grad():
         got = fused(image)
     assert [g.shape for g in got] == [e.shape for e in expected]
@@ -173,7 +173,7 @@ def test_deploy_build_loads_a_folded_checkpoint(name, image, tmp_path):
     cfg = dict(MODELS_UNDER_TEST[name], deploy=True)
     cfg.setdefault('type', name)
     fresh = MODELS.build(cfg).eval()
-    assert fresh.deployed
+    assert fresh.deploy
     assert fresh.state_dict().keys() == fused.state_dict().keys()
     fresh.load_state_dict(torch.load(path, weights_only=True), strict=True)
     with torch.no_grad():
@@ -203,22 +203,20 @@ class PlainMixer(nn.Module):
 
 def test_user_mixer_without_a_fold_runs_unfused_with_a_log_line(
         image, caplog):
-    MODELS.register_module(module=PlainMixer)
-    try:
-        model = MODELS.build(dict(
-            type='MetaFormer', arch=dict(
-                TINY, token_mixer_cfg=dict(type='PlainMixer'),
-                norm_cfg=dict(type='GroupNorm1'),
-                layer_scale_init_value=1.0))).eval()
-    finally:
-        del MODELS._module_dict['PlainMixer']
+    # registered as a user would; mmengine's registries cannot unregister
+    MODELS.register_module(module=PlainMixer, force=True)
+    model = MODELS.build(dict(
+        type='MetaFormer', arch=dict(
+            TINY, token_mixer_cfg=dict(type='PlainMixer'),
+            norm_cfg=dict(type='GroupNorm1'),
+            layer_scale_init_value=1.0))).eval()
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.1 * torch.randn(p.shape))
         expected = model(image)
     with caplog.at_level(logging.WARNING):
         model.switch_to_deploy()
-    assert 'PlainMixer has no switch_to_deploy' in caplog.text
+    assert 'PlainMixer has no fold_branch' in caplog.text
     block = model.stages[0].blocks[0]
     assert isinstance(block.layer_scale1, Scale)
     assert block.norm1.weight is not None  # the mixer's norm stays

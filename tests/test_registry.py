@@ -46,8 +46,14 @@ def default_scope(request):
 
 @pytest.fixture
 def registered():
-    """``registered(registry, cls)``: register ``cls`` for this test only;
-    the registries are as before afterwards (nothing leaks)."""
+    """``registered(registry, cls)``: register ``cls`` for this test only.
+
+    Some tests register look-alikes of real layers (a ``Pooling`` in
+    mmdet's registry), which must not outlive the test. mmengine's
+    registries have no public way to unregister, so the fixture removes
+    its own entries from the registry's module dict afterwards: the one
+    private access of the suite, for that reason.
+    """
     added = []
 
     def register(registry, cls):

@@ -53,23 +53,21 @@ ZOOM = 3  # pictures are drawn at 3x so the labels are legible
 PROGRESS = re.compile(r'(Epoch|Iter)\((train|val)\)|Loaded \d+/\d+ tensors|'
                       r'Error|error:')
 
+# The schedule choices below were made on a dev split of the toy sets; the
+# measurements behind them are in docs/benchmarks.md ("make demo").
 # Seconds per training iteration as ``a + b / rate`` (rate: 2-thread fp32
-# GEMM GFLOP/s), fitted to two measured machines: 0.43 / 0.68 s at 136
-# GFLOP/s and 0.70 / 1.20 s at 65 GFLOP/s (segmentation / detection).
+# GEMM GFLOP/s), fitted to two measured machines (segmentation / detection).
 SECONDS_PER_ITER = dict(seg=(0.183, 33.6), det=(0.204, 64.7))
 # Data, process starts, validations and pictures on the slower machine.
 OVERHEAD_S = 120
 # Iterations where the machine allows: segmentation's recipe, and 4
-# detection epochs from the segmentor's backbone (dev split: box mAP 0.73
-# after 400 iterations, 0.54 after 600 from scratch).
+# detection epochs from the segmentor's backbone.
 FULL_ITERS = dict(seg=600, det=400)
-# Slower machines: 3 detection epochs (dev split: box mAP 0.64) and as many
-# segmentation iterations as fit, at least 500: on the demo's images 400
-# ended at mIoU 69.4, 450 at 70.8.
+# Slower machines: 3 detection epochs and as many segmentation iterations
+# as fit, at least 500 (the fewest that reach the mIoU floor).
 MIN_ITERS = dict(seg=500, det=300)
 # Fine-tuning from the segmentor's backbone, the toy recipe's head learns
-# faster at a larger lr (dev split, 400 iterations: box mAP 0.728 at 1e-3,
-# 0.674 at the recipe's 6e-4).
+# faster at a larger lr than the recipe's 6e-4.
 DET_LR_FROM_BACKBONE = 1e-3
 DET_ITERS_PER_EPOCH = 100  # 800 images in batches of 8
 
@@ -85,7 +83,7 @@ def parse_args(argv=None):
                         metavar=('TRAIN', 'VAL'),
                         help='toy COCO images (default: 800 32)')
     # 256 training scenes, not 64: 600 iterations of 4 crops saw each of 64
-    # scenes 37 times and mIoU stalled at 69 (dev split: 70.5 with 256).
+    # scenes 37 times and mIoU stalled.
     parser.add_argument('--seg-images', type=int, nargs=2, default=(256, 16),
                         metavar=('TRAIN', 'VAL'),
                         help='toy ADE20K images (default: 256 16)')

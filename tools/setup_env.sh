@@ -104,14 +104,16 @@ if [ -z "$mmcv_wheel" ]; then
 fi
 log "using mmcv wheel $mmcv_wheel"
 
-log "installing the OpenMMLab stack, timm and test tools"
+log "installing the OpenMMLab stack, timm, test and lint tools"
 "${PIP[@]}" install -q "${CONSTRAINTS[@]}" "$mmcv_wheel" \
-    -r requirements/mminstall.txt -r requirements/runtime.txt -r requirements/tests.txt
+    -r requirements/mminstall.txt -r requirements/runtime.txt -r requirements/tests.txt \
+    -r requirements/lint.txt
 # mmpretrain is only a reference implementation for tests; its own pins would pull
 # a different mmcv, so it goes in without dependencies (plus what it imports).
 "${PIP[@]}" install -q "${CONSTRAINTS[@]}" --no-deps -r requirements/optional.txt
 "${PIP[@]}" install -q "${CONSTRAINTS[@]}" -r requirements/mmpretrain_imports.txt
-"${PIP[@]}" install -q "${CONSTRAINTS[@]}" --no-deps -e .
+# No build isolation: the environment has the setuptools setup.py needs.
+"${PIP[@]}" install -q "${CONSTRAINTS[@]}" --no-deps --no-build-isolation -e .
 
 "$VENV/bin/python" tools/check_env.py
 echo "$want_stamp" > "$STAMP"

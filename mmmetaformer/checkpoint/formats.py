@@ -246,9 +246,9 @@ DENSE_HEADS = {
     for spec in DENSE_MODELS.values() for part in spec['parts']
 } - {'neck'}
 
-# Renames from the frameworks the models were trained with (mmdet 2.x, mmseg
-# 0.x) to mmdet 3.x / mmseg 1.x, per model. None of these heads was renamed:
-# FPN (``lateral_convs``/``fpn_convs``), RetinaHead (``cls_convs``,
+# The heads keep their keys: none of them was renamed from the frameworks
+# the models were trained with (mmdet 2.x, mmseg 0.x) to mmdet 3.x / mmseg
+# 1.x. FPN (``lateral_convs``/``fpn_convs``), RetinaHead (``cls_convs``,
 # ``reg_convs``, ``retina_cls``, ``retina_reg``), RPNHead (``rpn_conv``,
 # ``rpn_cls``, ``rpn_reg``), Shared2FCBBoxHead (``shared_fcs``, ``fc_cls``,
 # ``fc_reg``), FCNMaskHead (``convs``, ``upsample``, ``conv_logits``) and
@@ -256,7 +256,6 @@ DENSE_HEADS = {
 # names, and mmdet 3.3's and mmseg 1.2's own model zoos serve their 2.x /
 # 0.x-trained checkpoints to the 3.x / 1.x configs unchanged (their
 # metafiles). tests/test_dense_checkpoints.py loads each layout strictly.
-HEAD_RENAMES = dict(retinanet=(), mask_rcnn=(), semantic_fpn=())
 
 
 def dense_model_kind(state_dict):
@@ -301,7 +300,7 @@ def convert_poolformer_dense(state_dict, kind):
         tuple: ``(state_dict, dropped)``. The backbone goes through
         ``convert_mmpretrain`` (v1 keys, ``norm{0,2,4,6}`` ->
         ``out_norms.{0..3}``) and keeps its ``backbone.`` prefix; the other
-        parts pass through ``HEAD_RENAMES[kind]``. ``dropped`` lists the
+        parts keep their keys. ``dropped`` lists the
         source keys left out: RetinaNet's ``backbone.norm0.*``, the norm on
         an output its FPN (``start_level=1``) never reads, which our
         RetinaNet does not build (``out_indices=(1, 2, 3)``).
@@ -331,7 +330,7 @@ def convert_poolformer_dense(state_dict, kind):
             f'this model reads (stages {emitted}). A backbone without '
             f'backbone.norm0 comes from a FORK_LAST3 (RetinaNet) run.')
     out = {f'backbone.{k}': v for k, v in backbone.items()}
-    out.update(_rename(others, HEAD_RENAMES[kind]))
+    out.update(others)
     return out, dropped
 
 

@@ -22,10 +22,7 @@ the eager ops up to float rounding.
 import torch
 import torch.nn.functional as F
 
-
-def _exporting():
-    """True while ``torch.onnx.export`` traces: sizes are then tensors."""
-    return torch.onnx.is_in_onnx_export()
+from .core.capture import sizes_are_symbolic
 
 
 def _enlarges(in_size, out_size):
@@ -96,7 +93,7 @@ def resample_to(x, size):
     form (see the module docstring).
     """
     in_size = x.shape[-2:]
-    if _exporting():
+    if sizes_are_symbolic():
         enlarge = _enlarges(in_size, size)
         rows = resample_weights(in_size[0], size[0], enlarge, x.dtype,
                                 x.device)

@@ -22,6 +22,7 @@ import os
 import platform
 import re
 import statistics
+import sys
 import time
 
 import torch
@@ -140,6 +141,27 @@ def max_abs_diff(outputs, reference):
     return diff, scale
 
 
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    """File descriptor 2 goes to /dev/null inside the block.
+
+    torch's profiler (kineto) writes status lines from C++ straight to the
+    process's stderr at every start (``USDT ... profiler_start``,
+    ``gpuGetDeviceCount failed`` on machines without a GPU), which no
+    Python setting turns off; a benchmark prints figures, not those.
+    Python exceptions raised inside still propagate.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, 'w') as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def peak_step_memory(step, device):
     """Peak extra bytes one call of ``step()`` allocates.
 
@@ -161,8 +183,8 @@ def peak_step_memory(step, device):
         torch.cuda.synchronize()
         return torch.cuda.max_memory_allocated() - base
     from torch.profiler import ProfilerActivity, profile
-    with profile(activities=[ProfilerActivity.CPU],
-                 profile_memory=True) as prof:
+    with _native_stderr_silenced(), profile(
+            activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         step()
     events = sorted(
         (e.start_ns(), i, e.nbytes())

@@ -156,11 +156,12 @@ def main(argv=None):
     except bench.OutputMismatch as exc:
         print(f'error: {exc}', file=sys.stderr)
         sys.exit(1)
-    print('- GEMM rates measured (start, before each later model, end): ' +
-          ', '.join(f'{r:.1f}' for r in rates) +
-          f' GFLOP/s; the floors use the highest, {max(rates):.1f}')
     result = bench.figures(rows, train_rows, rates,
                            ['tools/analysis/benchmark_backbone.py', *argv])
+    print('- GEMM rates measured (start, before each later model, end): ' +
+          ', '.join(f'{r:.1f}' for r in rates) +
+          f" GFLOP/s; the floors use the highest rate measured, "
+          f"{result['floor_rate']:.1f} (by {result['floor_rate_from']})")
     print(bench.format_tables(settings.columns, result))
     if args.json:
         with open(args.json, 'w') as f:

@@ -70,16 +70,6 @@ def reject_unknown_kwargs(owner, unknown, signature_owner):
                         f"{', '.join(valid)}")
 
 
-def check_layout(owner, channels_last):
-    """``channels_last`` must be ``None`` (per device), ``True`` or
-    ``False``; returns it."""
-    if channels_last not in (None, True, False) or isinstance(
-            channels_last, int) and not isinstance(channels_last, bool):
-        raise ValueError(f'{owner} channels_last={channels_last!r} is '
-                         'invalid; valid: None (per device), True, False')
-    return channels_last
-
-
 def check_flag(owner, name, value):
     if not isinstance(value, bool):
         raise ValueError(f'{owner} {name}={value!r} is invalid; valid: '
@@ -216,12 +206,6 @@ class DenseBackboneMixin:
         for module in self._frozen_modules():
             module.eval()
             module.requires_grad_(False)
-
-    @property
-    def deployed(self):
-        """Whether the backbone is folded for inference (``deploy=True`` or
-        ``switch_to_deploy()``; ``mmmetaformer/models/core/fuse.py``)."""
-        return self.deploy
 
     def train(self, mode=True):
         super().train(mode)

@@ -18,7 +18,7 @@ from ...registry import register_public
 from ..archs import CONVMIXER_ARCH_KEYS, CONVMIXER_ARCHS
 from ..core import ConvMixerTrunk, SimplePyramidAdapter
 from ..layers import build_norm
-from .base import (DenseBackboneMixin, check_flag, check_layout,
+from .base import (DenseBackboneMixin, check_flag,
                    reject_pretrained, reject_unknown_kwargs, resolve_arch)
 
 
@@ -83,7 +83,7 @@ class ConvMixer(DenseBackboneMixin, ConvMixerTrunk, BaseModule):
             patch_size=spec['patch_size'],
             act_layer=lambda: build_activation_layer(spec['act_cfg']),
             in_channels=in_channels,
-            channels_last=check_layout(owner, channels_last),
+            channels_last=channels_last,
             deploy=deploy)
         self.adapter = SimplePyramidAdapter(
             dim, adapter_channels,

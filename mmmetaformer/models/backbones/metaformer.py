@@ -18,7 +18,7 @@ from ..archs import (ARCH_KEYS, FAMILIES, GENERIC_DEFAULTS, METAFORMER_ARCHS,
 from ..core import MetaFormerTrunk
 from ..core.metaformer import per_stage
 from ..layers import build_norm
-from .base import (DenseBackboneMixin, check_flag, check_layout,
+from .base import (DenseBackboneMixin, check_flag,
                    reject_pretrained, reject_unknown_kwargs, resolve_arch)
 from .convmixer import ConvMixer
 
@@ -154,7 +154,7 @@ class MetaFormer(DenseBackboneMixin, MetaFormerTrunk, BaseModule):
             mlp_channels_last=spec['mlp_channels_last'],
             drop_path_rate=drop_path_rate,
             in_channels=in_channels,
-            channels_last=check_layout(owner, channels_last),
+            channels_last=channels_last,
             deploy=deploy)
         self._setup_outputs(spec['dims'], out_indices, out_norm_cfg,
                             frozen_stages, norm_eval, with_cp, init_cfg)

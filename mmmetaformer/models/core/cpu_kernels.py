@@ -1,27 +1,27 @@
-"""Kernels measured faster on CPU, used for CPU tensors only.
+"""Kernels measured faster on CPU, as plain functions over tensors.
 
 The model core (``layers.py``, ``mixers.py``, ``metaformer.py``) is plain
-PyTorch. A few of its layers hand a CPU tensor to this module instead,
-because PyTorch's own CPU kernels (oneDNN, ATen) measured slower for them
-with 2 threads on channels-last maps:
+PyTorch. A few of its layers choose to call a function here for a CPU
+tensor in training, because PyTorch's own CPU kernels (oneDNN, ATen)
+measured slower for them on channels-last maps (figures in
+``docs/benchmarks.md``, "CPU kernels"):
 
-* ``DepthwiseConv2d``'s weight gradient as one depthwise conv of the
-  padded input with the output gradient as kernel (2-3x faster than
-  oneDNN's depthwise backward-weights, most of ConvFormer's backward);
-* ``PointwiseConv2d``'s weight gradient as one GEMM on channels-last rows
-  (1.2-1.8x faster than oneDNN's 1x1 backward-weights);
-* ``Mlp`` with an exact GELU recomputes ``gelu(h)`` in backward instead of
-  keeping it (a quarter of a PoolFormer v1 block's activation memory);
-  the recompute takes over ``fc2``'s gradients, so it is CPU-only too;
-* exact GELU (forward and backward) on the permuted dense view of a
-  channels-last map (1.4x faster than ATen's strided kernel);
-* StarReLU's ``sum(g * relu ** 2)`` as one dot product (3.7 ms against
-  34 ms on a channels-last ``[1, 256, 128, 128]`` map).
+* a stride-1 depthwise conv whose weight gradient is one depthwise conv
+  of the padded input with the output gradient as kernel
+  (``depthwise_conv2d``);
+* a 1x1 conv whose weight gradient is one GEMM on channels-last rows
+  (``pointwise_conv2d``);
+* ``conv1x1(gelu(h))`` that recomputes ``gelu(h)`` in backward instead of
+  keeping it (``gelu_pointwise``: a quarter of a PoolFormer v1 block's
+  activation memory);
+* exact GELU on the permuted dense view of a channels-last map (``gelu``);
+* ``sum(a * b)`` as one dot product (``sum_of_product``, StarReLU's scale
+  gradient).
 
 Every other device (CUDA, XPU, MPS, meta) and graph capture
-(``torch.compile``, ``torch.jit``, ONNX export) gets PyTorch's own ops,
-so cuDNN or the compiler chooses the kernels and every conv's gradient
-is one ``ConvolutionBackward0`` node.
+(``capture.capturing_graph``) gets PyTorch's own ops, so cuDNN or the
+compiler chooses the kernels and every conv's gradient is one
+``ConvolutionBackward0`` node.
 
 The switch: ``set_enabled(False)`` (or ``with disabled(): ...``) turns all
 of this off; the model is then exactly the plain one on CPU too. Values
@@ -33,6 +33,8 @@ import contextlib
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from .capture import capturing_graph
 
 _ENABLED = True
 
@@ -59,23 +61,17 @@ def disabled():
         set_enabled(before)
 
 
-def graph_capture():
-    """True under ``torch.jit`` tracing/scripting or ``torch.compile``."""
-    return (torch.jit.is_tracing() or torch.jit.is_scripting()
-            or torch.compiler.is_compiling())
-
-
 def applies(x):
     """Whether ``x`` gets a CPU kernel: switch on, CPU, no graph capture."""
-    return _ENABLED and x.device.type == 'cpu' and not graph_capture()
+    return _ENABLED and x.device.type == 'cpu' and not capturing_graph()
 
 
-def applies_to_training(x, *modules):
-    """``applies(x)`` and autograd records the call (``x`` or a parameter
-    of ``modules`` needs a gradient)."""
+def applies_to_training(x, *params):
+    """``applies(x)`` and autograd records the call (``x`` or one of the
+    tensors ``params`` needs a gradient)."""
     return applies(x) and torch.is_grad_enabled() and (
-        x.requires_grad or any(p.requires_grad for m in modules
-                               for p in m.parameters(recurse=False)))
+        x.requires_grad or any(p is not None and p.requires_grad
+                               for p in params))
 
 
 # --- layouts --------------------------------------------------------------
@@ -112,24 +108,12 @@ def gelu(x):
     return undo(F.gelu(flat))
 
 
-def gelu_(x):
-    """Exact GELU in place on the temporary ``x``; returns ``x``."""
-    torch.ops.aten.gelu_(_flat_layout(x)[0])
-    return x
-
-
 def _gelu_backward(grad, x):
     flat, undo = _flat_layout(x)
     if flat is not x:
         grad = grad.contiguous(memory_format=torch.channels_last).permute(
             0, 2, 3, 1)
     return undo(torch.ops.aten.gelu_backward(grad, flat))
-
-
-def gelu_module_forward(x):
-    """What ``GELU`` runs for a CPU tensor (autograd differentiates
-    through the permuted view, so its backward runs there too)."""
-    return gelu(x)
 
 
 def sum_of_product(a, b):
@@ -156,8 +140,7 @@ def _conv1x1_backward(grad, x, weight, has_bias, needs):
 
     ``weight`` is ``[O, C, 1, 1]``. The input gradient is oneDNN's; the
     weight gradient ``g^T x`` is one GEMM on the channels-last rows of
-    both maps (e.g. 7.1 against 12.8 ms for 64 -> 256 channels at
-    128x128, 2 threads). Other layouts use oneDNN for all three.
+    both maps. Other layouts use oneDNN for all three.
     """
     need_x, need_w, need_b = needs
     need_b = need_b and has_bias
@@ -204,8 +187,7 @@ class _DepthwiseConvFunction(torch.autograd.Function):
 
     ``dL/dW[c, i, j] = sum_{b,y,x} g[b, c, y, x] * xpad[b, c, y + i, x + j]``
     is the depthwise correlation of the padded input with the output
-    gradient as kernel: 16 ms against oneDNN's 47 ms (7x7, channels-last
-    ``[1, 128, 128, 128]``, 2 threads). A poor fit for GPUs (one thread
+    gradient as kernel. A poor fit for GPUs (one thread
     per output value looping over a map-sized kernel), hence CPU only.
     """
 
@@ -243,23 +225,11 @@ class _DepthwiseConvFunction(torch.autograd.Function):
         return (grad_x, *_param_grads(ctx, grad_w, grad_b), None)
 
 
-def _symmetric_padding(conv):
-    """``(ph, pw)`` of a conv, or ``None`` where it is not symmetric."""
-    if conv.padding != 'same':
-        return tuple(conv.padding)
-    if all(k % 2 == 1 for k in conv.kernel_size):
-        return tuple(k // 2 for k in conv.kernel_size)
-    return None
-
-
-def depthwise_conv2d(conv, x):
-    """``conv(x)`` for a depthwise ``nn.Conv2d`` in CPU training."""
-    padding = _symmetric_padding(conv)
-    if (padding is None or x.dim() != 4 or conv.padding_mode != 'zeros'
-            or conv.stride != (1, 1) or conv.dilation != (1, 1)):
-        return F.conv2d(x, conv.weight, conv.bias, conv.stride,
-                        conv.padding, conv.dilation, conv.groups)
-    return _DepthwiseConvFunction.apply(x, conv.weight, conv.bias, padding)
+def depthwise_conv2d(x, weight, bias, padding):
+    """``F.conv2d(x, weight, bias, 1, padding, groups=C)`` for a
+    ``[C, 1, kh, kw]`` ``weight`` and zero ``padding`` ``(ph, pw)``; the
+    weight gradient by ``_DepthwiseConvFunction``."""
+    return _DepthwiseConvFunction.apply(x, weight, bias, tuple(padding))
 
 
 class _PointwiseConvFunction(torch.autograd.Function):
@@ -280,16 +250,16 @@ class _PointwiseConvFunction(torch.autograd.Function):
         return (grad_x, *_param_grads(ctx, grad_w, grad_b))
 
 
-def pointwise_conv2d(conv, x):
-    """``conv(x)`` for a 1x1 ``nn.Conv2d`` in CPU training."""
-    if (conv.stride == (1, 1) and conv.padding == (0, 0)
-            and conv.groups == 1 and _nhwc_rows(x) is not None):
-        return _PointwiseConvFunction.apply(x, conv.weight, conv.bias)
-    return F.conv2d(x, conv.weight, conv.bias, conv.stride, conv.padding,
-                    conv.dilation, conv.groups)
+def pointwise_conv2d(x, weight, bias):
+    """``F.conv2d(x, weight, bias)`` for a ``[O, C, 1, 1]`` ``weight``
+    (stride 1, no padding, one group); on a channels-last ``x`` the weight
+    gradient is one GEMM (``_conv1x1_backward``)."""
+    if _nhwc_rows(x) is not None:
+        return _PointwiseConvFunction.apply(x, weight, bias)
+    return F.conv2d(x, weight, bias)
 
 
-# --- Mlp: GELU recomputed in backward ------------------------------------
+# --- a 1x1 conv of an exact GELU, recomputed in backward ----------------
 
 
 class _GeluPointwiseFunction(torch.autograd.Function):
@@ -325,9 +295,15 @@ _HOOK_DICTS = ('_forward_hooks', '_forward_pre_hooks', '_backward_hooks',
                '_backward_pre_hooks')
 
 
-def _has_hooks(*modules):
+def has_hooks(*modules):
     """Whether a hook could observe a call of one of ``modules`` (global
-    module hooks count for every module)."""
+    module hooks count for every module).
+
+    A layer that fuses two modules' calls into one function bypasses their
+    hooks, so it must not fuse while any is registered. torch has no public
+    query for registered hooks; the module hook dicts (per module and
+    global) are read directly.
+    """
     glob = nn.modules.module
     if (glob._global_forward_hooks or glob._global_forward_pre_hooks
             or glob._global_backward_hooks
@@ -336,18 +312,7 @@ def _has_hooks(*modules):
     return any(getattr(m, name) for m in modules for name in _HOOK_DICTS)
 
 
-def recomputes_gelu(mlp, h):
-    """Whether ``mlp`` runs ``fc2(act(h))`` as ``gelu_pointwise``: CPU
-    training, an exact GELU and a plain 1x1 ``fc2``, no hook watching
-    ``act`` or ``fc2`` (they would be bypassed)."""
-    from .layers import GELU, PointwiseConv2d
-    return (applies_to_training(h, mlp.fc2)
-            and type(mlp.act) in (nn.GELU, GELU)
-            and mlp.act.approximate == 'none'
-            and type(mlp.fc2) in (nn.Conv2d, PointwiseConv2d)
-            and not _has_hooks(mlp.act, mlp.fc2))
-
-
-def gelu_pointwise(h, fc2):
-    """``fc2(gelu(h))`` without keeping ``gelu(h)`` for backward."""
-    return _GeluPointwiseFunction.apply(h, fc2.weight, fc2.bias)
+def gelu_pointwise(h, weight, bias):
+    """``F.conv2d(gelu(h), weight, bias)`` for a 1x1 ``weight``, without
+    keeping ``gelu(h)`` for backward."""
+    return _GeluPointwiseFunction.apply(h, weight, bias)

@@ -1,16 +1,24 @@
 """Deploy folds: exact re-parametrisations for inference.
 
 As in mmpretrain's RepVGG and RIFormer, every module that has something to
-fold has its own ``switch_to_deploy()``: the block (``MetaFormerBlock``),
-each token mixer, the MLP, the downsampling and the ConvMixer trunk. Each
-is one call to its fold here (``fold_block``, ``fold_pooling``, ...), which
-rewrites the module's own parameters in place so that the same ``forward``
-computes the same function with fewer multiplies: per-channel affine maps
+fold owns its fold, one call to a function here (``fold_block``,
+``fold_pooling``, ...). Two contracts, two names:
+
+* ``switch_to_deploy()``: in place and without arguments, on the block
+  (``MetaFormerBlock``), the downsampling and the trunks (which return
+  themselves);
+* ``fold_branch(norm, layer_scale)``: a block's branch
+  ``layer_scale(fn(norm(x)))`` -- each token mixer and the MLP fold what
+  is exact of ``norm`` and ``layer_scale`` into themselves and return the
+  ``(norm, layer_scale)`` the block keeps.
+
+Each fold rewrites the module's own parameters in place so that the same
+``forward`` computes the same function with fewer multiplies: per-channel affine maps
 next to a linear map are folded into its weights and the affine modules
 become ``nn.Identity`` (or lose their weights). The module tree keeps its
 shape, so a model built with ``deploy=True`` has exactly the keys of a
 folded one and loads its checkpoint. A user's token mixer without a
-``switch_to_deploy`` runs unfused (one log line says so).
+``fold_branch`` runs unfused (one log line says so).
 
 Identities the folds rely on (``n`` a ``[B, C, H, W]`` map, ``g``/``b``
 per-channel vectors, ``W`` a conv or linear weight)::
@@ -156,12 +164,12 @@ def fold_norm_into(layer, norm):
 
 
 def deploy_branch(fn, norm, layer_scale):
-    """``(norm, layer_scale)`` after ``fn.switch_to_deploy`` folded what it
+    """``(norm, layer_scale)`` after ``fn.fold_branch`` folded what it
     can of the branch ``layer_scale * fn(norm(x))``; ``fn`` without one
     runs unfused, with a log line."""
-    fold = getattr(fn, 'switch_to_deploy', None)
+    fold = getattr(fn, 'fold_branch', None)
     if fold is None:
-        logger.warning('%s has no switch_to_deploy(norm, layer_scale); it '
+        logger.warning('%s has no fold_branch(norm, layer_scale); it '
                        'runs unfused', type(fn).__name__)
         return norm, layer_scale
     return fold(norm, layer_scale)

@@ -2,8 +2,9 @@
 
 Plain PyTorch on NCHW tensors. Parameter names follow timm's
 ``timm.models.metaformer``, so timm state dicts load without renaming. The
-few layers with a kernel measured faster on CPU hand CPU tensors to
-``cpu_kernels`` (one line each); every other device runs the op here.
+few layers with a kernel measured faster on CPU call a function of
+``cpu_kernels`` for CPU tensors (one line each); every other device runs
+the op here.
 
 No module writes into a tensor it was given or that another module
 returned (forward hooks see final values); in-place arithmetic only runs
@@ -14,6 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import cpu_kernels
+from .capture import capturing_graph
 
 
 def _compute_dtype(dtype):
@@ -68,8 +70,9 @@ class StarReLU(nn.Module):
     AMP: fp16/bf16 inputs are squared in fp32 and returned in their dtype
     (in fp16 ``relu(x) ** 2`` alone overflows above 256); fp32 and fp64 are
     bit-identical to the reference expression. Training saves ``relu(x)``
-    only (``_StarReLUFunction``); tracers (complexity counting, ONNX) see
-    the plain expression, with the same rounding.
+    only (``_StarReLUFunction``); tracers and compilers (complexity
+    counting, ONNX, ``torch.compile``) see the plain expression, with the
+    same rounding.
     """
 
     def __init__(self, scale_value=1.0, bias_value=0.0, scale_learnable=True,
@@ -81,7 +84,7 @@ class StarReLU(nn.Module):
                                  requires_grad=bias_learnable)
 
     def forward(self, x):
-        if torch.jit.is_tracing() or torch.jit.is_scripting():
+        if capturing_graph():
             relu = F.relu(x).to(_compute_dtype(x.dtype))
             return (self.scale * relu**2 + self.bias).to(x.dtype)
         return _StarReLUFunction.apply(x, self.scale, self.bias)
@@ -175,17 +178,31 @@ class GELU(nn.GELU):
 class DepthwiseConv2d(nn.Conv2d):
     """``nn.Conv2d(channels, channels, kernel_size, groups=channels)``.
 
-    CPU training runs ``cpu_kernels.depthwise_conv2d`` (the same forward,
-    another weight gradient).
+    CPU training of the stride-1, zero-padded, symmetric case runs
+    ``cpu_kernels.depthwise_conv2d`` (the same forward, another weight
+    gradient).
     """
 
     def __init__(self, channels, kernel_size, padding=0, bias=True, **kwargs):
         super().__init__(channels, channels, kernel_size, padding=padding,
                          groups=channels, bias=bias, **kwargs)
 
+    def _symmetric_padding(self):
+        """``(ph, pw)``, or ``None`` where it is not symmetric."""
+        if self.padding != 'same':
+            return tuple(self.padding)
+        if all(k % 2 == 1 for k in self.kernel_size):
+            return tuple(k // 2 for k in self.kernel_size)
+        return None
+
     def forward(self, x):
-        if cpu_kernels.applies_to_training(x, self):
-            return cpu_kernels.depthwise_conv2d(self, x)
+        if (cpu_kernels.applies_to_training(x, self.weight, self.bias)
+                and x.dim() == 4 and self.padding_mode == 'zeros'
+                and self.stride == (1, 1) and self.dilation == (1, 1)):
+            padding = self._symmetric_padding()
+            if padding is not None:
+                return cpu_kernels.depthwise_conv2d(x, self.weight,
+                                                    self.bias, padding)
         return super().forward(x)
 
 
@@ -199,7 +216,13 @@ class PointwiseConv2d(nn.Conv2d):
     def __init__(self, in_channels, out_channels, bias=True, **kwargs):
         super().__init__(in_channels, out_channels, 1, bias=bias, **kwargs)
 
+    def plain(self):
+        """Stride 1, no padding, one group: a per-pixel matrix product."""
+        return (self.stride == (1, 1) and self.padding == (0, 0)
+                and self.groups == 1 and self.padding_mode == 'zeros')
+
     def forward(self, x):
-        if cpu_kernels.applies_to_training(x, self):
-            return cpu_kernels.pointwise_conv2d(self, x)
+        if (cpu_kernels.applies_to_training(x, self.weight, self.bias)
+                and x.dim() == 4 and self.plain()):
+            return cpu_kernels.pointwise_conv2d(x, self.weight, self.bias)
         return super().forward(x)

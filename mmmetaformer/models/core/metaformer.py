@@ -26,7 +26,8 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from . import cpu_kernels, fuse
-from .layers import DropPath, PointwiseConv2d, Scale
+from .capture import capturing_graph
+from .layers import GELU, DropPath, PointwiseConv2d, Scale
 
 # channels_last=None, per device type. cpu: measured (docs/benchmarks.md):
 # oneDNN reads channels-last maps without reordering, and avg_pool2d with
@@ -53,7 +54,8 @@ class Mlp(nn.Module):
 
     The authors' ``nn.Linear`` weights ``[out, in]`` load by a reshape. In
     CPU training an exact GELU is recomputed in backward instead of kept
-    (``cpu_kernels.gelu_pointwise``).
+    (``cpu_kernels.gelu_pointwise``), unless a hook watches ``act`` or
+    ``fc2`` (the fused call would bypass it).
     """
 
     def __init__(self, dim, hidden_dim, act_layer=nn.GELU, bias=True):
@@ -62,13 +64,22 @@ class Mlp(nn.Module):
         self.act = act_layer()
         self.fc2 = PointwiseConv2d(hidden_dim, dim, bias=bias)
 
+    def _recomputes_gelu(self, h):
+        return (type(self.act) in (nn.GELU, GELU)
+                and self.act.approximate == 'none'
+                and type(self.fc2) is PointwiseConv2d and self.fc2.plain()
+                and cpu_kernels.applies_to_training(h, self.fc2.weight,
+                                                    self.fc2.bias)
+                and not cpu_kernels.has_hooks(self.act, self.fc2))
+
     def forward(self, x):
         h = self.fc1(x)
-        if cpu_kernels.recomputes_gelu(self, h):
-            return cpu_kernels.gelu_pointwise(h, self.fc2)
+        if self._recomputes_gelu(h):
+            return cpu_kernels.gelu_pointwise(h, self.fc2.weight,
+                                              self.fc2.bias)
         return self.fc2(self.act(h))
 
-    def switch_to_deploy(self, norm, layer_scale):
+    def fold_branch(self, norm, layer_scale):
         return fuse.fold_mlp(self, norm, layer_scale)
 
 
@@ -320,7 +331,10 @@ class MetaFormerTrunk(nn.Module):
 
 
 def check_channels_last(value):
-    if value not in (None, True, False):
+    """``channels_last`` must be ``None`` (per device), ``True`` or
+    ``False`` (``1 == True`` in Python, so ints are refused by type)."""
+    if value not in (None, True, False) or (
+            isinstance(value, int) and not isinstance(value, bool)):
         raise ValueError(f'channels_last={value!r} is invalid; valid: None '
                          '(per device), True, False')
 
@@ -329,12 +343,13 @@ def to_layout(x, channels_last=None):
     """``x`` in the memory layout ``channels_last`` asks for.
 
     ``None``: ``CHANNELS_LAST_BY_DEVICE`` (on CPU only while the CPU
-    kernels are on); under ``torch.compile`` as it is (inductor's CPU code
-    for PoolFormer v1 measured 1.36x slower on channels-last maps).
+    kernels are on); under graph capture as it is (the compiler or the
+    exporter's runtime chooses the layout; inductor's CPU code measured
+    slower on channels-last maps, docs/benchmarks.md).
     """
     if channels_last is None:
-        if torch.compiler.is_compiling() or (x.device.type == 'cpu'
-                                             and not cpu_kernels.enabled()):
+        if capturing_graph() or (x.device.type == 'cpu'
+                                 and not cpu_kernels.enabled()):
             return x
         channels_last = CHANNELS_LAST_BY_DEVICE.get(x.device.type)
         if channels_last is None:

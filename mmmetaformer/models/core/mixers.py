@@ -4,10 +4,11 @@ A mixer is built as ``mixer(dim)`` and maps ``[B, C, H, W]`` to the same
 shape; anything with that contract can be one (register it in
 ``mmmetaformer.registry.MODELS`` to use it from a config).
 
-``switch_to_deploy(norm, layer_scale)`` folds what is exact of the branch
+``fold_branch(norm, layer_scale)`` folds what is exact of the branch
 ``layer_scale(mixer(norm(x)))`` into the mixer and returns the
-``(norm, layer_scale)`` the block keeps (``fuse.py``). A mixer without it
-runs unfused in a deployed model.
+``(norm, layer_scale)`` the block keeps (``fuse.py``); the block's
+``switch_to_deploy()`` calls it. A mixer without it runs unfused in a
+deployed model.
 """
 import math
 
@@ -15,8 +16,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..resample import _exporting, mix_resampled, resampled_matrix
+from ..resample import mix_resampled, resampled_matrix
 from . import fuse
+from .capture import capturing_graph, sizes_are_symbolic
 from .layers import DepthwiseConv2d, PointwiseConv2d, StarReLU
 
 
@@ -29,7 +31,7 @@ class IdentityMixer(nn.Module):
     def forward(self, x):
         return x
 
-    def switch_to_deploy(self, norm, layer_scale):
+    def fold_branch(self, norm, layer_scale):
         return fuse.fold_identity_mixer(norm, layer_scale)
 
 
@@ -79,12 +81,12 @@ class Pooling(nn.Module):
         self.pool_size = pool_size
 
     def forward(self, x):
-        if torch.is_grad_enabled() and x.requires_grad and not (
-                torch.jit.is_tracing() or torch.compiler.is_compiling()):
+        if (torch.is_grad_enabled() and x.requires_grad
+                and not capturing_graph()):
             return _PoolMinusInputFunction.apply(x, self.pool_size)
         return _pool_minus_input(x, self.pool_size)
 
-    def switch_to_deploy(self, norm, layer_scale):
+    def fold_branch(self, norm, layer_scale):
         return fuse.fold_pooling(norm, layer_scale)
 
 
@@ -108,7 +110,7 @@ class SepConv(nn.Module):
     def forward(self, x):
         return self.pwconv2(self.dwconv(self.act1(self.pwconv1(x))))
 
-    def switch_to_deploy(self, norm, layer_scale):
+    def fold_branch(self, norm, layer_scale):
         return fuse.fold_sepconv(self, norm, layer_scale)
 
 
@@ -142,7 +144,7 @@ class Attention(nn.Module):
         out = self.proj(out.transpose(1, 2).reshape(B, H * W, C))
         return out.transpose(1, 2).reshape(B, C, H, W)
 
-    def switch_to_deploy(self, norm, layer_scale):
+    def fold_branch(self, norm, layer_scale):
         return fuse.fold_attention(self, norm, layer_scale)
 
 
@@ -170,7 +172,7 @@ class RandomMixing(nn.Module):
 
     def forward(self, x):
         B, C, H, W = x.shape
-        if _exporting() or (H, W) != self.base_grid:
+        if sizes_are_symbolic() or (H, W) != self.base_grid:
             return mix_resampled(x, self.random_matrix, self.base_grid)
         matrix = self.random_matrix.to(x.dtype)
         # out[b, c, m] = sum_n M0[m, n] x[b, c, n]
@@ -185,6 +187,6 @@ class RandomMixing(nn.Module):
         return resampled_matrix(self.random_matrix, self.base_grid,
                                 tuple(grid))
 
-    def switch_to_deploy(self, norm, layer_scale):
+    def fold_branch(self, norm, layer_scale):
         """Nothing exact to fold (see ``fuse.py``)."""
         return norm, layer_scale
