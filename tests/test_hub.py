@@ -12,7 +12,9 @@ environment variables.
 import hashlib
 import http.server
 import importlib.util
+import multiprocessing
 import os
+import socket
 import threading
 
 import pytest
@@ -295,7 +297,7 @@ def mirror(hub, monkeypatch):
                         endpoint + '/{repo_id}/resolve/{revision}/{filename}')
     monkeypatch.setattr(constants, 'HF_HUB_OFFLINE', False)
     monkeypatch.setenv('HF_TOKEN', 'hf_test_token')
-    yield files, seen
+    yield files, seen, endpoint
     server.shutdown()
 
 
@@ -305,7 +307,7 @@ def test_download_through_a_mirror_with_token_and_bin_fallback(
     its pytorch_model.bin is downloaded into the Hub cache, with the token;
     a huggingface.co URL goes to the mirror too; a second read uses the
     cache; a repo the mirror does not have is one line."""
-    files, seen = mirror
+    files, seen, _ = mirror
     weights = tensors(6, w=(2, 2))
     local = tmp_path / 'w.bin'
     torch.save(weights, local)
@@ -330,6 +332,54 @@ def test_download_through_a_mirror_with_token_and_bin_fallback(
         'hf-hub:nobody/nothing: no repository nobody/nothing on '
         'http://127.0.0.1:')
     assert 'HF_TOKEN' in message
+
+
+def _rank_reads_a_hub_checkpoint(rank, port, out_dir):
+    """One rank of a two-process gloo run on one node, as torchrun starts
+    it (``LOCAL_RANK`` set, no mmengine local process group)."""
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE='2',
+                      MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
+    import torch.distributed as dist
+    dist.init_process_group('gloo', init_method='env://')
+    try:
+        torch.save(read_checkpoint('hf-hub:org/mirrored'),
+                   os.path.join(out_dir, f'rank{rank}.pth'))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_first_rank_of_the_node_downloads(mirror, monkeypatch, tmp_path):
+    """Two ranks read one Hub id: the first downloads, the other waits at
+    the barrier and takes the file from the cache (the mirror sees one
+    rank's requests)."""
+    files, seen, endpoint = mirror
+    weights = tensors(7, w=(3, 3))
+    local = tmp_path / 'w.bin'
+    torch.save(weights, local)
+    files[('org/mirrored', 'pytorch_model.bin')] = local.read_bytes()
+    # the spawned processes read these at import
+    monkeypatch.setenv('HF_ENDPOINT', endpoint)
+    monkeypatch.setenv('HF_HUB_OFFLINE', '0')
+    monkeypatch.setenv('OMP_NUM_THREADS', '1')
+    with socket.socket() as probe:
+        probe.bind(('127.0.0.1', 0))
+        port = probe.getsockname()[1]
+    context = multiprocessing.get_context('spawn')
+    ranks = [context.Process(target=_rank_reads_a_hub_checkpoint,
+                             args=(rank, port, str(tmp_path)))
+             for rank in range(2)]
+    for process in ranks:
+        process.start()
+    for process in ranks:
+        process.join(240)
+    assert [p.exitcode for p in ranks] == [0, 0]
+    for rank in range(2):
+        assert_same(torch.load(tmp_path / f'rank{rank}.pth'), weights)
+    resolves = [(m, p) for m, p, _ in seen if '/resolve/' in p]
+    assert resolves.count(
+        ('GET', '/org/mirrored/resolve/main/pytorch_model.bin')) == 1
+    assert resolves.count(
+        ('HEAD', '/org/mirrored/resolve/main/model.safetensors')) == 1
 
 
 # --- absent files ------------------------------------------------------------

@@ -34,10 +34,11 @@ the authors' weights are Hub files, so every config's ``init_cfg`` needs it;
 it is pure Python and timm brings it anyway. It is imported on first use.
 """
 import importlib.util
+import os
 import os.path as osp
 from urllib.parse import unquote, urlparse
 
-from mmengine.dist import barrier, get_local_rank
+from mmengine.dist import barrier, get_local_rank, is_distributed
 from mmengine.logging import print_log
 
 from .reader import CheckpointError
@@ -53,6 +54,26 @@ SYNTAX = 'hf-hub:ORG/NAME[@REVISION][/FILE]'
 class HubCheckpointError(CheckpointError):
     """A Hub checkpoint that cannot be had: bad id, no such repo, revision
     or file, or offline without the file in the cache."""
+
+
+def local_rank():
+    """This process's rank on its node: 0 outside a distributed run, else
+    ``LOCAL_RANK`` as torchrun and mmengine's slurm set-up set it.
+
+    mmengine's ``get_local_rank`` needs a local process group that nothing
+    in mmengine 0.10.7 creates (``init_local_group`` is never called), so in
+    a distributed run it raises; where neither is there, every rank counts
+    as its node's first and fetches for itself (the caches' files are
+    written whole and renamed, so concurrent fetches are safe).
+    """
+    if not is_distributed():
+        return 0
+    if 'LOCAL_RANK' in os.environ:
+        return int(os.environ['LOCAL_RANK'])
+    try:
+        return get_local_rank()
+    except RuntimeError:
+        return 0
 
 
 def is_hub_checkpoint(name):
@@ -255,7 +276,7 @@ def fetch_hub_file(name):
         repo_type = None
         filenames = (filename, ) if filename else DEFAULT_FILES
     error, path = None, None
-    if get_local_rank() == 0:
+    if local_rank() == 0:
         print_log(f'Fetching {name} through huggingface_hub',
                   logger='current')
         try:

@@ -25,13 +25,13 @@ import os.path as osp
 from urllib.parse import urlparse
 
 import torch
-from mmengine.dist import barrier, get_local_rank
+from mmengine.dist import barrier
 from mmengine.logging import print_log
 from mmengine.runner import checkpoint as mmengine_checkpoint
 from mmengine.runner.checkpoint import CheckpointLoader
 
 from .hub import (HUB_PREFIX, fetch_hub_file, hub_checkpoint_name,
-                  parse_hub_url)
+                  local_rank, parse_hub_url)
 from .reader import (CheckpointError, allow_in_torch_load, read_bytes,
                      read_local_file)
 
@@ -47,7 +47,7 @@ def fetch_url(url):
     cache_dir = osp.join(torch.hub.get_dir(), 'checkpoints')
     path = osp.join(cache_dir, osp.basename(urlparse(url).path))
     error = None
-    if get_local_rank() == 0 and not osp.isfile(path):
+    if local_rank() == 0 and not osp.isfile(path):
         os.makedirs(cache_dir, exist_ok=True)
         print_log(f'Downloading {url} to {path}', logger='current')
         try:
