@@ -30,8 +30,10 @@ endpoint with backoff before giving up, so set ``HF_HUB_OFFLINE=1`` on a
 machine without network.
 
 ``huggingface_hub`` is a runtime dependency (``requirements/runtime.txt``):
-the authors' weights are Hub files, so every config's ``init_cfg`` needs it;
-it is pure Python and timm brings it anyway. It is imported on first use.
+the MetaFormer baselines' weights (every ConvFormer, CAFormer,
+PoolFormerV2, IdentityFormer and RandFormer config's ``init_cfg``) and
+timm's are Hub files; it is pure Python and timm brings it anyway. It is
+imported on first use.
 """
 import importlib.util
 import os
@@ -131,8 +133,7 @@ def parse_hub_url(url):
     if not str(url).startswith(('https://', 'http://')):
         return None
     parsed = urlparse(url)
-    hosts = HUB_HOSTS
-    if parsed.netloc not in hosts:
+    if parsed.netloc not in HUB_HOSTS:
         endpoint = _endpoint_host() if parsed.netloc else None
         if endpoint is None or parsed.netloc != endpoint:
             return None
