@@ -22,6 +22,7 @@ from mmmetaformer.utils.launch import (  # noqa: E402
     LaunchError,
     build_runner,
     check_data_roots,
+    check_dataset_contents,
     check_images_when_loading,
     check_ops_for,
     explain_data_errors,
@@ -48,6 +49,11 @@ def parse_args(argv=None):
     parser.add_argument('--allow-nonfinite', action='store_true',
                         help='evaluate weights holding nan or inf (refused '
                         'by default, naming the first such tensor)')
+    parser.add_argument(
+        '--strict-data', action='store_true',
+        help='refuse an annotation file with boxes mmdet would drop (nan, '
+        'negative or under 1 px wide or high); by default they are counted '
+        'in a warning')
     parser.add_argument('--launcher',
                         choices=['none', 'pytorch', 'slurm', 'mpi'],
                         default='none', help='job launcher')
@@ -73,6 +79,8 @@ def main(argv=None):
     check_ops_for(scope)
     check_data_roots(cfg, scope, ('test_dataloader', ))
     check_images_when_loading(cfg, ('test_dataloader', ))
+    check_dataset_contents(cfg, scope, ('test_dataloader', ),
+                           strict=args.strict_data)
     if not osp.isfile(args.checkpoint):
         raise LaunchError(f'Checkpoint file not found: {args.checkpoint}')
     set_work_dir(cfg, args.work_dir, args.config)

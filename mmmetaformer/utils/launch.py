@@ -253,6 +253,22 @@ def check_images_when_loading(cfg, dataloader_keys):
                 transform['type'] = 'LoadCheckedImageFromFile'
 
 
+
+def check_dataset_contents(cfg, scope, dataloader_keys, strict=False):
+    """Check the datasets' annotations once, before the Runner starts.
+
+    COCO files whole (unique image ids, known category ids, boxes mmdet
+    would drop counted, or refused with ``strict``); segmentation datasets'
+    image and label-map headers, with ``LoadAnnotations`` swapped for the
+    loader that checks each label map's values (see
+    ``mmmetaformer/datasets/checks.py`` for what is checked when).
+    """
+    from ..datasets.checks import DataCheckError, check_datasets
+    try:
+        check_datasets(cfg, scope, dataloader_keys, strict=strict)
+    except (DataCheckError, ImageError) as exc:
+        raise LaunchError(str(exc)) from None
+
 def _annotation_files(cfg, dataloader_keys):
     """``(config key, path)`` of the datasets' and metrics' annotations."""
     for key, dataset in _dataset_cfgs(cfg, dataloader_keys):
