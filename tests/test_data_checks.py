@@ -16,13 +16,20 @@ import cv2
 import numpy as np
 import pytest
 
-from mmmetaformer.datasets.checks import (DataCheckError,
-                                          check_coco_annotations,
-                                          check_datasets, check_label_map,
-                                          check_seg_files)
+from mmmetaformer.datasets.checks import (
+    DataCheckError,
+    check_coco_annotations,
+    check_datasets,
+    check_label_map,
+    check_seg_files,
+)
 from mmmetaformer.datasets.toy import make_ade20k, make_coco
-from mmmetaformer.utils.images import (ImageError, decode_image,
-                                       decode_label_map, read_image)
+from mmmetaformer.utils.images import (
+    ImageError,
+    decode_image,
+    decode_label_map,
+    read_image,
+)
 
 from .forked_tools import ForkedTool
 from .helpers import REPO_ROOT

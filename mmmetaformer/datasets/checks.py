@@ -54,8 +54,12 @@ import os.path as osp
 
 import numpy as np
 
-from ..utils.images import (DEFAULT_MAX_PIXELS, ImageError,
-                            UnreadableImageError, read_image_header)
+from ..utils.images import (
+    DEFAULT_MAX_PIXELS,
+    ImageError,
+    UnreadableImageError,
+    read_image_header,
+)
 
 _SEG_LOADERS = ('LoadAnnotations', 'mmseg.LoadAnnotations')
 CHECKED_SEG_LOADER = 'LoadCheckedSegAnnotations'

@@ -2,18 +2,20 @@
 
 ``LoadCheckedImageFromFile`` is mmcv's ``LoadImageFromFile`` decoding
 through ``mmmetaformer.utils.images``: an empty, undecodable, truncated or
-degenerate image, or one with more pixels than ``max_pixels`` (read from its
-header before decoding), raises ``ImageError`` naming the file, which the
-tools print as one line. It is registered in mmengine's root ``TRANSFORMS``,
-so configs of the ``mmdet`` and ``mmseg`` scopes both find it.
+degenerate image, a JPEG with corrupt data (which OpenCV decodes with grey
+where data is missing), or one with more pixels than ``max_pixels`` (read
+from its header before decoding), raises ``ImageError`` naming the file,
+which the tools print as one line. It is registered in mmengine's root
+``TRANSFORMS``, so configs of the ``mmdet`` and ``mmseg`` scopes both find
+it. Label maps have their own checked loader
+(``seg_transforms.LoadCheckedSegAnnotations``), which the tools swap in.
 """
 import mmengine.fileio as fileio
 import numpy as np
 from mmcv.transforms import LoadImageFromFile
 from mmengine.registry import TRANSFORMS
 
-from ..utils.images import (DEFAULT_MAX_PIXELS, FLAGS, ImageError,
-                            decode_image)
+from ..utils.images import DEFAULT_MAX_PIXELS, FLAGS, ImageError, decode_image
 
 
 @TRANSFORMS.register_module()

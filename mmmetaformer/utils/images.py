@@ -21,16 +21,21 @@ returns a partly grey picture for a truncated JPEG. ``read_image`` and
   differs from the header's;
 * corrupt JPEG data: a scan cut short (an end marker appended to a cut
   file), bad Huffman codes. libjpeg fills what is missing with grey, prints
-  "Corrupt JPEG data: ..." on stderr and OpenCV returns the picture; here
-  that warning is read back from stderr and is an error
-  (``_LIBJPEG_CORRUPT``). Pillow decodes such files without a word, so
-  OpenCV's decode is the one watched. "N extraneous bytes before marker"
-  is no error: libjpeg skips the bytes and every pixel decodes.
+  "Corrupt JPEG data: ..." on stderr and OpenCV returns the picture. While
+  OpenCV decodes a JPEG, file descriptor 2 goes to a temporary file (under
+  a lock); libjpeg's corrupt-data warnings there are an error
+  (``_LIBJPEG_CORRUPT``), the rest is passed on to stderr. Pillow decodes
+  such files without a word, so OpenCV's decode is the one watched.
+  "N extraneous bytes before marker" is no error: libjpeg skips the bytes
+  and every pixel decodes. A process without a usable stderr or temporary
+  directory decodes unwatched.
 
 Decoding is OpenCV's, with mmcv's flags, so a valid image gives the array
 ``mmcv.imfrombytes`` gives. Label maps (``decode_label_map``) go through
 the same header checks and decode with Pillow, as mmseg's loader does, so a
-palette PNG gives its indices.
+palette PNG gives its indices. ``read_image_header`` checks a file's header
+alone, from its first bytes: cheap enough for every file of a dataset at
+startup (``mmmetaformer/datasets/checks.py``).
 """
 import contextlib
 import io
@@ -53,9 +58,11 @@ _PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
 # JPEG start-of-frame markers: 0xC0-0xCF except DHT (C4), JPG (C8), DAC (CC)
 _JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 # libjpeg warnings (jerror.h) after which pixels are missing or wrong
+# (other warnings, such as "Invalid SOS parameters for sequential JPEG",
+# come with files that decode whole)
 _LIBJPEG_CORRUPT = re.compile(
     r'Corrupt JPEG data(?!: \d+ extraneous bytes)|Premature end of JPEG '
-    r'file|Invalid SOS parameters|Inconsistent progression sequence')
+    r'file')
 # The header of a file is read from its first bytes (startup checks of
 # whole datasets); a JPEG with a large EXIF block is read further.
 _HEADER_BYTES = 65536
