@@ -34,7 +34,8 @@ SEG_CONFIG = str(REPO_ROOT /
 SEG_SMALL = ['train_dataloader.batch_size=1',
              'train_dataloader.dataset.indices=1',
              'val_dataloader.dataset.indices=1', 'train_cfg.val_interval=100',
-             'train_cfg.max_iters=1', 'default_hooks.checkpoint.interval=1']
+             'train_cfg.val_begin=2', 'train_cfg.max_iters=1',
+             'default_hooks.checkpoint.interval=1']
 
 
 def load_tool(name):

@@ -78,15 +78,14 @@ def check_config(config, state_dict):
     """
     from mmengine.config import Config
     from mmengine.registry import MODELS, init_default_scope
-    from mmmetaformer.checkpoint.loading import unfit_entries
+    from mmmetaformer.checkpoint.loading import compare_state_dicts
     cfg = Config.fromfile(config)  # its custom_imports register our models
     init_default_scope(cfg.get('default_scope', 'mmdet'))
     model = MODELS.build(cfg.model)
     own = model.state_dict()
     problems = []
-    missing = [k for k in own if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in own]
-    mismatched = unfit_entries(own, state_dict)  # as the loader judges
+    # the loader's own comparison: keys, shapes and kinds of dtype
+    missing, unexpected, mismatched = compare_state_dicts(own, state_dict)
     for what, keys in (('missing in the checkpoint', missing),
                        ('not in the model', unexpected),
                        ('shape or type mismatch', mismatched)):
@@ -115,21 +114,20 @@ def backbone_problems(backbone_cfg, state_dict):
     """What keeps ``state_dict`` from loading strictly into the backbone
     ``backbone_cfg`` builds (on the meta device: shapes only), as
     ``mmmetaformer.checkpoint.load_pretrained`` judges it (its
-    ``unfit_entries``: a tensor of the parameter's shape and kind of
+    ``compare_state_dicts``: a tensor of the parameter's shape and kind of
     dtype): a list of ``'key: why'``, empty when it fits."""
     import torch
 
-    from mmmetaformer.checkpoint.loading import unfit_entries
+    from mmmetaformer.checkpoint.loading import compare_state_dicts
     from mmmetaformer.registry import MODELS
     with torch.device('meta'):
         model = MODELS.build(dict(backbone_cfg, init_cfg=None))
-    own = model.state_dict()
+    fit = compare_state_dicts(model.state_dict(), state_dict)
     new = tuple(getattr(model, 'new_layer_prefixes', ())) or ('\0', )
-    problems = [f'{k}: missing' for k in own
-                if k not in state_dict and not k.startswith(new)]
-    problems += [f'{k}: not in the backbone' for k in state_dict
-                 if k not in own and not k.startswith(new)]
-    problems += unfit_entries(own, state_dict)
+    problems = [f'{k}: missing' for k in fit.missing if not k.startswith(new)]
+    problems += [f'{k}: not in the backbone' for k in fit.unexpected
+                 if not k.startswith(new)]
+    problems += fit.unfit
     return problems
 
 

@@ -128,9 +128,9 @@ def check_resume_target(runner, path):
     """Refuse, before mmengine loads it, a ``--resume`` checkpoint that is
     not a training state of this model and optimizer: it must have
     ``meta``, ``state_dict`` and ``optimizer``; the state dict must fit the
-    model (``unfit_entries``, as every loader here judges); the optimizer
-    state must have the built optimizer's parameter groups, their sizes,
-    and per-parameter state of the parameters' shapes.
+    model (``compare_state_dicts``, as every loader here judges); the
+    optimizer state must have the built optimizer's parameter groups,
+    their sizes, and per-parameter state of the parameters' shapes.
 
     Raises:
         LaunchError: one line naming the file and what differs.
@@ -141,7 +141,10 @@ def check_resume_target(runner, path):
 
     from mmmetaformer.checkpoint import read_checkpoint
     from mmmetaformer.checkpoint.loading import (_first, _model_state_dict,
-                                                 unfit_entries)
+                                                 compare_state_dicts)
+    if not osp.isfile(path):  # --resume alone: last_checkpoint names it
+        raise LaunchError(f'--resume: the latest checkpoint {path} does not '
+                          'exist; pass --resume PATH of one that does')
     checkpoint = read_checkpoint(path)
     needed = ('meta', 'state_dict', 'optimizer')
     lacking = [k for k in needed if not isinstance(checkpoint, dict)
@@ -153,10 +156,8 @@ def check_resume_target(runner, path):
             f'weights use --cfg-options load_from={path} instead')
     model = runner.model.module if is_model_wrapper(
         runner.model) else runner.model
-    own, saved = model.state_dict(), _model_state_dict(checkpoint, path)
-    missing = [k for k in own if k not in saved]
-    unexpected = [k for k in saved if k not in own]
-    unfit = unfit_entries(own, saved)
+    missing, unexpected, unfit = compare_state_dicts(
+        model.state_dict(), _model_state_dict(checkpoint, path))
     if missing or unexpected or unfit:
         what = [f'{len(keys)} {name} ({_first(keys, 3)})'
                 for name, keys in (('missing', missing),
