@@ -124,24 +124,15 @@ def resume_target(cfg):
     return find_latest_checkpoint(cfg.work_dir)
 
 
-def check_resume_target(runner, path):
-    """Refuse, before mmengine loads it, a ``--resume`` checkpoint that is
-    not a training state of this model and optimizer: it must have
-    ``meta``, ``state_dict`` and ``optimizer``; the state dict must fit the
-    model (``compare_state_dicts``, as every loader here judges); the
-    optimizer state must have the built optimizer's parameter groups,
-    their sizes, and per-parameter state of the parameters' shapes.
+def read_training_state(path):
+    """Read a ``--resume`` checkpoint (safely) and refuse, before anything
+    is built, one that is not a training state: it must have ``meta``,
+    ``state_dict`` and ``optimizer``.
 
     Raises:
-        LaunchError: one line naming the file and what differs.
+        LaunchError: one line naming the file and the fix.
     """
-    import torch
-    from mmengine.model import is_model_wrapper
-    from mmengine.optim import OptimWrapperDict
-
     from mmmetaformer.checkpoint import read_checkpoint
-    from mmmetaformer.checkpoint.loading import (_first, _model_state_dict,
-                                                 compare_state_dicts)
     if not osp.isfile(path):  # --resume alone: last_checkpoint names it
         raise LaunchError(f'--resume: the latest checkpoint {path} does not '
                           'exist; pass --resume PATH of one that does')
@@ -154,6 +145,26 @@ def check_resume_target(runner, path):
             f'--resume {path} is not a training state (it has no '
             f"{', '.join(lacking)}); to start a new training from its "
             f'weights use --cfg-options load_from={path} instead')
+    return checkpoint
+
+
+def check_resume_target(runner, path, checkpoint):
+    """Refuse, before mmengine loads it, a ``--resume`` training state
+    (``read_training_state``) that is not one of this model and optimizer:
+    the state dict must fit the model (``compare_state_dicts``, as every
+    loader here judges); the optimizer state must have the built
+    optimizer's parameter groups, their sizes, and per-parameter state of
+    the parameters' shapes.
+
+    Raises:
+        LaunchError: one line naming the file and what differs.
+    """
+    import torch
+    from mmengine.model import is_model_wrapper
+    from mmengine.optim import OptimWrapperDict
+
+    from mmmetaformer.checkpoint.loading import (_first, _model_state_dict,
+                                                 compare_state_dicts)
     model = runner.model.module if is_model_wrapper(
         runner.model) else runner.model
     missing, unexpected, unfit = compare_state_dicts(
@@ -245,13 +256,14 @@ def main(argv=None):
             raise LaunchError(f'--resume checkpoint not found: {args.resume}')
         cfg.resume, cfg.load_from = True, args.resume
 
+    target = resume_target(cfg) if cfg.get('resume') else None
+    state = read_training_state(target) if target is not None else None
     prepare_for_device(cfg, args.launcher)
     runner = build_runner(cfg)
     build_optimizer(runner)
-    if cfg.get('resume'):
-        target = resume_target(cfg)
-        if target is not None:
-            check_resume_target(runner, target)
+    if state is not None:
+        check_resume_target(runner, target, state)
+        del state  # mmengine reads the file again itself
     with explain_data_errors(cfg, ('train_dataloader', 'val_dataloader')):
         runner.train()
 
