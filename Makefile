@@ -14,10 +14,16 @@ PYTEST_ARGS ?=
 # TEST_WORKERS=0` runs them in this process.
 TEST_WORKERS ?= 2
 
-.PHONY: env test test-all demo clean-env
+.PHONY: env lint test test-all demo clean-env
 
 env:
 	MMMETAFORMER_VENV=$(abspath $(VENV)) bash tools/setup_env.sh $(STACK)
+
+# Lint, format and the architecture contracts (pyproject.toml).
+lint: env
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	cd $(CURDIR) && PATH=$(abspath $(VENV))/bin:$$PATH lint-imports
 
 # Everything, end-to-end toy runs through the tools included (bounded: a
 # few iterations each); the long toy trainings are `make demo`.

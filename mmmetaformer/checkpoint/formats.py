@@ -143,11 +143,14 @@ def unwrap_checkpoint(checkpoint):
         if isinstance(checkpoint.get(wrapper_key), dict):
             checkpoint = checkpoint[wrapper_key]
             break
-    state_dict = {
-        (k[len('module.'):] if k.startswith('module.') else k): v
-        for k, v in checkpoint.items()
-    }
-    return state_dict, meta
+    return strip_ddp_prefix(checkpoint), meta
+
+
+def strip_ddp_prefix(state_dict):
+    """The state dict without DDP's ``module.`` key prefix (as mmengine
+    strips it when loading)."""
+    return {(k[len('module.'):] if k.startswith('module.') else k): v
+            for k, v in state_dict.items()}
 
 
 def split_prefix(state_dict, prefix):

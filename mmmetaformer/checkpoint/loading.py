@@ -18,12 +18,14 @@ the model's tensor (not a tensor, another shape, or a dtype that cannot
 represent it: integers or bools for a float parameter) raises
 ``CheckpointMismatchError`` listing them all.
 """
+from typing import NamedTuple
+
 import torch
 from mmengine.logging import print_log
 from mmengine.runner.checkpoint import CheckpointLoader
 
-from .formats import (CLASSIFIER_PREFIXES, split_prefix, to_native,
-                      unwrap_checkpoint)
+from .formats import (CLASSIFIER_PREFIXES, split_prefix, strip_ddp_prefix,
+                      to_native, unwrap_checkpoint)
 from .reader import CheckpointError
 
 
@@ -53,26 +55,48 @@ def _dtype_kind(dtype):
     return 'bool' if dtype == torch.bool else 'integer'
 
 
-def unfit_entries(own, state_dict):
-    """``key (why)`` for each entry of ``state_dict`` that cannot be copied
-    into the tensor ``own[key]``: not a tensor (mmengine would skip it with
-    a log line and leave the initialisation), another shape, or another
-    kind of dtype (``load_state_dict`` would cast an int8 tensor into a
-    float parameter). A lower float precision is fine."""
-    problems = []
+class StateDictFit(NamedTuple):
+    """How a state dict fits a model's (``compare_state_dicts``).
+
+    ``missing``: the model's keys the state dict lacks; ``unexpected``: its
+    keys the model lacks; ``unfit``: ``'key (why)'`` for each shared key
+    whose value cannot be copied into the model's tensor.
+    """
+    missing: list
+    unexpected: list
+    unfit: list
+
+    @property
+    def exact(self):
+        return not (self.missing or self.unexpected or self.unfit)
+
+
+def compare_state_dicts(own, state_dict, may_miss=()):
+    """The one comparison of a state dict against a model's ``own``.
+
+    An entry is unfit when it is not a tensor (mmengine would skip it with
+    a log line and leave the initialisation), has another shape, or
+    another kind of dtype (``load_state_dict`` would cast an int8 tensor
+    into a float parameter); a lower float precision is fine. Keys ending
+    in one of ``may_miss`` do not count as missing.
+    """
+    missing = [k for k in own if k not in state_dict
+               and not (may_miss and k.endswith(tuple(may_miss)))]
+    unexpected = [k for k in state_dict if k not in own]
+    unfit = []
     for key, target in own.items():
         if key not in state_dict:
             continue
         value = state_dict[key]
         if not isinstance(value, torch.Tensor):
-            problems.append(f'{key} (not a tensor: {type(value).__name__})')
+            unfit.append(f'{key} (not a tensor: {type(value).__name__})')
         elif value.shape != target.shape:
-            problems.append(f'{key} (checkpoint {tuple(value.shape)}, model '
-                            f'{tuple(target.shape)})')
+            unfit.append(f'{key} (checkpoint {tuple(value.shape)}, model '
+                         f'{tuple(target.shape)})')
         elif _dtype_kind(value.dtype) != _dtype_kind(target.dtype):
-            problems.append(f'{key} (checkpoint {value.dtype}, model '
-                            f'{target.dtype})')
-    return problems
+            unfit.append(f'{key} (checkpoint {value.dtype}, model '
+                         f'{target.dtype})')
+    return StateDictFit(missing, unexpected, unfit)
 
 
 def _shorten(keys, limit=20):
@@ -107,9 +131,7 @@ def load_pretrained(model, checkpoint, fmt='auto', prefix=None):
     own = model.state_dict()
     new_prefixes = tuple(getattr(model, 'new_layer_prefixes', ()))
 
-    missing = [k for k in own if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in own]
-    mismatched = unfit_entries(own, state_dict)
+    missing, unexpected, mismatched = compare_state_dicts(own, state_dict)
     leftovers = [k for k in unexpected if k.startswith(CLASSIFIER_PREFIXES)]
     new_missing = [k for k in missing if new_prefixes and
                    k.startswith(new_prefixes)]
@@ -183,8 +205,7 @@ def _model_state_dict(checkpoint, name):
     if not isinstance(state_dict, dict):
         raise CheckpointMismatchError(
             f'{name} holds a {type(state_dict).__name__}, not a state dict')
-    return {(k[len('module.'):] if k.startswith('module.') else k): v
-            for k, v in state_dict.items()}
+    return strip_ddp_prefix(state_dict)
 
 
 def check_model_fits(model, checkpoint, name):
@@ -199,15 +220,13 @@ def check_model_fits(model, checkpoint, name):
 
     Raises:
         CheckpointMismatchError: one line with the counts of missing,
-            unexpected and unfit entries (``unfit_entries``) and the first
+            unexpected and unfit entries (``compare_state_dicts``) and the first
             few names.
     """
     state_dict = _model_state_dict(checkpoint, name)
     own = model.state_dict()
-    missing = [k for k in own if k not in state_dict
-               and not k.endswith(HARMLESS_MISSING_SUFFIXES)]
-    unexpected = [k for k in state_dict if k not in own]
-    mismatched = unfit_entries(own, state_dict)
+    missing, unexpected, mismatched = compare_state_dicts(
+        own, state_dict, may_miss=HARMLESS_MISSING_SUFFIXES)
     problems = []
     if missing:
         problems.append(f'{len(missing)} of the model\'s {len(own)} tensors '
