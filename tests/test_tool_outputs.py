@@ -360,6 +360,8 @@ def train_error(*options, resume=None):
     ('model.backbone.drop_path_rate=-1', 'drop_path_rate=-1'),
     ('model.backbone.arch=s99', "'s99'"),
     ('model.backbone.colour=1', "got unknown arguments ['colour']"),
+    # mmseg's EncoderDecoder hands model.pretrained to the backbone
+    ('model.pretrained=r50.pth', "PoolFormer got pretrained='r50.pth'"),
 ])
 def test_invalid_backbone_values_are_one_line(in_toy, option,
                                               message):

@@ -197,6 +197,10 @@ def check_backbone_builds(cfg):
     cls = MODELS.get(name)
     if cls is None or not cls.__module__.startswith('mmmetaformer.'):
         return
+    if cfg.get('default_scope') == 'mmseg' and cfg.model.get(
+            'pretrained') is not None:
+        # as mmseg's EncoderDecoder passes it on (our backbones refuse it)
+        backbone = dict(backbone, pretrained=cfg.model.pretrained)
     try:
         with torch.device('meta'):
             MODELS.build(backbone)
