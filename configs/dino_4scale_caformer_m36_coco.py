@@ -5,8 +5,8 @@ _base_ = ['./_base_/dino_4scale_coco.py']
 # ImageNet-21k pre-trained, fine-tuned on ImageNet-1k: the authors publish
 # these for every ConvFormer/CAFormer size (sail-sg/metaformer README);
 # the bigger ConvNeXts are benchmarked from IN-22k weights too.
-# = pretrained_url('caformer', 'm36', variant='in21ft1k').
-checkpoint_file = 'https://huggingface.co/sail/dl/resolve/main/caformer/caformer_m36_in21ft1k.pth'  # noqa: E501
+# = pretrained_hub_id('caformer', 'm36', variant='in21ft1k').
+checkpoint_file = 'hf-hub:timm/caformer_m36.sail_in22k_ft_in1k'
 model = dict(
     backbone=dict(
         type='CAFormer',

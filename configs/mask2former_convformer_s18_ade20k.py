@@ -3,7 +3,7 @@ _base_ = ['./_base_/mask2former_ade20k.py']
 # ConvFormer-S18 Mask2Former 160k; no published ADE20K results.
 # Size peer: ConvNeXt-T: the same depths (3-3-9-3), 27M vs 28M params.
 # ImageNet-1k weights, as the ConvNeXt-T/S recipes.
-checkpoint_file = 'https://huggingface.co/sail/dl/resolve/main/convformer/convformer_s18.pth'  # noqa: E501
+checkpoint_file = 'hf-hub:timm/convformer_s18.sail_in1k'
 model = dict(
     backbone=dict(
         type='ConvFormer',

@@ -1,7 +1,7 @@
 _base_ = ['./_base_/mask_rcnn_coco.py']
 
 # ConvFormer-S18, same recipe; no published COCO results.
-checkpoint_file = 'https://huggingface.co/sail/dl/resolve/main/convformer/convformer_s18.pth'  # noqa: E501
+checkpoint_file = 'hf-hub:timm/convformer_s18.sail_in1k'
 model = dict(
     backbone=dict(
         type='ConvFormer',

@@ -1,7 +1,7 @@
 _base_ = ['./_base_/mask_rcnn_coco.py']
 
 # ConvMixer-1024/20 with its stride-4..32 adapter; no published dense results.
-checkpoint_file = 'https://github.com/tmp-iclr/convmixer/releases/download/timm-v1.0/convmixer_1024_20_ks9_p14.pth.tar'  # noqa: E501
+checkpoint_file = 'hf-hub:timm/convmixer_1024_20_ks9_p14.in1k'
 model = dict(
     backbone=dict(
         type='ConvMixer',

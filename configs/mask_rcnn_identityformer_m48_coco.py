@@ -1,7 +1,7 @@
 _base_ = ['./_base_/mask_rcnn_coco.py']
 
 # IdentityFormer-M48, same recipe; no published COCO results.
-checkpoint_file = 'https://huggingface.co/sail/dl/resolve/main/identityformer/identityformer_m48.pth'  # noqa: E501
+checkpoint_file = 'hf-hub:sail/dl/identityformer/identityformer_m48.pth'
 model = dict(
     backbone=dict(
         type='IdentityFormer',

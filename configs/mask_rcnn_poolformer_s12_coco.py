@@ -1,7 +1,7 @@
 _base_ = ['./_base_/mask_rcnn_coco.py']
 
 # The published PoolFormer-S12 Mask R-CNN (37.3 box AP, 34.6 mask AP).
-checkpoint_file = 'https://github.com/sail-sg/poolformer/releases/download/v1.0/poolformer_s12.pth.tar'  # noqa: E501
+checkpoint_file = 'hf-hub:timm/poolformer_s12.sail_in1k'
 model = dict(
     backbone=dict(
         type='PoolFormer',

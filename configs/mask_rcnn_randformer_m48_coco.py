@@ -1,7 +1,7 @@
 _base_ = ['./_base_/mask_rcnn_coco.py']
 
 # RandFormer-M48, same recipe; no published COCO results.
-checkpoint_file = 'https://huggingface.co/sail/dl/resolve/main/randformer/randformer_m48.pth'  # noqa: E501
+checkpoint_file = 'hf-hub:sail/dl/randformer/randformer_m48.pth'
 model = dict(
     backbone=dict(
         type='RandFormer',

@@ -1,7 +1,7 @@
 _base_ = ['./_base_/retinanet_coco.py']
 
 # CAFormer-S36, same recipe; no published COCO results.
-checkpoint_file = 'https://huggingface.co/sail/dl/resolve/main/caformer/caformer_s36.pth'  # noqa: E501
+checkpoint_file = 'hf-hub:timm/caformer_s36.sail_in1k'
 model = dict(
     backbone=dict(
         type='CAFormer',

@@ -1,7 +1,7 @@
 _base_ = ['./_base_/retinanet_coco.py']
 
 # ConvFormer-B36, same recipe; no published COCO results.
-checkpoint_file = 'https://huggingface.co/sail/dl/resolve/main/convformer/convformer_b36.pth'  # noqa: E501
+checkpoint_file = 'hf-hub:timm/convformer_b36.sail_in1k'
 model = dict(
     backbone=dict(
         type='ConvFormer',

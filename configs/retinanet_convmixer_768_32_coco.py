@@ -1,7 +1,7 @@
 _base_ = ['./_base_/retinanet_coco.py']
 
 # ConvMixer-768/32 with its stride-4..32 adapter; no published dense results.
-checkpoint_file = 'https://github.com/tmp-iclr/convmixer/releases/download/timm-v1.0/convmixer_768_32_ks7_p7_relu.pth.tar'  # noqa: E501
+checkpoint_file = 'hf-hub:timm/convmixer_768_32.in1k'
 model = dict(
     backbone=dict(
         type='ConvMixer',

@@ -1,7 +1,7 @@
 _base_ = ['./_base_/retinanet_coco.py']
 
 # PoolFormer-M36, same recipe; no published COCO results.
-checkpoint_file = 'https://github.com/sail-sg/poolformer/releases/download/v1.0/poolformer_m36.pth.tar'  # noqa: E501
+checkpoint_file = 'hf-hub:timm/poolformer_m36.sail_in1k'
 model = dict(
     backbone=dict(
         type='PoolFormer',

@@ -1,7 +1,7 @@
 _base_ = ['./_base_/retinanet_coco.py']
 
 # The published PoolFormer-S36 RetinaNet (39.5 box AP).
-checkpoint_file = 'https://github.com/sail-sg/poolformer/releases/download/v1.0/poolformer_s36.pth.tar'  # noqa: E501
+checkpoint_file = 'hf-hub:timm/poolformer_s36.sail_in1k'
 model = dict(
     backbone=dict(
         type='PoolFormer',

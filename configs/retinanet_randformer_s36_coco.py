@@ -1,7 +1,7 @@
 _base_ = ['./_base_/retinanet_coco.py']
 
 # RandFormer-S36, same recipe; no published COCO results.
-checkpoint_file = 'https://huggingface.co/sail/dl/resolve/main/randformer/randformer_s36.pth'  # noqa: E501
+checkpoint_file = 'hf-hub:sail/dl/randformer/randformer_s36.pth'
 model = dict(
     backbone=dict(
         type='RandFormer',

@@ -1,7 +1,7 @@
 _base_ = ['./_base_/semantic_fpn_ade20k.py']
 
 # CAFormer-S18: no published dense results; the PoolFormer recipe.
-checkpoint_file = 'https://huggingface.co/sail/dl/resolve/main/caformer/caformer_s18.pth'  # noqa: E501
+checkpoint_file = 'hf-hub:timm/caformer_s18.sail_in1k'
 model = dict(
     backbone=dict(
         type='CAFormer',

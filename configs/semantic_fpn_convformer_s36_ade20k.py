@@ -1,7 +1,7 @@
 _base_ = ['./_base_/semantic_fpn_ade20k.py']
 
 # ConvFormer-S36: no published dense results; the PoolFormer recipe.
-checkpoint_file = 'https://huggingface.co/sail/dl/resolve/main/convformer/convformer_s36.pth'  # noqa: E501
+checkpoint_file = 'hf-hub:timm/convformer_s36.sail_in1k'
 model = dict(
     backbone=dict(
         type='ConvFormer',

@@ -1,7 +1,7 @@
 _base_ = ['./_base_/semantic_fpn_ade20k.py']
 
 # ConvMixer-1536/20 with its stride-4..32 adapter; no published dense results.
-checkpoint_file = 'https://github.com/tmp-iclr/convmixer/releases/download/timm-v1.0/convmixer_1536_20_ks9_p7.pth.tar'  # noqa: E501
+checkpoint_file = 'hf-hub:timm/convmixer_1536_20.in1k'
 model = dict(
     backbone=dict(
         type='ConvMixer',

@@ -1,7 +1,7 @@
 _base_ = ['./_base_/semantic_fpn_ade20k.py']
 
 # The published PoolFormer-S36 Semantic FPN model (42.0 mIoU).
-checkpoint_file = 'https://github.com/sail-sg/poolformer/releases/download/v1.0/poolformer_s36.pth.tar'  # noqa: E501
+checkpoint_file = 'hf-hub:timm/poolformer_s36.sail_in1k'
 model = dict(
     backbone=dict(
         type='PoolFormer',

@@ -1,7 +1,7 @@
 _base_ = ['./_base_/semantic_fpn_ade20k.py']
 
 # PoolFormerV2-M48: no published dense results; the PoolFormer recipe.
-checkpoint_file = 'https://huggingface.co/sail/dl/resolve/main/poolformerv2/poolformerv2_m48.pth'  # noqa: E501
+checkpoint_file = 'hf-hub:timm/poolformerv2_m48.sail_in1k'
 model = dict(
     backbone=dict(
         type='PoolFormerV2',

@@ -3,7 +3,7 @@ _base_ = ['./_base_/upernet_ade20k.py']
 # CAFormer-S36 UperNet 160k; no published ADE20K results.
 # Size peer: ConvNeXt-S: 36 blocks as its 3-3-27-3, 39M vs 50M params.
 # ImageNet-1k weights, as the ConvNeXt-T/S recipes.
-checkpoint_file = 'https://huggingface.co/sail/dl/resolve/main/caformer/caformer_s36.pth'  # noqa: E501
+checkpoint_file = 'hf-hub:timm/caformer_s36.sail_in1k'
 model = dict(
     backbone=dict(
         type='CAFormer',

@@ -1,5 +1,6 @@
 """Small helpers shared by the test modules."""
 import copy
+import functools
 import subprocess
 import sys
 from pathlib import Path
@@ -31,14 +32,38 @@ def merged_into(base, own):
     return cfg.to_dict()
 
 
+@functools.cache
+def metafile_entries():
+    """``{config path relative to the repo: metafile entry}``."""
+    import yaml
+    with open(REPO_ROOT / 'configs' / 'metafile.yml') as f:
+        return {m['Config']: m for m in yaml.safe_load(f)['Models']}
+
+
+def pretrained_checkpoint(path, family, arch, variant=None):
+    """The ``init_cfg`` checkpoint the config at ``path`` must name: the
+    Hub id (``pretrained_hub_id``) of the published ImageNet weights of
+    ``family``/``arch``/``variant``, the weights its metafile entry lists
+    (``Pretrained``: the authors' URL, ``pretrained_url``; ``Pretrained
+    Hub``: that id; make_model_index.py checks that the two agree)."""
+    from mmmetaformer.models.archs import pretrained_hub_id, pretrained_url
+    hub_id = pretrained_hub_id(family, arch, variant)
+    entry = metafile_entries()[
+        Path(path).resolve().relative_to(REPO_ROOT).as_posix()]
+    assert entry['Metadata']['Pretrained'] == pretrained_url(
+        family, arch, variant), path
+    assert entry['Metadata']['Pretrained Hub'] == hub_id, path
+    return hub_id
+
+
 def check_leaf_settings(path, base, family, arch, base_backbone=None):
     """The contract of every dense-prediction leaf config.
 
     It names ``base`` as its one base and sets only its backbone (the
-    family's registered class, ``arch``, the official ImageNet weights,
-    optionally ``drop_path_rate``) and the neck's ``in_channels``, which
-    must be what that backbone, with ``base_backbone``'s options, emits
-    (built on the ``meta`` device).
+    family's registered class, ``arch``, the ImageNet weights by their Hub
+    id as ``pretrained_checkpoint`` checks, optionally ``drop_path_rate``)
+    and the neck's ``in_channels``, which must be what that backbone, with
+    ``base_backbone``'s options, emits (built on the ``meta`` device).
 
     Returns:
         tuple: the leaf's backbone config (base options merged in) and the
@@ -46,7 +71,6 @@ def check_leaf_settings(path, base, family, arch, base_backbone=None):
     """
     import torch
 
-    from mmmetaformer.models.archs import pretrained_url
     from mmmetaformer.models.backbones.metaformer import FAMILY_CLASSES
     from mmmetaformer.registry import MODELS
     own = own_settings(path)
@@ -59,7 +83,8 @@ def check_leaf_settings(path, base, family, arch, base_backbone=None):
     assert backbone['type'] == FAMILY_CLASSES[family]
     assert backbone['arch'] == arch
     assert backbone['init_cfg'] == dict(
-        type='Pretrained', checkpoint=pretrained_url(family, arch))
+        type='Pretrained',
+        checkpoint=pretrained_checkpoint(path, family, arch))
     backbone = dict(base_backbone or {}, **backbone)
     with torch.device('meta'):
         model = MODELS.build(dict(backbone, init_cfg=None))

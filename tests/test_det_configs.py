@@ -33,12 +33,11 @@ from mmengine.config import Config
 from mmengine.registry import init_default_scope
 
 import mmmetaformer  # noqa: F401
-from mmmetaformer.models.archs import pretrained_url
 from mmmetaformer.registry import MODELS
 
 from .helpers import (REPO_ROOT, benchmark_row, check_leaf_settings,
-                      family_archs, merged_into, own_settings, run_tool,
-                      smallest_archs)
+                      family_archs, merged_into, own_settings,
+                      pretrained_checkpoint, run_tool, smallest_archs)
 
 CONFIGS = REPO_ROOT / 'configs'
 DETECTORS = ('retinanet', 'mask_rcnn')
@@ -271,12 +270,12 @@ def test_toy_and_example_configs_load():
         # The recipe's structure is kept; only data, schedule, lr differ.
         assert cfg.model.neck.in_channels == (
             [128, 320, 512] if name == 'retinanet' else [64, 128, 320, 512])
-    example = Config.fromfile(
-        CONFIGS / 'examples' / 'faster_rcnn_poolformer_s12_drop_in.py')
+    path = CONFIGS / 'examples' / 'faster_rcnn_poolformer_s12_drop_in.py'
+    example = Config.fromfile(path)
     assert example.model.backbone == dict(
         type='PoolFormer', arch='s12',
-        init_cfg=dict(type='Pretrained',
-                      checkpoint=pretrained_url('poolformer', 's12')))
+        init_cfg=dict(type='Pretrained', checkpoint=pretrained_checkpoint(
+            path, 'poolformer', 's12')))
     assert example.model.type == 'FasterRCNN'
 
 

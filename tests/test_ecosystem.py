@@ -37,7 +37,7 @@ from mmmetaformer.models.archs import (CONVMIXER_ARCHS, METAFORMER_ARCHS,
                                        WEIGHT_VARIANTS, pretrained_url)
 from mmmetaformer.models.backbones.metaformer import FAMILY_CLASSES
 from mmmetaformer.registry import MODELS
-from tests.helpers import REPO_ROOT
+from tests.helpers import REPO_ROOT, pretrained_checkpoint
 from tests.test_dense_checkpoints import (as_published_file, convert,
                                           randomise)
 
@@ -351,8 +351,10 @@ def test_every_backbone_takes_pretrained_none_and_explains_a_string(family):
 # semantic_fpn_convformer_s18_in21ft1k_ade20k.py, is the ConvFormer-S18
 # leaf with another checkpoint (test_in21ft1k_selection_by_config_...).
 EXAMPLES = {
-    'faster_rcnn_poolformer_s12_drop_in.py': ('mmdet', 'FasterRCNN'),
-    'upernet_convformer_s18_drop_in.py': ('mmseg', 'EncoderDecoder'),
+    'faster_rcnn_poolformer_s12_drop_in.py': ('mmdet', 'FasterRCNN',
+                                              'poolformer', 's12'),
+    'upernet_convformer_s18_drop_in.py': ('mmseg', 'EncoderDecoder',
+                                          'convformer', 's18'),
 }
 
 
@@ -363,9 +365,13 @@ def test_examples_are_all_covered():
 
 @pytest.mark.parametrize('name', sorted(EXAMPLES))
 def test_example_builds_and_runs_forward(name):
-    scope, model_type = EXAMPLES[name]
+    scope, model_type, family, arch = EXAMPLES[name]
     cfg = Config.fromfile(str(CONFIGS / 'examples' / name))
     assert cfg.custom_imports == CUSTOM_IMPORTS
+    # the ImageNet weights by their Hub id, as the metafile lists them
+    assert cfg.model.backbone.init_cfg == dict(
+        type='Pretrained', checkpoint=pretrained_checkpoint(
+            CONFIGS / 'examples' / name, family, arch))
     model_cfg = copy.deepcopy(cfg.model)
     model_cfg.backbone.init_cfg = None  # no download here
     model = build(model_cfg, scope).eval()
@@ -416,9 +422,12 @@ def test_in21ft1k_selection_by_config_and_cfg_options():
     example = Config.fromfile(
         str(CONFIGS / 'examples' /
             'semantic_fpn_convformer_s18_in21ft1k_ade20k.py'))
-    url = pretrained_url('convformer', 's18', 'in21ft1k')
-    assert example.model.backbone.init_cfg.checkpoint == url
-    leaf.merge_from_dict({'model.backbone.init_cfg.checkpoint': url})
+    hub_id = pretrained_checkpoint(
+        CONFIGS / 'examples' / 'semantic_fpn_convformer_s18_in21ft1k_'
+        'ade20k.py', 'convformer', 's18', 'in21ft1k')
+    assert hub_id == 'hf-hub:timm/convformer_s18.sail_in22k_ft_in1k'
+    assert example.model.backbone.init_cfg.checkpoint == hub_id
+    leaf.merge_from_dict({'model.backbone.init_cfg.checkpoint': hub_id})
     assert leaf.model.to_dict() == example.model.to_dict()
 
 

@@ -76,6 +76,27 @@ def test_sampled_entries_name_their_configs_backbone(tool):
                          config_names=names) == []
 
 
+def test_a_config_starting_from_other_weights_fails(tool, copy):
+    """A config naming the authors' URL (the same weights, but not the
+    entry's Pretrained Hub id) or another Hub id is a problem."""
+    path = copy / 'configs' / 'retinanet_poolformer_s12_coco.py'
+    text = path.read_text()
+    hub_id = 'hf-hub:timm/poolformer_s12.sail_in1k'
+    url = ('https://github.com/sail-sg/poolformer/releases/download/v1.0/'
+           'poolformer_s12.pth.tar')
+    assert f"checkpoint_file = '{hub_id}'" in text
+    names = {'retinanet_poolformer_s12_coco'}
+    assert tool.validate(copy, flops=False, only=set(),
+                         config_names=names) == []
+    for other in (url, 'hf-hub:timm/poolformer_s24.sail_in1k'):
+        path.write_text(text.replace(hub_id, other))
+        assert tool.validate(copy, flops=False, only=set(),
+                             config_names=names) == [
+            'retinanet_poolformer_s12_coco: configs/retinanet_poolformer_s12'
+            f'_coco.py starts from {other}, the entry\'s Pretrained Hub is '
+            f'{hub_id}']
+
+
 def test_a_config_missing_from_the_metafile_fails(tool, copy):
     path = copy / 'configs' / 'metafile.yml'
     data = yaml.safe_load(path.read_text())

@@ -29,10 +29,16 @@ from mmengine.utils import get_installed_path
 
 import mmmetaformer  # noqa: F401
 from mmmetaformer.engine import sync_bn_to_bn
-from mmmetaformer.models.archs import CONVFORMER_SIZES, pretrained_url
+from mmmetaformer.models.archs import CONVFORMER_SIZES
 from mmmetaformer.models.backbones.metaformer import FAMILY_CLASSES
 
-from .helpers import REPO_ROOT, merged_into, own_settings, run_tool
+from .helpers import (
+    REPO_ROOT,
+    merged_into,
+    own_settings,
+    pretrained_checkpoint,
+    run_tool,
+)
 
 CONFIGS = REPO_ROOT / 'configs'
 FAMILIES = ('convformer', 'caformer')
@@ -156,13 +162,13 @@ def test_leaf_settings_and_meta_build(head, family, size):
     assert set(own) == {'_base_', 'checkpoint_file', 'model',
                         'optim_wrapper'}
     backbone = own['model']['backbone']
-    url = pretrained_url(family, size, **(
-        dict(variant='in21ft1k') if size in IN21K_SIZES else {}))
+    hub_id = pretrained_checkpoint(
+        path, family, size, 'in21ft1k' if size in IN21K_SIZES else None)
     drop_path, rate, num_layers = (DINO if head == 'dino' else
                                    MASK2FORMER)[size]
     assert backbone == dict(
         type=FAMILY_CLASSES[family], arch=size, drop_path_rate=drop_path,
-        init_cfg=dict(type='Pretrained', checkpoint=url))
+        init_cfg=dict(type='Pretrained', checkpoint=hub_id))
     paramwise = own['optim_wrapper']['paramwise_cfg']
     dims = CONVFORMER_SIZES[size]['dims']
     if head == 'dino':

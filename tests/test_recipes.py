@@ -28,7 +28,7 @@ import mmmetaformer  # noqa: F401
 from mmmetaformer.datasets.toy import make_ade20k
 from mmmetaformer.engine import sync_bn_to_bn
 from mmmetaformer.models.archs import CONVFORMER_SIZES, pretrained_url
-from tests.helpers import REPO_ROOT, run_tool
+from tests.helpers import REPO_ROOT, pretrained_checkpoint, run_tool
 
 CONFIGS = REPO_ROOT / 'configs'
 FAMILIES = dict(convformer='ConvFormer', caformer='CAFormer')
@@ -61,14 +61,18 @@ def load(path):
     return Config.fromfile(str(path))
 
 
-def expected_url(family, size):
-    if size in IN21K_SIZES:
-        url = ('https://huggingface.co/sail/dl/resolve/main/'
-               f'{family}/{family}_{size}_in21ft1k.pth')
-        # the config's literal is the weights table's entry
-        assert url == pretrained_url(family, size, variant='in21ft1k')
-        return url
-    return pretrained_url(family, size)
+def expected_checkpoint(task, family, size):
+    """The Hub id of the weights the leaf starts from: ImageNet-21k -> 1k
+    for ``IN21K_SIZES`` (timm's ``sail_in22k_ft_in1k`` copy of the
+    authors' ``{family}_{size}_in21ft1k.pth``), ImageNet-1k otherwise."""
+    variant = 'in21ft1k' if size in IN21K_SIZES else None
+    hub_id = pretrained_checkpoint(leaf_path(task, family, size), family,
+                                   size, variant)
+    if variant:  # the id literally names the 22k -> 1k weights
+        assert hub_id == f'hf-hub:timm/{family}_{size}.sail_in22k_ft_in1k'
+        assert pretrained_url(family, size, variant).endswith(
+            f'/{family}/{family}_{size}_in21ft1k.pth')
+    return hub_id
 
 
 def by_type(pipeline, type_name):
@@ -176,8 +180,8 @@ def test_leaf_recipe_model_and_groups(task, family, size):
                                       allow_failed_imports=False)
     backbone = cfg.model.backbone
     assert (backbone.type, backbone.arch) == (FAMILIES[family], size)
-    assert backbone.init_cfg == dict(type='Pretrained',
-                                     checkpoint=expected_url(family, size))
+    assert backbone.init_cfg == dict(
+        type='Pretrained', checkpoint=expected_checkpoint(task, family, size))
     assert cfg.optim_wrapper.type == 'OptimWrapper'  # --amp for AMP
     assert cfg.optim_wrapper.constructor == 'MetaFormerLayerDecayConstructor'
     if task == 'upernet':

@@ -11,7 +11,7 @@ custom_imports = dict(imports=['mmmetaformer'], allow_failed_imports=False)
 # leaves it truncated); mmmetaformer's writes it whole or not at all.
 default_hooks = dict(checkpoint=dict(type='AtomicCheckpointHook'))
 
-checkpoint_file = 'https://github.com/sail-sg/poolformer/releases/download/v1.0/poolformer_s12.pth.tar'  # noqa: E501
+checkpoint_file = 'hf-hub:timm/poolformer_s12.sail_in1k'
 model = dict(
     backbone=dict(
         _delete_=True,  # drop ResNet's depth, norm_cfg, style, ...

@@ -10,7 +10,7 @@ custom_imports = dict(imports=['mmmetaformer'], allow_failed_imports=False)
 # leaves it truncated); mmmetaformer's writes it whole or not at all.
 default_hooks = dict(checkpoint=dict(type='AtomicCheckpointHook'))
 
-checkpoint_file = 'https://huggingface.co/sail/dl/resolve/main/convformer/convformer_s18.pth'  # noqa: E501
+checkpoint_file = 'hf-hub:timm/convformer_s18.sail_in1k'
 model = dict(
     # The R50 base names ResNet weights here, and mmseg's EncoderDecoder
     # passes them to whatever backbone is configured; ConvFormer refuses

@@ -17,8 +17,8 @@ reports every way it disagrees with the repository:
   counts: the backbone without output norms or classifier on one 224x224
   image;
 * with ``--configs``, each entry's backbone is the one its config builds
-  (this parses every config with its mmdet/mmseg bases: about a second
-  each).
+  and starts from its ``Pretrained Hub`` id (this parses every config
+  with its mmdet/mmseg bases: about a second each).
 
 Usage::
 
@@ -190,7 +190,8 @@ def check_complexity(models, get_flops, flops=True, only=None,
 
 
 def check_configs(models, root, names=None):
-    """Problems where the entry's backbone is not the config's."""
+    """Problems where the entry's backbone is not the config's, or the
+    config's ``init_cfg`` checkpoint is not the entry's Pretrained Hub."""
     from mmengine.config import Config
     problems = []
     for model in models:
@@ -203,6 +204,12 @@ def check_configs(models, root, names=None):
             problems.append(f"{model['Name']}: the entry says "
                             f'{backbone_of(model)}, {model["Config"]} builds '
                             f'{built}')
+        init_cfg = backbone.get('init_cfg') or {}
+        hub_id = model.get('Metadata', {}).get('Pretrained Hub')
+        if init_cfg.get('checkpoint') != hub_id:
+            problems.append(f"{model['Name']}: {model['Config']} starts from "
+                            f"{init_cfg.get('checkpoint')}, the entry's "
+                            f'Pretrained Hub is {hub_id}')
     return problems
 
 
