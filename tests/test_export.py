@@ -64,8 +64,9 @@ def load(name, options=None):
 
 def spread_scores(model):
     """Re-draw the final classification layers (std 2 / sqrt(fan-in)
-    instead of 0.01, zero bias) so that an untrained model's scores differ from box to box
-    and its mask probabilities are not all near the 0.5 threshold."""
+    instead of 0.01, zero bias) so that an untrained model's scores differ
+    from box to box and its mask probabilities are not all near the 0.5
+    threshold (saturated scores tie, and ties make top-K cuts arbitrary)."""
     gen = torch.Generator().manual_seed(1)
     names = ('retina_cls', 'rpn_cls', 'fc_cls', 'conv_logits')
     for name, module in model.named_modules():

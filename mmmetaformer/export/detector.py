@@ -27,9 +27,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .ops import (batched_nms_topk, decode_deltas, grid_anchors,
-                  non_max_suppression, pad_candidates, paste_masks,
-                  roi_align)
+from .ops import (
+    batched_nms_topk,
+    decode_deltas,
+    grid_anchors,
+    non_max_suppression,
+    pad_candidates,
+    paste_masks,
+    roi_align,
+)
 from .preprocess import Preprocess, UnsupportedModel, image_hw
 
 
@@ -200,13 +206,16 @@ class DetectorGraph(nn.Module):
         elif hasattr(model, 'bbox_head') and not hasattr(model,
                                                          'roi_head'):
             cfg = model.bbox_head.test_cfg
-            _check_nms(cfg, f'bbox_head ({_type(model.bbox_head)})')
-            self.dense = DenseCandidates(model.bbox_head, cfg,
-                                         f'bbox_head ({_type(model.bbox_head)})',
+            where = f'bbox_head ({_type(model.bbox_head)})'
+            self.dense = DenseCandidates(model.bbox_head, cfg, where,
                                          proposals=False)
+            _check_nms(cfg, where)
             self.nms_iou = float(cfg.nms.iou_threshold)
             self.class_agnostic = bool(cfg.nms.get('class_agnostic', False))
             self.max_per_img = int(cfg.max_per_img)
+            _require(self.max_per_img <= self.dense.num_candidates, where,
+                     f'max_per_img={self.max_per_img} exceeds levels x '
+                     f'nms_pre={self.dense.num_candidates}')
             self.two_stage = False
         else:
             raise UnsupportedModel(
@@ -218,12 +227,15 @@ class DetectorGraph(nn.Module):
     def _init_two_stage(self, model):
         self.two_stage = True
         rpn_cfg = model.rpn_head.test_cfg
-        _check_nms(rpn_cfg, f'rpn_head ({_type(model.rpn_head)})')
-        self.dense = DenseCandidates(model.rpn_head, rpn_cfg,
-                                     f'rpn_head ({_type(model.rpn_head)})',
+        where = f'rpn_head ({_type(model.rpn_head)})'
+        self.dense = DenseCandidates(model.rpn_head, rpn_cfg, where,
                                      proposals=True)
+        _check_nms(rpn_cfg, where)
         self.rpn_iou = float(rpn_cfg.nms.iou_threshold)
         self.num_proposals = int(rpn_cfg.max_per_img)
+        _require(self.num_proposals <= self.dense.num_candidates, where,
+                 f'max_per_img={self.num_proposals} exceeds levels x '
+                 f'nms_pre={self.dense.num_candidates}')
         roi_head = model.roi_head
         where = f'roi_head ({_type(roi_head)})'
         _require(_type(roi_head) in ('StandardRoIHead', 'CascadeRoIHead'),

@@ -15,6 +15,7 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
 # imported here, not in forward: torchvision's first import calls an op,
 # which fails inside a trace
 import torchvision.ops

@@ -53,14 +53,24 @@ class SegmentorGraph(nn.Module):
 
     def __init__(self, model):
         super().__init__()
+        from mmseg.models.decode_heads.decode_head import BaseDecodeHead
+        if type(model).__name__ != 'EncoderDecoder':
+            raise UnsupportedModel(
+                type(model).__name__, 'the exporter handles EncoderDecoder '
+                'segmentors (one decode head)')
+        head = type(model.decode_head)
+        if head.predict is not BaseDecodeHead.predict or \
+                head.predict_by_feat is not BaseDecodeHead.predict_by_feat:
+            raise UnsupportedModel(
+                f'decode_head ({head.__name__})', 'its predict is not '
+                "BaseDecodeHead's (logits resized to the input); the "
+                'exporter handles heads such as FPNHead and UPerHead')
         preprocessor = model.data_preprocessor
         if getattr(preprocessor, 'test_cfg', None):
             raise UnsupportedModel(
                 'data_preprocessor (SegDataPreProcessor)',
                 f'test-time padding test_cfg={preprocessor.test_cfg} is not '
                 'exported; pad in the test pipeline (ResizeToMultiple)')
-        if getattr(model, 'with_auxiliary_head', False) is None:
-            pass
         self.preprocess = Preprocess(
             preprocessor.mean if preprocessor._enable_normalize else None,
             preprocessor.std if preprocessor._enable_normalize else None,
