@@ -21,8 +21,10 @@ import torch
 import mmmetaformer  # noqa: F401  (registers the hooks and backbones)
 from mmmetaformer.checkpoint import NATIVE_META_KEY, read_checkpoint
 from mmmetaformer.datasets.toy import make_ade20k
-from mmmetaformer.engine.checkpoint_hooks import (OutputWriteError,
-                                                  atomic_output)
+from mmmetaformer.engine.checkpoint_hooks import (
+    OutputWriteError,
+    atomic_output,
+)
 from mmmetaformer.registry import MODELS
 from mmmetaformer.utils.launch import run_tool
 

@@ -41,12 +41,23 @@ import sys
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
-from mmmetaformer.checkpoint import (FORMATS, NATIVE_META_KEY,  # noqa: E402
-                                     read_checkpoint, to_native)
+from mmmetaformer.checkpoint import (  # noqa: E402
+    FORMATS,
+    NATIVE_META_KEY,
+    read_checkpoint,
+    to_native,
+)
 from mmmetaformer.checkpoint.formats import (  # noqa: E402
-    CLASSIFIER_PREFIXES, DENSE_FORMATS, dense_to_native, unwrap_checkpoint)
+    CLASSIFIER_PREFIXES,
+    DENSE_FORMATS,
+    dense_to_native,
+    unwrap_checkpoint,
+)
 from mmmetaformer.engine.checkpoint_hooks import (  # noqa: E402
-    OutputWriteError, check_output_file, write_bytes_atomically)
+    OutputWriteError,
+    check_output_file,
+    write_bytes_atomically,
+)
 
 
 def parse_args(argv=None):
@@ -78,6 +89,7 @@ def check_config(config, state_dict):
     """
     from mmengine.config import Config
     from mmengine.registry import MODELS, init_default_scope
+
     from mmmetaformer.checkpoint.loading import compare_state_dicts
     cfg = Config.fromfile(config)  # its custom_imports register our models
     init_default_scope(cfg.get('default_scope', 'mmdet'))

@@ -35,7 +35,8 @@ from mmmetaformer.utils.launch import (  # noqa: E402
     load_config,
     prepare_for_device,
     run_tool,
-    set_work_dir)
+    set_work_dir,
+)
 
 
 def parse_args(argv=None):
@@ -163,8 +164,11 @@ def check_resume_target(runner, path, checkpoint):
     from mmengine.model import is_model_wrapper
     from mmengine.optim import OptimWrapperDict
 
-    from mmmetaformer.checkpoint.loading import (_first, _model_state_dict,
-                                                 compare_state_dicts)
+    from mmmetaformer.checkpoint.loading import (
+        _first,
+        _model_state_dict,
+        compare_state_dicts,
+    )
     model = runner.model.module if is_model_wrapper(
         runner.model) else runner.model
     missing, unexpected, unfit = compare_state_dicts(
