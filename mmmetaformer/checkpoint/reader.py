@@ -441,7 +441,7 @@ class _StorageSizes(pickle.Unpickler):
         return _Inert()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.lru_cache(maxsize=256)
 def _storage_itemsize(global_name):
     """Bytes per element of the storage class ``(module, name)`` a pickle
     names, or None for anything but a torch storage class."""
