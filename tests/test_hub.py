@@ -483,3 +483,42 @@ def test_metafile_gives_each_pretrained_its_hub_id():
     [problem] = tool.check_pretrained([entry])
     assert problem.startswith(f"{entry['Name']}: Pretrained Hub "
                               'hf-hub:timm/elsewhere but ')
+
+
+def test_every_configs_timm_weights_fit_its_backbone(monkeypatch):
+    """Each timm Hub id a config names (its metafile entry's Pretrained
+    Hub) holds timm's state dict of that model, which converts to exactly
+    the backbone the entry's config builds: every tensor of it present with
+    its shape, nothing left over but timm's classifier, only the new layers
+    (output norms, ConvMixer's adapter) missing. Both built on ``meta``:
+    names and shapes only (the numbers are test_checkpoints.py's parity)."""
+    from mmmetaformer.checkpoint import to_native
+    from mmmetaformer.checkpoint.formats import CLASSIFIER_PREFIXES
+    from mmmetaformer.checkpoint.loading import compare_state_dicts
+    from tests.helpers import metafile_entries
+    from tests.test_model_index import index_tool
+    backbone_of = index_tool().backbone_of
+    weights = {(m['Metadata']['Pretrained Hub'], backbone_of(m))
+               for m in metafile_entries().values()}
+    timm_weights = sorted(w for w in weights
+                          if w[0].startswith('hf-hub:timm/'))
+    # PoolFormer v1/v2 sizes; ConvFormer, CAFormer sizes and their 21k -> 1k
+    # M36/B36 (and ConvFormer-S18's, configs/examples/); ConvMixer
+    assert len(timm_weights) == 5 + 5 + (4 + 3) + (4 + 2) + 3
+    # timm's random init on meta tensors (trunc_normal_ decomposed op by
+    # op) takes seconds per model and sets nothing a meta tensor keeps.
+    monkeypatch.setattr(timm.models.metaformer.MetaFormer, '_init_weights',
+                        lambda self, module: None)
+    for hub_id, (backbone_type, arch) in timm_weights:
+        with torch.device('meta'):
+            published = timm.create_model(hub_id[len('hf-hub:timm/'):],
+                                          pretrained=False).state_dict()
+            model = MODELS.build(dict(type=backbone_type, arch=arch))
+        native, fmt, _ = to_native(published)
+        assert fmt == 'timm', hub_id
+        fit = compare_state_dicts(model.state_dict(), native)
+        assert fit.unfit == [], hub_id
+        assert fit.missing and all(k.startswith(model.new_layer_prefixes)
+                                   for k in fit.missing), hub_id
+        assert fit.unexpected and all(k.startswith(CLASSIFIER_PREFIXES)
+                                      for k in fit.unexpected), hub_id
