@@ -23,9 +23,12 @@ import pytest
 import torch
 from mmengine.logging import HistoryBuffer
 
-from mmmetaformer.checkpoint import (CheckpointError, CorruptCheckpointError,
-                                     UnsafeCheckpointError)
-from mmmetaformer.checkpoint import reader
+from mmmetaformer.checkpoint import (
+    CheckpointError,
+    CorruptCheckpointError,
+    UnsafeCheckpointError,
+    reader,
+)
 from mmmetaformer.checkpoint.reader import torch_load_safely
 
 from .helpers import REPO_ROOT
