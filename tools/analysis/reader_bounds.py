@@ -12,6 +12,7 @@ second, traced read), as multiples of the file size.
 import argparse
 import io
 import json
+import os
 import struct
 import subprocess
 import sys
@@ -183,7 +184,10 @@ def main():
             path = f'{args.workdir}/reader_bounds_{size}.pth'
             with open(path, 'wb') as f:
                 f.write(data)
-            row = measure(path)
+            try:
+                row = measure(path)
+            finally:
+                os.remove(path)
             print(f"| {kind} | {len(data)} B | {row['outcome'][:110]} | "
                   f"{row['seconds']:.3f} | "
                   f"{row['rss_bytes'] / len(data):.1f}x "
