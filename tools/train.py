@@ -166,13 +166,13 @@ def check_resume_target(runner, path, checkpoint):
 
     from mmmetaformer.checkpoint.loading import (
         _first,
-        _model_state_dict,
+        model_state_dict,
         compare_state_dicts,
     )
     model = runner.model.module if is_model_wrapper(
         runner.model) else runner.model
     missing, unexpected, unfit = compare_state_dicts(
-        model.state_dict(), _model_state_dict(checkpoint, path))
+        model.state_dict(), model_state_dict(checkpoint, path))
     if missing or unexpected or unfit:
         what = [f'{len(keys)} {name} ({_first(keys, 3)})'
                 for name, keys in (('missing', missing),

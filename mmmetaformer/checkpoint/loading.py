@@ -198,7 +198,7 @@ def _first(keys, limit=5):
     return ', '.join(keys[:limit]) + (', ...' if len(keys) > limit else '')
 
 
-def _model_state_dict(checkpoint, name):
+def model_state_dict(checkpoint, name):
     """The state dict of a whole-model checkpoint, as mmengine reads it."""
     state_dict = checkpoint.get('state_dict', checkpoint) if isinstance(
         checkpoint, dict) else checkpoint
@@ -223,7 +223,7 @@ def check_model_fits(model, checkpoint, name):
             unexpected and unfit entries (``compare_state_dicts``) and the first
             few names.
     """
-    state_dict = _model_state_dict(checkpoint, name)
+    state_dict = model_state_dict(checkpoint, name)
     own = model.state_dict()
     missing, unexpected, mismatched = compare_state_dicts(
         own, state_dict, may_miss=HARMLESS_MISSING_SUFFIXES)
@@ -254,5 +254,5 @@ def load_model_strictly(model, checkpoint, map_location='cpu'):
     loaded = read_checkpoint(checkpoint, map_location)
     check_model_fits(model, loaded, checkpoint)
     # strict=False only lets HARMLESS_MISSING_SUFFIXES through (checked above)
-    model.load_state_dict(_model_state_dict(loaded, checkpoint), strict=False)
+    model.load_state_dict(model_state_dict(loaded, checkpoint), strict=False)
     return loaded
