@@ -12,8 +12,9 @@ normalisation, channel swap and padding happen inside. Outputs:
 
 * detectors: ``boxes`` (N x K x 4, xyxy in input pixels), ``scores``
   (N x K, 0 in empty slots), ``labels`` (N x K, int64), with the config's
-  test-time NMS; instance models also ``masks`` (N x K x H x W, bool, at
-  the config's ``mask_thr_binary``);
+  test-time NMS; instance models also ``masks`` (N x K x H x W float
+  probabilities; mmdet binarises at the config's ``mask_thr_binary``, kept
+  in the file's metadata);
 * segmentors: ``logits`` (N x C x H x W); sliding-window configs export
   whole-image inference.
 

@@ -17,8 +17,9 @@ Supported heads (anything else is refused with ``UnsupportedModel``):
   NMS by level, ``max_per_img``), then ``StandardRoIHead`` or
   ``CascadeRoIHead`` with ``SingleRoIExtractor`` (``RoiAlign``), FC box
   heads (softmax, ``DeltaXYWHBBoxCoder``), per-class NMS and
-  ``FCNMaskHead`` masks pasted into the image, binary at
-  ``mask_thr_binary``.
+  ``FCNMaskHead`` masks pasted into the image as probabilities (mmdet
+  binarises at ``mask_thr_binary``, which the file's metadata holds: a
+  runner resizes the probabilities to the original image first).
 
 Padded proposal slots (fewer than ``max_per_img`` after the RPN's NMS) run
 through the RoI head like the others and are dropped by their zero score.
@@ -185,7 +186,8 @@ class RoIFeatures(nn.Module):
 class DetectorGraph(nn.Module):
     """``image [N, 3, H, W]`` (float, 0-255, channel order as loaded) ->
     ``boxes [N, K, 4]`` (xyxy, input pixels), ``scores [N, K]``,
-    ``labels [N, K]`` (int64)[, ``masks [N, K, H, W]`` (bool)]."""
+    ``labels [N, K]`` (int64)[, ``masks [N, K, H, W]`` (float
+    probabilities, 0 in empty slots)]."""
 
     def __init__(self, model):
         super().__init__()
@@ -368,8 +370,8 @@ class DetectorGraph(nn.Module):
             probs = prob if probs is None else probs + prob
         if len(self.mask_heads) > 1:
             probs = probs / len(self.mask_heads)
-        masks = paste_masks(probs, rois, hw) >= self.mask_thr
-        masks = masks & (scores.reshape(-1) > 0)[:, None, None]
+        masks = paste_masks(probs, rois, hw) * (scores.reshape(-1) > 0).to(
+            probs.dtype)[:, None, None]
         return masks.reshape(batch, top_k, masks.shape[1], masks.shape[2])
 
 

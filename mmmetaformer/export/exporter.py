@@ -13,7 +13,8 @@ and renamed only when it passed.
 The file's metadata (``metadata_props``) holds what a runner needs besides
 the graph: ``mmmetaformer.task`` (``detection`` / ``segmentation``),
 ``mmmetaformer.dataset_meta`` (JSON: classes, palette) and, for detectors,
-``mmmetaformer.score_thr``.
+``mmmetaformer.score_thr`` (and ``mmmetaformer.mask_thr``: masks are
+probabilities, mmdet binarises them there).
 """
 import json
 import os
@@ -159,8 +160,9 @@ def _unmatched(ref, got, top):
     return problems
 
 
-def compare(reference, onnx_outputs, scope):
-    """Check onnxruntime's outputs against the reference.
+def compare(reference, onnx_outputs, scope, mask_thr=0.5):
+    """Check onnxruntime's outputs against the reference (the file's mask
+    probabilities binarised at ``mask_thr``, as mmdet does).
 
     Returns:
         tuple: ``(ok, summary line)``.
@@ -185,6 +187,8 @@ def compare(reference, onnx_outputs, scope):
     problems, compared = [], 0
     for i, ref in enumerate(reference):
         got = {name: onnx_outputs[k][i] for k, name in enumerate(names)}
+        if 'masks' in got:
+            got['masks'] = got['masks'] >= mask_thr
         keep = got['scores'] > 0
         got = {k: v[keep] for k, v in got.items()}
         compared += min(TOP_DETECTIONS, int((ref['scores'] > 0).sum()))
@@ -275,6 +279,8 @@ def export_model(cfg, scope, checkpoint, out, shape, verify=True,
                      'segmentation', dataset_meta=json.dumps(dataset_meta))
         if scope == 'mmdet':
             props['score_thr'] = str(_model_score_thr(model))
+            if 'masks' in names:
+                props['mask_thr'] = str(graph.mask_thr)
         for key, value in props.items():
             entry = proto.metadata_props.add()
             entry.key, entry.value = f'mmmetaformer.{key}', value
@@ -292,7 +298,8 @@ def export_model(cfg, scope, checkpoint, out, shape, verify=True,
                 image = torch.rand(1, 3, *size, generator=gen) * 255
                 image = image.round()  # what a decoded image holds
                 ok, line = compare(reference_outputs(model, scope, image),
-                                   session(image), scope)
+                                   session(image), scope,
+                                   getattr(graph, 'mask_thr', 0.5))
                 log(f'verify {size[0]}x{size[1]}: {"ok" if ok else "FAIL"}'
                     f': {line}')
                 if not ok:

@@ -4,9 +4,10 @@
 score threshold; see ``exporter``). Its ``test_step`` replaces the mmdet /
 mmseg model's ``test_step`` inside their inferencers, so ``tools/infer.py``
 draws and saves through the same code for either backend: detections are
-rescaled to the original image (boxes divided by ``scale_factor``; masks,
-pasted at the network's input size, resized nearest), segmentation logits
-go through the model's own ``postprocess_result``.
+rescaled to the original image (boxes divided by ``scale_factor``; mask
+probabilities, pasted at the network's input size, resized bilinearly and
+binarised at the file's ``mask_thr``), segmentation logits go through the
+model's own ``postprocess_result``.
 """
 import json
 
@@ -35,6 +36,7 @@ class OnnxModel:
         self.dataset_meta = json.loads(
             meta.get('mmmetaformer.dataset_meta', '{}'))
         self.score_thr = float(meta.get('mmmetaformer.score_thr', 0))
+        self.mask_thr = float(meta.get('mmmetaformer.mask_thr', 0.5))
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.postprocess = None  # segmentation: the model's
 
@@ -68,13 +70,15 @@ class OnnxModel:
         pred = InstanceData(bboxes=boxes[keep] / scale.repeat(2),
                             scores=scores[keep], labels=labels[keep])
         if len(outputs) > 3:
+            # probabilities at the input size: resized to the original
+            # image, then binarised (mmdet pastes at the original size)
             masks = torch.from_numpy(outputs[3][0])[keep]
             height, width = sample.metainfo['ori_shape'][:2]
             if masks.shape[-2:] != (height, width) and len(masks):
-                masks = F.interpolate(masks[None].float(),
-                                      size=(height, width),
-                                      mode='nearest')[0] > 0.5
-            pred.masks = masks.bool()
+                masks = F.interpolate(masks[None], size=(height, width),
+                                      mode='bilinear',
+                                      align_corners=False)[0]
+            pred.masks = masks >= self.mask_thr
         sample.pred_instances = pred
         return sample
 
