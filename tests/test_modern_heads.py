@@ -13,7 +13,8 @@
   that read the backbone differ, and only in their input channels.
 - Toy DINO and toy Mask2Former train 4 iterations on one repeated batch
   through tools/train.py (loss lower at the end, the constructor's groups
-  logged, a checkpoint), and tools/test.py scores the checkpoint.
+  logged, a checkpoint), and tools/test.py scores the checkpoint (COCO box
+  mAP, mIoU).
 """
 import copy
 import functools
@@ -66,7 +67,7 @@ def leaf_path(head, family, size):
     return CONFIGS / HEADS[head][0].format(family, size)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load(path):
     """Parsed once (the mmdet::/mmseg:: chain takes a second). Read only."""
     return Config.fromfile(str(path))
@@ -205,8 +206,8 @@ def test_one_leaf_per_head_parsed_in_full(head):
 # The head's share equals mmdet's / mmseg's own R-50 configs
 # ---------------------------------------------------------------------------
 
-# Input projections: (module prefix, R-50 config's in_channels) per head;
-# the only non-backbone tensors whose shape depends on the backbone.
+# The input projections (module prefixes): the only tensors outside the
+# backbone whose shapes depend on it.
 INPUT_PROJECTIONS = dict(
     dino=('neck.convs.', 'neck.extra_convs.'),
     mask2former=('decode_head.pixel_decoder.input_convs.',
@@ -221,6 +222,16 @@ def reference_config(head):
     """The installed mmdet/mmseg config the head's base inherits."""
     package, name = REFERENCE[head]
     return Path(get_installed_path(package)) / '.mim' / 'configs' / name
+
+
+def numel(shapes):
+    total = 0
+    for shape in shapes:
+        size = 1
+        for dim in shape:
+            size *= dim
+        total += size
+    return total
 
 
 def head_tensors(model):
@@ -249,15 +260,14 @@ def test_head_share_equals_reference_recipe(head):
             assert mine[name][1] in ours.backbone.out_channels
         else:
             assert mine[name] == theirs[name], name
-    count = lambda shapes: sum(  # noqa: E731
-        int(torch.tensor(s).prod()) if s else 1 for s in shapes)
     shared = [n for n in mine if n not in reads_backbone or
               len(mine[n]) != 4]
-    assert count(mine[n] for n in shared) == count(theirs[n] for n in shared)
+    assert numel(mine[n] for n in shared) == numel(
+        theirs[n] for n in shared)
     # what differs is 256 outputs x the input channels x kernel area
-    in_ours = sum(count([mine[n]]) for n in reads_backbone
+    in_ours = sum(numel([mine[n]]) for n in reads_backbone
                   if len(mine[n]) == 4)
-    in_theirs = sum(count([theirs[n]]) for n in reads_backbone
+    in_theirs = sum(numel([theirs[n]]) for n in reads_backbone
                     if len(theirs[n]) == 4)
     dims = list(ours.backbone.out_channels)
     if head == 'dino':
@@ -290,7 +300,8 @@ def toy_options(head, root):
     options = [f'{loader}.dataset.data_root={root}' for loader in loaders]
     # one batch of the 2 training images, unflipped, 4 times: the loss
     # must fall on what the model has seen
-    options += ['train_dataloader.batch_size=2', 'train_cfg.val_interval=4',
+    options += ['train_dataloader.batch_size=2',
+                'train_cfg.val_begin=5',  # no validation: test.py scores
                 'default_hooks.checkpoint.interval=4',
                 'default_hooks.logger.interval=1']
     if head == 'dino':
