@@ -48,10 +48,13 @@ and ``type='mmmetaformer.PoolFormer'`` still builds ours in any scope.
 """
 import warnings
 
-from mmengine.registry import MODEL_WRAPPERS
+from mmengine.registry import (
+    MODEL_WRAPPERS,
+    OPTIM_WRAPPER_CONSTRUCTORS,
+    Registry,
+    build_model_from_cfg,
+)
 from mmengine.registry import MODELS as ROOT_MODELS
-from mmengine.registry import (OPTIM_WRAPPER_CONSTRUCTORS, Registry,
-                               build_model_from_cfg)
 
 SCOPE = 'mmmetaformer'
 
@@ -118,7 +121,7 @@ def register_public(module):
         warnings.warn(
             f"'{name}' is already registered in mmengine's root MODELS by "
             f"{taken.__module__}; mmmetaformer's {name} is not added there. "
-            f"Use type='{SCOPE}.{name}' for ours.")
+            f"Use type='{SCOPE}.{name}' for ours.", stacklevel=2)
     return module
 
 

@@ -18,9 +18,10 @@ if os.environ.get('PYTEST_XDIST_WORKER'):
 
 
 # Seconds each file takes in a two-worker run on 2 idle cores (pytest
-# --durations=0; the run is in docs/benchmarks.md). xdist hands whole files to whichever worker
-# is free in collection order, so the longest go first: otherwise a long
-# file collected last keeps one worker busy while the other idles.
+# --durations=0; the run is in docs/benchmarks.md). xdist hands whole
+# files to whichever worker is free in collection order, so the longest go
+# first: otherwise a long file collected last keeps one worker busy while
+# the other idles.
 FILE_SECONDS = {
     'test_det_configs.py': 153, 'test_seg_configs.py': 90,
     'test_demo.py': 69, 'test_benchmark_tool.py': 65,

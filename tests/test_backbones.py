@@ -13,8 +13,14 @@ import pytest
 import torch
 
 import mmmetaformer  # noqa: F401
-from mmmetaformer.models import (CAFormer, ConvMixer, IdentityFormer,
-                                 MetaFormer, PoolFormer, RandFormer)
+from mmmetaformer.models import (
+    CAFormer,
+    ConvMixer,
+    IdentityFormer,
+    MetaFormer,
+    PoolFormer,
+    RandFormer,
+)
 from mmmetaformer.models.core import RandomMixing, stage_output_sizes
 from mmmetaformer.registry import MODELS
 from tests.helpers import family_archs, smallest_archs

@@ -13,8 +13,11 @@ import timm
 import torch
 
 import mmmetaformer  # noqa: F401
-from mmmetaformer.checkpoint import (CheckpointMismatchError, detect_format,
-                                     to_native)
+from mmmetaformer.checkpoint import (
+    CheckpointMismatchError,
+    detect_format,
+    to_native,
+)
 from mmmetaformer.models.core import ConvMixerTrunk
 from mmmetaformer.registry import MODELS
 from tests.helpers import family_archs, run_tool

@@ -14,9 +14,13 @@ import torch.nn as nn
 import mmmetaformer  # noqa: F401
 from mmmetaformer.models.backbones.metaformer import FAMILY_CLASSES
 from mmmetaformer.registry import MODELS
-from mmmetaformer.utils.complexity import (REFERENCE, count_backbone,
-                                           count_macs, head_macs,
-                                           head_params)
+from mmmetaformer.utils.complexity import (
+    REFERENCE,
+    count_backbone,
+    count_macs,
+    head_macs,
+    head_params,
+)
 
 from .helpers import run_tool
 

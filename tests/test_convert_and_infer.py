@@ -26,7 +26,8 @@ def test_weights_converted_in_the_wrong_format_are_refused(
     proc = run_tool('convert_checkpoint.py', caformer_timm_file, dst,
                     '--format', 'poolformer_v1', '--arch', 'caformer_s18')
     assert proc.returncode == 2, proc.stdout + proc.stderr
-    (line, ) = [l for l in proc.stderr.splitlines() if l.startswith('error')]
+    (line, ) = [ln for ln in proc.stderr.splitlines()
+                if ln.startswith('error')]
     assert 'fit no backbone; against caformer_s18' in line
     assert not dst.exists()
 

@@ -27,9 +27,12 @@ from mmengine.runner import load_checkpoint
 from mmengine.utils import get_installed_path
 
 import mmmetaformer  # noqa: F401
-from mmmetaformer.checkpoint.formats import (DENSE_MODELS,
-                                             convert_poolformer_dense,
-                                             dense_model_kind, dense_to_native)
+from mmmetaformer.checkpoint.formats import (
+    DENSE_MODELS,
+    convert_poolformer_dense,
+    dense_model_kind,
+    dense_to_native,
+)
 from mmmetaformer.engine import sync_bn_to_bn
 from tests.helpers import REPO_ROOT
 
@@ -40,7 +43,7 @@ ZOO_CONFIG = (Path(get_installed_path('mmseg')) / '.mim' / 'configs' /
 COCO_CLASSES = tuple(f'class{i}' for i in range(80))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def convert_tool():
     spec = importlib.util.spec_from_file_location(
         'convert_checkpoint', REPO_ROOT / 'tools' / 'convert_checkpoint.py')
@@ -54,7 +57,7 @@ def convert(src, dst, *options):
     return convert_tool().main([str(src), str(dst), *map(str, options)])
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_config(config):
     """Parsing a config with mmdet::/mmseg:: bases costs a second or more:
     once per config. Callers copy what they change."""

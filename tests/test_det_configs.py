@@ -35,9 +35,17 @@ from mmengine.registry import init_default_scope
 import mmmetaformer  # noqa: F401
 from mmmetaformer.registry import MODELS
 
-from .helpers import (REPO_ROOT, benchmark_row, check_leaf_settings,
-                      family_archs, merged_into, own_settings,
-                      pretrained_checkpoint, run_tool, smallest_archs)
+from .helpers import (
+    REPO_ROOT,
+    benchmark_row,
+    check_leaf_settings,
+    family_archs,
+    merged_into,
+    own_settings,
+    pretrained_checkpoint,
+    run_tool,
+    smallest_archs,
+)
 
 CONFIGS = REPO_ROOT / 'configs'
 DETECTORS = ('retinanet', 'mask_rcnn')
@@ -52,7 +60,7 @@ def leaf_path(det, family, arch):
     return CONFIGS / f"{det}_{family}_{arch.replace('/', '_')}_coco.py"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _load(path):
     return Config.fromfile(path)
 

@@ -33,13 +33,16 @@ from mmengine.utils import get_installed_path
 
 import mmmetaformer  # noqa: F401
 from mmmetaformer.datasets.toy import make_ade20k, make_coco
-from mmmetaformer.models.archs import (CONVMIXER_ARCHS, METAFORMER_ARCHS,
-                                       WEIGHT_VARIANTS, pretrained_url)
+from mmmetaformer.models.archs import (
+    CONVMIXER_ARCHS,
+    METAFORMER_ARCHS,
+    WEIGHT_VARIANTS,
+    pretrained_url,
+)
 from mmmetaformer.models.backbones.metaformer import FAMILY_CLASSES
 from mmmetaformer.registry import MODELS
 from tests.helpers import REPO_ROOT, pretrained_checkpoint
-from tests.test_dense_checkpoints import (as_published_file, convert,
-                                          randomise)
+from tests.test_dense_checkpoints import as_published_file, convert, randomise
 
 CONFIGS = REPO_ROOT / 'configs'
 TOY_DET = CONFIGS / 'toy' / 'retinanet_poolformer_s12_toy_coco.py'

@@ -32,7 +32,7 @@ from mmmetaformer.models.core.metaformer import MetaFormerBlock, Mlp
 from mmmetaformer.models.core.mixers import IdentityMixer, Pooling
 from mmmetaformer.registry import MODELS
 
-from .test_compile_hooks_amp import FAMILIES, build, randomise
+from .test_compile_hooks_amp import build, randomise
 from .tolerance import assert_close, assert_gradients_close, model_rounding
 
 CHANNELS_LAST = torch.channels_last

@@ -26,11 +26,17 @@ import torch
 import torch.nn as nn
 
 import mmmetaformer  # noqa: F401
-from mmmetaformer.checkpoint import load_pretrained
-from mmmetaformer.models.core import (IdentityMixer, MetaFormerBlock, Pooling,
-                                      RandomMixing, Scale, StarReLU)
+from mmmetaformer.models.core import (
+    IdentityMixer,
+    MetaFormerBlock,
+    Pooling,
+    RandomMixing,
+    Scale,
+    StarReLU,
+)
 from mmmetaformer.registry import MODELS
 from mmmetaformer.utils.onnx_export import export_onnx
+
 TINY = dict(depths=[1, 1, 2, 1], dims=[16, 32, 64, 64])
 MODELS_UNDER_TEST = dict(
     PoolFormer=dict(arch=TINY),
@@ -308,5 +314,6 @@ def test_fused_exports_to_onnx_with_dynamic_size(tmp_path):
     x = torch.randn(1, 3, *SIZE)
     with torch.no_grad():
         expected = model(x)
-    got = [torch.from_numpy(o) for o in session.run(None, dict(image=x.numpy()))]
+    got = [torch.from_numpy(o)
+           for o in session.run(None, dict(image=x.numpy()))]
     assert rel_diff(got, expected) <= 1e-5

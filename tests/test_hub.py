@@ -25,12 +25,21 @@ from mmengine.runner import load_checkpoint
 from safetensors.torch import save_file
 
 import mmmetaformer  # noqa: F401  (installs the checkpoint schemes)
-from mmmetaformer.checkpoint import (CheckpointError, UnsafeCheckpointError,
-                                     read_checkpoint)
-from mmmetaformer.checkpoint.hub import (HubCheckpointError, parse_hub_id,
-                                         parse_hub_url)
-from mmmetaformer.models.archs import (pretrained_hub_id, pretrained_url,
-                                       published_weights)
+from mmmetaformer.checkpoint import (
+    CheckpointError,
+    UnsafeCheckpointError,
+    read_checkpoint,
+)
+from mmmetaformer.checkpoint.hub import (
+    HubCheckpointError,
+    parse_hub_id,
+    parse_hub_url,
+)
+from mmmetaformer.models.archs import (
+    pretrained_hub_id,
+    pretrained_url,
+    published_weights,
+)
 from mmmetaformer.registry import MODELS
 from mmmetaformer.utils.launch import LaunchError
 from tests.helpers import REPO_ROOT, run_tool

@@ -15,8 +15,12 @@ import numpy as np
 import pytest
 
 from mmmetaformer.utils import images
-from mmmetaformer.utils.images import (MAX_ASPECT_RATIO, ImageError,
-                                       decode_image, read_image)
+from mmmetaformer.utils.images import (
+    MAX_ASPECT_RATIO,
+    ImageError,
+    decode_image,
+    read_image,
+)
 
 from .helpers import REPO_ROOT
 
@@ -183,9 +187,11 @@ def test_tools_swap_every_stock_image_loader(config):
     """Configs keep the stock loader, which mmdet's and mmseg's inferencers
     look up by name; tools/train.py and tools/test.py load through the
     checked one, options kept."""
-    from mmmetaformer.utils.launch import (_dataset_cfgs,
-                                           check_images_when_loading,
-                                           load_config)
+    from mmmetaformer.utils.launch import (
+        _dataset_cfgs,
+        check_images_when_loading,
+        load_config,
+    )
     keys = ('train_dataloader', 'val_dataloader', 'test_dataloader')
     cfg, _ = load_config(str(REPO_ROOT / 'configs' / config))
     loaders = [t for _, dataset in _dataset_cfgs(cfg, keys)

@@ -18,9 +18,12 @@ import pytest
 import torch
 
 import mmmetaformer  # noqa: F401
+from mmmetaformer.models.resample import (
+    _enlarges,
+    resample_to,
+    resample_weights,
+)
 from mmmetaformer.utils.onnx_export import export_onnx
-from mmmetaformer.models.resample import (_enlarges, resample_to,
-                                          resample_weights)
 
 from .test_compile_hooks_amp import FAMILIES, build, randomise
 

@@ -55,7 +55,7 @@ def leaf_path(task, family, size):
     return CONFIGS / f'cascade_mask_rcnn_{family}_{size}_coco.py'
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load(path):
     """Cached: parsing mmdet::/mmseg:: bases takes a second. Read only."""
     return Config.fromfile(str(path))

@@ -25,7 +25,7 @@ import threading
 import zipfile
 from collections import OrderedDict
 from pathlib import Path
-from typing import Tuple
+from typing import Tuple  # noqa: UP035  (TorchScript reads typing.Tuple)
 
 import mmdet
 import numpy as np
@@ -38,9 +38,14 @@ from mmengine.runner import Runner, load_checkpoint
 from mmengine.runner.checkpoint import CheckpointLoader
 
 import mmmetaformer  # noqa: F401  (installs the safe loaders)
-from mmmetaformer.checkpoint import (CheckpointMismatchError,
-                                     UnsafeCheckpointError, check_model_fits,
-                                     read_checkpoint, schemes, to_native)
+from mmmetaformer.checkpoint import (
+    CheckpointMismatchError,
+    UnsafeCheckpointError,
+    check_model_fits,
+    read_checkpoint,
+    schemes,
+    to_native,
+)
 from mmmetaformer.checkpoint.reader import TORCH_LOAD_IS_SAFE
 from mmmetaformer.datasets.toy import make_coco
 from mmmetaformer.registry import MODELS
@@ -596,11 +601,11 @@ class FileWriter(nn.Module):
         return x
 
     @torch.jit.export
-    def __getstate__(self) -> Tuple[str, bool]:
+    def __getstate__(self) -> Tuple[str, bool]:  # noqa: UP006
         return self.target, self.training
 
     @torch.jit.export
-    def __setstate__(self, state: Tuple[str, bool]):
+    def __setstate__(self, state: Tuple[str, bool]):  # noqa: UP006
         self.target = state[0]
         self.training = state[1]
         written = torch.from_file(state[0], True, 3, dtype=torch.uint8)

@@ -27,9 +27,16 @@ from mmengine.structures import PixelData
 
 import mmmetaformer  # noqa: F401
 from mmmetaformer.engine import sync_bn_to_bn
-from tests.helpers import (REPO_ROOT, benchmark_row, check_leaf_settings,
-                           family_archs, merged_into, own_settings, run_tool,
-                           smallest_archs)
+from tests.helpers import (
+    REPO_ROOT,
+    benchmark_row,
+    check_leaf_settings,
+    family_archs,
+    merged_into,
+    own_settings,
+    run_tool,
+    smallest_archs,
+)
 
 CONFIGS = REPO_ROOT / 'configs'
 BASE_CONFIG = CONFIGS / '_base_' / 'semantic_fpn_ade20k.py'
@@ -49,7 +56,7 @@ def leaf_path(family, arch):
     return CONFIGS / f'semantic_fpn_{family}_{name}_ade20k.py'
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load(path):
     """Parsing a config with mmseg:: bases takes about a second: cache it.
     Callers must not modify the returned config."""

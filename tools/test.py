@@ -29,7 +29,8 @@ from mmmetaformer.utils.launch import (  # noqa: E402
     load_config,
     prepare_for_device,
     run_tool,
-    set_work_dir)
+    set_work_dir,
+)
 
 
 def parse_args(argv=None):

@@ -166,8 +166,8 @@ def check_resume_target(runner, path, checkpoint):
 
     from mmmetaformer.checkpoint.loading import (
         _first,
-        model_state_dict,
         compare_state_dicts,
+        model_state_dict,
     )
     model = runner.model.module if is_model_wrapper(
         runner.model) else runner.model

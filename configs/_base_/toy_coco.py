@@ -46,7 +46,8 @@ def _pipelines(with_mask):
 
 
 def _loaders(with_mask, metainfo, batch_size):
-    train_pipeline, test_pipeline = _pipelines(with_mask)
+    # called before the del below, which ruff cannot follow
+    train_pipeline, test_pipeline = _pipelines(with_mask)  # noqa: F821
     # One process, no loader workers: the data is tiny and the CPU is
     # better spent on the model.
     train = dict(

@@ -43,7 +43,8 @@ NATIVE_META_KEY = 'mmmetaformer_format'
 CLASSIFIER_PREFIXES = ('head.', 'norm.')
 
 # Channels-last Linear weights that are 1x1 convs in the NCHW model.
-_LINEAR_AS_CONV = re.compile(r'\.(mlp\.fc[12]|token_mixer\.pwconv[12])\.weight$')
+_LINEAR_AS_CONV = re.compile(
+    r'\.(mlp\.fc[12]|token_mixer\.pwconv[12])\.weight$')
 
 
 def _rename(state_dict, rules):

@@ -24,8 +24,13 @@ import torch
 from mmengine.logging import print_log
 from mmengine.runner.checkpoint import CheckpointLoader
 
-from .formats import (CLASSIFIER_PREFIXES, split_prefix, strip_ddp_prefix,
-                      to_native, unwrap_checkpoint)
+from .formats import (
+    CLASSIFIER_PREFIXES,
+    split_prefix,
+    strip_ddp_prefix,
+    to_native,
+    unwrap_checkpoint,
+)
 from .reader import CheckpointError
 
 
@@ -220,8 +225,8 @@ def check_model_fits(model, checkpoint, name):
 
     Raises:
         CheckpointMismatchError: one line with the counts of missing,
-            unexpected and unfit entries (``compare_state_dicts``) and the first
-            few names.
+            unexpected and unfit entries (``compare_state_dicts``) and the
+            first few names.
     """
     state_dict = model_state_dict(checkpoint, name)
     own = model.state_dict()

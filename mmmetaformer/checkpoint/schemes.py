@@ -30,10 +30,19 @@ from mmengine.logging import print_log
 from mmengine.runner import checkpoint as mmengine_checkpoint
 from mmengine.runner.checkpoint import CheckpointLoader
 
-from .hub import (HUB_PREFIX, fetch_hub_file, hub_checkpoint_name,
-                  local_rank, parse_hub_url)
-from .reader import (CheckpointError, allow_in_torch_load, read_bytes,
-                     read_local_file)
+from .hub import (
+    HUB_PREFIX,
+    fetch_hub_file,
+    hub_checkpoint_name,
+    local_rank,
+    parse_hub_url,
+)
+from .reader import (
+    CheckpointError,
+    allow_in_torch_load,
+    read_bytes,
+    read_local_file,
+)
 
 
 def fetch_url(url):
@@ -128,7 +137,8 @@ def load_from_pavi(filename, map_location=None):
     try:
         from pavi import modelcloud
     except ImportError:
-        raise ImportError('Install pavi to load checkpoints from pavi://')
+        raise ImportError(
+            'Install pavi to load checkpoints from pavi://') from None
     model = modelcloud.get(filename[len('pavi://'):])
     with TemporaryDirectory() as tmp_dir:
         local = osp.join(tmp_dir, model.name)

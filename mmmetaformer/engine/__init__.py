@@ -2,11 +2,20 @@
 checkpoint hooks (atomic saves, exact resume, strict evaluation loading),
 the NaN guard, and mixed precision on CPU."""
 from .amp import CPUAmpOptimWrapper
-from .checkpoint_hooks import (AtomicCheckpointHook, CheckpointWriteError,
-                               ExactResumeHook, NonFiniteWeightsError,
-                               OutputWriteError, StrictLoadHook,
-                               atomic_output)
-from .cpu import CPUDistributedDataParallel, setup_cpu_distributed, sync_bn_to_bn
+from .checkpoint_hooks import (
+                               AtomicCheckpointHook,
+                               CheckpointWriteError,
+                               ExactResumeHook,
+                               NonFiniteWeightsError,
+                               OutputWriteError,
+                               StrictLoadHook,
+                               atomic_output,
+)
+from .cpu import (
+                               CPUDistributedDataParallel,
+                               setup_cpu_distributed,
+                               sync_bn_to_bn,
+)
 from .nan_guard import NaNGuardHook, NonFiniteTrainingError
 from .optimizers import MetaFormerLayerDecayConstructor
 
@@ -14,6 +23,7 @@ __all__ = [
     'AtomicCheckpointHook', 'CheckpointWriteError', 'ExactResumeHook',
     'NaNGuardHook', 'NonFiniteTrainingError', 'NonFiniteWeightsError',
     'OutputWriteError', 'atomic_output', 'StrictLoadHook',
-    'CPUAmpOptimWrapper', 'CPUDistributedDataParallel', 'MetaFormerLayerDecayConstructor',
-    'setup_cpu_distributed', 'sync_bn_to_bn'
+    'CPUAmpOptimWrapper', 'CPUDistributedDataParallel',
+    'MetaFormerLayerDecayConstructor', 'setup_cpu_distributed',
+    'sync_bn_to_bn'
 ]

@@ -15,8 +15,17 @@ registry first.
 from mmcv.cnn import build_norm_layer
 
 from ..registry import MODELS, register_public, scoped_cfg
-from .core import (GELU, Attention, GroupNorm1, IdentityMixer, LayerNorm2d,
-                   Pooling, RandomMixing, SepConv, StarReLU)
+from .core import (
+    GELU,
+    Attention,
+    GroupNorm1,
+    IdentityMixer,
+    LayerNorm2d,
+    Pooling,
+    RandomMixing,
+    SepConv,
+    StarReLU,
+)
 
 register_public(StarReLU)
 for _layer in (GELU, GroupNorm1, LayerNorm2d, IdentityMixer, Pooling, SepConv,

@@ -60,11 +60,23 @@ import tempfile
 
 import torch
 
-from .backbone_runners import (COLUMNS, TIMM_COLUMNS, build_models,
-                               build_runners)
+from .backbone_runners import (
+    COLUMNS,
+    TIMM_COLUMNS,
+    build_models,
+    build_runners,
+)
 from .launch import LaunchError
-from .measure import (check_outputs, eval_step, floor_ms, gemm_rate,
-                      parse_hw, peak_step_memory, time_steps, train_step)
+from .measure import (
+    check_outputs,
+    eval_step,
+    floor_ms,
+    gemm_rate,
+    parse_hw,
+    peak_step_memory,
+    time_steps,
+    train_step,
+)
 
 DEFAULT_MODELS = ('poolformer_s12', 'poolformerv2_s12', 'convformer_s18',
                   'caformer_s18')

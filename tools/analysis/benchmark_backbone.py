@@ -58,12 +58,14 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(
 import torch  # noqa: E402
 
 from mmmetaformer.utils import backbone_benchmark as bench  # noqa: E402
-from mmmetaformer.utils.backbone_runners import (  # noqa: E402
-    model_table, resolve_model)
+from mmmetaformer.utils.backbone_runners import model_table, resolve_model  # noqa: E402
 from mmmetaformer.utils.launch import run_tool  # noqa: E402
-from mmmetaformer.utils.measure import (clock_function,  # noqa: E402
-                                        gemm_rate, machine_summary,
-                                        prepare_device)
+from mmmetaformer.utils.measure import (  # noqa: E402
+    clock_function,
+    gemm_rate,
+    machine_summary,
+    prepare_device,
+)
 
 
 def parse_args(argv=None):

@@ -28,8 +28,7 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(
 
 import torch  # noqa: E402
 
-from mmmetaformer.utils.launch import (LaunchError, load_config,  # noqa: E402
-                                       run_tool)
+from mmmetaformer.utils.launch import LaunchError, load_config, run_tool  # noqa: E402
 
 DEFAULT_CONFIG_SHAPES = dict(mmdet=(800, 1216), mmseg=(512, 512))
 
@@ -138,8 +137,12 @@ def all_rows(only=None):
 
 def main_all(args):
     from mmmetaformer.registry import MODELS
-    from mmmetaformer.utils.complexity import (REFERENCE, count_backbone,
-                                               head_macs, head_params)
+    from mmmetaformer.utils.complexity import (
+        REFERENCE,
+        count_backbone,
+        head_macs,
+        head_params,
+    )
     shape = _shape(args, (224, 224))
     rows = all_rows(args.only)
     if not rows:

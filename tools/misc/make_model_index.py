@@ -22,10 +22,10 @@ reports every way it disagrees with the repository:
 
 Usage::
 
-    python tools/misc/make_model_index.py              # everything but --configs
-    python tools/misc/make_model_index.py --configs    # also parse every config
-    python tools/misc/make_model_index.py --no-flops   # parameters only (fast)
-    python tools/misc/make_model_index.py --root COPY  # check another tree
+    python tools/misc/make_model_index.py             # all but --configs
+    python tools/misc/make_model_index.py --configs   # + parse every config
+    python tools/misc/make_model_index.py --no-flops  # parameters only
+    python tools/misc/make_model_index.py --root COPY # check another tree
 
 Exit status 0 when the index agrees, 1 with one line per problem otherwise.
 """

@@ -18,8 +18,13 @@ from ...registry import register_public
 from ..archs import CONVMIXER_ARCH_KEYS, CONVMIXER_ARCHS
 from ..core import ConvMixerTrunk, SimplePyramidAdapter
 from ..layers import build_norm
-from .base import (DenseBackboneMixin, check_flag,
-                   reject_pretrained, reject_unknown_kwargs, resolve_arch)
+from .base import (
+    DenseBackboneMixin,
+    check_flag,
+    reject_pretrained,
+    reject_unknown_kwargs,
+    resolve_arch,
+)
 
 
 @register_public
@@ -46,10 +51,11 @@ class ConvMixer(DenseBackboneMixin, ConvMixerTrunk, BaseModule):
     def __init__(self,
                  arch,
                  adapter_channels=None,
-                 adapter_norm_cfg=dict(type='GN', num_groups=32),
+                 adapter_norm_cfg=dict(type='GN', num_groups=32),  # noqa: B006
                  in_channels=3,
                  out_indices=(0, 1, 2, 3),
-                 out_norm_cfg=dict(type='GN', num_groups=1),
+                 # read, never modified (mmdet's convention for cfg defaults)
+                 out_norm_cfg=dict(type='GN', num_groups=1),  # noqa: B006
                  frozen_stages=-1,
                  norm_eval=False,
                  with_cp=False,

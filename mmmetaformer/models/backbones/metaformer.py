@@ -13,13 +13,23 @@ from functools import partial
 from mmengine.model import BaseModule
 
 from ...registry import MODELS, register_public
-from ..archs import (ARCH_KEYS, FAMILIES, GENERIC_DEFAULTS, METAFORMER_ARCHS,
-                     REQUIRED_ARCH_KEYS)
+from ..archs import (
+    ARCH_KEYS,
+    FAMILIES,
+    GENERIC_DEFAULTS,
+    METAFORMER_ARCHS,
+    REQUIRED_ARCH_KEYS,
+)
 from ..core import MetaFormerTrunk
 from ..core.metaformer import per_stage
 from ..layers import build_norm
-from .base import (DenseBackboneMixin, check_flag,
-                   reject_pretrained, reject_unknown_kwargs, resolve_arch)
+from .base import (
+    DenseBackboneMixin,
+    check_flag,
+    reject_pretrained,
+    reject_unknown_kwargs,
+    resolve_arch,
+)
 from .convmixer import ConvMixer
 
 
@@ -104,7 +114,8 @@ class MetaFormer(DenseBackboneMixin, MetaFormerTrunk, BaseModule):
                  arch,
                  in_channels=3,
                  out_indices=(0, 1, 2, 3),
-                 out_norm_cfg=dict(type='GN', num_groups=1),
+                 # read, never modified (mmdet's convention for cfg defaults)
+                 out_norm_cfg=dict(type='GN', num_groups=1),  # noqa: B006
                  frozen_stages=-1,
                  norm_eval=False,
                  with_cp=False,

@@ -1,10 +1,23 @@
 """Plain-PyTorch model core: no registry, no config dicts."""
-from .convmixer import ConvMixerTrunk, SimplePyramidAdapter
 from . import cpu_kernels
-from .layers import (GELU, DepthwiseConv2d, DropPath, GroupNorm1, LayerNorm2d,
-                     PointwiseConv2d, Scale, StarReLU)
-from .metaformer import (ChannelsLastMlp, MetaFormerBlock, MetaFormerTrunk,
-                         Mlp, stage_output_sizes)
+from .convmixer import ConvMixerTrunk, SimplePyramidAdapter
+from .layers import (
+                     GELU,
+                     DepthwiseConv2d,
+                     DropPath,
+                     GroupNorm1,
+                     LayerNorm2d,
+                     PointwiseConv2d,
+                     Scale,
+                     StarReLU,
+)
+from .metaformer import (
+                     ChannelsLastMlp,
+                     MetaFormerBlock,
+                     MetaFormerTrunk,
+                     Mlp,
+                     stage_output_sizes,
+)
 from .mixers import Attention, IdentityMixer, Pooling, RandomMixing, SepConv
 
 __all__ = [

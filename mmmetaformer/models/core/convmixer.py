@@ -22,8 +22,12 @@ import torch.nn as nn
 from ..resample import resample_to
 from . import fuse
 from .layers import DepthwiseConv2d, PointwiseConv2d
-from .metaformer import (check_channels_last, run_blocks, stage_output_sizes,
-                         to_layout)
+from .metaformer import (
+    check_channels_last,
+    run_blocks,
+    stage_output_sizes,
+    to_layout,
+)
 
 
 class Residual(nn.Module):

@@ -13,10 +13,10 @@ fold owns its fold, one call to a function here (``fold_block``,
   ``(norm, layer_scale)`` the block keeps.
 
 Each fold rewrites the module's own parameters in place so that the same
-``forward`` computes the same function with fewer multiplies: per-channel affine maps
-next to a linear map are folded into its weights and the affine modules
-become ``nn.Identity`` (or lose their weights). The module tree keeps its
-shape, so a model built with ``deploy=True`` has exactly the keys of a
+``forward`` computes the same function with fewer multiplies: per-channel
+affine maps next to a linear map are folded into its weights and the affine
+modules become ``nn.Identity`` (or lose their weights). The module tree
+keeps its shape, so a model built with ``deploy=True`` has exactly the keys of a
 folded one and loads its checkpoint. A user's token mixer without a
 ``fold_branch`` runs unfused (one log line says so).
 
