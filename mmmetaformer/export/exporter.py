@@ -200,6 +200,9 @@ def compare(reference, onnx_outputs, scope, mask_thr=0.5):
     if problems:
         return False, f'{len(problems)} unmatched: ' + '; '.join(
             problems[:3])
+    if compared == 0:
+        return True, ('no detection above the score threshold in either '
+                      'output: nothing to compare (untrained weights?)')
     return True, (f'top {TOP_DETECTIONS} detections matched ({compared} '
                   f'compared; same label, IoU >= {BOX_IOU_MIN}, score '
                   f'within {SCORE_TOLERANCE:g}, {what})')
