@@ -23,7 +23,7 @@ env:
 lint: env
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	cd $(CURDIR) && PATH=$(abspath $(VENV))/bin:$$PATH lint-imports
+	cd $(CURDIR) && PYTHONPATH=tools PATH=$(abspath $(VENV))/bin:$$PATH lint-imports
 
 # Everything, end-to-end toy runs through the tools included (bounded: a
 # few iterations each); the long toy trainings are `make demo`.

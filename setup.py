@@ -19,6 +19,7 @@ backbones are registered (``tests/test_packaging.py``).
 Dependencies are what the package imports; mmdet and mmseg are what you
 train with (the ``mim`` extra), and timm is only the tests' reference.
 """
+
 import os
 import os.path as osp
 import shutil
@@ -91,12 +92,20 @@ if __name__ == '__main__':
         description='MetaFormer family backbones (PoolFormer, ConvFormer, '
         'CAFormer, ...) for mmdetection and mmsegmentation',
         long_description=open(osp.join(HERE, 'README.md')).read()
-        if osp.exists(osp.join(HERE, 'README.md')) else '',
+        if osp.exists(osp.join(HERE, 'README.md'))
+        else '',
         long_description_content_type='text/markdown',
-        packages=find_packages(exclude=('configs', 'tools', 'tests')),
+        # the library only: what tools/ and tests/ import beside it
+        # (tools/mmmetaformer_tools) ships as mim's tools, not a package
+        packages=find_packages(include=('mmmetaformer', 'mmmetaformer.*')),
         include_package_data=True,
-        package_data={'mmmetaformer': ['.mim/configs/**/*', '.mim/tools/**/*',
-                                       '.mim/model-index.yml']},
+        package_data={
+            'mmmetaformer': [
+                '.mim/configs/**/*',
+                '.mim/tools/**/*',
+                '.mim/model-index.yml',
+            ]
+        },
         python_requires='>=3.9',
         install_requires=INSTALL_REQUIRES,
         extras_require=EXTRAS_REQUIRE,

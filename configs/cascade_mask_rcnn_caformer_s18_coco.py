@@ -9,10 +9,13 @@ model = dict(
         type='CAFormer',
         arch='s18',
         drop_path_rate=0.4,  # ConvNeXt-T's
-        init_cfg=dict(type='Pretrained', checkpoint=checkpoint_file)),
-    neck=dict(in_channels=[64, 128, 320, 512]))
+        init_cfg=dict(type='Pretrained', checkpoint=checkpoint_file),
+    ),
+    neck=dict(in_channels=[64, 128, 320, 512]),
+)
 # Layer decay: ConvNeXt-T's layer-wise 0.7 over its 6 layer groups puts
 # the stem at 0.7**7 x lr (mmdet::convnext cascade T). Here every block is a
 # layer (18), so 0.7**(7/19) per layer spans the same range.
 optim_wrapper = dict(
-    paramwise_cfg=dict(decay_rate=0.7**(7 / 19), num_layers=18))
+    paramwise_cfg=dict(decay_rate=0.7 ** (7 / 19), num_layers=18)
+)

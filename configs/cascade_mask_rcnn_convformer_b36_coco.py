@@ -12,12 +12,15 @@ model = dict(
         type='ConvFormer',
         arch='b36',
         drop_path_rate=0.6,  # ConvNeXt-B IN-22k's
-        init_cfg=dict(type='Pretrained', checkpoint=checkpoint_file)),
-    neck=dict(in_channels=[128, 256, 512, 768]))
+        init_cfg=dict(type='Pretrained', checkpoint=checkpoint_file),
+    ),
+    neck=dict(in_channels=[128, 256, 512, 768]),
+)
 # Layer decay: ConvNeXt-B IN-22k's layer-wise 0.8 over its 12 layer
 # groups puts the stem at 0.8**13 x lr (facebookresearch/ConvNeXt cascade
 # B in22k). Here every block is a layer (36), so 0.8**(13/37) per layer
 # spans the same range.
 optim_wrapper = dict(
     optimizer=dict(lr=1e-4),  # its lr with IN-22k weights (T/S: 2e-4)
-    paramwise_cfg=dict(decay_rate=0.8**(13 / 37), num_layers=36))
+    paramwise_cfg=dict(decay_rate=0.8 ** (13 / 37), num_layers=36),
+)

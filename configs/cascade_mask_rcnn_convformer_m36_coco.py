@@ -12,10 +12,13 @@ model = dict(
         type='ConvFormer',
         arch='m36',
         drop_path_rate=0.6,  # ConvNeXt-S's
-        init_cfg=dict(type='Pretrained', checkpoint=checkpoint_file)),
-    neck=dict(in_channels=[96, 192, 384, 576]))
+        init_cfg=dict(type='Pretrained', checkpoint=checkpoint_file),
+    ),
+    neck=dict(in_channels=[96, 192, 384, 576]),
+)
 # Layer decay: ConvNeXt-S's layer-wise 0.7 over its 12 layer groups puts
 # the stem at 0.7**13 x lr (mmdet::convnext cascade S). Here every block is a
 # layer (36), so 0.7**(13/37) per layer spans the same range.
 optim_wrapper = dict(
-    paramwise_cfg=dict(decay_rate=0.7**(13 / 37), num_layers=36))
+    paramwise_cfg=dict(decay_rate=0.7 ** (13 / 37), num_layers=36)
+)

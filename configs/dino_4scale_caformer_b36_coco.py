@@ -12,10 +12,13 @@ model = dict(
         type='CAFormer',
         arch='b36',
         drop_path_rate=0.6,  # ConvNeXt-B IN-22k's (as the Cascade leaf)
-        init_cfg=dict(type='Pretrained', checkpoint=checkpoint_file)),
-    neck=dict(in_channels=[256, 512, 768]))  # stages 2..4 (see _base_)
+        init_cfg=dict(type='Pretrained', checkpoint=checkpoint_file),
+    ),
+    neck=dict(in_channels=[256, 512, 768]),
+)  # stages 2..4 (see _base_)
 # Layer-wise decay as the Cascade Mask R-CNN leaf: ConvNeXt-B IN-22k's 0.8 over
 # its 12 layer groups puts the stem at 0.8**13 x lr; 0.8**(13/37) per block
 # spans the same range over 36 blocks.
 optim_wrapper = dict(
-    paramwise_cfg=dict(decay_rate=0.8**(13 / 37), num_layers=36))
+    paramwise_cfg=dict(decay_rate=0.8 ** (13 / 37), num_layers=36)
+)

@@ -12,10 +12,13 @@ model = dict(
         type='ConvFormer',
         arch='m36',
         drop_path_rate=0.6,  # ConvNeXt-S's (as the Cascade leaf)
-        init_cfg=dict(type='Pretrained', checkpoint=checkpoint_file)),
-    neck=dict(in_channels=[192, 384, 576]))  # stages 2..4 (see _base_)
+        init_cfg=dict(type='Pretrained', checkpoint=checkpoint_file),
+    ),
+    neck=dict(in_channels=[192, 384, 576]),
+)  # stages 2..4 (see _base_)
 # Layer-wise decay as the Cascade Mask R-CNN leaf: ConvNeXt-S's 0.7 over its 12
 # layer groups puts the stem at 0.7**13 x lr; 0.7**(13/37) per block spans the
 # same range over 36 blocks.
 optim_wrapper = dict(
-    paramwise_cfg=dict(decay_rate=0.7**(13 / 37), num_layers=36))
+    paramwise_cfg=dict(decay_rate=0.7 ** (13 / 37), num_layers=36)
+)

@@ -9,10 +9,13 @@ model = dict(
         type='ConvFormer',
         arch='s18',
         drop_path_rate=0.4,  # ConvNeXt-T's (as the Cascade leaf)
-        init_cfg=dict(type='Pretrained', checkpoint=checkpoint_file)),
-    neck=dict(in_channels=[128, 320, 512]))  # stages 2..4 (see _base_)
+        init_cfg=dict(type='Pretrained', checkpoint=checkpoint_file),
+    ),
+    neck=dict(in_channels=[128, 320, 512]),
+)  # stages 2..4 (see _base_)
 # Layer-wise decay as the Cascade Mask R-CNN leaf: ConvNeXt-T's 0.7 over its 6
 # layer groups puts the stem at 0.7**7 x lr; 0.7**(7/19) per block spans the
 # same range over 18 blocks.
 optim_wrapper = dict(
-    paramwise_cfg=dict(decay_rate=0.7**(7 / 19), num_layers=18))
+    paramwise_cfg=dict(decay_rate=0.7 ** (7 / 19), num_layers=18)
+)

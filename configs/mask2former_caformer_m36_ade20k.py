@@ -12,7 +12,9 @@ model = dict(
         type='CAFormer',
         arch='m36',
         drop_path_rate=0.3,  # ConvNeXt-S's (as the UperNet leaf)
-        init_cfg=dict(type='Pretrained', checkpoint=checkpoint_file)),
-    decode_head=dict(in_channels=[96, 192, 384, 576]))  # all four stages
+        init_cfg=dict(type='Pretrained', checkpoint=checkpoint_file),
+    ),
+    decode_head=dict(in_channels=[96, 192, 384, 576]),
+)  # all four stages
 # Stage-wise decay 0.9 (base) with ConvNeXt-S's num_layers (UperNet leaf).
 optim_wrapper = dict(paramwise_cfg=dict(num_layers=12))

@@ -9,7 +9,9 @@ model = dict(
         type='CAFormer',
         arch='s18',
         drop_path_rate=0.4,  # ConvNeXt-T's (as the UperNet leaf)
-        init_cfg=dict(type='Pretrained', checkpoint=checkpoint_file)),
-    decode_head=dict(in_channels=[64, 128, 320, 512]))  # all four stages
+        init_cfg=dict(type='Pretrained', checkpoint=checkpoint_file),
+    ),
+    decode_head=dict(in_channels=[64, 128, 320, 512]),
+)  # all four stages
 # Stage-wise decay 0.9 (base) with ConvNeXt-T's num_layers (UperNet leaf).
 optim_wrapper = dict(paramwise_cfg=dict(num_layers=6))

@@ -12,7 +12,9 @@ model = dict(
         type='ConvFormer',
         arch='b36',
         drop_path_rate=0.4,  # ConvNeXt-B's (as the UperNet leaf)
-        init_cfg=dict(type='Pretrained', checkpoint=checkpoint_file)),
-    decode_head=dict(in_channels=[128, 256, 512, 768]))  # all four stages
+        init_cfg=dict(type='Pretrained', checkpoint=checkpoint_file),
+    ),
+    decode_head=dict(in_channels=[128, 256, 512, 768]),
+)  # all four stages
 # Stage-wise decay 0.9 (base) with ConvNeXt-B's num_layers (UperNet leaf).
 optim_wrapper = dict(paramwise_cfg=dict(num_layers=12))

@@ -6,5 +6,7 @@ model = dict(
     backbone=dict(
         type='ConvMixer',
         arch='1024/20',
-        init_cfg=dict(type='Pretrained', checkpoint=checkpoint_file)),
-    neck=dict(in_channels=[256, 512, 1024, 1024]))
+        init_cfg=dict(type='Pretrained', checkpoint=checkpoint_file),
+    ),
+    neck=dict(in_channels=[256, 512, 1024, 1024]),
+)

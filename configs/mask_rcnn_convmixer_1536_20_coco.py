@@ -6,5 +6,7 @@ model = dict(
     backbone=dict(
         type='ConvMixer',
         arch='1536/20',
-        init_cfg=dict(type='Pretrained', checkpoint=checkpoint_file)),
-    neck=dict(in_channels=[384, 768, 1536, 1536]))
+        init_cfg=dict(type='Pretrained', checkpoint=checkpoint_file),
+    ),
+    neck=dict(in_channels=[384, 768, 1536, 1536]),
+)

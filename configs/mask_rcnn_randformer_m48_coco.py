@@ -6,5 +6,7 @@ model = dict(
     backbone=dict(
         type='RandFormer',
         arch='m48',
-        init_cfg=dict(type='Pretrained', checkpoint=checkpoint_file)),
-    neck=dict(in_channels=[96, 192, 384, 768]))
+        init_cfg=dict(type='Pretrained', checkpoint=checkpoint_file),
+    ),
+    neck=dict(in_channels=[96, 192, 384, 768]),
+)

@@ -6,5 +6,7 @@ model = dict(
     backbone=dict(
         type='CAFormer',
         arch='b36',
-        init_cfg=dict(type='Pretrained', checkpoint=checkpoint_file)),
-    neck=dict(in_channels=[256, 512, 768]))  # stages 1..3 (see _base_)
+        init_cfg=dict(type='Pretrained', checkpoint=checkpoint_file),
+    ),
+    neck=dict(in_channels=[256, 512, 768]),
+)  # stages 1..3 (see _base_)

@@ -6,5 +6,7 @@ model = dict(
     backbone=dict(
         type='ConvFormer',
         arch='s36',
-        init_cfg=dict(type='Pretrained', checkpoint=checkpoint_file)),
-    neck=dict(in_channels=[128, 320, 512]))  # stages 1..3 (see _base_)
+        init_cfg=dict(type='Pretrained', checkpoint=checkpoint_file),
+    ),
+    neck=dict(in_channels=[128, 320, 512]),
+)  # stages 1..3 (see _base_)

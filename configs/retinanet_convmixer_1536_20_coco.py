@@ -6,5 +6,7 @@ model = dict(
     backbone=dict(
         type='ConvMixer',
         arch='1536/20',
-        init_cfg=dict(type='Pretrained', checkpoint=checkpoint_file)),
-    neck=dict(in_channels=[768, 1536, 1536]))  # stages 1..3 (see _base_)
+        init_cfg=dict(type='Pretrained', checkpoint=checkpoint_file),
+    ),
+    neck=dict(in_channels=[768, 1536, 1536]),
+)  # stages 1..3 (see _base_)

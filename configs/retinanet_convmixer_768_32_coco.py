@@ -6,5 +6,7 @@ model = dict(
     backbone=dict(
         type='ConvMixer',
         arch='768/32',
-        init_cfg=dict(type='Pretrained', checkpoint=checkpoint_file)),
-    neck=dict(in_channels=[384, 768, 768]))  # stages 1..3 (see _base_)
+        init_cfg=dict(type='Pretrained', checkpoint=checkpoint_file),
+    ),
+    neck=dict(in_channels=[384, 768, 768]),
+)  # stages 1..3 (see _base_)

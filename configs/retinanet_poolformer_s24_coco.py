@@ -7,5 +7,7 @@ model = dict(
         type='PoolFormer',
         arch='s24',
         drop_path_rate=0.0,  # as published
-        init_cfg=dict(type='Pretrained', checkpoint=checkpoint_file)),
-    neck=dict(in_channels=[128, 320, 512]))  # stages 1..3 (see _base_)
+        init_cfg=dict(type='Pretrained', checkpoint=checkpoint_file),
+    ),
+    neck=dict(in_channels=[128, 320, 512]),
+)  # stages 1..3 (see _base_)

@@ -6,5 +6,7 @@ model = dict(
     backbone=dict(
         type='ConvMixer',
         arch='768/32',
-        init_cfg=dict(type='Pretrained', checkpoint=checkpoint_file)),
-    neck=dict(in_channels=[192, 384, 768, 768]))
+        init_cfg=dict(type='Pretrained', checkpoint=checkpoint_file),
+    ),
+    neck=dict(in_channels=[192, 384, 768, 768]),
+)

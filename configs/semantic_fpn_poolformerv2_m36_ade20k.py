@@ -7,5 +7,7 @@ model = dict(
         type='PoolFormerV2',
         arch='m36',
         drop_path_rate=0.1,  # none published; PVT's value for its dense models
-        init_cfg=dict(type='Pretrained', checkpoint=checkpoint_file)),
-    neck=dict(in_channels=[96, 192, 384, 768]))
+        init_cfg=dict(type='Pretrained', checkpoint=checkpoint_file),
+    ),
+    neck=dict(in_channels=[96, 192, 384, 768]),
+)

@@ -7,5 +7,7 @@ model = dict(
         type='RandFormer',
         arch='s36',
         drop_path_rate=0.1,  # none published; PVT's value for its dense models
-        init_cfg=dict(type='Pretrained', checkpoint=checkpoint_file)),
-    neck=dict(in_channels=[64, 128, 320, 512]))
+        init_cfg=dict(type='Pretrained', checkpoint=checkpoint_file),
+    ),
+    neck=dict(in_channels=[64, 128, 320, 512]),
+)

@@ -12,8 +12,10 @@ model = dict(
         type='CAFormer',
         arch='b36',
         drop_path_rate=0.4,  # ConvNeXt-B's (mmseg convnext UperNet)
-        init_cfg=dict(type='Pretrained', checkpoint=checkpoint_file)),
+        init_cfg=dict(type='Pretrained', checkpoint=checkpoint_file),
+    ),
     decode_head=dict(in_channels=[128, 256, 512, 768]),
-    auxiliary_head=dict(in_channels=512))  # stage 3
+    auxiliary_head=dict(in_channels=512),
+)  # stage 3
 # Stage-wise decay 0.9 (base) with ConvNeXt-B's num_layers.
 optim_wrapper = dict(paramwise_cfg=dict(num_layers=12))

@@ -12,8 +12,10 @@ model = dict(
         type='CAFormer',
         arch='m36',
         drop_path_rate=0.3,  # ConvNeXt-S's (mmseg convnext UperNet)
-        init_cfg=dict(type='Pretrained', checkpoint=checkpoint_file)),
+        init_cfg=dict(type='Pretrained', checkpoint=checkpoint_file),
+    ),
     decode_head=dict(in_channels=[96, 192, 384, 576]),
-    auxiliary_head=dict(in_channels=384))  # stage 3
+    auxiliary_head=dict(in_channels=384),
+)  # stage 3
 # Stage-wise decay 0.9 (base) with ConvNeXt-S's num_layers.
 optim_wrapper = dict(paramwise_cfg=dict(num_layers=12))

@@ -9,8 +9,10 @@ model = dict(
         type='ConvFormer',
         arch='s18',
         drop_path_rate=0.4,  # ConvNeXt-T's (mmseg convnext UperNet)
-        init_cfg=dict(type='Pretrained', checkpoint=checkpoint_file)),
+        init_cfg=dict(type='Pretrained', checkpoint=checkpoint_file),
+    ),
     decode_head=dict(in_channels=[64, 128, 320, 512]),
-    auxiliary_head=dict(in_channels=320))  # stage 3
+    auxiliary_head=dict(in_channels=320),
+)  # stage 3
 # Stage-wise decay 0.9 (base) with ConvNeXt-T's num_layers.
 optim_wrapper = dict(paramwise_cfg=dict(num_layers=6))

@@ -6,6 +6,7 @@ registries, so configs scoped to ``mmdet`` and to ``mmseg`` can both build
 them; the generic building blocks (token mixers, norms) only into
 mmmetaformer's own registry (see ``mmmetaformer/registry.py``).
 """
+
 from . import datasets, engine, models  # noqa: F401  (registers modules)
 from .version import __version__
 

@@ -46,6 +46,7 @@ Public names never break an import either: if another package registered
 one of them in the root first, ours is left out of the root with a warning,
 and ``type='mmmetaformer.PoolFormer'`` still builds ours in any scope.
 """
+
 import warnings
 
 from mmengine.registry import (
@@ -69,8 +70,11 @@ def scoped_cfg(cfg):
     """
     cfg = dict(cfg)
     name = cfg.get('type')
-    if isinstance(name, str) and '.' not in name and \
-            name in MODELS.module_dict:
+    if (
+        isinstance(name, str)
+        and '.' not in name
+        and name in MODELS.module_dict
+    ):
         cfg['type'] = f'{SCOPE}.{name}'
     return cfg
 
@@ -88,7 +92,8 @@ def _scoped_known_cfg(cfg, registry):
                 f"type='{name}' is not registered in mmmetaformer's "
                 f"registry, in the '{searched.scope}' scope's registry or in "
                 f"mmengine's root registry; mmmetaformer's own: "
-                f"{', '.join(sorted(MODELS.module_dict))}")
+                f'{", ".join(sorted(MODELS.module_dict))}'
+            )
     return cfg
 
 
@@ -101,8 +106,9 @@ def _build_ours_first(cfg, registry, default_args=None):
     return build_model_from_cfg(cfg, registry, default_args)
 
 
-MODELS = Registry('model', parent=ROOT_MODELS, scope=SCOPE,
-                  build_func=_build_ours_first)
+MODELS = Registry(
+    'model', parent=ROOT_MODELS, scope=SCOPE, build_func=_build_ours_first
+)
 
 
 def register_public(module):
@@ -121,11 +127,18 @@ def register_public(module):
         warnings.warn(
             f"'{name}' is already registered in mmengine's root MODELS by "
             f"{taken.__module__}; mmmetaformer's {name} is not added there. "
-            f"Use type='{SCOPE}.{name}' for ours.", stacklevel=2)
+            f"Use type='{SCOPE}.{name}' for ours.",
+            stacklevel=2,
+        )
     return module
 
 
 __all__ = [
-    'MODELS', 'MODEL_WRAPPERS', 'OPTIM_WRAPPER_CONSTRUCTORS', 'ROOT_MODELS',
-    'SCOPE', 'register_public', 'scoped_cfg'
+    'MODELS',
+    'MODEL_WRAPPERS',
+    'OPTIM_WRAPPER_CONSTRUCTORS',
+    'ROOT_MODELS',
+    'SCOPE',
+    'register_public',
+    'scoped_cfg',
 ]

@@ -7,13 +7,29 @@ starts (they inherit ``OMP_NUM_THREADS``): two workers x two threads would
 oversubscribe a 2-core machine, and most of the suite's time is spent in
 single-threaded Python (imports, config parsing, data pipelines) that two
 processes overlap.
+
+What only the tools use lives beside the package, in
+``tools/mmmetaformer_tools``; the tests import it as the tools do, with
+``tools/`` on ``sys.path`` (and on ``PYTHONPATH`` for the processes they
+start).
 """
+
 import os
+import sys
+
+TOOLS = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'tools'
+)
+sys.path.insert(0, TOOLS)
+os.environ['PYTHONPATH'] = os.pathsep.join(
+    [TOOLS] + [p for p in [os.environ.get('PYTHONPATH')] if p]
+)
 
 if os.environ.get('PYTEST_XDIST_WORKER'):
     os.environ['OMP_NUM_THREADS'] = '1'
     os.environ['MKL_NUM_THREADS'] = '1'
     import torch
+
     torch.set_num_threads(1)
 
 
@@ -23,21 +39,32 @@ if os.environ.get('PYTEST_XDIST_WORKER'):
 # first: otherwise a long file collected last keeps one worker busy while
 # the other idles.
 FILE_SECONDS = {
-    'test_det_configs.py': 153, 'test_seg_configs.py': 90,
-    'test_demo.py': 69, 'test_benchmark_tool.py': 65,
-    'test_checkpoints.py': 60, 'test_foundation.py': 60,
-    'test_cross_stack.py': 58, 'test_ecosystem.py': 48,
-    'test_safe_loading.py': 42, 'test_backbones.py': 38,
-    'test_recipes.py': 38, 'test_convert_and_infer.py': 37,
-    'test_resume.py': 28, 'test_compile_hooks_amp.py': 24,
-    'test_broken_inputs.py': 20, 'test_training_guards.py': 20,
-    'test_complexity.py': 18, 'test_registry.py': 18,
-    'test_fast_paths.py': 12, 'test_model_index.py': 10,
+    'test_det_configs.py': 153,
+    'test_seg_configs.py': 90,
+    'test_demo.py': 69,
+    'test_benchmark_tool.py': 65,
+    'test_checkpoints.py': 60,
+    'test_foundation.py': 60,
+    'test_cross_stack.py': 58,
+    'test_ecosystem.py': 48,
+    'test_safe_loading.py': 42,
+    'test_backbones.py': 38,
+    'test_recipes.py': 38,
+    'test_convert_and_infer.py': 37,
+    'test_resume.py': 28,
+    'test_compile_hooks_amp.py': 24,
+    'test_broken_inputs.py': 20,
+    'test_training_guards.py': 20,
+    'test_complexity.py': 18,
+    'test_registry.py': 18,
+    'test_fast_paths.py': 12,
+    'test_model_index.py': 10,
 }
 
 
 def pytest_collection_modifyitems(session, config, items):
     """Longest files first; the order within a file is kept."""
     position = {item: i for i, item in enumerate(items)}
-    items.sort(key=lambda item: (-FILE_SECONDS.get(item.path.name, 0),
-                                 position[item]))
+    items.sort(
+        key=lambda item: (-FILE_SECONDS.get(item.path.name, 0), position[item])
+    )

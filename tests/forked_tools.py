@@ -8,6 +8,7 @@ process that executes the script as ``__main__`` (``runpy``), exactly as
 ``python tools/X.py ARGS`` would after its imports: it has its own exit
 status and output, and it can be SIGKILLed.
 """
+
 import multiprocessing
 import os
 import runpy
@@ -19,9 +20,18 @@ from .helpers import REPO_ROOT
 # Not mmmetaformer: each run imports it as a fresh process would (through
 # the tool or the config's custom_imports), which is what installs the safe
 # checkpoint loaders; after these modules that takes 0.05 s.
-PRELOAD = ['torch', 'mmengine.runner', 'mmdet.apis', 'mmdet.datasets',
-           'mmdet.evaluation', 'mmdet.models', 'mmseg.apis', 'mmseg.datasets',
-           'mmseg.evaluation', 'mmseg.models']
+PRELOAD = [
+    'torch',
+    'mmengine.runner',
+    'mmdet.apis',
+    'mmdet.datasets',
+    'mmdet.evaluation',
+    'mmdet.models',
+    'mmseg.apis',
+    'mmseg.datasets',
+    'mmseg.evaluation',
+    'mmseg.models',
+]
 
 
 def _context():
@@ -33,6 +43,7 @@ def _context():
 def _run_script(script, argv, cwd, log_path):
     """In the forked process: the script as ``__main__``, output to a file."""
     import torch
+
     torch.set_num_threads(1)  # reproducible, and fair to a shared machine
     os.chdir(cwd)
     log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
@@ -49,8 +60,13 @@ class ForkedTool:
         self.log_path = str(log_path)
         self.process = _context().Process(
             target=_run_script,
-            args=(str(REPO_ROOT / 'tools' / script), [str(a) for a in args],
-                  str(cwd), self.log_path))
+            args=(
+                str(REPO_ROOT / 'tools' / script),
+                [str(a) for a in args],
+                str(cwd),
+                self.log_path,
+            ),
+        )
         self.process.start()
 
     def running(self):
@@ -69,10 +85,12 @@ class ForkedTool:
         self.process.join(timeout)
         if self.process.exitcode is None:
             self.kill()
-            raise TimeoutError(f'{self.log_path}: still running after '
-                               f'{timeout} s')
-        return SimpleNamespace(returncode=self.process.exitcode,
-                               output=self.output())
+            raise TimeoutError(
+                f'{self.log_path}: still running after {timeout} s'
+            )
+        return SimpleNamespace(
+            returncode=self.process.exitcode, output=self.output()
+        )
 
 
 def run_forked(script, *args, cwd, log_path, timeout=900):

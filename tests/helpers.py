@@ -1,4 +1,5 @@
 """Small helpers shared by the test modules."""
+
 import copy
 import functools
 import subprocess
@@ -27,6 +28,7 @@ def merged_into(base, own):
     of a leaf) merged in by mmengine's own ``Config.merge_from_dict``
     (nested dicts key by key, anything else replaced), as a dict."""
     from mmengine.config import Config
+
     cfg = Config(copy.deepcopy(base))
     cfg.merge_from_dict({k: v for k, v in own.items() if k != '_base_'})
     return cfg.to_dict()
@@ -36,6 +38,7 @@ def merged_into(base, own):
 def metafile_entries():
     """``{config path relative to the repo: metafile entry}``."""
     import yaml
+
     with open(REPO_ROOT / 'configs' / 'metafile.yml') as f:
         return {m['Config']: m for m in yaml.safe_load(f)['Models']}
 
@@ -47,11 +50,14 @@ def pretrained_checkpoint(path, family, arch, variant=None):
     (``Pretrained``: the authors' URL, ``pretrained_url``; ``Pretrained
     Hub``: that id; make_model_index.py checks that the two agree)."""
     from mmmetaformer.models.archs import pretrained_hub_id, pretrained_url
+
     hub_id = pretrained_hub_id(family, arch, variant)
     entry = metafile_entries()[
-        Path(path).resolve().relative_to(REPO_ROOT).as_posix()]
+        Path(path).resolve().relative_to(REPO_ROOT).as_posix()
+    ]
     assert entry['Metadata']['Pretrained'] == pretrained_url(
-        family, arch, variant), path
+        family, arch, variant
+    ), path
     assert entry['Metadata']['Pretrained Hub'] == hub_id, path
     return hub_id
 
@@ -73,6 +79,7 @@ def check_leaf_settings(path, base, family, arch, base_backbone=None):
 
     from mmmetaformer.models.backbones.metaformer import FAMILY_CLASSES
     from mmmetaformer.registry import MODELS
+
     own = own_settings(path)
     assert own['_base_'] == [base]
     assert set(own) == {'_base_', 'checkpoint_file', 'model'}
@@ -83,13 +90,14 @@ def check_leaf_settings(path, base, family, arch, base_backbone=None):
     assert backbone['type'] == FAMILY_CLASSES[family]
     assert backbone['arch'] == arch
     assert backbone['init_cfg'] == dict(
-        type='Pretrained',
-        checkpoint=pretrained_checkpoint(path, family, arch))
+        type='Pretrained', checkpoint=pretrained_checkpoint(path, family, arch)
+    )
     backbone = dict(base_backbone or {}, **backbone)
     with torch.device('meta'):
         model = MODELS.build(dict(backbone, init_cfg=None))
     assert list(own['model']['neck']['in_channels']) == list(
-        model.out_channels)
+        model.out_channels
+    )
     return backbone, model
 
 
@@ -99,8 +107,12 @@ def family_archs():
     ``arch_zoo``)."""
     from mmmetaformer.models.backbones.metaformer import FAMILY_CLASSES
     from mmmetaformer.registry import MODELS
-    return [(family, name, arch) for family, name in FAMILY_CLASSES.items()
-            for arch in MODELS.get(name).arch_zoo]
+
+    return [
+        (family, name, arch)
+        for family, name in FAMILY_CLASSES.items()
+        for arch in MODELS.get(name).arch_zoo
+    ]
 
 
 def smallest_archs():
@@ -117,10 +129,12 @@ def built_stack(venv):
     tools/setup_env.sh built in ``venv`` (a ``.venv-<stack>`` folder), or
     None."""
     venv = Path(venv)
-    stack = venv.name[len('.venv-'):]
-    if venv.name.startswith('.venv-') and (
-            venv / '.mmmetaformer-env-stamp').exists() and (
-            REPO_ROOT / 'requirements' / 'stacks' / f'{stack}.txt').exists():
+    stack = venv.name[len('.venv-') :]
+    if (
+        venv.name.startswith('.venv-')
+        and (venv / '.mmmetaformer-env-stamp').exists()
+        and (REPO_ROOT / 'requirements' / 'stacks' / f'{stack}.txt').exists()
+    ):
         return stack
     return None
 
@@ -129,12 +143,18 @@ def run_tool(script, *args, timeout=600, cwd=None, env=None):
     """Run ``tools/<script>`` with this interpreter; return the process."""
     return subprocess.run(
         [sys.executable, str(REPO_ROOT / 'tools' / script), *map(str, args)],
-        capture_output=True, text=True, timeout=timeout,
-        cwd=cwd or REPO_ROOT, env=env)
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd or REPO_ROOT,
+        env=env,
+    )
 
 
-BENCHMARK_HEADER = ('| config | device | images | model img/s | overall img/s '
-                    '| median ms/batch | peak tensor MB | peak RSS MB |')
+BENCHMARK_HEADER = (
+    '| config | device | images | model img/s | overall img/s '
+    '| median ms/batch | peak tensor MB | peak RSS MB |'
+)
 
 
 def benchmark_row(stdout, config_name):
@@ -144,8 +164,11 @@ def benchmark_row(stdout, config_name):
     positive numbers.
     """
     assert BENCHMARK_HEADER in stdout, stdout[-3000:]
-    rows = [line for line in stdout.splitlines()
-            if line.startswith(f'| {config_name} |')]
+    rows = [
+        line
+        for line in stdout.splitlines()
+        if line.startswith(f'| {config_name} |')
+    ]
     assert len(rows) == 1, stdout[-3000:]
     cells = [c.strip() for c in rows[0].strip('|').split('|')]
     assert len(cells) == 8, cells

@@ -7,6 +7,7 @@ code path depends only on the family's layers (gradients, checkpointing,
 smallest arch: the bigger archs of a family differ only in depths and
 dims, which the meta-device shapes cover.
 """
+
 import math
 
 import pytest
@@ -33,11 +34,18 @@ SMALL_IDS = [f'{c}-{a}' for c, a in SMALL_ARCHS]
 # the wrapper's mechanics (checkpointing, out_indices, freezing): an arch
 # dict only needs what differs from the family (CAFormer: dims divisible by
 # its head size 32; ConvMixer: adapter channels divisible by GN's 32 groups).
-TINY_CONVMIXER = dict(dim=128, depth=4, kernel_size=3, patch_size=7,
-                      act_cfg=dict(type='GELU'))
-TINY_ARCHS = [(name, TINY_CONVMIXER if name == 'ConvMixer' else
-               dict(depths=[1, 1, 2, 1], dims=[32, 64, 96, 128]))
-              for name, _ in SMALL_ARCHS]
+TINY_CONVMIXER = dict(
+    dim=128, depth=4, kernel_size=3, patch_size=7, act_cfg=dict(type='GELU')
+)
+TINY_ARCHS = [
+    (
+        name,
+        TINY_CONVMIXER
+        if name == 'ConvMixer'
+        else dict(depths=[1, 1, 2, 1], dims=[32, 64, 96, 128]),
+    )
+    for name, _ in SMALL_ARCHS
+]
 TINY_IDS = [f'{c}-tiny' for c, _ in TINY_ARCHS]
 
 
@@ -53,10 +61,13 @@ def expected_dims(model):
 
 def test_stage_output_sizes():
     """The README's sizes: stem conv 7x7/4 (pad 2), then 3x3/2 (pad 1)."""
-    assert stage_output_sizes(224, 224) == [(56, 56), (28, 28), (14, 14),
-                                            (7, 7)]
-    assert stage_output_sizes(97, 131) == [(24, 33), (12, 17), (6, 9),
-                                           (3, 5)]
+    assert stage_output_sizes(224, 224) == [
+        (56, 56),
+        (28, 28),
+        (14, 14),
+        (7, 7),
+    ]
+    assert stage_output_sizes(97, 131) == [(24, 33), (12, 17), (6, 9), (3, 5)]
     assert stage_output_sizes(32, 33) == [(8, 8), (4, 4), (2, 2), (1, 1)]
     for h in range(32, 300, 7):
         first = math.floor((h - 3) / 4) + 1
@@ -88,17 +99,24 @@ def test_forward_backward_every_parameter_gets_a_gradient(cls_name, arch):
     model.train()
     x = torch.randn(2, 3, 65, 97)
     outs = model(x)
-    for out, c, hw in zip(outs, expected_dims(model),
-                          stage_output_sizes(65, 97)):
+    for out, c, hw in zip(
+        outs, expected_dims(model), stage_output_sizes(65, 97)
+    ):
         assert tuple(out.shape) == (2, c, *hw)
         assert torch.isfinite(out).all()
     sum(o.float().pow(2).mean() for o in outs).backward()
-    no_grad = [n for n, p in model.named_parameters()
-               if p.requires_grad and (p.grad is None or
-                                       not torch.isfinite(p.grad).all())]
+    no_grad = [
+        n
+        for n, p in model.named_parameters()
+        if p.requires_grad
+        and (p.grad is None or not torch.isfinite(p.grad).all())
+    ]
     assert not no_grad, no_grad[:10]
-    zero = [n for n, p in model.named_parameters()
-            if p.requires_grad and p.grad.abs().sum() == 0]
+    zero = [
+        n
+        for n, p in model.named_parameters()
+        if p.requires_grad and p.grad.abs().sum() == 0
+    ]
     assert not zero, zero[:10]
 
 
@@ -111,8 +129,10 @@ def frozen_prefixes(model, frozen_stages):
         return ()
     if isinstance(model, ConvMixer):
         group = math.ceil(model.arch_settings['depth'] / 4)
-        return ('stem.', *(f'blocks.{j}.'
-                           for j in range(group * frozen_stages)))
+        return (
+            'stem.',
+            *(f'blocks.{j}.' for j in range(group * frozen_stages)),
+        )
     return ('stem.', *(f'stages.{i}.' for i in range(frozen_stages)))
 
 
@@ -125,19 +145,27 @@ def test_frozen_stages_freeze_exactly_the_documented_parts(cls_name, arch):
         with torch.device('meta'):
             model = build(cls_name, arch, frozen_stages=frozen_stages)
         prefixes = frozen_prefixes(model, frozen_stages)
-        expected = [n for n, _ in model.named_parameters()
-                    if n.startswith(prefixes)]
+        expected = [
+            n for n, _ in model.named_parameters() if n.startswith(prefixes)
+        ]
         for when in ('built', 'train()'):
             if when == 'train()':
                 model.train()
-            frozen = [n for n, p in model.named_parameters()
-                      if not p.requires_grad]
-            assert frozen == expected, (frozen_stages, when, frozen[-3:],
-                                        expected[-3:])
+            frozen = [
+                n for n, p in model.named_parameters() if not p.requires_grad
+            ]
+            assert frozen == expected, (
+                frozen_stages,
+                when,
+                frozen[-3:],
+                expected[-3:],
+            )
         for name, module in model.named_modules():
             if name:
-                assert module.training != (name + '.').startswith(
-                    prefixes), (frozen_stages, name)
+                assert module.training != (name + '.').startswith(prefixes), (
+                    frozen_stages,
+                    name,
+                )
         assert frozen_stages < 0 or expected  # the rule froze something
     assert not any(n.startswith(('out_norms.', 'adapter.')) for n in frozen)
 
@@ -146,11 +174,13 @@ def test_frozen_stages_survive_a_training_step():
     """ConvMixer (BatchNorm): frozen weights and BN statistics stay put
     through train(), forward, backward and an optimiser step."""
     torch.manual_seed(0)
-    model = ConvMixer(arch=dict(TINY_CONVMIXER, depth=8),
-                      frozen_stages=2).train()
+    model = ConvMixer(
+        arch=dict(TINY_CONVMIXER, depth=8), frozen_stages=2
+    ).train()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     optimizer = torch.optim.SGD(
-        [p for p in model.parameters() if p.requires_grad], lr=0.1)
+        [p for p in model.parameters() if p.requires_grad], lr=0.1
+    )
     sum(o.pow(2).mean() for o in model(torch.randn(2, 3, 64, 64))).backward()
     optimizer.step()
     prefixes = frozen_prefixes(model, 2)
@@ -159,8 +189,9 @@ def test_frozen_stages_survive_a_training_step():
         unchanged = torch.equal(value, after[key])
         if key.startswith(prefixes):
             assert unchanged, key
-        elif key.endswith(('running_mean', 'weight')) and \
-                key.startswith('blocks.'):
+        elif key.endswith(('running_mean', 'weight')) and key.startswith(
+            'blocks.'
+        ):
             assert not unchanged, key  # the rest does train
 
 
@@ -178,17 +209,19 @@ def test_with_cp_same_outputs_and_gradients(cls_name, arch):
         torch.manual_seed(1)
         outs = model(x)
         sum(o.sum() for o in outs).backward()
-        results.append((outs, {n: p.grad.clone()
-                               for n, p in model.named_parameters()}))
+        results.append(
+            (outs, {n: p.grad.clone() for n, p in model.named_parameters()})
+        )
     for a, b in zip(results[0][0], results[1][0]):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
     for name, grad in results[0][1].items():
-        torch.testing.assert_close(grad, results[1][1][name], rtol=1e-4,
-                                   atol=1e-5, msg=name)
+        torch.testing.assert_close(
+            grad, results[1][1][name], rtol=1e-4, atol=1e-5, msg=name
+        )
 
 
 @pytest.mark.parametrize('cls_name,arch', TINY_ARCHS, ids=TINY_IDS)
-@pytest.mark.parametrize('out_indices', [(0, ), (1, 3), (2, ), (0, 1, 2)])
+@pytest.mark.parametrize('out_indices', [(0,), (1, 3), (2,), (0, 1, 2)])
 def test_out_indices_subsets(cls_name, arch, out_indices):
     model = build(cls_name, arch, out_indices=out_indices).train()
     dims = expected_dims(model)
@@ -199,15 +232,20 @@ def test_out_indices_subsets(cls_name, arch, out_indices):
     sum(o.sum() for o in outs).backward()
     # Parts after the last output never run and hold no trainable params,
     # so DDP finds no unused parameters.
-    unused = [n for n, p in model.named_parameters()
-              if p.requires_grad and p.grad is None]
+    unused = [
+        n
+        for n, p in model.named_parameters()
+        if p.requires_grad and p.grad is None
+    ]
     assert not unused, unused[:5]
 
 
 def test_out_norms_default_and_none():
     model = PoolFormer(arch='s12')
-    assert all(isinstance(m, torch.nn.GroupNorm) and m.num_groups == 1
-               for m in model.out_norms.values())
+    assert all(
+        isinstance(m, torch.nn.GroupNorm) and m.num_groups == 1
+        for m in model.out_norms.values()
+    )
     bare = PoolFormer(arch='s12', out_norm_cfg=None)
     assert not list(bare.out_norms.parameters())
     assert not any(k.startswith('out_norms') for k in bare.state_dict())
@@ -215,8 +253,7 @@ def test_out_norms_default_and_none():
 
 def test_norm_eval_keeps_batchnorm_in_eval():
     model = ConvMixer(arch='768/32', norm_eval=True).train()
-    bns = [m for m in model.modules()
-           if isinstance(m, torch.nn.BatchNorm2d)]
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert bns and not any(m.training for m in bns)
     before = bns[0].running_mean.clone()
     model(torch.randn(2, 3, 64, 64))
@@ -240,26 +277,28 @@ def test_starrelu_everywhere_in_baselines():
     acts = {type(b.mlp.act).__name__ for s in model.stages for b in s.blocks}
     assert acts == {'StarReLU'}
     assert type(model.stages[0].blocks[0].token_mixer).__name__ == 'SepConv'
-    assert type(model.stages[3].blocks[0].token_mixer).__name__ == \
-        'Attention'
+    assert type(model.stages[3].blocks[0].token_mixer).__name__ == 'Attention'
 
 
 class TestBadArguments:
-
     def test_unknown_arch_lists_valid_ones(self):
         with pytest.raises(ValueError) as err:
             PoolFormer(arch='s13')
         msg = str(err.value)
-        assert "'s13'" in msg and all(a in msg for a in
-                                      ('s12', 's24', 's36', 'm36', 'm48'))
+        assert "'s13'" in msg and all(
+            a in msg for a in ('s12', 's24', 's36', 'm36', 'm48')
+        )
         with pytest.raises(ValueError, match="'s12'.*s18, s36, m36, b36"):
             CAFormer(arch='s12')
         with pytest.raises(ValueError, match='768/32, 1024/20, 1536/20'):
             ConvMixer(arch='512/12')
 
     def test_unknown_kwarg_is_rejected_with_valid_ones(self):
-        with pytest.raises(TypeError, match=r"\['frozen_stage'\].*"
-                           'frozen_stages'):
+        with pytest.raises(
+            TypeError,
+            match=r"\['frozen_stage'\].*"
+            'frozen_stages',
+        ):
             PoolFormer(arch='s12', frozen_stage=1)
         with pytest.raises(TypeError, match='adapter_channels'):
             ConvMixer(arch='768/32', bogus=1)
@@ -269,14 +308,20 @@ class TestBadArguments:
             MetaFormer(arch=dict(depth=[1, 1, 1, 1], dims=[8, 8, 8, 8]))
         with pytest.raises(ValueError, match='required keys'):
             MetaFormer(arch=dict(depths=[1, 1, 1, 1], dims=[8, 16, 32, 64]))
-        with pytest.raises(ValueError,
-                           match='token_mixer_cfg has 3 entries.*4 stages'):
-            PoolFormer(arch=dict(depths=[1, 1, 1, 1], dims=[8, 16, 32, 64],
-                                 token_mixer_cfg=[dict(type='Pooling')] * 3))
+        with pytest.raises(
+            ValueError, match='token_mixer_cfg has 3 entries.*4 stages'
+        ):
+            PoolFormer(
+                arch=dict(
+                    depths=[1, 1, 1, 1],
+                    dims=[8, 16, 32, 64],
+                    token_mixer_cfg=[dict(type='Pooling')] * 3,
+                )
+            )
         with pytest.raises(ValueError, match='4 depths and 4 dims'):
             PoolFormer(arch=dict(depths=[1, 1, 1], dims=[8, 16, 32]))
 
-    @pytest.mark.parametrize('out_indices', [(4, ), (-1, ), (), (1, 1)])
+    @pytest.mark.parametrize('out_indices', [(4,), (-1,), (), (1, 1)])
     def test_out_indices(self, out_indices):
         with pytest.raises(ValueError, match='out_indices'):
             PoolFormer(arch='s12', out_indices=out_indices)
@@ -294,12 +339,17 @@ class TestBadArguments:
 
     def test_bad_init_cfg(self):
         with pytest.raises(ValueError, match=r"\['checkpoints'\]"):
-            PoolFormer(arch='s12', init_cfg=dict(type='Pretrained',
-                                                 checkpoints='x.pth'))
+            PoolFormer(
+                arch='s12',
+                init_cfg=dict(type='Pretrained', checkpoints='x.pth'),
+            )
         with pytest.raises(ValueError, match="format 'pth'.*timm"):
-            PoolFormer(arch='s12', init_cfg=dict(type='Pretrained',
-                                                 checkpoint='x.pth',
-                                                 format='pth'))
+            PoolFormer(
+                arch='s12',
+                init_cfg=dict(
+                    type='Pretrained', checkpoint='x.pth', format='pth'
+                ),
+            )
 
     def test_bad_drop_path_and_mixer_dims(self):
         with pytest.raises(ValueError, match='drop_path_rate'):
@@ -309,13 +359,13 @@ class TestBadArguments:
 
 
 class TestRandomMixing:
-
     def test_trained_grid_uses_the_matrix_unchanged(self):
         mixer = RandomMixing(8, num_tokens=196)
         assert mixer.resampled_matrix((14, 14)) is mixer.random_matrix
         x = torch.randn(2, 8, 14, 14)
-        expected = torch.einsum('mn,bcn->bcm', mixer.random_matrix,
-                                x.flatten(2)).view_as(x)
+        expected = torch.einsum(
+            'mn,bcn->bcm', mixer.random_matrix, x.flatten(2)
+        ).view_as(x)
         torch.testing.assert_close(mixer(x), expected)
 
     @pytest.mark.parametrize('grid', [(7, 7), (20, 31), (5, 40), (1, 1)])
@@ -358,28 +408,53 @@ def test_identityformer_has_no_mixing_parameters():
     assert not any('token_mixer' in n for n, _ in model.named_parameters())
 
 
-@pytest.mark.parametrize('head', [
-    dict(type='PSAHead', mask_size=(15, 15), psa_type='bi-direction',
-         compact=False, shrink_factor=2, normalization_factor=1.0,
-         psa_softmax=True),
-    dict(type='DAHead', pam_channels=16),
-    dict(type='NLHead', dropout_ratio=0.1, reduction=2, use_scale=True,
-         mode='embedded_gaussian'),
-], ids=['PSAHead', 'DAHead', 'NLHead'])
+@pytest.mark.parametrize(
+    'head',
+    [
+        dict(
+            type='PSAHead',
+            mask_size=(15, 15),
+            psa_type='bi-direction',
+            compact=False,
+            shrink_factor=2,
+            normalization_factor=1.0,
+            psa_softmax=True,
+        ),
+        dict(type='DAHead', pam_channels=16),
+        dict(
+            type='NLHead',
+            dropout_ratio=0.1,
+            reduction=2,
+            use_scale=True,
+            mode='embedded_gaussian',
+        ),
+    ],
+    ids=['PSAHead', 'DAHead', 'NLHead'],
+)
 @pytest.mark.parametrize('channels_last', [None, True])
 def test_stock_mmseg_heads_take_the_outputs(head, channels_last):
     """Heads that ``view`` their input (PSANet) get contiguous NCHW maps,
     whatever the layout inside the backbone."""
     from mmseg.registry import MODELS as SEG_MODELS
-    backbone = build('ConvFormer', dict(depths=[1, 1, 1, 1],
-                                        dims=[16, 32, 64, 64]),
-                     channels_last=channels_last).eval()
+
+    backbone = build(
+        'ConvFormer',
+        dict(depths=[1, 1, 1, 1], dims=[16, 32, 64, 64]),
+        channels_last=channels_last,
+    ).eval()
     outs = backbone(torch.randn(1, 3, 256, 256))  # stage 3: 8x8
     assert all(o.is_contiguous() for o in outs)
-    decode = SEG_MODELS.build(dict(head, in_channels=64, in_index=3,
-                                   channels=32, num_classes=3,
-                                   norm_cfg=dict(type='BN'),
-                                   align_corners=False)).eval()
+    decode = SEG_MODELS.build(
+        dict(
+            head,
+            in_channels=64,
+            in_index=3,
+            channels=32,
+            num_classes=3,
+            norm_cfg=dict(type='BN'),
+            align_corners=False,
+        )
+    ).eval()
     with torch.no_grad():
         seg = decode(list(outs))
     seg = seg[0] if isinstance(seg, (list, tuple)) else seg

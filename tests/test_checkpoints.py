@@ -6,6 +6,7 @@ converters, written independently from the published key lists (the
 authors' PoolFormer and MetaFormer-baselines repositories, timm,
 mmpretrain).
 """
+
 import re
 
 import pytest
@@ -45,10 +46,20 @@ def timm_model(name, **kwargs):
 
 
 def ours(cls_name, arch, checkpoint=None, **kwargs):
-    init_cfg = (dict(type='Pretrained', checkpoint=str(checkpoint))
-                if checkpoint else None)
-    model = MODELS.build(dict(type=cls_name, arch=arch, out_norm_cfg=None,
-                              init_cfg=init_cfg, **kwargs))
+    init_cfg = (
+        dict(type='Pretrained', checkpoint=str(checkpoint))
+        if checkpoint
+        else None
+    )
+    model = MODELS.build(
+        dict(
+            type=cls_name,
+            arch=arch,
+            out_norm_cfg=None,
+            init_cfg=init_cfg,
+            **kwargs,
+        )
+    )
     model.init_weights()
     return model.eval()
 
@@ -67,11 +78,17 @@ def as_poolformer_v1(native):
     out = {}
     for key, value in native.items():
         key = re.sub(r'^stem\.conv\.', 'patch_embed.proj.', key)
-        key = re.sub(r'^stages\.(\d)\.downsample\.conv\.',
-                     lambda m: f'network.{2 * int(m.group(1)) - 1}.proj.', key)
+        key = re.sub(
+            r'^stages\.(\d)\.downsample\.conv\.',
+            lambda m: f'network.{2 * int(m.group(1)) - 1}.proj.',
+            key,
+        )
         key = re.sub(r'layer_scale([12])\.scale$', r'layer_scale_\1', key)
-        key = re.sub(r'^stages\.(\d)\.blocks\.',
-                     lambda m: f'network.{2 * int(m.group(1))}.', key)
+        key = re.sub(
+            r'^stages\.(\d)\.blocks\.',
+            lambda m: f'network.{2 * int(m.group(1))}.',
+            key,
+        )
         out[key] = value
     return out
 
@@ -81,10 +98,16 @@ def as_metaformer_baselines(native):
     for key, value in native.items():
         key = re.sub(r'^stem\.conv\.', 'downsample_layers.0.conv.', key)
         key = re.sub(r'^stem\.norm\.', 'downsample_layers.0.post_norm.', key)
-        key = re.sub(r'^stages\.(\d)\.downsample\.norm\.',
-                     r'downsample_layers.\1.pre_norm.', key)
-        key = re.sub(r'^stages\.(\d)\.downsample\.conv\.',
-                     r'downsample_layers.\1.conv.', key)
+        key = re.sub(
+            r'^stages\.(\d)\.downsample\.norm\.',
+            r'downsample_layers.\1.pre_norm.',
+            key,
+        )
+        key = re.sub(
+            r'^stages\.(\d)\.downsample\.conv\.',
+            r'downsample_layers.\1.conv.',
+            key,
+        )
         key = re.sub(r'^stages\.(\d)\.blocks\.(\d+)\.', r'stages.\1.\2.', key)
         if re.search(r'(mlp\.fc[12]|pwconv[12])\.weight$', key):
             value = value[:, :, 0, 0]  # channels-last nn.Linear
@@ -118,21 +141,27 @@ def test_timm_parity_through_init_cfg(timm_name, tmp_path):
     x = torch.randn(1, 3, 97, 131)
     with torch.no_grad():
         assert_features_equal(
-            model(x), reference.forward_intermediates(x,
-                                                      intermediates_only=True))
+            model(x),
+            reference.forward_intermediates(x, intermediates_only=True),
+        )
 
 
 def test_timm_features_only_parity_and_safetensors(tmp_path):
     """A .safetensors timm file; reference is timm's features_only model."""
     from safetensors.torch import save_file
+
     full = timm_model('caformer_s18')
-    features = timm.create_model('caformer_s18', pretrained=False,
-                                 features_only=True).eval()
+    features = timm.create_model(
+        'caformer_s18', pretrained=False, features_only=True
+    ).eval()
     # features_only renames stages.{i} to stages_{i}
-    features.load_state_dict({
-        re.sub(r'^stages\.(\d)', r'stages_\1', k): v
-        for k, v in full.state_dict().items() if not k.startswith('head.')
-    })
+    features.load_state_dict(
+        {
+            re.sub(r'^stages\.(\d)', r'stages_\1', k): v
+            for k, v in full.state_dict().items()
+            if not k.startswith('head.')
+        }
+    )
     path = tmp_path / 'caformer_s18.safetensors'
     save_file({k: v.contiguous() for k, v in full.state_dict().items()}, path)
     model = ours('CAFormer', 's18', checkpoint=path)
@@ -143,23 +172,30 @@ def test_timm_features_only_parity_and_safetensors(tmp_path):
 
 def test_identityformer_parity_with_timm_generic_metaformer(tmp_path):
     from timm.models.metaformer import GroupNorm1NoBias, MetaFormer
+
     reference = randomised(
-        MetaFormer(depths=(2, 2, 6, 2), dims=(64, 128, 320, 512),
-                   token_mixers=torch.nn.Identity,
-                   norm_layers=GroupNorm1NoBias))
+        MetaFormer(
+            depths=(2, 2, 6, 2),
+            dims=(64, 128, 320, 512),
+            token_mixers=torch.nn.Identity,
+            norm_layers=GroupNorm1NoBias,
+        )
+    )
     path = tmp_path / 'identityformer_s12_timm.pth'
     torch.save(reference.state_dict(), path)
     model = ours('IdentityFormer', 's12', checkpoint=path)
     x = torch.randn(1, 3, 97, 131)
     with torch.no_grad():
         assert_features_equal(
-            model(x), reference.forward_intermediates(x,
-                                                      intermediates_only=True))
+            model(x),
+            reference.forward_intermediates(x, intermediates_only=True),
+        )
 
 
-@pytest.mark.parametrize('timm_name,arch', [('convmixer_768_32', '768/32'),
-                                            ('convmixer_1024_20_ks9_p14',
-                                             '1024/20')])
+@pytest.mark.parametrize(
+    'timm_name,arch',
+    [('convmixer_768_32', '768/32'), ('convmixer_1024_20_ks9_p14', '1024/20')],
+)
 def test_convmixer_trunk_parity_with_timm(timm_name, arch, tmp_path):
     reference = timm_model(timm_name)
     path = tmp_path / f'{timm_name}.pth'
@@ -168,8 +204,9 @@ def test_convmixer_trunk_parity_with_timm(timm_name, arch, tmp_path):
     x = torch.randn(1, 3, 64, 96)
     with torch.no_grad():
         trunk = ConvMixerTrunk.forward(model, x)
-        torch.testing.assert_close(trunk, reference.forward_features(x),
-                                   rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            trunk, reference.forward_features(x), rtol=1e-5, atol=1e-5
+        )
         outs = model(x)
     assert [o.shape[1] for o in outs] == list(model.out_channels)
 
@@ -177,6 +214,7 @@ def test_convmixer_trunk_parity_with_timm(timm_name, arch, tmp_path):
 def test_poolformer_v1_parity_with_mmpretrain(tmp_path):
     """mmpretrain's PoolFormer, its checkpoint layout and output norms."""
     from mmpretrain.models.backbones import PoolFormer as MMPretrainPoolFormer
+
     reference = MMPretrainPoolFormer(arch='s12', out_indices=(0, 2, 4, 6))
     randomised(reference)  # (mmpretrain's train() returns None)
     reference.eval()
@@ -186,8 +224,12 @@ def test_poolformer_v1_parity_with_mmpretrain(tmp_path):
     path = tmp_path / 'poolformer-s12_mmpretrain.pth'
     torch.save({'meta': {'epoch': 300}, 'state_dict': state}, path)
     model = MODELS.build(
-        dict(type='PoolFormer', arch='s12',
-             init_cfg=dict(type='Pretrained', checkpoint=str(path))))
+        dict(
+            type='PoolFormer',
+            arch='s12',
+            init_cfg=dict(type='Pretrained', checkpoint=str(path)),
+        )
+    )
     model.init_weights()
     x = torch.randn(1, 3, 97, 131)
     with torch.no_grad():
@@ -204,8 +246,11 @@ def timm_reference(name):
     with torch.no_grad():
         feats = reference.forward_intermediates(x, intermediates_only=True)
     native, _, _ = to_native(reference.state_dict())
-    return {k: v for k, v in native.items() if not k.startswith('head.')
-            }, x, feats
+    return (
+        {k: v for k, v in native.items() if not k.startswith('head.')},
+        x,
+        feats,
+    )
 
 
 @pytest.fixture(scope='module')
@@ -230,8 +275,9 @@ def test_authors_poolformer_v1_pth_tar(poolformer_reference, tmp_path):
 
 def test_authors_metaformer_baselines_pth(caformer_reference, tmp_path):
     native, x, feats = caformer_reference
-    state = with_classifier(as_metaformer_baselines(native), 512,
-                            baselines=True)
+    state = with_classifier(
+        as_metaformer_baselines(native), 512, baselines=True
+    )
     assert detect_format(state) == 'metaformer_baselines'
     assert state['stages.0.0.mlp.fc1.weight'].dim() == 2
     path = tmp_path / 'caformer_s18.pth'
@@ -243,8 +289,9 @@ def test_authors_metaformer_baselines_pth(caformer_reference, tmp_path):
 def test_randformer_baselines_format_round_trip(tmp_path):
     """RandFormer's frozen matrices come from the checkpoint."""
     torch.manual_seed(3)
-    source = randomised(MODELS.build(dict(type='RandFormer', arch='s12',
-                                          out_norm_cfg=None)))
+    source = randomised(
+        MODELS.build(dict(type='RandFormer', arch='s12', out_norm_cfg=None))
+    )
     state = as_metaformer_baselines(source.state_dict())
     assert 'stages.2.0.token_mixer.random_matrix' in state
     path = tmp_path / 'randformer_s12.pth'
@@ -260,7 +307,8 @@ def test_randformer_baselines_format_round_trip(tmp_path):
 
 
 def test_our_format_from_the_converter_and_a_full_detector(
-        poolformer_reference, tmp_path):
+    poolformer_reference, tmp_path
+):
     native, x, feats = poolformer_reference
     src = tmp_path / 'poolformer_s12.pth.tar'
     torch.save(with_classifier(as_poolformer_v1(native), 512), src)
@@ -270,8 +318,9 @@ def test_our_format_from_the_converter_and_a_full_detector(
     assert 'poolformer_v1' in proc.stdout and 'classifier' in proc.stdout
     converted = torch.load(dst, weights_only=True)
     assert converted['meta']['mmmetaformer_format'] == 1
-    assert not any(k.startswith(('head.', 'norm.'))
-                   for k in converted['state_dict'])
+    assert not any(
+        k.startswith(('head.', 'norm.')) for k in converted['state_dict']
+    )
     with torch.no_grad():
         assert_features_equal(ours('PoolFormer', 's12', dst)(x), feats)
     # A whole mmdet checkpoint: backbone.* plus neck/head tensors.
@@ -285,26 +334,40 @@ def test_our_format_from_the_converter_and_a_full_detector(
 
 
 def test_output_norms_load_from_our_format_and_are_new_otherwise(
-        poolformer_reference, tmp_path):
+    poolformer_reference, tmp_path
+):
     native, _, _ = poolformer_reference
     model = MODELS.build(dict(type='PoolFormer', arch='s12'))
     with torch.no_grad():
         model.out_norms['2'].weight.fill_(3.0)
     path = tmp_path / 'with_norms.pth'
-    torch.save({'state_dict': {f'backbone.{k}': v
-                               for k, v in model.state_dict().items()}},
-               path)
-    loaded = MODELS.build(dict(type='PoolFormer', arch='s12',
-                               init_cfg=dict(type='Pretrained',
-                                             checkpoint=str(path))))
+    torch.save(
+        {
+            'state_dict': {
+                f'backbone.{k}': v for k, v in model.state_dict().items()
+            }
+        },
+        path,
+    )
+    loaded = MODELS.build(
+        dict(
+            type='PoolFormer',
+            arch='s12',
+            init_cfg=dict(type='Pretrained', checkpoint=str(path)),
+        )
+    )
     loaded.init_weights()
     assert torch.all(loaded.out_norms['2'].weight == 3.0)
     # ImageNet weights have no output norms: they keep their init.
     path = tmp_path / 'imagenet.pth'
     torch.save(native, path)
-    fresh = MODELS.build(dict(type='PoolFormer', arch='s12',
-                              init_cfg=dict(type='Pretrained',
-                                            checkpoint=str(path))))
+    fresh = MODELS.build(
+        dict(
+            type='PoolFormer',
+            arch='s12',
+            init_cfg=dict(type='Pretrained', checkpoint=str(path)),
+        )
+    )
     fresh.init_weights()
     assert torch.all(fresh.out_norms['2'].weight == 1.0)
 
@@ -326,30 +389,31 @@ def test_wrong_arch_lists_mismatched_keys(poolformer_reference, tmp_path):
         ours('PoolFormer', 's24', path)
     msg = str(err.value)
     assert 'missing in checkpoint' in msg and 'stages.0.blocks.2' in msg
-    with pytest.raises(CheckpointMismatchError,
-                       match='shape or type mismatch'):
+    with pytest.raises(
+        CheckpointMismatchError, match='shape or type mismatch'
+    ):
         ours('PoolFormer', 'm36', path)
 
 
-def test_unexpected_key_is_reported_not_hidden(poolformer_reference,
-                                               tmp_path):
+def test_unexpected_key_is_reported_not_hidden(poolformer_reference, tmp_path):
     native, _, _ = poolformer_reference
     state = dict(native)
     state['stages.1.blocks.0.extra.weight'] = torch.zeros(3)
     path = tmp_path / 'extra.pth'
     torch.save(state, path)
-    with pytest.raises(CheckpointMismatchError,
-                       match=r'not in the model \(1\).*extra\.weight'):
+    with pytest.raises(
+        CheckpointMismatchError, match=r'not in the model \(1\).*extra\.weight'
+    ):
         ours('PoolFormer', 's12', path)
 
 
 def test_pickled_objects_are_refused(poolformer_reference, tmp_path):
     """weights_only=True: a checkpoint can never run code."""
     import argparse
+
     native, _, _ = poolformer_reference
     path = tmp_path / 'with_args.pth.tar'
-    torch.save({'state_dict': native, 'args': argparse.Namespace(lr=1)},
-               path)
+    torch.save({'state_dict': native, 'args': argparse.Namespace(lr=1)}, path)
     with pytest.raises(RuntimeError, match='refused'):
         ours('PoolFormer', 's12', path)
 
@@ -362,10 +426,12 @@ def test_unknown_layout_and_format_names():
 
 
 def test_converter_errors_are_clear(tmp_path):
-    proc = run_tool('convert_checkpoint.py', tmp_path / 'none.pth',
-                    tmp_path / 'out.pth')
+    proc = run_tool(
+        'convert_checkpoint.py', tmp_path / 'none.pth', tmp_path / 'out.pth'
+    )
     assert proc.returncode == 2 and 'none.pth' in proc.stderr
     assert 'Traceback' not in proc.stderr
-    proc = run_tool('convert_checkpoint.py', 'a.pth', 'b.pth', '--format',
-                    'onnx')
+    proc = run_tool(
+        'convert_checkpoint.py', 'a.pth', 'b.pth', '--format', 'onnx'
+    )
     assert proc.returncode == 2 and 'invalid choice' in proc.stderr

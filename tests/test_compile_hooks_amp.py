@@ -18,6 +18,7 @@ family is checked in train and ``no_grad`` modes and one in
 CPUs without fp16 arithmetic, so the fp16 step is checked on the families
 whose layers are cheap in it (all pass in fp16; see the test).
 """
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -38,9 +39,15 @@ TINY_MODELS = dict(
     ConvFormer=dict(arch=TINY),
     CAFormer=dict(arch=TINY),
     ConvMixer=dict(
-        arch=dict(dim=32, depth=4, kernel_size=5, patch_size=7,
-                  act_cfg=dict(type='ReLU')),
-        adapter_norm_cfg=dict(type='GN', num_groups=4)),
+        arch=dict(
+            dim=32,
+            depth=4,
+            kernel_size=5,
+            patch_size=7,
+            act_cfg=dict(type='ReLU'),
+        ),
+        adapter_norm_cfg=dict(type='GN', num_groups=4),
+    ),
 )
 FAMILIES = list(TINY_MODELS)
 
@@ -87,9 +94,9 @@ def fresh_dynamo():
 
 MODES = ('train', 'no_grad', 'inference_mode')
 # every family in train and no_grad mode; one in inference_mode
-FAMILY_MODES = [(name, mode) for name in FAMILIES
-                for mode in ('train', 'no_grad')] + [('CAFormer',
-                                                      'inference_mode')]
+FAMILY_MODES = [
+    (name, mode) for name in FAMILIES for mode in ('train', 'no_grad')
+] + [('CAFormer', 'inference_mode')]
 
 
 def run_in_mode(fn, model, x, mode):
@@ -117,8 +124,7 @@ def test_randformer_trained_grid_has_no_graph_breaks():
     """224x224 gives the 14x14 and 7x7 grids: the matrix as trained."""
     model = build('RandFormer')
     x = torch.randn(1, 3, 224, 224)
-    explanation = run_in_mode(torch._dynamo.explain(model), model, x,
-                              'train')
+    explanation = run_in_mode(torch._dynamo.explain(model), model, x, 'train')
     assert explanation.graph_break_count == 0, explanation.break_reasons
 
 
@@ -138,8 +144,12 @@ def test_fullgraph_compile_equals_eager():
         model.zero_grad()
         outs = fn(x)
         loss_of(outs).backward()
-        results.append(([o.detach() for o in outs],
-                        [p.grad.clone() for p in model.parameters()]))
+        results.append(
+            (
+                [o.detach() for o in outs],
+                [p.grad.clone() for p in model.parameters()],
+            )
+        )
     (eager_outs, eager_grads), (outs, grads) = results
     for a, b in zip(outs, eager_outs):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
@@ -163,12 +173,14 @@ def test_hooks_see_final_values(name, mode):
 
     def hook(module_name, module, args, output):
         for i, t in enumerate(tensors(output)):
-            records.append((f'{module_name or "model"}[{i}]', t,
-                            t.detach().clone()))
+            records.append(
+                (f'{module_name or "model"}[{i}]', t, t.detach().clone())
+            )
 
     handles = [
         module.register_forward_hook(
-            lambda m, a, o, n=module_name: hook(n, m, a, o))
+            lambda m, a, o, n=module_name: hook(n, m, a, o)
+        )
         for module_name, module in model.named_modules()
     ]
     # an odd size, so RandFormer resamples and ConvMixer pools unevenly
@@ -182,8 +194,9 @@ def test_hooks_see_final_values(name, mode):
     assert torch.equal(x, before)
     names = {n.rsplit('[', 1)[0] for n, _, _ in records}
     assert 'model' in names and len(names) > 10
-    changed = [n for n, t, saved in records
-               if not torch.equal(t.detach(), saved)]
+    changed = [
+        n for n, t, saved in records if not torch.equal(t.detach(), saved)
+    ]
     assert not changed, f'overwritten after their module returned: {changed}'
     assert len(outs) == 4
 
@@ -195,12 +208,16 @@ def training_step(model, x, dtype=None):
     """One SGD step; returns (loss, {name: grad}) and checks the update."""
     model.train()
     model.zero_grad()
-    with torch.autocast('cpu', dtype=dtype or torch.float32,
-                        enabled=dtype is not None):
+    with torch.autocast(
+        'cpu', dtype=dtype or torch.float32, enabled=dtype is not None
+    ):
         loss = loss_of(model(x))
     loss.backward()
-    grads = {n: p.grad.clone() for n, p in model.named_parameters()
-             if p.grad is not None}
+    grads = {
+        n: p.grad.clone()
+        for n, p in model.named_parameters()
+        if p.grad is not None
+    }
     with torch.no_grad():
         for p in model.parameters():
             if p.grad is not None:
@@ -214,8 +231,9 @@ AMP_CASES = [(name, torch.bfloat16) for name in FAMILIES] + [
 ]
 
 
-@pytest.mark.parametrize('name, dtype', AMP_CASES,
-                         ids=[f'{n}-{str(d)[6:]}' for n, d in AMP_CASES])
+@pytest.mark.parametrize(
+    'name, dtype', AMP_CASES, ids=[f'{n}-{str(d)[6:]}' for n, d in AMP_CASES]
+)
 def test_autocast_training_step_is_finite_and_close_to_fp32(name, dtype):
     """On CPU in torch 2.5 every op these models use has fp16 and bf16
     autocast kernels (convs, linears, attention in low precision; norms
@@ -242,10 +260,10 @@ def test_starrelu_holds_large_fp16_inputs():
     """``relu(x) ** 2`` overflows fp16 above 256; the result fits."""
     star = StarReLU(scale_value=0.5, bias_value=-1.0)
     x = torch.tensor([-3.0, 0.5, 200.0, 256.0, 300.0, 360.0])
-    expected = (0.5 * x.clamp(min=0)**2 - 1.0)  # up to 64799 < 65504
+    expected = 0.5 * x.clamp(min=0) ** 2 - 1.0  # up to 64799 < 65504
     half = x.half()
     # the plain expression in fp16 overflows: what this test guards against
-    assert torch.isinf(half.clamp(min=0)**2).any()
+    assert torch.isinf(half.clamp(min=0) ** 2).any()
     with torch.no_grad():
         out = star(half)
     assert out.dtype == torch.float16 and torch.isfinite(out).all()
@@ -257,8 +275,9 @@ def test_starrelu_holds_large_fp16_inputs():
     out.float().sum().backward()
     assert torch.isfinite(leaf.grad).all()
     assert torch.isfinite(star.scale.grad).all()
-    torch.testing.assert_close(star.scale.grad,
-                               (x.clamp(min=0)**2).sum().view(1))
+    torch.testing.assert_close(
+        star.scale.grad, (x.clamp(min=0) ** 2).sum().view(1)
+    )
     # inside an fp16 autocast MLP: fc1 gives large values
     fc1 = torch.nn.Linear(2, 4)
     with torch.no_grad():
@@ -268,8 +287,9 @@ def test_starrelu_holds_large_fp16_inputs():
         hidden = star(fc1(torch.ones(1, 2)))  # relu(300)
     assert hidden.dtype == torch.float16
     assert torch.isfinite(hidden).all()
-    torch.testing.assert_close(hidden.float(), torch.full((1, 4), 44999.0),
-                               rtol=1e-3, atol=0)
+    torch.testing.assert_close(
+        hidden.float(), torch.full((1, 4), 44999.0), rtol=1e-3, atol=0
+    )
 
 
 @pytest.mark.parametrize('dtype', ['bfloat16', 'float16'])
@@ -280,12 +300,18 @@ def test_cpu_amp_optim_wrapper_trains_under_autocast(dtype):
     from mmengine.registry import OPTIM_WRAPPERS
 
     from mmmetaformer.engine.amp import amp_optim_wrapper_type
+
     if not torch.cuda.is_available():
         assert amp_optim_wrapper_type() == 'CPUAmpOptimWrapper'
     model = randomise(build('PoolFormerV2'))
-    wrapper = OPTIM_WRAPPERS.build(dict(
-        type='CPUAmpOptimWrapper', dtype=dtype, loss_scale='dynamic',
-        optimizer=torch.optim.SGD(model.parameters(), lr=0.1)))
+    wrapper = OPTIM_WRAPPERS.build(
+        dict(
+            type='CPUAmpOptimWrapper',
+            dtype=dtype,
+            loss_scale='dynamic',
+            optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+        )
+    )
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     with wrapper.optim_context(model):
         assert torch.is_autocast_enabled('cpu')
@@ -293,8 +319,9 @@ def test_cpu_amp_optim_wrapper_trains_under_autocast(dtype):
         loss = loss_of(model(torch.randn(2, 3, 64, 64)))
     assert not torch.is_autocast_enabled('cpu')
     wrapper.update_params(loss)
-    changed = [n for n, p in model.named_parameters()
-               if not torch.equal(p, before[n])]
+    changed = [
+        n for n, p in model.named_parameters() if not torch.equal(p, before[n])
+    ]
     assert torch.isfinite(loss)
     state = wrapper.state_dict()
     if dtype == 'float16':
@@ -306,6 +333,10 @@ def test_cpu_amp_optim_wrapper_trains_under_autocast(dtype):
         assert changed
     wrapper.load_state_dict(state)
     with pytest.raises(ValueError, match="'float64'.*bfloat16"):
-        OPTIM_WRAPPERS.build(dict(
-            type='CPUAmpOptimWrapper', dtype='float64',
-            optimizer=torch.optim.SGD(model.parameters(), lr=0.1)))
+        OPTIM_WRAPPERS.build(
+            dict(
+                type='CPUAmpOptimWrapper',
+                dtype='float64',
+                optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+            )
+        )

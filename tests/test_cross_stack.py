@@ -13,6 +13,7 @@ When the other stack's environment (``.venv-<stack>``) is there too, a
 checkpoint written by that stack's interpreter is resumed and evaluated by
 this one: the real crossing.
 """
+
 import re
 import subprocess
 import sys
@@ -21,26 +22,38 @@ from pathlib import Path
 import pytest
 import torch
 
-from mmmetaformer.datasets.toy import make_ade20k
+from mmmetaformer_tools.toy import make_ade20k
 
 from .helpers import REPO_ROOT, built_stack, run_tool
 
 CONFIG = REPO_ROOT / 'configs/toy/semantic_fpn_poolformer_s12_toy_ade20k.py'
 # 2 iterations of 2 random 96x96 crops, a checkpoint at the end.
-OPTIONS = ['train_dataloader.batch_size=2',
-           'train_dataloader.dataset.indices=2',
-           'val_dataloader.dataset.indices=1', 'train_cfg.val_interval=100',
-           'default_hooks.checkpoint.interval=2']
+OPTIONS = [
+    'train_dataloader.batch_size=2',
+    'train_dataloader.dataset.indices=2',
+    'val_dataloader.dataset.indices=1',
+    'train_cfg.val_interval=100',
+    'default_hooks.checkpoint.interval=2',
+]
 NUMPY_MODULES = {1: b'numpy.core.multiarray', 2: b'numpy._core.multiarray'}
 MIOU = re.compile(r'mIoU: [\d.]+')
 
 
 def train(cwd, work_dir, iters, *extra, python=sys.executable):
-    cmd = [python, str(REPO_ROOT / 'tools' / 'train.py'), str(CONFIG),
-           '--work-dir', str(work_dir), *extra, '--cfg-options', *OPTIONS,
-           f'train_cfg.max_iters={iters}']
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True,
-                          timeout=600)
+    cmd = [
+        python,
+        str(REPO_ROOT / 'tools' / 'train.py'),
+        str(CONFIG),
+        '--work-dir',
+        str(work_dir),
+        *extra,
+        '--cfg-options',
+        *OPTIONS,
+        f'train_cfg.max_iters={iters}',
+    ]
+    proc = subprocess.run(
+        cmd, cwd=cwd, capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     return proc.stdout + proc.stderr
 
@@ -58,8 +71,9 @@ def with_numpy_spelling(src, dst, numpy_major):
         data = reader.get_record(name)
         if name.endswith('data.pkl'):
             for spelling in NUMPY_MODULES.values():
-                data = data.replace(b'c' + spelling + b'\n',
-                                    b'c' + wanted + b'\n')
+                data = data.replace(
+                    b'c' + spelling + b'\n', b'c' + wanted + b'\n'
+                )
             rewritten = b'c' + wanted + b'\n' in data
         writer.write_record(name, data, len(data))
     writer.write_end_of_file()
@@ -69,8 +83,13 @@ def with_numpy_spelling(src, dst, numpy_major):
 @pytest.fixture(scope='module')
 def toy_cwd(tmp_path_factory):
     cwd = tmp_path_factory.mktemp('cross_stack')
-    make_ade20k(cwd / 'data' / 'toy_ade20k', num_train=2, num_val=1,
-                img_size=96, seed=0)
+    make_ade20k(
+        cwd / 'data' / 'toy_ade20k',
+        num_train=2,
+        num_val=1,
+        img_size=96,
+        seed=0,
+    )
     return cwd
 
 
@@ -85,16 +104,24 @@ def resume_and_evaluate(cwd, checkpoint, name):
     out = train(cwd, cwd / f'resumed_{name}', 4, '--resume', str(checkpoint))
     assert 'resumed epoch: 0, iter: 2' in out, out[-3000:]
     assert (cwd / f'resumed_{name}' / 'iter_4.pth').exists()
-    proc = run_tool('test.py', CONFIG, checkpoint, '--work-dir',
-                    cwd / f'test_{name}', '--cfg-options',
-                    'test_dataloader.dataset.indices=1', cwd=cwd)
+    proc = run_tool(
+        'test.py',
+        CONFIG,
+        checkpoint,
+        '--work-dir',
+        cwd / f'test_{name}',
+        '--cfg-options',
+        'test_dataloader.dataset.indices=1',
+        cwd=cwd,
+    )
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     assert MIOU.search(proc.stdout + proc.stderr)
 
 
 @pytest.mark.parametrize('numpy_major', [1, 2])
 def test_checkpoint_of_either_numpy_resumes_and_evaluates(
-        toy_cwd, written_here, numpy_major):
+    toy_cwd, written_here, numpy_major
+):
     checkpoint = toy_cwd / f'numpy{numpy_major}.pth'
     with_numpy_spelling(written_here, checkpoint, numpy_major)
     resume_and_evaluate(toy_cwd, checkpoint, f'numpy{numpy_major}')

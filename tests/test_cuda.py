@@ -9,6 +9,7 @@
 
 ``tools/analysis/gpu_check.sh`` runs this file and the CUDA benchmark.
 """
+
 import copy
 
 import pytest
@@ -20,26 +21,32 @@ from mmmetaformer.registry import MODELS
 from .test_compile_hooks_amp import FAMILIES, TINY_MODELS, loss_of, randomise
 from .test_meta_device import check_plain_convs
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
-                                reason='needs a CUDA device')
+pytestmark = pytest.mark.skipif(
+    not torch.cuda.is_available(), reason='needs a CUDA device'
+)
 
 
 @pytest.fixture(autouse=True)
 def exact_fp32():
     """Full-precision fp32 matmuls and convs, so CUDA compares with CPU."""
-    saved = (torch.backends.cuda.matmul.allow_tf32,
-             torch.backends.cudnn.allow_tf32)
+    saved = (
+        torch.backends.cuda.matmul.allow_tf32,
+        torch.backends.cudnn.allow_tf32,
+    )
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     yield
-    (torch.backends.cuda.matmul.allow_tf32,
-     torch.backends.cudnn.allow_tf32) = saved
+    (
+        torch.backends.cuda.matmul.allow_tf32,
+        torch.backends.cudnn.allow_tf32,
+    ) = saved
 
 
 def build(name, **kwargs):
     torch.manual_seed(0)
-    return randomise(MODELS.build(dict(type=name, **TINY_MODELS[name],
-                                       **kwargs)))
+    return randomise(
+        MODELS.build(dict(type=name, **TINY_MODELS[name], **kwargs))
+    )
 
 
 def forward_backward(model, x):
@@ -47,16 +54,18 @@ def forward_backward(model, x):
     x = x.clone().requires_grad_()
     outs = model(x)
     loss_of(outs).backward()
-    grads = [x.grad] + [p.grad for p in model.parameters()
-                        if p.grad is not None]
+    grads = [x.grad] + [
+        p.grad for p in model.parameters() if p.grad is not None
+    ]
     return [o.detach() for o in outs], grads
 
 
 def assert_all_close(got, expected, rtol, atol):
     assert len(got) == len(expected)
     for a, b in zip(got, expected):
-        torch.testing.assert_close(a.float().cpu(), b.float().cpu(),
-                                   rtol=rtol, atol=atol)
+        torch.testing.assert_close(
+            a.float().cpu(), b.float().cpu(), rtol=rtol, atol=atol
+        )
 
 
 @pytest.mark.parametrize('name', FAMILIES)
@@ -82,8 +91,7 @@ def test_cuda_graph_is_plain_pytorch(name):
 def test_autocast_training_step_with_grad_scaler_is_finite(name, dtype):
     model = build(name).cuda().train()
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
-    scaler = torch.amp.GradScaler('cuda',
-                                  enabled=dtype is torch.float16)
+    scaler = torch.amp.GradScaler('cuda', enabled=dtype is torch.float16)
     x = torch.randn(2, 3, 64, 96, device='cuda')
     for _ in range(2):
         optimizer.zero_grad(set_to_none=True)

@@ -8,6 +8,7 @@ The full demo (7-14 minutes of 2 cores) runs with
 floors under its measured runs (docs/benchmarks.md: box mAP 0.61-0.72, mIoU
 71.3-72.3 with the current schedules).
 """
+
 import importlib.util
 import json
 import os
@@ -22,24 +23,54 @@ import pytest
 from .helpers import REPO_ROOT
 
 PICTURES = ('learning_curves.png', 'detections.jpg', 'segmentation.jpg')
-FIGURE = re.compile(r'box mAP (-?\d\.\d{3}) \(mAP@0\.5 -?\d\.\d{3}\) on '
-                    r'(\d+) .*\n.*mIoU (-?\d+\.\d) \(aAcc')
+FIGURE = re.compile(
+    r'box mAP (-?\d\.\d{3}) \(mAP@0\.5 -?\d\.\d{3}\) on '
+    r'(\d+) .*\n.*mIoU (-?\d+\.\d) \(aAcc'
+)
 
 
 def run_demo(root, *extra, timeout=600):
     return subprocess.run(
-        [sys.executable, 'tools/demo.py', '--work-dir', str(root / 'work'),
-         '--data-dir', str(root / 'data'), *extra],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout)
+        [
+            sys.executable,
+            'tools/demo.py',
+            '--work-dir',
+            str(root / 'work'),
+            '--data-dir',
+            str(root / 'data'),
+            *extra,
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @pytest.fixture(scope='module')
 def demo(tmp_path_factory):
     root = tmp_path_factory.mktemp('demo')
-    proc = run_demo(root, '--det-images', '4', '2', '--seg-images', '4', '2',
-                    '--det-img-size', '64', '--seg-img-size', '64',
-                    '--det-epochs', '2', '--seg-iters', '2',
-                    '--min-box-map', '0', '--min-miou', '0')
+    proc = run_demo(
+        root,
+        '--det-images',
+        '4',
+        '2',
+        '--seg-images',
+        '4',
+        '2',
+        '--det-img-size',
+        '64',
+        '--seg-img-size',
+        '64',
+        '--det-epochs',
+        '2',
+        '--seg-iters',
+        '2',
+        '--min-box-map',
+        '0',
+        '--min-miou',
+        '0',
+    )
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     return root / 'work', proc.stdout
 
@@ -48,8 +79,9 @@ def test_demo_writes_the_pictures(demo):
     work, _ = demo
     curves = cv2.imread(str(work / 'learning_curves.png'))
     # 2 tasks x (loss, metric) panels drawn by matplotlib
-    assert curves is not None and curves.shape[0] > 400 and \
-        curves.shape[1] > 600
+    assert (
+        curves is not None and curves.shape[0] > 400 and curves.shape[1] > 600
+    )
     # plotted lines in matplotlib's blue and red, not a blank canvas
     assert ((curves[..., 0] > 150) & (curves[..., 2] < 100)).sum() > 100
     assert ((curves[..., 2] > 150) & (curves[..., 0] < 100)).sum() > 50
@@ -62,8 +94,19 @@ def test_demo_writes_the_pictures(demo):
     segmentation = cv2.imread(str(work / 'segmentation.jpg'))
     # 2 val images, ground truth | prediction each, 2 per row
     assert segmentation.shape == (64, 4 * 64, 3)
-    image = cv2.imread(str(sorted((work.parent / 'data' / 'toy_ade20k' /
-                                   'images' / 'validation').glob('*.jpg'))[0]))
+    image = cv2.imread(
+        str(
+            sorted(
+                (
+                    work.parent
+                    / 'data'
+                    / 'toy_ade20k'
+                    / 'images'
+                    / 'validation'
+                ).glob('*.jpg')
+            )[0]
+        )
+    )
     # the ground-truth overlay is not the image copied through
     assert np.abs(segmentation[:, :64].astype(float) - image).mean() > 5
 
@@ -71,11 +114,17 @@ def test_demo_writes_the_pictures(demo):
 def test_demo_reports_machine_figures_times_and_files(demo):
     work, out = demo
     lines = out.strip().splitlines()
-    assert re.search(r'fp32 GEMM \d+ GFLOP/s with \d+ threads: \d+ '
-                     r'segmentation iterations and \d+ detection epochs', out)
-    assert re.search(r'Wall time \(min\): machine [\d.]+, data [\d.]+, '
-                     r'segmentation [\d.]+, detection [\d.]+, pictures '
-                     r'[\d.]+; total [\d.]+', out)
+    assert re.search(
+        r'fp32 GEMM \d+ GFLOP/s with \d+ threads: \d+ '
+        r'segmentation iterations and \d+ detection epochs',
+        out,
+    )
+    assert re.search(
+        r'Wall time \(min\): machine [\d.]+, data [\d.]+, '
+        r'segmentation [\d.]+, detection [\d.]+, pictures '
+        r'[\d.]+; total [\d.]+',
+        out,
+    )
     box_map, images, miou = FIGURE.search(out).groups()
     # real metric values, not CocoMetric's -1 for "no ground truth"
     assert 0 <= float(box_map) <= 1 and images == '2'
@@ -83,12 +132,18 @@ def test_demo_reports_machine_figures_times_and_files(demo):
     tail = '\n'.join(lines[-3:])
     for name in PICTURES:
         assert str(work / name) in tail
-    assert re.search(r'\d+ boxes scoring >= 0\.3 on 2 val images, \d+ on '
-                     r'an object of their class', out)
+    assert re.search(
+        r'\d+ boxes scoring >= 0\.3 on 2 val images, \d+ on '
+        r'an object of their class',
+        out,
+    )
     # the detector's backbone came from the segmentor's checkpoint, every
     # backbone tensor of it
-    loaded = re.search(r'\[det\] Loaded (\d+)/(\d+) tensors into PoolFormer '
-                       r'from \S+segmentation\S+\.pth', out)
+    loaded = re.search(
+        r'\[det\] Loaded (\d+)/(\d+) tensors into PoolFormer '
+        r'from \S+segmentation\S+\.pth',
+        out,
+    )
     assert loaded and loaded.group(1) == loaded.group(2), out
     # training progress with mmengine's ETA was echoed for both runs
     assert re.search(r'\[seg\] Iter\(train\).*eta: ', out)
@@ -102,17 +157,35 @@ def test_demo_fails_below_its_floors(demo, tmp_path):
     """The same tiny run, but with the floors of `make demo`: a figure below
     its floor (here any tiny run's) is exit status 3 and one line."""
     root = demo[0].parent
-    proc = run_demo(root, '--det-images', '4', '2', '--seg-images', '4',
-                    '2', '--det-img-size', '64', '--seg-img-size', '64',
-                    '--det-epochs', '1', '--seg-iters', '1')
+    proc = run_demo(
+        root,
+        '--det-images',
+        '4',
+        '2',
+        '--seg-images',
+        '4',
+        '2',
+        '--det-img-size',
+        '64',
+        '--seg-img-size',
+        '64',
+        '--det-epochs',
+        '1',
+        '--seg-iters',
+        '1',
+    )
     assert proc.returncode == 3, (proc.stdout + proc.stderr)[-3000:]
-    assert re.fullmatch(r'error: box mAP \S+ is below 0\.5; mIoU \S+ is '
-                        r'below 69\.5', proc.stderr.strip().splitlines()[-1])
+    assert re.fullmatch(
+        r'error: box mAP \S+ is below 0\.5; mIoU \S+ is '
+        r'below 69\.5',
+        proc.stderr.strip().splitlines()[-1],
+    )
 
 
 def demo_module():
     spec = importlib.util.spec_from_file_location(
-        'demo', REPO_ROOT / 'tools' / 'demo.py')
+        'demo', REPO_ROOT / 'tools' / 'demo.py'
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -150,8 +223,9 @@ def test_overrides_are_by_name():
     assert det.model.backbone.init_cfg is None  # the toy config: scratch
     lr = det.optim_wrapper.optimizer.lr
     det = demo.det_config('somewhere', 96, 3, backbone_from='seg.pth')
-    assert det.model.backbone.init_cfg == dict(type='Pretrained',
-                                               checkpoint='seg.pth')
+    assert det.model.backbone.init_cfg == dict(
+        type='Pretrained', checkpoint='seg.pth'
+    )
     assert det.optim_wrapper.optimizer.lr == demo.DET_LR_FROM_BACKBONE != lr
     seg = demo.seg_config('there', 250)
     assert demo.scheduler(seg, 'PolyLR').end == 250
@@ -166,12 +240,14 @@ def toy_detector(tmp_path_factory):
     scores ~1 on every anchor, so every drawn box carries it."""
     import torch
 
-    from mmmetaformer.datasets import toy
-    from mmmetaformer.utils.launch import build_runner
+    from mmmetaformer_tools import toy
+    from mmmetaformer_tools.launch import build_runner
+
     demo = demo_module()
     root = tmp_path_factory.mktemp('toy_detector')
-    data = toy.make_coco(root / 'toy_coco', num_train=2, num_val=2,
-                         img_size=64)
+    data = toy.make_coco(
+        root / 'toy_coco', num_train=2, num_val=2, img_size=64
+    )
     cfg = demo.det_config(str(data), 64, 1)
     cfg.work_dir = str(root / 'work')
     config = root / 'det_config.py'
@@ -180,32 +256,43 @@ def toy_detector(tmp_path_factory):
     cls_bias = runner.model.bbox_head.retina_cls.bias
     with torch.no_grad():  # channels: anchor-major, then class
         cls_bias.fill_(-10.0)
-        cls_bias[::runner.model.bbox_head.num_classes] = 10.0
-    runner.save_checkpoint(str(root), 'with_meta.pth', save_optimizer=False,
-                           save_param_scheduler=False)
-    torch.save({'state_dict': runner.model.state_dict()},
-               root / 'weights_only.pth')
+        cls_bias[:: runner.model.bbox_head.num_classes] = 10.0
+    runner.save_checkpoint(
+        str(root),
+        'with_meta.pth',
+        save_optimizer=False,
+        save_param_scheduler=False,
+    )
+    torch.save(
+        {'state_dict': runner.model.state_dict()}, root / 'weights_only.pth'
+    )
     val = sorted((data / 'val2017').glob('*.jpg'))
     return demo, config, root, val, data / 'annotations'
 
 
 @pytest.mark.parametrize('weights', ['with_meta.pth', 'weights_only.pth'])
-def test_detection_picture_names_the_toy_classes(toy_detector, weights,
-                                                 monkeypatch):
+def test_detection_picture_names_the_toy_classes(
+    toy_detector, weights, monkeypatch
+):
     """The labels drawn in detections.jpg are the toy set's class names
     with the shape each stands for, whether or not the checkpoint carries
     them (without, DetInferencer's fallback, the 80 COCO names, would draw
     label 0 as "person")."""
     from mmdet.visualization import DetLocalVisualizer
 
-    from mmmetaformer.datasets import toy
+    from mmmetaformer_tools import toy
+
     demo, config, root, val, annotations = toy_detector
     ann_file = annotations / 'instances_val2017.json'
     categories = json.loads(ann_file.read_text())['categories']
-    shapes = {category: shape
-              for shape, category in toy.SHAPE_CATEGORY.items()}
-    toy_classes = tuple(f"{c['name']} ({shapes[c['name']]})"
-                        for c in categories if c['name'] in shapes)
+    shapes = {
+        category: shape for shape, category in toy.SHAPE_CATEGORY.items()
+    }
+    toy_classes = tuple(
+        f'{c["name"]} ({shapes[c["name"]]})'
+        for c in categories
+        if c['name'] in shapes
+    )
     drawn, draw_texts = [], DetLocalVisualizer.draw_texts
 
     def record(visualizer, texts, *args, **kwargs):
@@ -214,17 +301,19 @@ def test_detection_picture_names_the_toy_classes(toy_detector, weights,
 
     monkeypatch.setattr(DetLocalVisualizer, 'draw_texts', record)
     out = root / f'{weights}.jpg'
-    boxes, _ = demo.draw_detections(str(config), str(root / weights), val,
-                                    str(ann_file), str(out))
+    boxes, _ = demo.draw_detections(
+        str(config), str(root / weights), val, str(ann_file), str(out)
+    )
     assert boxes > 0 and len(drawn) == boxes
     assert {classes for classes, _ in drawn} == {toy_classes}
     assert {text.split(':')[0] for _, text in drawn} == {'airplane (cross)'}
     assert cv2.imread(str(out)) is not None
 
 
-@pytest.mark.skipif(os.environ.get('MMMETAFORMER_FULL_DEMO') != '1',
-                    reason='the full demo takes 7-14 minutes; set '
-                    'MMMETAFORMER_FULL_DEMO=1')
+@pytest.mark.skipif(
+    os.environ.get('MMMETAFORMER_FULL_DEMO') != '1',
+    reason='the full demo takes 7-14 minutes; set MMMETAFORMER_FULL_DEMO=1',
+)
 def test_full_demo_reaches_its_figures(tmp_path):
     proc = run_demo(tmp_path, timeout=3600)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]

@@ -13,6 +13,7 @@
   independent of the converter, from our randomised model; converting them
   back must give the same model, outputs included.
 """
+
 import copy
 import functools
 import importlib.util
@@ -38,15 +39,21 @@ from tests.helpers import REPO_ROOT
 
 CONFIGS = REPO_ROOT / 'configs'
 # mmseg::poolformer/fpn_poolformer_s12_8xb4-40k_ade20k-512x512.py
-ZOO_CONFIG = (Path(get_installed_path('mmseg')) / '.mim' / 'configs' /
-              'poolformer' / 'fpn_poolformer_s12_8xb4-40k_ade20k-512x512.py')
+ZOO_CONFIG = (
+    Path(get_installed_path('mmseg'))
+    / '.mim'
+    / 'configs'
+    / 'poolformer'
+    / 'fpn_poolformer_s12_8xb4-40k_ade20k-512x512.py'
+)
 COCO_CLASSES = tuple(f'class{i}' for i in range(80))
 
 
 @functools.cache
 def convert_tool():
     spec = importlib.util.spec_from_file_location(
-        'convert_checkpoint', REPO_ROOT / 'tools' / 'convert_checkpoint.py')
+        'convert_checkpoint', REPO_ROOT / 'tools' / 'convert_checkpoint.py'
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -71,6 +78,7 @@ def build(config, scope):
     model_cfg.backbone.init_cfg = None
     sync_bn_to_bn(model_cfg)
     from mmengine.registry import MODELS
+
     return MODELS.build(model_cfg)
 
 
@@ -85,7 +93,7 @@ def randomise(model, seed=0):
                 continue
             noise = torch.randn(tensor.shape, generator=gen)
             if tensor.dim() > 1:
-                tensor.copy_(noise / tensor[0].numel()**0.5)
+                tensor.copy_(noise / tensor[0].numel() ** 0.5)
             elif name.endswith('running_var'):
                 tensor.copy_(0.5 + torch.rand(tensor.shape, generator=gen))
             elif 'layer_scale' in name:
@@ -107,19 +115,31 @@ def zoo_segmentor():
 
 
 def test_zoo_semantic_fpn_converts_and_gives_the_same_logits(
-        zoo_segmentor, tmp_path):
+    zoo_segmentor, tmp_path
+):
     zoo = zoo_segmentor
     assert type(zoo.backbone).__name__ == 'PoolFormer'
     assert type(zoo.backbone).__module__.startswith('mmpretrain')
     src, dst = tmp_path / 'zoo.pth', tmp_path / 'ours.pth'
     # As the zoo files are: mmcv 1.x meta (mmseg 0.x) + the state dict.
     torch.save(
-        dict(meta=dict(mmseg_version='0.24.1', CLASSES=('wall', ) * 150,
-                       PALETTE=[[120, 120, 120]] * 150, iter=40000),
-             state_dict=zoo.state_dict()), src)
+        dict(
+            meta=dict(
+                mmseg_version='0.24.1',
+                CLASSES=('wall',) * 150,
+                PALETTE=[[120, 120, 120]] * 150,
+                iter=40000,
+            ),
+            state_dict=zoo.state_dict(),
+        ),
+        src,
+    )
     zoo_keys = set(zoo.state_dict())
-    assert {'backbone.norm0.weight', 'backbone.norm6.bias',
-            'backbone.network.1.proj.weight'} <= zoo_keys
+    assert {
+        'backbone.norm0.weight',
+        'backbone.norm6.bias',
+        'backbone.network.1.proj.weight',
+    } <= zoo_keys
     config = CONFIGS / 'semantic_fpn_poolformer_s12_ade20k.py'
     assert convert(src, dst, '--check-config', config) == 0
 
@@ -146,13 +166,20 @@ def as_authors_backbone(native, fork_last3):
     out = {}
     for key, value in native.items():
         key = re.sub(r'^stem\.conv\.', 'patch_embed.proj.', key)
-        key = re.sub(r'^stages\.(\d)\.downsample\.conv\.',
-                     lambda m: f'network.{2 * int(m.group(1)) - 1}.proj.', key)
+        key = re.sub(
+            r'^stages\.(\d)\.downsample\.conv\.',
+            lambda m: f'network.{2 * int(m.group(1)) - 1}.proj.',
+            key,
+        )
         key = re.sub(r'\.layer_scale([12])\.scale$', r'.layer_scale_\1', key)
-        key = re.sub(r'^stages\.(\d)\.blocks\.',
-                     lambda m: f'network.{2 * int(m.group(1))}.', key)
-        key = re.sub(r'^out_norms\.(\d)\.',
-                     lambda m: f'norm{2 * int(m.group(1))}.', key)
+        key = re.sub(
+            r'^stages\.(\d)\.blocks\.',
+            lambda m: f'network.{2 * int(m.group(1))}.',
+            key,
+        )
+        key = re.sub(
+            r'^out_norms\.(\d)\.', lambda m: f'norm{2 * int(m.group(1))}.', key
+        )
         out[key] = value
     if not fork_last3 and 'norm0.weight' not in out:
         # The 4-output RetinaNet: a norm on stage 0 that nothing reads.
@@ -164,17 +191,24 @@ def as_authors_backbone(native, fork_last3):
 def as_published_file(state_dict, fork_last3=False, meta=None):
     """A whole model's state dict as the authors' mmdet 2.x / mmseg 0.x
     runners (and mmseg's zoo) saved it: meta, state_dict, optimizer."""
-    backbone = {k[len('backbone.'):]: v for k, v in state_dict.items()
-                if k.startswith('backbone.')}
-    out = {f'backbone.{k}': v
-           for k, v in as_authors_backbone(backbone, fork_last3).items()}
-    out.update({k: v for k, v in state_dict.items()
-                if not k.startswith('backbone.')})
+    backbone = {
+        k[len('backbone.') :]: v
+        for k, v in state_dict.items()
+        if k.startswith('backbone.')
+    }
+    out = {
+        f'backbone.{k}': v
+        for k, v in as_authors_backbone(backbone, fork_last3).items()
+    }
+    out.update(
+        {k: v for k, v in state_dict.items() if not k.startswith('backbone.')}
+    )
     return dict(
-        meta=meta or dict(mmdet_version='2.19.0', CLASSES=COCO_CLASSES,
-                          epoch=12),
+        meta=meta
+        or dict(mmdet_version='2.19.0', CLASSES=COCO_CLASSES, epoch=12),
         state_dict=out,
-        optimizer=dict(state={}, param_groups=[dict(lr=1e-4)]))
+        optimizer=dict(state={}, param_groups=[dict(lr=1e-4)]),
+    )
 
 
 def as_mmdet2_file(model, fork_last3=False):
@@ -194,28 +228,31 @@ def flatten(outputs):
 
 @pytest.fixture(scope='module')
 def retinanet():
-    return randomise(build(CONFIGS / 'retinanet_poolformer_s12_coco.py',
-                           'mmdet'), seed=2)
+    return randomise(
+        build(CONFIGS / 'retinanet_poolformer_s12_coco.py', 'mmdet'), seed=2
+    )
 
 
-def test_authors_retinanet_converts_to_our_layout(retinanet, tmp_path,
-                                                  capsys):
+def test_authors_retinanet_converts_to_our_layout(retinanet, tmp_path, capsys):
     """The published RetinaNets were trained with FORK_LAST3: no norm0."""
     source = as_mmdet2_file(retinanet, fork_last3=True)
-    assert {'backbone.norm2.weight', 'bbox_head.retina_cls.weight',
-            'neck.fpn_convs.4.conv.weight'} <= set(source['state_dict'])
+    assert {
+        'backbone.norm2.weight',
+        'bbox_head.retina_cls.weight',
+        'neck.fpn_convs.4.conv.weight',
+    } <= set(source['state_dict'])
     assert 'backbone.norm0.weight' not in source['state_dict']
     src, dst = tmp_path / 'retinanet_mmdet2.pth', tmp_path / 'ours.pth'
     torch.save(source, src)
     assert convert(src, dst) == 0
     assert 'whole retinanet' in capsys.readouterr().out
 
-    fresh = build(CONFIGS / 'retinanet_poolformer_s12_coco.py',
-                  'mmdet').eval()
+    fresh = build(CONFIGS / 'retinanet_poolformer_s12_coco.py', 'mmdet').eval()
     load_checkpoint(fresh, str(dst), strict=True)
     x = torch.randn(1, 3, 96, 64, generator=torch.Generator().manual_seed(3))
-    for got, want in zip(flatten(head_outputs(fresh, x)),
-                         flatten(head_outputs(retinanet, x))):
+    for got, want in zip(
+        flatten(head_outputs(fresh, x)), flatten(head_outputs(retinanet, x))
+    ):
         assert torch.equal(got, want)
 
 
@@ -225,8 +262,10 @@ def test_four_output_retinanet_drops_only_the_unread_norm(retinanet):
     FORK_LAST3."""
     last3 = as_mmdet2_file(retinanet, fork_last3=True)['state_dict']
     four = as_mmdet2_file(retinanet, fork_last3=False)['state_dict']
-    assert set(four) - set(last3) == {'backbone.norm0.weight',
-                                      'backbone.norm0.bias'}
+    assert set(four) - set(last3) == {
+        'backbone.norm0.weight',
+        'backbone.norm0.bias',
+    }
     converted, dropped = convert_poolformer_dense(four, 'retinanet')
     expected, nothing = convert_poolformer_dense(last3, 'retinanet')
     assert dropped == ['backbone.norm0.bias', 'backbone.norm0.weight']
@@ -237,48 +276,62 @@ def test_four_output_retinanet_drops_only_the_unread_norm(retinanet):
 
 @pytest.fixture(scope='module')
 def mask_rcnn():
-    return randomise(build(CONFIGS / 'mask_rcnn_poolformer_s12_coco.py',
-                           'mmdet'), seed=4)
+    return randomise(
+        build(CONFIGS / 'mask_rcnn_poolformer_s12_coco.py', 'mmdet'), seed=4
+    )
 
 
 def test_authors_mask_rcnn_converts_to_our_layout(mask_rcnn, tmp_path):
     source = as_mmdet2_file(mask_rcnn)
-    assert {'backbone.norm0.weight', 'rpn_head.rpn_conv.weight',
-            'roi_head.bbox_head.shared_fcs.1.weight',
-            'roi_head.mask_head.conv_logits.weight'} <= set(
-                source['state_dict'])
+    assert {
+        'backbone.norm0.weight',
+        'rpn_head.rpn_conv.weight',
+        'roi_head.bbox_head.shared_fcs.1.weight',
+        'roi_head.mask_head.conv_logits.weight',
+    } <= set(source['state_dict'])
     src, dst = tmp_path / 'mask_rcnn_mmdet2.pth', tmp_path / 'ours.pth'
     torch.save(source, src)
     assert convert(src, dst) == 0
-    fresh = build(CONFIGS / 'mask_rcnn_poolformer_s12_coco.py',
-                  'mmdet').eval()
+    fresh = build(CONFIGS / 'mask_rcnn_poolformer_s12_coco.py', 'mmdet').eval()
     checkpoint = load_checkpoint(fresh, str(dst), strict=True)
     assert checkpoint['meta']['dataset_meta']['classes'] == COCO_CLASSES
     for key, value in mask_rcnn.state_dict().items():
         assert torch.equal(fresh.state_dict()[key], value), key
     x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
-        torch.testing.assert_close(fresh.extract_feat(x),
-                                   mask_rcnn.extract_feat(x), rtol=0, atol=0)
+        torch.testing.assert_close(
+            fresh.extract_feat(x), mask_rcnn.extract_feat(x), rtol=0, atol=0
+        )
 
 
 def test_fork_last3_backbone_in_a_mask_rcnn_is_refused(mask_rcnn):
     source = as_mmdet2_file(mask_rcnn)
-    state_dict = {k: v for k, v in source['state_dict'].items()
-                  if not k.startswith('backbone.norm0.')}
-    with pytest.raises(ValueError, match=r"no output norm \['backbone.norm0'"
-                       r"\].*FORK_LAST3"):
+    state_dict = {
+        k: v
+        for k, v in source['state_dict'].items()
+        if not k.startswith('backbone.norm0.')
+    }
+    with pytest.raises(
+        ValueError,
+        match=r"no output norm \['backbone.norm0'"
+        r'\].*FORK_LAST3',
+    ):
         convert_poolformer_dense(state_dict, 'mask_rcnn')
 
 
 def test_wrong_config_is_named_with_the_mismatching_keys(
-        mask_rcnn, tmp_path, capsys):
+    mask_rcnn, tmp_path, capsys
+):
     """A Mask R-CNN file checked against the RetinaNet config fails and
     lists what does not fit."""
     src, dst = tmp_path / 'mask_rcnn.pth', tmp_path / 'ours.pth'
     torch.save(as_mmdet2_file(mask_rcnn), src)
-    status = convert(src, dst, '--check-config',
-                     CONFIGS / 'retinanet_poolformer_s12_coco.py')
+    status = convert(
+        src,
+        dst,
+        '--check-config',
+        CONFIGS / 'retinanet_poolformer_s12_coco.py',
+    )
     assert status == 1
     err = capsys.readouterr().err
     assert 'missing in the checkpoint' in err and 'not in the model' in err
@@ -288,17 +341,36 @@ def test_wrong_config_is_named_with_the_mismatching_keys(
 def test_dense_detection_and_its_limits():
     backbone = {'backbone.patch_embed.proj.weight': torch.zeros(1)}
     assert dense_model_kind(backbone) is None  # a backbone alone
-    assert dense_model_kind({'backbone.stem.conv.weight': torch.zeros(1),
-                             'neck.x': torch.zeros(1)}) is None  # ours
+    assert (
+        dense_model_kind(
+            {
+                'backbone.stem.conv.weight': torch.zeros(1),
+                'neck.x': torch.zeros(1),
+            }
+        )
+        is None
+    )  # ours
     for kind, spec in DENSE_MODELS.items():
-        assert dense_model_kind(
-            dict(backbone, **{spec['marker'] + 'weight': torch.zeros(1)
-                              })) == kind
-    with pytest.raises(ValueError, match=r"model parts \['bbox_head', "
-                       r"'neck'\], which match none of the known"):
-        dense_model_kind(dict(backbone, **{
-            'bbox_head.fcos_cls.weight': torch.zeros(1),
-            'neck.fpn_convs.0.conv.weight': torch.zeros(1)}))
+        assert (
+            dense_model_kind(
+                dict(backbone, **{spec['marker'] + 'weight': torch.zeros(1)})
+            )
+            == kind
+        )
+    with pytest.raises(
+        ValueError,
+        match=r"model parts \['bbox_head', "
+        r"'neck'\], which match none of the known",
+    ):
+        dense_model_kind(
+            dict(
+                backbone,
+                **{
+                    'bbox_head.fcos_cls.weight': torch.zeros(1),
+                    'neck.fpn_convs.0.conv.weight': torch.zeros(1),
+                },
+            )
+        )
     # an mmpretrain classifier is not a dense model: backbone-only path
     classifier = dict(backbone, **{'head.fc.weight': torch.zeros(1)})
     assert dense_to_native({'state_dict': classifier}) is None

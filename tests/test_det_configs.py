@@ -17,6 +17,7 @@
   resume, test (CocoMetric), 2-rank gloo training, a missing data root,
   the drop-in example and tools/infer.py.
 """
+
 import copy
 import functools
 import importlib.util
@@ -57,7 +58,7 @@ LR = dict(retinanet=1e-4, mask_rcnn=2e-4)
 
 
 def leaf_path(det, family, arch):
-    return CONFIGS / f"{det}_{family}_{arch.replace('/', '_')}_coco.py"
+    return CONFIGS / f'{det}_{family}_{arch.replace("/", "_")}_coco.py'
 
 
 @functools.cache
@@ -77,8 +78,9 @@ def load_base(det):
 
 def test_every_arch_has_both_leaves():
     expected = {leaf_path(*leaf).name for leaf in LEAVES}
-    found = {p.name for det in DETECTORS
-             for p in CONFIGS.glob(f'{det}_*_coco.py')}
+    found = {
+        p.name for det in DETECTORS for p in CONFIGS.glob(f'{det}_*_coco.py')
+    }
     assert len(expected) == 62
     assert found == expected
 
@@ -96,17 +98,25 @@ def test_base_recipe(det):
     assert cfg.default_scope == 'mmdet'
     # Optimiser: AdamW, the paper's lr, wd 1e-4, no decay on 1-D params.
     optim = cfg.optim_wrapper
-    assert optim.optimizer == dict(type='AdamW', lr=LR[det],
-                                   weight_decay=1e-4)
+    assert optim.optimizer == dict(type='AdamW', lr=LR[det], weight_decay=1e-4)
     assert optim.paramwise_cfg == dict(flat_decay_mult=0.0)
     # 1x schedule, 500-iteration warmup from 0.001.
     assert cfg.train_cfg.type == 'EpochBasedTrainLoop'
     assert cfg.train_cfg.max_epochs == 12
     warmup, steps = cfg.param_scheduler
-    assert (warmup.type, warmup.start_factor, warmup.by_epoch,
-            warmup.begin, warmup.end) == ('LinearLR', 0.001, False, 0, 500)
+    assert (
+        warmup.type,
+        warmup.start_factor,
+        warmup.by_epoch,
+        warmup.begin,
+        warmup.end,
+    ) == ('LinearLR', 0.001, False, 0, 500)
     assert (steps.type, steps.milestones, steps.gamma, steps.by_epoch) == (
-        'MultiStepLR', [8, 11], 0.1, True)
+        'MultiStepLR',
+        [8, 11],
+        0.1,
+        True,
+    )
     # Batch 8 x 2 = 16.
     assert cfg.train_dataloader.batch_size == 2
     assert cfg.auto_scale_lr == dict(enable=False, base_batch_size=16)
@@ -115,8 +125,12 @@ def test_base_recipe(det):
     check_pipeline(train_pipeline)
     check_pipeline(cfg.test_dataloader.dataset.pipeline)
     assert [t['type'] for t in train_pipeline] == [
-        'LoadImageFromFile', 'LoadAnnotations', 'Resize', 'RandomFlip',
-        'PackDetInputs']
+        'LoadImageFromFile',
+        'LoadAnnotations',
+        'Resize',
+        'RandomFlip',
+        'PackDetInputs',
+    ]
     assert train_pipeline[3]['prob'] == 0.5
     assert train_pipeline[1].get('with_mask', False) is (det == 'mask_rcnn')
     # The backbone is the leaf's: nothing of ResNet's is left.
@@ -144,22 +158,31 @@ def test_a_leaf_is_its_base_plus_what_it_sets(det):
     leaf is all that differs from the base."""
     own = own_settings(leaf_path(det, 'poolformer', 's12'))
     assert load_leaf(det, 'poolformer', 's12').to_dict() == merged_into(
-        load_base(det).to_dict(), own)
+        load_base(det).to_dict(), own
+    )
 
 
 @pytest.mark.parametrize('det,family,arch', LEAVES, ids=LEAF_IDS)
 def test_leaf_settings(det, family, arch):
     backbone, model = check_leaf_settings(
-        leaf_path(det, family, arch), f'./_base_/{det}_coco.py', family, arch,
-        base_backbone=load_base(det).model.backbone.to_dict())
+        leaf_path(det, family, arch),
+        f'./_base_/{det}_coco.py',
+        family,
+        arch,
+        base_backbone=load_base(det).model.backbone.to_dict(),
+    )
     if family == 'poolformer' and arch in ('s12', 's24', 's36'):
         # The published network: GN(1) on each output, stage dims 64..512.
-        assert list(model.out_channels) == ([64, 128, 320, 512][1:]
-                                            if det == 'retinanet' else
-                                            [64, 128, 320, 512])
+        assert list(model.out_channels) == (
+            [64, 128, 320, 512][1:]
+            if det == 'retinanet'
+            else [64, 128, 320, 512]
+        )
         norms = list(model.out_norms.values())
-        assert all(isinstance(n, torch.nn.GroupNorm) and n.num_groups == 1
-                   for n in norms)
+        assert all(
+            isinstance(n, torch.nn.GroupNorm) and n.num_groups == 1
+            for n in norms
+        )
         assert backbone.get('drop_path_rate', 0.0) == 0.0
 
 
@@ -168,11 +191,18 @@ def one_image_batch(model, size=64, with_mask=False):
     from mmdet.structures import DetDataSample
     from mmdet.structures.mask import BitmapMasks
     from mmengine.structures import InstanceData
-    sample = DetDataSample(metainfo=dict(
-        img_shape=(size, size), ori_shape=(size, size), pad_shape=(size, size),
-        batch_input_shape=(size, size), scale_factor=(1.0, 1.0)))
+
+    sample = DetDataSample(
+        metainfo=dict(
+            img_shape=(size, size),
+            ori_shape=(size, size),
+            pad_shape=(size, size),
+            batch_input_shape=(size, size),
+            scale_factor=(1.0, 1.0),
+        )
+    )
     gt = InstanceData()
-    gt.bboxes = torch.tensor([[8., 10., 40., 50.]])
+    gt.bboxes = torch.tensor([[8.0, 10.0, 40.0, 50.0]])
     gt.labels = torch.tensor([3])
     if with_mask:
         mask = torch.zeros(1, size, size, dtype=torch.uint8)
@@ -191,13 +221,22 @@ def build_detector(cfg):
 
 # RetinaNet for every family's smallest arch; Mask R-CNN (same backbones,
 # heavier heads) for one pooling and one attention model.
-SMALL_LEAVES = [leaf for leaf in LEAVES if leaf[1:] in SMALL and (
-    leaf[0] == 'retinanet' or leaf[1:] in {('poolformer', 's12'),
-                                           ('caformer', 's18')})]
+SMALL_LEAVES = [
+    leaf
+    for leaf in LEAVES
+    if leaf[1:] in SMALL
+    and (
+        leaf[0] == 'retinanet'
+        or leaf[1:] in {('poolformer', 's12'), ('caformer', 's18')}
+    )
+]
 
 
-@pytest.mark.parametrize('det,family,arch', SMALL_LEAVES,
-                         ids=[f'{d}-{f}-{a}' for d, f, a in SMALL_LEAVES])
+@pytest.mark.parametrize(
+    'det,family,arch',
+    SMALL_LEAVES,
+    ids=[f'{d}-{f}-{a}' for d, f, a in SMALL_LEAVES],
+)
 def test_leaf_builds_and_runs(det, family, arch):
     """Full detector, loss + backward + predict, for each family's smallest
     arch. The bigger archs' detectors differ only in the backbone arch and
@@ -244,8 +283,10 @@ def test_retinanet_three_outputs_equal_published_layout():
     state = published.state_dict()
     missing, unexpected = ours.load_state_dict(state, strict=False)
     assert missing == []
-    assert sorted(unexpected) == ['backbone.out_norms.0.bias',
-                                  'backbone.out_norms.0.weight']
+    assert sorted(unexpected) == [
+        'backbone.out_norms.0.bias',
+        'backbone.out_norms.0.weight',
+    ]
     inputs = torch.rand(2, 3, 96, 128)
     with torch.no_grad():
         feats_ours = ours.extract_feat(inputs)
@@ -253,8 +294,9 @@ def test_retinanet_three_outputs_equal_published_layout():
         assert len(feats_ours) == len(feats_pub) == 5
         for a, b in zip(feats_ours, feats_pub):
             torch.testing.assert_close(a, b, rtol=0, atol=0)
-        for a, b in zip(ours.bbox_head(feats_ours),
-                        published.bbox_head(feats_pub)):
+        for a, b in zip(
+            ours.bbox_head(feats_ours), published.bbox_head(feats_pub)
+        ):
             for x, y in zip(a, b):
                 torch.testing.assert_close(x, y, rtol=0, atol=0)
     # Every parameter of ours gets a gradient (nothing unused under DDP).
@@ -262,34 +304,44 @@ def test_retinanet_three_outputs_equal_published_layout():
     inputs, samples = one_image_batch(ours)
     total, _ = ours.parse_losses(ours(inputs, samples, mode='loss'))
     total.backward()
-    no_grad = [n for n, p in ours.named_parameters()
-               if p.requires_grad and p.grad is None]
+    no_grad = [
+        n
+        for n, p in ours.named_parameters()
+        if p.requires_grad and p.grad is None
+    ]
     assert no_grad == []
 
 
 def test_toy_and_example_configs_load():
     for name in ('retinanet', 'mask_rcnn'):
         cfg = Config.fromfile(
-            CONFIGS / 'toy' / f'{name}_poolformer_s12_toy_coco.py')
+            CONFIGS / 'toy' / f'{name}_poolformer_s12_toy_coco.py'
+        )
         assert cfg.model.backbone.init_cfg is None
         assert cfg.train_dataloader.dataset.data_root == 'data/toy_coco/'
         assert cfg.val_evaluator.ann_file == (
-            'data/toy_coco/annotations/instances_val2017.json')
+            'data/toy_coco/annotations/instances_val2017.json'
+        )
         # The recipe's structure is kept; only data, schedule, lr differ.
         assert cfg.model.neck.in_channels == (
-            [128, 320, 512] if name == 'retinanet' else [64, 128, 320, 512])
+            [128, 320, 512] if name == 'retinanet' else [64, 128, 320, 512]
+        )
     path = CONFIGS / 'examples' / 'faster_rcnn_poolformer_s12_drop_in.py'
     example = Config.fromfile(path)
     assert example.model.backbone == dict(
-        type='PoolFormer', arch='s12',
-        init_cfg=dict(type='Pretrained', checkpoint=pretrained_checkpoint(
-            path, 'poolformer', 's12')))
+        type='PoolFormer',
+        arch='s12',
+        init_cfg=dict(
+            type='Pretrained',
+            checkpoint=pretrained_checkpoint(path, 'poolformer', 's12'),
+        ),
+    )
     assert example.model.type == 'FasterRCNN'
 
 
 def test_drop_in_example_in_fresh_process():
     """custom_imports alone registers the backbone (no explicit import)."""
-    code = '''
+    code = """
 import torch
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
@@ -301,19 +353,28 @@ model = MODELS.build(cfg.model).eval()
 with torch.no_grad():
     feats = model.extract_feat(torch.rand(1, 3, 64, 64))
 print("FEATS", [tuple(f.shape) for f in feats])
-'''
-    proc = subprocess.run([sys.executable, '-c', code], cwd=REPO_ROOT,
-                          capture_output=True, text=True, timeout=300)
+"""
+    proc = subprocess.run(
+        [sys.executable, '-c', code],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert 'FEATS [(1, 256, 16, 16), (1, 256, 8, 8), (1, 256, 4, 4), ' \
+    assert (
+        'FEATS [(1, 256, 16, 16), (1, 256, 8, 8), (1, 256, 4, 4), '
         '(1, 256, 2, 2), (1, 256, 1, 1)]' in proc.stdout
+    )
 
 
 # ---------------------------------------------------------------------------
 # End to end through the tools, on a tiny toy COCO
 # ---------------------------------------------------------------------------
-TOY = {det: CONFIGS / 'toy' / f'{det}_poolformer_s12_toy_coco.py'
-       for det in DETECTORS}
+TOY = {
+    det: CONFIGS / 'toy' / f'{det}_poolformer_s12_toy_coco.py'
+    for det in DETECTORS
+}
 # 8 images at 128 px, batch 4: 2 iterations per epoch.
 SMALL_RUN = [
     'train_dataloader.batch_size=4',
@@ -328,15 +389,22 @@ SMALL_RUN = [
 @pytest.fixture(scope='module')
 def toy_cwd(tmp_path_factory):
     """A directory whose data/toy_coco is a tiny toy COCO."""
-    from mmmetaformer.datasets.toy import make_coco
+    from mmmetaformer_tools.toy import make_coco
+
     cwd = tmp_path_factory.mktemp('toy')
-    make_coco(cwd / 'data' / 'toy_coco', num_train=8, num_val=4,
-              img_size=128, seed=0, max_objects=3)
+    make_coco(
+        cwd / 'data' / 'toy_coco',
+        num_train=8,
+        num_val=4,
+        img_size=128,
+        seed=0,
+        max_objects=3,
+    )
     return cwd
 
 
 def ok(proc):
-    assert proc.returncode == 0, (proc.stdout[-2000:] + proc.stderr[-4000:])
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     return proc.stdout + proc.stderr
 
 
@@ -344,9 +412,18 @@ def ok(proc):
 def retinanet_run(toy_cwd):
     """Train 1 epoch, then resume to 2 epochs; return the work dir."""
     work = toy_cwd / 'work_retinanet'
-    ok(run_tool('train.py', TOY['retinanet'], '--work-dir', work,
-                '--cfg-options', 'train_cfg.max_epochs=1', *SMALL_RUN,
-                cwd=toy_cwd))
+    ok(
+        run_tool(
+            'train.py',
+            TOY['retinanet'],
+            '--work-dir',
+            work,
+            '--cfg-options',
+            'train_cfg.max_epochs=1',
+            *SMALL_RUN,
+            cwd=toy_cwd,
+        )
+    )
     return work
 
 
@@ -357,9 +434,20 @@ def test_retinanet_train_checkpoint_and_resume(retinanet_run, toy_cwd):
     assert Path(work / 'last_checkpoint').read_text().strip() == str(first)
     meta = torch.load(first, map_location='cpu', weights_only=False)['meta']
     assert (meta['epoch'], meta['iter']) == (1, 2)
-    out = ok(run_tool('train.py', TOY['retinanet'], '--work-dir', work,
-                      '--resume', first, '--cfg-options',
-                      'train_cfg.max_epochs=2', *SMALL_RUN, cwd=toy_cwd))
+    out = ok(
+        run_tool(
+            'train.py',
+            TOY['retinanet'],
+            '--work-dir',
+            work,
+            '--resume',
+            first,
+            '--cfg-options',
+            'train_cfg.max_epochs=2',
+            *SMALL_RUN,
+            cwd=toy_cwd,
+        )
+    )
     assert 'resumed epoch: 1, iter: 2' in out
     assert re.search(r'Epoch\(train\)\s+\[2\]\[1/2\]', out)
     assert not re.search(r'Epoch\(train\)\s+\[1\]\[', out)
@@ -373,10 +461,19 @@ def test_retinanet_test_gives_coco_metric(retinanet_run, toy_cwd):
     # One epoch from scratch scores every box near the focal-loss prior
     # (0.01), under the recipe's 0.05 threshold; keep all boxes so the
     # metric has predictions to score.
-    out = ok(run_tool('test.py', TOY['retinanet'],
-                      retinanet_run / 'epoch_1.pth', '--work-dir',
-                      toy_cwd / 'work_test', '--cfg-options', *SMALL_RUN,
-                      'model.test_cfg.score_thr=0.0', cwd=toy_cwd))
+    out = ok(
+        run_tool(
+            'test.py',
+            TOY['retinanet'],
+            retinanet_run / 'epoch_1.pth',
+            '--work-dir',
+            toy_cwd / 'work_test',
+            '--cfg-options',
+            *SMALL_RUN,
+            'model.test_cfg.score_thr=0.0',
+            cwd=toy_cwd,
+        )
+    )
     assert re.search(r'coco/bbox_mAP: -?\d\.\d+', out)
     assert 'coco/bbox_mAP_50' in out
 
@@ -384,20 +481,39 @@ def test_retinanet_test_gives_coco_metric(retinanet_run, toy_cwd):
 def test_infer_draws_detections(retinanet_run, toy_cwd):
     image = sorted((toy_cwd / 'data' / 'toy_coco' / 'val2017').glob('*.jpg'))
     out_file = toy_cwd / 'vis' / 'det.jpg'
-    out = ok(run_tool('infer.py', image[0], TOY['retinanet'],
-                      retinanet_run / 'epoch_1.pth', '--out', out_file,
-                      cwd=toy_cwd))
+    out = ok(
+        run_tool(
+            'infer.py',
+            image[0],
+            TOY['retinanet'],
+            retinanet_run / 'epoch_1.pth',
+            '--out',
+            out_file,
+            cwd=toy_cwd,
+        )
+    )
     assert 'wrote' in out
     import mmcv
+
     drawn = mmcv.imread(str(out_file))
     assert drawn.shape == (128, 128, 3)
 
 
 def test_benchmark_detection_with_checkpoint(retinanet_run, toy_cwd):
-    proc = run_tool('analysis/benchmark.py', TOY['retinanet'],
-                    retinanet_run / 'epoch_1.pth', '--num-images', '3',
-                    '--warmup', '1', '--threads', '1', '--cfg-options',
-                    *SMALL_RUN[1:4], cwd=toy_cwd)
+    proc = run_tool(
+        'analysis/benchmark.py',
+        TOY['retinanet'],
+        retinanet_run / 'epoch_1.pth',
+        '--num-images',
+        '3',
+        '--warmup',
+        '1',
+        '--threads',
+        '1',
+        '--cfg-options',
+        *SMALL_RUN[1:4],
+        cwd=toy_cwd,
+    )
     out = ok(proc)
     cells = benchmark_row(proc.stdout, TOY['retinanet'].name)
     assert cells[1:3] == ['cpu', '3']
@@ -406,14 +522,16 @@ def test_benchmark_detection_with_checkpoint(retinanet_run, toy_cwd):
 
 def load_tool(name):
     spec = importlib.util.spec_from_file_location(
-        f'tool_{name}', REPO_ROOT / 'tools' / f'{name}.py')
+        f'tool_{name}', REPO_ROOT / 'tools' / f'{name}.py'
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
 def test_infer_clear_errors(tmp_path):
-    from mmmetaformer.utils.launch import LaunchError
+    from mmmetaformer_tools.launch import LaunchError
+
     infer = load_tool('infer')
     image = tmp_path / 'img.jpg'
     config = str(TOY['retinanet'])
@@ -430,18 +548,37 @@ def test_mask_rcnn_train_and_test(toy_cwd):
     work = toy_cwd / 'work_mask_rcnn'
     # one iteration of 4 images, a test on 2 with 20 detections each: the
     # masks' path end to end, not a training run
-    ok(run_tool('train.py', TOY['mask_rcnn'], '--work-dir', work,
-                '--cfg-options', 'train_cfg.max_epochs=1',
-                'train_cfg.val_begin=2',  # no validation: test.py below
-                'train_dataloader.dataset.indices=4', *SMALL_RUN,
-                cwd=toy_cwd))
+    ok(
+        run_tool(
+            'train.py',
+            TOY['mask_rcnn'],
+            '--work-dir',
+            work,
+            '--cfg-options',
+            'train_cfg.max_epochs=1',
+            'train_cfg.val_begin=2',  # no validation: test.py below
+            'train_dataloader.dataset.indices=4',
+            *SMALL_RUN,
+            cwd=toy_cwd,
+        )
+    )
     ckpt = work / 'epoch_1.pth'
     assert ckpt.is_file()
-    out = ok(run_tool('test.py', TOY['mask_rcnn'], ckpt, '--work-dir', work,
-                      '--cfg-options', *SMALL_RUN,
-                      'test_dataloader.dataset.indices=2',
-                      'model.test_cfg.rcnn.score_thr=0.0',
-                      'model.test_cfg.rcnn.max_per_img=20', cwd=toy_cwd))
+    out = ok(
+        run_tool(
+            'test.py',
+            TOY['mask_rcnn'],
+            ckpt,
+            '--work-dir',
+            work,
+            '--cfg-options',
+            *SMALL_RUN,
+            'test_dataloader.dataset.indices=2',
+            'model.test_cfg.rcnn.score_thr=0.0',
+            'model.test_cfg.rcnn.max_per_img=20',
+            cwd=toy_cwd,
+        )
+    )
     assert re.search(r'coco/bbox_mAP: -?\d\.\d+', out)
     assert re.search(r'coco/segm_mAP: -?\d\.\d+', out)
 
@@ -456,12 +593,25 @@ def test_dist_train_two_gloo_ranks(toy_cwd):
     work = toy_cwd / 'work_dist'
     env = dict(os.environ, PORT=str(free_port()), OMP_NUM_THREADS='1')
     proc = subprocess.run(
-        ['bash', str(REPO_ROOT / 'tools' / 'dist_train.sh'),
-         str(TOY['retinanet']), '2', '--work-dir', str(work),
-         '--cfg-options', 'train_cfg.max_epochs=1',
-         'train_cfg.val_interval=2', *SMALL_RUN[1:],
-         'train_dataloader.batch_size=2'],
-        cwd=toy_cwd, env=env, capture_output=True, text=True, timeout=600)
+        [
+            'bash',
+            str(REPO_ROOT / 'tools' / 'dist_train.sh'),
+            str(TOY['retinanet']),
+            '2',
+            '--work-dir',
+            str(work),
+            '--cfg-options',
+            'train_cfg.max_epochs=1',
+            'train_cfg.val_interval=2',
+            *SMALL_RUN[1:],
+            'train_dataloader.batch_size=2',
+        ],
+        cwd=toy_cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     out = ok(proc)
     # 8 images / (2 ranks x 2) = 2 iterations; the world size is 2.
     assert re.search(r'Epoch\(train\)\s+\[1\]\[2/2\]', out)
@@ -472,10 +622,14 @@ def test_dist_train_two_gloo_ranks(toy_cwd):
 
 
 def test_missing_coco_root_names_it(tmp_path):
-    proc = run_tool('train.py', TOY['retinanet'], '--work-dir',
-                    tmp_path / 'w', cwd=tmp_path)
+    proc = run_tool(
+        'train.py',
+        TOY['retinanet'],
+        '--work-dir',
+        tmp_path / 'w',
+        cwd=tmp_path,
+    )
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "data_root 'data/toy_coco/' does not exist" in proc.stderr
-    assert 'tools/misc/make_toy_dataset.py coco data/toy_coco/' in \
-        proc.stderr
+    assert 'tools/misc/make_toy_dataset.py coco data/toy_coco/' in proc.stderr
     assert 'Traceback' not in proc.stderr

@@ -17,6 +17,7 @@ Cost: each stock run is 1-2 iterations on 2 tiny images (module-scoped
 fixtures share the toy data and checkpoints); most of it is the fresh
 processes' imports and mmengine resolving ``mmdet::``/``mmseg::`` bases.
 """
+
 import ast
 import copy
 import os
@@ -32,7 +33,6 @@ from mmengine.registry import init_default_scope
 from mmengine.utils import get_installed_path
 
 import mmmetaformer  # noqa: F401
-from mmmetaformer.datasets.toy import make_ade20k, make_coco
 from mmmetaformer.models.archs import (
     CONVMIXER_ARCHS,
     METAFORMER_ARCHS,
@@ -41,6 +41,7 @@ from mmmetaformer.models.archs import (
 )
 from mmmetaformer.models.backbones.metaformer import FAMILY_CLASSES
 from mmmetaformer.registry import MODELS
+from mmmetaformer_tools.toy import make_ade20k, make_coco
 from tests.helpers import REPO_ROOT, pretrained_checkpoint
 from tests.test_dense_checkpoints import as_published_file, convert, randomise
 
@@ -48,9 +49,11 @@ CONFIGS = REPO_ROOT / 'configs'
 TOY_DET = CONFIGS / 'toy' / 'retinanet_poolformer_s12_toy_coco.py'
 TOY_SEG = CONFIGS / 'toy' / 'semantic_fpn_poolformer_s12_toy_ade20k.py'
 CUSTOM_IMPORTS = dict(imports=['mmmetaformer'], allow_failed_imports=False)
-KEY_WARNINGS = ('missing keys in source state_dict',
-                'unexpected key in source state_dict',
-                'size mismatch')
+KEY_WARNINGS = (
+    'missing keys in source state_dict',
+    'unexpected key in source state_dict',
+    'size mismatch',
+)
 
 
 def stock_tool(package, name):
@@ -63,16 +66,23 @@ def run(args, cwd, timeout=600):
     """A fresh interpreter in ``cwd`` (not the repository) that can import
     this checkout's mmmetaformer, as an installed package would be: the
     tools themselves never import it."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        filter(None, [str(REPO_ROOT), os.environ.get('PYTHONPATH')])))
-    proc = subprocess.run([sys.executable, *map(str, args)], cwd=cwd,
-                          env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join(
+            filter(None, [str(REPO_ROOT), os.environ.get('PYTHONPATH')])
+        ),
+    )
+    proc = subprocess.run(
+        [sys.executable, *map(str, args)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output[-4000:]
     return output
-
-
 
 
 # --- every config imports mmmetaformer itself -----------------------------
@@ -80,8 +90,12 @@ def run(args, cwd, timeout=600):
 
 def _literal(node):
     """A literal, also through ``dict(key=literal, ...)`` calls."""
-    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and \
-            node.func.id == 'dict' and not node.args:
+    if (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Name)
+        and node.func.id == 'dict'
+        and not node.args
+    ):
         return {kw.arg: _literal(kw.value) for kw in node.keywords}
     return ast.literal_eval(node)
 
@@ -90,8 +104,11 @@ def _assigned(tree):
     """Top-level ``name = <literal>`` of a config file (others as text)."""
     out = {}
     for node in tree.body:
-        if isinstance(node, ast.Assign) and len(node.targets) == 1 and \
-                isinstance(node.targets[0], ast.Name):
+        if (
+            isinstance(node, ast.Assign)
+            and len(node.targets) == 1
+            and isinstance(node.targets[0], ast.Name)
+        ):
             try:
                 out[node.targets[0].id] = _literal(node.value)
             except ValueError:
@@ -110,7 +127,7 @@ def _custom_imports_in_chain(path, seen=()):
             continue
         base_path = (path.parent / base).resolve()
         if base_path not in seen:
-            found = _custom_imports_in_chain(base_path, seen + (path, ))
+            found = _custom_imports_in_chain(base_path, seen + (path,))
             if found is not None:
                 return found
     return None
@@ -119,11 +136,15 @@ def _custom_imports_in_chain(path, seen=()):
 def test_every_config_declares_custom_imports():
     """Parsed statically (a full load of 100+ configs costs minutes):
     each config, or one of its own bases, registers mmmetaformer."""
-    configs = sorted(p for p in CONFIGS.rglob('*.py')
-                     if '_base_' not in p.parts)
+    configs = sorted(
+        p for p in CONFIGS.rglob('*.py') if '_base_' not in p.parts
+    )
     assert len(configs) > 90
-    missing = [str(p.relative_to(REPO_ROOT)) for p in configs
-               if _custom_imports_in_chain(p) != CUSTOM_IMPORTS]
+    missing = [
+        str(p.relative_to(REPO_ROOT))
+        for p in configs
+        if _custom_imports_in_chain(p) != CUSTOM_IMPORTS
+    ]
     assert not missing, f'no custom_imports for mmmetaformer: {missing}'
 
 
@@ -132,17 +153,28 @@ def test_every_config_declares_custom_imports():
 
 @pytest.fixture(scope='module')
 def toy_coco(tmp_path_factory):
-    return make_coco(tmp_path_factory.mktemp('eco') / 'toy_coco',
-                     num_train=2, num_val=2, img_size=96, max_objects=2)
+    return make_coco(
+        tmp_path_factory.mktemp('eco') / 'toy_coco',
+        num_train=2,
+        num_val=2,
+        img_size=96,
+        max_objects=2,
+    )
 
 
 def det_options(root):
     ann = f'{root}/annotations/instances_val2017.json'
     return [
-        *(f'{loader}.dataset.data_root={root}'
-          for loader in ('train_dataloader', 'val_dataloader',
-                         'test_dataloader')),
-        f'val_evaluator.ann_file={ann}', f'test_evaluator.ann_file={ann}',
+        *(
+            f'{loader}.dataset.data_root={root}'
+            for loader in (
+                'train_dataloader',
+                'val_dataloader',
+                'test_dataloader',
+            )
+        ),
+        f'val_evaluator.ann_file={ann}',
+        f'test_evaluator.ann_file={ann}',
         # toy images are 96 px: keep them at that size
         'train_dataloader.dataset.pipeline.2.scale=(96,96)',
         'val_dataloader.dataset.pipeline.1.scale=(96,96)',
@@ -157,20 +189,30 @@ def det_run(toy_coco, tmp_path_factory):
     """mmdet's tools/train.py: one iteration (2 images); the stock test
     below validates."""
     work = tmp_path_factory.mktemp('eco_det')
-    output = run([
-        stock_tool('mmdet', 'train.py'), TOY_DET, '--work-dir', work,
-        '--cfg-options', *det_options(toy_coco), 'train_cfg.max_epochs=1',
-        'train_cfg.val_interval=2', 'train_dataloader.batch_size=2',
-        'default_hooks.logger.interval=1'
-    ], cwd=work)
+    output = run(
+        [
+            stock_tool('mmdet', 'train.py'),
+            TOY_DET,
+            '--work-dir',
+            work,
+            '--cfg-options',
+            *det_options(toy_coco),
+            'train_cfg.max_epochs=1',
+            'train_cfg.val_interval=2',
+            'train_dataloader.batch_size=2',
+            'default_hooks.logger.interval=1',
+        ],
+        cwd=work,
+    )
     return work, output
 
 
 def test_stock_mmdet_train(det_run):
     work, output = det_run
     assert (work / 'epoch_1.pth').is_file()
-    assert re.search(r'Epoch\(train\) *\[1\]\[1/1\].*loss_cls', output), \
+    assert re.search(r'Epoch\(train\) *\[1\]\[1/1\].*loss_cls', output), (
         output[-3000:]
+    )
 
 
 @pytest.fixture(scope='module')
@@ -178,26 +220,38 @@ def det_converted(det_run):
     """The toy RetinaNet as the authors' mmdet 2.x file (FORK_LAST3, no
     ``backbone.norm0``), converted back by tools/convert_checkpoint.py."""
     work, _ = det_run
-    state_dict = torch.load(work / 'epoch_1.pth', map_location='cpu',
-                            weights_only=False)['state_dict']
+    state_dict = torch.load(
+        work / 'epoch_1.pth', map_location='cpu', weights_only=False
+    )['state_dict']
     published = as_published_file(state_dict, fork_last3=True)
     assert 'backbone.network.6.1.layer_scale_2' in published['state_dict']
     torch.save(published, work / 'retinanet_authors_layout.pth')
-    assert convert(work / 'retinanet_authors_layout.pth',
-                   work / 'converted.pth') == 0
+    assert (
+        convert(work / 'retinanet_authors_layout.pth', work / 'converted.pth')
+        == 0
+    )
     return work / 'converted.pth'
 
 
-def test_stock_mmdet_test_with_converted_checkpoint(det_run, det_converted,
-                                                   toy_coco):
+def test_stock_mmdet_test_with_converted_checkpoint(
+    det_run, det_converted, toy_coco
+):
     """The converted authors'-layout file loads without a key warning and
     is evaluated with CocoMetric (the inferencer test below checks its
     predictions equal the original's)."""
     work, _ = det_run
-    output = run([
-        stock_tool('mmdet', 'test.py'), TOY_DET, det_converted,
-        '--work-dir', work / 'test', '--cfg-options', *det_options(toy_coco)
-    ], cwd=work)
+    output = run(
+        [
+            stock_tool('mmdet', 'test.py'),
+            TOY_DET,
+            det_converted,
+            '--work-dir',
+            work / 'test',
+            '--cfg-options',
+            *det_options(toy_coco),
+        ],
+        cwd=work,
+    )
     assert 'Load checkpoint from' in output, output[-3000:]
     assert not any(w in output for w in KEY_WARNINGS), output[-3000:]
     assert re.search(r'coco/bbox_mAP: [\d.]+', output), output[-3000:]
@@ -208,14 +262,19 @@ def test_stock_mmdet_test_with_converted_checkpoint(det_run, det_converted,
 
 @pytest.fixture(scope='module')
 def toy_ade(tmp_path_factory):
-    return make_ade20k(tmp_path_factory.mktemp('eco') / 'toy_ade',
-                       num_train=2, num_val=2, img_size=64)
+    return make_ade20k(
+        tmp_path_factory.mktemp('eco') / 'toy_ade',
+        num_train=2,
+        num_val=2,
+        img_size=64,
+    )
 
 
 def seg_options(root):
-    return [f'{loader}.dataset.data_root={root}'
-            for loader in ('train_dataloader', 'val_dataloader',
-                           'test_dataloader')]
+    return [
+        f'{loader}.dataset.data_root={root}'
+        for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader')
+    ]
 
 
 SEG_METRICS = re.compile(r'aAcc: ([\d.]+)\s+mIoU: ([\d.]+)\s+mAcc: ([\d.]+)')
@@ -225,12 +284,22 @@ SEG_METRICS = re.compile(r'aAcc: ([\d.]+)\s+mIoU: ([\d.]+)\s+mAcc: ([\d.]+)')
 def seg_run(toy_ade, tmp_path_factory):
     """mmseg's tools/train.py: two iterations, then validation."""
     work = tmp_path_factory.mktemp('eco_seg')
-    output = run([
-        stock_tool('mmseg', 'train.py'), TOY_SEG, '--work-dir', work,
-        '--cfg-options', *seg_options(toy_ade), 'train_cfg.max_iters=2',
-        'train_cfg.val_interval=2', 'default_hooks.checkpoint.interval=2',
-        'default_hooks.logger.interval=1', 'train_dataloader.batch_size=2'
-    ], cwd=work)
+    output = run(
+        [
+            stock_tool('mmseg', 'train.py'),
+            TOY_SEG,
+            '--work-dir',
+            work,
+            '--cfg-options',
+            *seg_options(toy_ade),
+            'train_cfg.max_iters=2',
+            'train_cfg.val_interval=2',
+            'default_hooks.checkpoint.interval=2',
+            'default_hooks.logger.interval=1',
+            'train_dataloader.batch_size=2',
+        ],
+        cwd=work,
+    )
     return work, output
 
 
@@ -245,37 +314,55 @@ def seg_converted(seg_run):
     """The toy segmentor as mmseg's zoo saves it (mmpretrain PoolFormer
     keys, ``backbone.norm{0,2,4,6}``; mmseg 0.x meta), converted back."""
     work, _ = seg_run
-    state_dict = torch.load(work / 'iter_2.pth', map_location='cpu',
-                            weights_only=False)['state_dict']
+    state_dict = torch.load(
+        work / 'iter_2.pth', map_location='cpu', weights_only=False
+    )['state_dict']
     published = as_published_file(
-        state_dict, meta=dict(mmseg_version='0.24.1', iter=2,
-                              CLASSES=('wall', ) * 150,
-                              PALETTE=[[120, 120, 120]] * 150))
+        state_dict,
+        meta=dict(
+            mmseg_version='0.24.1',
+            iter=2,
+            CLASSES=('wall',) * 150,
+            PALETTE=[[120, 120, 120]] * 150,
+        ),
+    )
     assert 'backbone.norm0.weight' in published['state_dict']
     torch.save(published, work / 'fpn_zoo_layout.pth')
     assert convert(work / 'fpn_zoo_layout.pth', work / 'converted.pth') == 0
     return work / 'converted.pth'
 
 
-def test_stock_mmseg_test_with_converted_checkpoint(seg_run, seg_converted,
-                                                   toy_ade):
+def test_stock_mmseg_test_with_converted_checkpoint(
+    seg_run, seg_converted, toy_ade
+):
     """Same weights, same validation images: the stock test reproduces the
     training run's validation metrics exactly."""
     work, train_output = seg_run
-    output = run([
-        stock_tool('mmseg', 'test.py'), TOY_SEG, seg_converted,
-        '--work-dir', work / 'test', '--cfg-options', *seg_options(toy_ade)
-    ], cwd=work)
+    output = run(
+        [
+            stock_tool('mmseg', 'test.py'),
+            TOY_SEG,
+            seg_converted,
+            '--work-dir',
+            work / 'test',
+            '--cfg-options',
+            *seg_options(toy_ade),
+        ],
+        cwd=work,
+    )
     assert not any(w in output for w in KEY_WARNINGS), output[-3000:]
-    assert SEG_METRICS.findall(output)[-1] == \
-        SEG_METRICS.findall(train_output)[-1]
+    assert (
+        SEG_METRICS.findall(output)[-1]
+        == SEG_METRICS.findall(train_output)[-1]
+    )
 
 
 # --- the inferencers -------------------------------------------------------
 
 
 def test_inferencers_with_toy_and_converted_checkpoints(
-        det_run, det_converted, seg_run, toy_coco, toy_ade):
+    det_run, det_converted, seg_run, toy_coco, toy_ade
+):
     """DetInferencer and MMSegInferencer with the trained toy checkpoints;
     the converted authors'-layout RetinaNet predicts exactly what the
     original does (for the segmentor, the stock test above showed it).
@@ -283,21 +370,27 @@ def test_inferencers_with_toy_and_converted_checkpoints(
     runs above show ``custom_imports`` suffices on its own."""
     from mmdet.apis import DetInferencer
     from mmseg.apis import MMSegInferencer
+
     det_image = str(sorted((toy_coco / 'val2017').glob('*.jpg'))[0])
     cfg = Config.fromfile(str(TOY_DET))
     cfg.model.test_cfg.score_thr = 0.0  # one iteration: keep every box
     cfg.test_dataloader.dataset.pipeline[1].scale = (96, 96)  # image size
-    det = [DetInferencer(model=cfg, weights=str(weights), device='cpu',
-                         show_progress=False)(det_image, no_save_vis=True)[
-                             'predictions'][0]
-           for weights in (det_run[0] / 'epoch_1.pth', det_converted)]
+    det = [
+        DetInferencer(
+            model=cfg, weights=str(weights), device='cpu', show_progress=False
+        )(det_image, no_save_vis=True)['predictions'][0]
+        for weights in (det_run[0] / 'epoch_1.pth', det_converted)
+    ]
     assert len(det[0]['bboxes']) > 0  # RetinaNet keeps its top-k boxes
     assert det[0] == det[1]
-    seg_image = str(sorted((toy_ade / 'images' / 'validation').glob('*.jpg'))
-                    [0])
-    seg = MMSegInferencer(model=str(TOY_SEG),
-                          weights=str(seg_run[0] / 'iter_2.pth'),
-                          device='cpu')(seg_image)['predictions']
+    seg_image = str(
+        sorted((toy_ade / 'images' / 'validation').glob('*.jpg'))[0]
+    )
+    seg = MMSegInferencer(
+        model=str(TOY_SEG),
+        weights=str(seg_run[0] / 'iter_2.pth'),
+        device='cpu',
+    )(seg_image)['predictions']
     assert seg.shape == (64, 64)
     assert set(seg.flat) <= set(range(150))
 
@@ -309,6 +402,7 @@ def build(cfg, scope):
     """Build a copy: mmseg's EncoderDecoder writes into the backbone cfg."""
     init_default_scope(scope)
     from mmengine.registry import MODELS as ROOT_MODELS
+
     return ROOT_MODELS.build(copy.deepcopy(cfg))
 
 
@@ -316,9 +410,15 @@ def test_stock_upernet_explains_model_pretrained():
     """The README's drop-in without ``pretrained=None``: mmseg's
     EncoderDecoder hands the R50 base's ``model.pretrained`` to ConvFormer,
     which says where it came from and what to do."""
-    cfg = Config.fromfile(str(
-        Path(get_installed_path('mmseg')) / '.mim' / 'configs' / 'upernet' /
-        'upernet_r50_4xb4-80k_ade20k-512x512.py'))
+    cfg = Config.fromfile(
+        str(
+            Path(get_installed_path('mmseg'))
+            / '.mim'
+            / 'configs'
+            / 'upernet'
+            / 'upernet_r50_4xb4-80k_ade20k-512x512.py'
+        )
+    )
     assert cfg.model.pretrained == 'open-mmlab://resnet50_v1c'
     cfg.model.backbone = dict(type='ConvFormer', arch='s18')
     cfg.model.decode_head.in_channels = [64, 128, 320, 512]
@@ -326,17 +426,24 @@ def test_stock_upernet_explains_model_pretrained():
     with pytest.raises(Exception) as info:
         build(cfg.model, 'mmseg')
     message = str(info.value)
-    for part in ("ConvFormer got pretrained='open-mmlab://resnet50_v1c'",
-                 "EncoderDecoder passes the config's model.pretrained",
-                 'not a ConvFormer checkpoint', 'model.pretrained=None',
-                 "model.backbone.init_cfg=dict(type='Pretrained'"):
+    for part in (
+        "ConvFormer got pretrained='open-mmlab://resnet50_v1c'",
+        "EncoderDecoder passes the config's model.pretrained",
+        'not a ConvFormer checkpoint',
+        'model.pretrained=None',
+        "model.backbone.init_cfg=dict(type='Pretrained'",
+    ):
         assert part in message, message
     # The fix it gives is what configs/examples/upernet_convformer_s18_
     # drop_in.py does; test_example_builds_and_runs_forward builds that.
 
 
-SMALLEST = {'convmixer': '768/32', **{
-    family: next(iter(sizes)) for family, sizes in METAFORMER_ARCHS.items()}}
+SMALLEST = {
+    'convmixer': '768/32',
+    **{
+        family: next(iter(sizes)) for family, sizes in METAFORMER_ARCHS.items()
+    },
+}
 
 
 @pytest.mark.parametrize('family', sorted(FAMILY_CLASSES))
@@ -344,26 +451,39 @@ def test_every_backbone_takes_pretrained_none_and_explains_a_string(family):
     cls = FAMILY_CLASSES[family]
     with torch.device('meta'):
         MODELS.build(dict(type=cls, arch=SMALLEST[family], pretrained=None))
-    with pytest.raises(ValueError, match=rf"{cls} got pretrained='r50.pth'.*"
-                       r'model\.pretrained=None'):
-        MODELS.build(dict(type=cls, arch=SMALLEST[family],
-                          pretrained='r50.pth'))
+    with pytest.raises(
+        ValueError,
+        match=rf"{cls} got pretrained='r50.pth'.*"
+        r'model\.pretrained=None',
+    ):
+        MODELS.build(
+            dict(type=cls, arch=SMALLEST[family], pretrained='r50.pth')
+        )
 
 
 # Stock configs with our backbone swapped in. The third example,
 # semantic_fpn_convformer_s18_in21ft1k_ade20k.py, is the ConvFormer-S18
 # leaf with another checkpoint (test_in21ft1k_selection_by_config_...).
 EXAMPLES = {
-    'faster_rcnn_poolformer_s12_drop_in.py': ('mmdet', 'FasterRCNN',
-                                              'poolformer', 's12'),
-    'upernet_convformer_s18_drop_in.py': ('mmseg', 'EncoderDecoder',
-                                          'convformer', 's18'),
+    'faster_rcnn_poolformer_s12_drop_in.py': (
+        'mmdet',
+        'FasterRCNN',
+        'poolformer',
+        's12',
+    ),
+    'upernet_convformer_s18_drop_in.py': (
+        'mmseg',
+        'EncoderDecoder',
+        'convformer',
+        's18',
+    ),
 }
 
 
 def test_examples_are_all_covered():
-    assert sorted(p.name for p in (CONFIGS / 'examples').glob('*.py')) == \
-        sorted([*EXAMPLES, 'semantic_fpn_convformer_s18_in21ft1k_ade20k.py'])
+    assert sorted(
+        p.name for p in (CONFIGS / 'examples').glob('*.py')
+    ) == sorted([*EXAMPLES, 'semantic_fpn_convformer_s18_in21ft1k_ade20k.py'])
 
 
 @pytest.mark.parametrize('name', sorted(EXAMPLES))
@@ -373,8 +493,11 @@ def test_example_builds_and_runs_forward(name):
     assert cfg.custom_imports == CUSTOM_IMPORTS
     # the ImageNet weights by their Hub id, as the metafile lists them
     assert cfg.model.backbone.init_cfg == dict(
-        type='Pretrained', checkpoint=pretrained_checkpoint(
-            CONFIGS / 'examples' / name, family, arch))
+        type='Pretrained',
+        checkpoint=pretrained_checkpoint(
+            CONFIGS / 'examples' / name, family, arch
+        ),
+    )
     model_cfg = copy.deepcopy(cfg.model)
     model_cfg.backbone.init_cfg = None  # no download here
     model = build(model_cfg, scope).eval()
@@ -384,7 +507,8 @@ def test_example_builds_and_runs_forward(name):
         if scope == 'mmdet':
             feats = model.extract_feat(x)
             assert [tuple(f.shape) for f in feats] == [
-                (1, 256, 16 // 2**i, 16 // 2**i) for i in range(5)]
+                (1, 256, 16 // 2**i, 16 // 2**i) for i in range(5)
+            ]
         else:
             logits = model(x, mode='tensor')
             assert tuple(logits.shape) == (1, 150, 16, 16)
@@ -400,19 +524,30 @@ def test_pretrained_url_variants():
         for arch in METAFORMER_ARCHS[family]:
             assert pretrained_url(family, arch) == (
                 f'https://huggingface.co/sail/dl/resolve/main/{family}/'
-                f'{family}_{arch}.pth')
+                f'{family}_{arch}.pth'
+            )
             for variant in variants:
                 assert pretrained_url(family, arch, variant) == (
                     f'https://huggingface.co/sail/dl/resolve/main/{family}/'
-                    f'{family}_{arch}_{variant}.pth')
-    with pytest.raises(ValueError, match=r"No 'in21k' weights are published "
-                       r'for poolformerv2; valid variants: None'):
+                    f'{family}_{arch}_{variant}.pth'
+                )
+    with pytest.raises(
+        ValueError,
+        match=r"No 'in21k' weights are published "
+        r'for poolformerv2; valid variants: None',
+    ):
         pretrained_url('poolformerv2', 's12', 'in21k')
-    with pytest.raises(ValueError, match=r"No 'in22k' .*valid variants: "
-                       r'None, 384, in21ft1k, 384_in21ft1k, in21k'):
+    with pytest.raises(
+        ValueError,
+        match=r"No 'in22k' .*valid variants: "
+        r'None, 384, in21ft1k, 384_in21ft1k, in21k',
+    ):
         pretrained_url('caformer', 's18', 'in22k')
-    with pytest.raises(ValueError, match=r"Unknown arch 's12' for caformer; "
-                       r'valid: s18, s36, m36, b36'):
+    with pytest.raises(
+        ValueError,
+        match=r"Unknown arch 's12' for caformer; "
+        r'valid: s18, s36, m36, b36',
+    ):
         pretrained_url('caformer', 's12')
     assert set(CONVMIXER_ARCHS) <= {'768/32', '1024/20', '1536/20'}
 
@@ -421,13 +556,22 @@ def test_in21ft1k_selection_by_config_and_cfg_options():
     """The example config and the documented ``--cfg-options`` line give the
     leaf's model with only the ImageNet checkpoint changed."""
     leaf = Config.fromfile(
-        str(CONFIGS / 'semantic_fpn_convformer_s18_ade20k.py'))
+        str(CONFIGS / 'semantic_fpn_convformer_s18_ade20k.py')
+    )
     example = Config.fromfile(
-        str(CONFIGS / 'examples' /
-            'semantic_fpn_convformer_s18_in21ft1k_ade20k.py'))
+        str(
+            CONFIGS
+            / 'examples'
+            / 'semantic_fpn_convformer_s18_in21ft1k_ade20k.py'
+        )
+    )
     hub_id = pretrained_checkpoint(
         CONFIGS / 'examples' / 'semantic_fpn_convformer_s18_in21ft1k_'
-        'ade20k.py', 'convformer', 's18', 'in21ft1k')
+        'ade20k.py',
+        'convformer',
+        's18',
+        'in21ft1k',
+    )
     assert hub_id == 'hf-hub:timm/convformer_s18.sail_in22k_ft_in1k'
     assert example.model.backbone.init_cfg.checkpoint == hub_id
     leaf.merge_from_dict({'model.backbone.init_cfg.checkpoint': hub_id})
@@ -439,16 +583,31 @@ def as_baselines_layout(native):
     (``downsample_layers``, ``stages.i.j``, Linear MLP/pointwise weights)."""
     out = {}
     for key, value in native.items():
-        key = re.sub(r'^stem\.(conv|norm)\.', lambda m: (
-            'downsample_layers.0.conv.' if m.group(1) == 'conv' else
-            'downsample_layers.0.post_norm.'), key)
-        key = re.sub(r'^stages\.(\d)\.downsample\.norm\.',
-                     r'downsample_layers.\1.pre_norm.', key)
-        key = re.sub(r'^stages\.(\d)\.downsample\.conv\.',
-                     r'downsample_layers.\1.conv.', key)
+        key = re.sub(
+            r'^stem\.(conv|norm)\.',
+            lambda m: (
+                'downsample_layers.0.conv.'
+                if m.group(1) == 'conv'
+                else 'downsample_layers.0.post_norm.'
+            ),
+            key,
+        )
+        key = re.sub(
+            r'^stages\.(\d)\.downsample\.norm\.',
+            r'downsample_layers.\1.pre_norm.',
+            key,
+        )
+        key = re.sub(
+            r'^stages\.(\d)\.downsample\.conv\.',
+            r'downsample_layers.\1.conv.',
+            key,
+        )
         key = re.sub(r'^stages\.(\d)\.blocks\.(\d+)\.', r'stages.\1.\2.', key)
-        if value.dim() == 4 and value.shape[-2:] == (1, 1) and re.search(
-                r'(mlp\.fc[12]|pwconv[12])\.weight$', key):
+        if (
+            value.dim() == 4
+            and value.shape[-2:] == (1, 1)
+            and re.search(r'(mlp\.fc[12]|pwconv[12])\.weight$', key)
+        ):
             value = value[:, :, 0, 0]
         out[key] = value
     return out
@@ -459,15 +618,19 @@ def with_mlp_head(state_dict, dim, num_classes):
     21841 x 4C in21k classifier is an expanded view of one element: the file
     stays small, the shapes are the published ones."""
     hidden = 4 * dim
-    return dict(state_dict, **{
-        'norm.weight': torch.ones(dim), 'norm.bias': torch.zeros(dim),
-        'head.fc1.weight': torch.zeros(hidden, dim),
-        'head.fc1.bias': torch.zeros(hidden),
-        'head.norm.weight': torch.ones(hidden),
-        'head.norm.bias': torch.zeros(hidden),
-        'head.fc2.weight': torch.zeros(1).expand(num_classes, hidden),
-        'head.fc2.bias': torch.zeros(num_classes),
-    })
+    return dict(
+        state_dict,
+        **{
+            'norm.weight': torch.ones(dim),
+            'norm.bias': torch.zeros(dim),
+            'head.fc1.weight': torch.zeros(hidden, dim),
+            'head.fc1.bias': torch.zeros(hidden),
+            'head.norm.weight': torch.ones(hidden),
+            'head.norm.bias': torch.zeros(hidden),
+            'head.fc2.weight': torch.zeros(1).expand(num_classes, hidden),
+            'head.fc2.bias': torch.zeros(num_classes),
+        },
+    )
 
 
 @pytest.mark.parametrize('family,variant', [('caformer', 'in21k')])
@@ -477,11 +640,13 @@ def test_in21k_weights_in_their_layout_load(family, variant, tmp_path):
     1000-class head, which the ImageNet-1K tests in test_checkpoints.py
     load."""
     cls = FAMILY_CLASSES[family]
-    source = randomise(MODELS.build(dict(type=cls, arch='s18',
-                                         out_norm_cfg=None)), seed=7)
+    source = randomise(
+        MODELS.build(dict(type=cls, arch='s18', out_norm_cfg=None)), seed=7
+    )
     num_classes = 21841 if variant == 'in21k' else 1000
-    published = with_mlp_head(as_baselines_layout(source.state_dict()), 512,
-                              num_classes)
+    published = with_mlp_head(
+        as_baselines_layout(source.state_dict()), 512, num_classes
+    )
     src = tmp_path / Path(pretrained_url(family, 's18', variant)).name
     torch.save(published, src)
     backbone_bytes = 4 * sum(p.numel() for p in source.parameters())
@@ -493,9 +658,14 @@ def test_in21k_weights_in_their_layout_load(family, variant, tmp_path):
     with torch.no_grad():
         expected = source(x)
     # (init_cfg also takes the published file itself: test_checkpoints.py)
-    model = MODELS.build(dict(
-        type=cls, arch='s18', out_norm_cfg=None,
-        init_cfg=dict(type='Pretrained', checkpoint=str(dst))))
+    model = MODELS.build(
+        dict(
+            type=cls,
+            arch='s18',
+            out_norm_cfg=None,
+            init_cfg=dict(type='Pretrained', checkpoint=str(dst)),
+        )
+    )
     model.init_weights()
     with torch.no_grad():
         for got, want in zip(model.eval()(x), expected):

@@ -15,6 +15,7 @@ Tolerances (``exporter``): detections matched per box (same label, IoU >=
 largest magnitude (float32 sums over a few thousand terms), argmax labels
 99.9% equal.
 """
+
 import copy
 import json
 from types import SimpleNamespace
@@ -33,32 +34,55 @@ TOY_CLASSES = ('airplane', 'sports ball', 'kite', 'baseball bat', 'tv')
 
 # Two-stage models keep 50 proposals (of 100 per level) and 20 detections
 # instead of 1000 and 100: the same graph, a tenth of the RoI work.
-FEWER_ROIS = {'model.test_cfg.rpn.nms_pre': 100,
-              'model.test_cfg.rpn.max_per_img': 50,
-              'model.test_cfg.rcnn.max_per_img': 20}
+FEWER_ROIS = {
+    'model.test_cfg.rpn.nms_pre': 100,
+    'model.test_cfg.rpn.max_per_img': 50,
+    'model.test_cfg.rcnn.max_per_img': 20,
+}
 # name: (config, --cfg-options, export size, second size)
 CASES = {
     'retinanet_poolformer': (
-        'toy/retinanet_poolformer_s12_toy_coco.py', {}, (64, 96), (91, 59)),
+        'toy/retinanet_poolformer_s12_toy_coco.py',
+        {},
+        (64, 96),
+        (91, 59),
+    ),
     'mask_rcnn_poolformer': (
-        'toy/mask_rcnn_poolformer_s12_toy_coco.py', FEWER_ROIS, (64, 64),
-        (59, 91)),
+        'toy/mask_rcnn_poolformer_s12_toy_coco.py',
+        FEWER_ROIS,
+        (64, 64),
+        (59, 91),
+    ),
     'cascade_poolformer': (  # the CAFormer leaf with PoolFormer-S12 (same
         # stage widths): a smaller graph
         'cascade_mask_rcnn_caformer_s18_coco.py',
-        {'model.backbone.init_cfg': None, 'model.backbone.type': 'PoolFormer',
-         'model.backbone.arch': 's12', **FEWER_ROIS}, (64, 64), (91, 59)),
+        {
+            'model.backbone.init_cfg': None,
+            'model.backbone.type': 'PoolFormer',
+            'model.backbone.arch': 's12',
+            **FEWER_ROIS,
+        },
+        (64, 64),
+        (91, 59),
+    ),
     'semantic_fpn_poolformer': (
-        'toy/semantic_fpn_poolformer_s12_toy_ade20k.py', {}, (64, 96),
-        (96, 64)),
+        'toy/semantic_fpn_poolformer_s12_toy_ade20k.py',
+        {},
+        (64, 96),
+        (96, 64),
+    ),
     'upernet_caformer': (
         'toy/upernet_convformer_s18_toy_ade20k.py',
-        {'model.backbone.type': 'CAFormer'}, (96, 96), (64, 160)),
+        {'model.backbone.type': 'CAFormer'},
+        (96, 96),
+        (64, 160),
+    ),
 }
 
 
 def load(name, options=None):
-    from mmmetaformer.utils.launch import load_config
+    from mmmetaformer_tools.launch import load_config
+
     return load_config(str(CONFIGS / name), options or None)
 
 
@@ -73,13 +97,17 @@ def spread_scores(model):
         if name.split('.')[-1] in names:
             fan_in = module.weight[0].numel()
             with torch.no_grad():
-                module.weight.copy_(torch.randn(
-                    module.weight.shape, generator=gen) * 2 / fan_in**0.5)
+                module.weight.copy_(
+                    torch.randn(module.weight.shape, generator=gen)
+                    * 2
+                    / fan_in**0.5
+                )
                 module.bias.zero_()
 
 
 def save_checkpoint(cfg, scope, path, classes=None):
     from mmmetaformer.export.exporter import build_model
+
     torch.manual_seed(0)
     model, _ = build_model(copy.deepcopy(cfg), scope)
     spread_scores(model)
@@ -90,13 +118,22 @@ def save_checkpoint(cfg, scope, path, classes=None):
 
 def export_case(name, tmp_path, options=None, verify=True):
     from mmmetaformer.export.exporter import export_model
+
     config, own, shape, check = CASES[name]
     cfg, scope = load(config, {**own, **(options or {})})
     ckpt = save_checkpoint(cfg, scope, tmp_path / f'{name}.pth')
     out = tmp_path / f'{name}.onnx'
     lines = []
-    export_model(cfg, scope, str(ckpt), str(out), shape, verify=verify,
-                 check_shape=check, log=lines.append)
+    export_model(
+        cfg,
+        scope,
+        str(ckpt),
+        str(out),
+        shape,
+        verify=verify,
+        check_shape=check,
+        log=lines.append,
+    )
     return out, lines
 
 
@@ -105,15 +142,24 @@ def retinanet(tmp_path_factory):
     """The toy RetinaNet exported once (verified at two sizes), for the
     tests below: its checkpoint names the toy classes."""
     from mmmetaformer.export.exporter import export_model
+
     root = tmp_path_factory.mktemp('retinanet')
     config, own, shape, check = CASES['retinanet_poolformer']
     cfg, scope = load(config, own)
     ckpt = save_checkpoint(cfg, scope, root / 'toy.pth', TOY_CLASSES)
     out, lines = root / 'toy.onnx', []
-    export_model(cfg, scope, str(ckpt), str(out), shape, check_shape=check,
-                 log=lines.append)
-    return SimpleNamespace(config=CONFIGS / config, ckpt=ckpt, onnx=out,
-                           lines=lines)
+    export_model(
+        cfg,
+        scope,
+        str(ckpt),
+        str(out),
+        shape,
+        check_shape=check,
+        log=lines.append,
+    )
+    return SimpleNamespace(
+        config=CONFIGS / config, ckpt=ckpt, onnx=out, lines=lines
+    )
 
 
 @pytest.mark.parametrize('name', sorted(CASES))
@@ -129,6 +175,7 @@ def test_export_matches_pytorch_at_two_sizes(name, tmp_path, request):
         # something was compared: scores spread above the threshold
         assert all('nothing to compare' not in v for v in verified), lines
     import onnx
+
     model = onnx.load(str(out))
     ops = {node.op_type for node in model.graph.node}
     assert all(node.domain in ('', 'ai.onnx') for node in model.graph.node)
@@ -138,8 +185,9 @@ def test_export_matches_pytorch_at_two_sizes(name, tmp_path, request):
     if name not in ('retinanet_poolformer', 'mask_rcnn_poolformer'):
         return
     # batch 2 of one size runs, each image as it would alone
-    session = ort.InferenceSession(str(out),
-                                   providers=['CPUExecutionProvider'])
+    session = ort.InferenceSession(
+        str(out), providers=['CPUExecutionProvider']
+    )
     gen = torch.Generator().manual_seed(3)
     images = (torch.rand(2, 3, 70, 90, generator=gen) * 255).numpy()
     both = session.run(None, {'image': images})
@@ -149,8 +197,9 @@ def test_export_matches_pytorch_at_two_sizes(name, tmp_path, request):
         if pair.dtype == np.bool_ or pair.dtype == np.int64:
             assert (pair[0] == single[0]).mean() > 0.99
         else:
-            np.testing.assert_allclose(pair[0], single[0], rtol=1e-3,
-                                       atol=1e-3)
+            np.testing.assert_allclose(
+                pair[0], single[0], rtol=1e-3, atol=1e-3
+            )
 
 
 def test_nms_settings_of_the_config_are_in_the_file(retinanet, tmp_path):
@@ -161,81 +210,113 @@ def test_nms_settings_of_the_config_are_in_the_file(retinanet, tmp_path):
     image = (torch.rand(1, 3, 64, 96, generator=gen) * 255).numpy()
 
     def run(path):
-        session = ort.InferenceSession(str(path),
-                                       providers=['CPUExecutionProvider'])
+        session = ort.InferenceSession(
+            str(path), providers=['CPUExecutionProvider']
+        )
         return session.run(None, {'image': image})
 
     loose = run(retinanet.onnx)
     positive = loose[1][0][loose[1][0] > 0]
     threshold = float(np.median(positive))
-    options = {'model.test_cfg.score_thr': threshold,
-               'model.test_cfg.max_per_img': 7,
-               'model.test_cfg.nms.iou_threshold': 0.3}
-    boxes, scores, labels = run(export_case(
-        'retinanet_poolformer', tmp_path, options, verify=False)[0])
+    options = {
+        'model.test_cfg.score_thr': threshold,
+        'model.test_cfg.max_per_img': 7,
+        'model.test_cfg.nms.iou_threshold': 0.3,
+    }
+    boxes, scores, labels = run(
+        export_case('retinanet_poolformer', tmp_path, options, verify=False)[0]
+    )
     assert scores.shape == (1, 7) and loose[1].shape == (1, 100)
     kept = scores[0] > 0
     assert kept.any() and (scores[0][kept] > threshold).all()
     assert (positive <= threshold).any()  # the default file keeps those
     from torchvision.ops import box_iou
+
     b = torch.from_numpy(boxes[0][kept])
-    same = torch.from_numpy(labels[0][kept])[:, None] == torch.from_numpy(
-        labels[0][kept])[None]
+    same = (
+        torch.from_numpy(labels[0][kept])[:, None]
+        == torch.from_numpy(labels[0][kept])[None]
+    )
     iou = box_iou(b, b) * same.float()
     assert (iou.fill_diagonal_(0) <= 0.3 + 1e-6).all()
 
 
-@pytest.mark.parametrize('size', [(1, 1), (2, 3), (5, 7), (6, 6), (7, 13),
-                                  (13, 20), (25, 38)])
+@pytest.mark.parametrize(
+    'size', [(1, 1), (2, 3), (5, 7), (6, 6), (7, 13), (13, 20), (25, 38)]
+)
 def test_exact_adaptive_pool_equals_torch(size):
     """``adaptive_avg_pool2d`` (averaging matrices) against
     ``F.adaptive_avg_pool2d``, bins dividing the map or not, in eager mode
     and as exported (run in onnxruntime at sizes it was not traced at)."""
     from mmmetaformer.export.ops import adaptive_avg_pool2d
+
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(2, 4, *size, generator=gen)
     for out in (1, 2, 3, 6, (2, 5)):
-        torch.testing.assert_close(adaptive_avg_pool2d(x, out),
-                                   F.adaptive_avg_pool2d(x, out),
-                                   rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(
+            adaptive_avg_pool2d(x, out),
+            F.adaptive_avg_pool2d(x, out),
+            rtol=1e-5,
+            atol=1e-6,
+        )
 
 
 def test_exact_adaptive_pool_exported_any_size(tmp_path):
     from mmmetaformer.export.ops import ExactAdaptiveAvgPool2d
+
     module = ExactAdaptiveAvgPool2d(6)
     path = tmp_path / 'pool.onnx'
-    torch.onnx.export(module, (torch.randn(1, 3, 12, 12), ), str(path),
-                      input_names=['x'], opset_version=17, dynamo=False,
-                      dynamic_axes={'x': {0: 'n', 2: 'h', 3: 'w'}})
-    session = ort.InferenceSession(str(path),
-                                   providers=['CPUExecutionProvider'])
+    torch.onnx.export(
+        module,
+        (torch.randn(1, 3, 12, 12),),
+        str(path),
+        input_names=['x'],
+        opset_version=17,
+        dynamo=False,
+        dynamic_axes={'x': {0: 'n', 2: 'h', 3: 'w'}},
+    )
+    session = ort.InferenceSession(
+        str(path), providers=['CPUExecutionProvider']
+    )
     gen = torch.Generator().manual_seed(0)
     for size in ((12, 12), (5, 7), (13, 20), (3, 2)):
         x = torch.randn(2, 3, *size, generator=gen)
         got = session.run(None, {'x': x.numpy()})[0]
-        np.testing.assert_allclose(got, F.adaptive_avg_pool2d(x, 6).numpy(),
-                                   rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            got, F.adaptive_avg_pool2d(x, 6).numpy(), rtol=1e-5, atol=1e-6
+        )
 
 
-def test_infer_with_the_onnx_file_writes_the_same_json(retinanet,
-                                                       tmp_path):
-    from mmmetaformer.datasets import toy
-    toy.make_coco(tmp_path / 'toy_coco', num_train=1, num_val=2,
-                  img_size=64)
+def test_infer_with_the_onnx_file_writes_the_same_json(retinanet, tmp_path):
+    from mmmetaformer_tools import toy
+
+    toy.make_coco(tmp_path / 'toy_coco', num_train=1, num_val=2, img_size=64)
     images = tmp_path / 'toy_coco' / 'val2017'
-    config, ckpt, onnx_file = retinanet.config, retinanet.ckpt, \
-        retinanet.onnx
+    config, ckpt, onnx_file = retinanet.config, retinanet.ckpt, retinanet.onnx
     preds = {}
     for key, weights in (('pytorch', ckpt), ('onnx', onnx_file)):
         out = tmp_path / key
-        proc = run_forked('infer.py', images, config, weights, '--out-dir',
-                          out, '--device', 'cpu', cwd=tmp_path,
-                          log_path=tmp_path / f'{key}.log')
+        proc = run_forked(
+            'infer.py',
+            images,
+            config,
+            weights,
+            '--out-dir',
+            out,
+            '--device',
+            'cpu',
+            cwd=tmp_path,
+            log_path=tmp_path / f'{key}.log',
+        )
         assert proc.returncode == 0, proc.output[-3000:]
         names = sorted(p.name for p in images.glob('*.jpg'))
         assert sorted(p.name for p in (out / 'vis').glob('*.jpg')) == names
-        preds[key] = {name: json.loads((out / 'preds' / name.replace(
-            '.jpg', '.json')).read_text()) for name in names}
+        preds[key] = {
+            name: json.loads(
+                (out / 'preds' / name.replace('.jpg', '.json')).read_text()
+            )
+            for name in names
+        }
     compared = 0
     for name, want in preds['pytorch'].items():
         got = preds['onnx'][name]
@@ -249,13 +330,22 @@ def test_infer_with_the_onnx_file_writes_the_same_json(retinanet,
 def test_an_unsupported_head_is_refused_in_one_line(tmp_path):
     config = CONFIGS / CASES['retinanet_poolformer'][0]
     ckpt = tmp_path / 'atss.pth'
-    cfg, scope = load(CASES['retinanet_poolformer'][0],
-                      {'model.bbox_head.type': 'ATSSHead'})
+    cfg, scope = load(
+        CASES['retinanet_poolformer'][0], {'model.bbox_head.type': 'ATSSHead'}
+    )
     save_checkpoint(cfg, scope, ckpt)
     out = tmp_path / 'atss.onnx'
-    proc = run_forked('export_onnx.py', config, ckpt, '--out', out,
-                      '--cfg-options', 'model.bbox_head.type=ATSSHead',
-                      cwd=tmp_path, log_path=tmp_path / 'log')
+    proc = run_forked(
+        'export_onnx.py',
+        config,
+        ckpt,
+        '--out',
+        out,
+        '--cfg-options',
+        'model.bbox_head.type=ATSSHead',
+        cwd=tmp_path,
+        log_path=tmp_path / 'log',
+    )
     assert proc.returncode == 2, proc.output[-3000:]
     lines = [line for line in proc.output.splitlines() if line.strip()]
     assert lines[-1].startswith('error: cannot export bbox_head (ATSSHead)')

@@ -13,6 +13,7 @@ and leave gradients as autograd computes them. Block residuals are out of
 place (hooks on every submodule see final values:
 ``tests/test_compile_hooks_amp.py``).
 """
+
 import pytest
 import timm
 import torch
@@ -59,7 +60,7 @@ def saved_bytes(fn, exclude=()):
 
 
 def reference_starrelu(module, x):
-    return module.scale * F.relu(x)**2 + module.bias
+    return module.scale * F.relu(x) ** 2 + module.bias
 
 
 def module_gradcheck(module, *inputs):
@@ -69,9 +70,10 @@ def module_gradcheck(module, *inputs):
     names = [n for n, _ in module.named_parameters()]
 
     def call(*tensors):
-        params = dict(zip(names, tensors[len(inputs):]))
-        return torch.func.functional_call(module, params,
-                                          tensors[:len(inputs)])
+        params = dict(zip(names, tensors[len(inputs) :]))
+        return torch.func.functional_call(
+            module, params, tensors[: len(inputs)]
+        )
 
     return torch.autograd.gradcheck(call, (*inputs, *module.parameters()))
 
@@ -82,15 +84,16 @@ def star():
 
 
 # the gradient may arrive in the input's layout or in the other one
-LAYOUTS = [(torch.contiguous_format, torch.contiguous_format),
-           (CHANNELS_LAST, CHANNELS_LAST),
-           (CHANNELS_LAST, torch.contiguous_format),
-           (torch.contiguous_format, CHANNELS_LAST)]
+LAYOUTS = [
+    (torch.contiguous_format, torch.contiguous_format),
+    (CHANNELS_LAST, CHANNELS_LAST),
+    (CHANNELS_LAST, torch.contiguous_format),
+    (torch.contiguous_format, CHANNELS_LAST),
+]
 
 
 @pytest.mark.parametrize('x_layout,grad_layout', LAYOUTS)
-def test_starrelu_training_path_matches_autograd(star, x_layout,
-                                                 grad_layout):
+def test_starrelu_training_path_matches_autograd(star, x_layout, grad_layout):
     torch.manual_seed(0)
     x = torch.randn(2, 6, 5, 7).contiguous(memory_format=x_layout)
     x.requires_grad_()
@@ -101,8 +104,7 @@ def test_starrelu_training_path_matches_autograd(star, x_layout,
     expected = reference_starrelu(star, x)
     assert torch.equal(out, expected)
     ours = torch.autograd.grad(out, (x, star.scale, star.bias), grad)
-    reference = torch.autograd.grad(expected, (x, star.scale, star.bias),
-                                    grad)
+    reference = torch.autograd.grad(expected, (x, star.scale, star.bias), grad)
     for a, b in zip(ours, reference):
         # the scalars' gradients sum over every element
         assert_close(a, b, reduction=x.numel())
@@ -110,23 +112,46 @@ def test_starrelu_training_path_matches_autograd(star, x_layout,
 
 CONV_CASES = {
     # name: (module, reference kwargs, input shape)
-    'depthwise 7x7': (lambda: DepthwiseConv2d(6, 7, padding=3),
-                      dict(in_channels=6, out_channels=6, kernel_size=7,
-                           padding=3, groups=6), (2, 6, 9, 11)),
+    'depthwise 7x7': (
+        lambda: DepthwiseConv2d(6, 7, padding=3),
+        dict(
+            in_channels=6, out_channels=6, kernel_size=7, padding=3, groups=6
+        ),
+        (2, 6, 9, 11),
+    ),
     'depthwise same, no bias': (
         lambda: DepthwiseConv2d(4, 9, padding='same', bias=False),
-        dict(in_channels=4, out_channels=4, kernel_size=9, padding='same',
-             groups=4, bias=False), (1, 4, 12, 10)),
-    'depthwise uneven': (lambda: DepthwiseConv2d(5, (3, 5), padding=(0, 1)),
-                         dict(in_channels=5, out_channels=5,
-                              kernel_size=(3, 5), padding=(0, 1), groups=5),
-                         (2, 5, 8, 7)),
-    'pointwise': (lambda: PointwiseConv2d(6, 10),
-                  dict(in_channels=6, out_channels=10, kernel_size=1),
-                  (2, 6, 9, 11)),
-    'pointwise, no bias': (lambda: PointwiseConv2d(8, 4, bias=False),
-                           dict(in_channels=8, out_channels=4, kernel_size=1,
-                                bias=False), (1, 8, 5, 6)),
+        dict(
+            in_channels=4,
+            out_channels=4,
+            kernel_size=9,
+            padding='same',
+            groups=4,
+            bias=False,
+        ),
+        (1, 4, 12, 10),
+    ),
+    'depthwise uneven': (
+        lambda: DepthwiseConv2d(5, (3, 5), padding=(0, 1)),
+        dict(
+            in_channels=5,
+            out_channels=5,
+            kernel_size=(3, 5),
+            padding=(0, 1),
+            groups=5,
+        ),
+        (2, 5, 8, 7),
+    ),
+    'pointwise': (
+        lambda: PointwiseConv2d(6, 10),
+        dict(in_channels=6, out_channels=10, kernel_size=1),
+        (2, 6, 9, 11),
+    ),
+    'pointwise, no bias': (
+        lambda: PointwiseConv2d(8, 4, bias=False),
+        dict(in_channels=8, out_channels=4, kernel_size=1, bias=False),
+        (1, 8, 5, 6),
+    ),
 }
 
 
@@ -153,11 +178,13 @@ def test_conv_training_paths_match_nn_conv2d(case, layout):
     assert torch.equal(out, expected)
     grad = torch.randn_like(out)
     got = torch.autograd.grad(out, (x_ours, *ours.parameters()), grad)
-    want = torch.autograd.grad(expected, (x_ref, *reference.parameters()),
-                               grad)
+    want = torch.autograd.grad(
+        expected, (x_ref, *reference.parameters()), grad
+    )
     # weight gradients sum over every output position of the batch
-    reduction = max(reference.weight[0].numel(),
-                    out.shape[0] * out.shape[2] * out.shape[3])
+    reduction = max(
+        reference.weight[0].numel(), out.shape[0] * out.shape[2] * out.shape[3]
+    )
     for a, b in zip(got, want):
         assert a.dtype == b.dtype
         assert_close(a, b, reduction=reduction)
@@ -167,12 +194,19 @@ def test_conv_training_paths_match_nn_conv2d(case, layout):
 def test_conv_functions_pass_gradcheck(case):
     ours, _, shape = conv_pair(case)
     ours = ours.double()
-    x = torch.randn(shape, dtype=torch.double).contiguous(
-        memory_format=CHANNELS_LAST).requires_grad_()
+    x = (
+        torch.randn(shape, dtype=torch.double)
+        .contiguous(memory_format=CHANNELS_LAST)
+        .requires_grad_()
+    )
     assert torch.autograd.gradcheck(
         lambda x, *params: torch.func.functional_call(
-            ours, dict(zip([n for n, _ in ours.named_parameters()], params)),
-            (x, )), (x, *ours.parameters()))
+            ours,
+            dict(zip([n for n, _ in ours.named_parameters()], params)),
+            (x,),
+        ),
+        (x, *ours.parameters()),
+    )
 
 
 @pytest.mark.parametrize('case', ['depthwise 7x7', 'pointwise'])
@@ -201,14 +235,21 @@ def test_conv_modules_trace_to_standard_convs():
         graph = torch.jit.trace(ours, x.requires_grad_()).graph
         kinds = {node.kind() for node in graph.nodes()}
         assert kinds & {'aten::_convolution', 'aten::_convolution_mode'}, (
-            case, kinds)
+            case,
+            kinds,
+        )
         assert 'prim::PythonOp' not in kinds, (case, kinds)
 
 
-@pytest.mark.parametrize('timm_name,cls_name', [
-    ('poolformer_s12', 'PoolFormer'), ('poolformerv2_s12', 'PoolFormerV2'),
-    ('convformer_s18', 'ConvFormer'), ('caformer_s18', 'CAFormer')
-])
+@pytest.mark.parametrize(
+    'timm_name,cls_name',
+    [
+        ('poolformer_s12', 'PoolFormer'),
+        ('poolformerv2_s12', 'PoolFormerV2'),
+        ('convformer_s18', 'ConvFormer'),
+        ('caformer_s18', 'CAFormer'),
+    ],
+)
 def test_training_gradients_equal_timm(timm_name, cls_name):
     """Every custom backward together (StarReLU, pooling, GELU recompute,
     depthwise and pointwise convs) against timm's autograd: same loss
@@ -217,10 +258,12 @@ def test_training_gradients_equal_timm(timm_name, cls_name):
     reference = timm.create_model(timm_name, pretrained=False)
     randomise(reference)
     native, _, _ = to_native(reference.state_dict())
-    ours = MODELS.build(dict(type=cls_name, arch=timm_name.split('_')[1],
-                             out_norm_cfg=None))
-    ours.load_state_dict({k: v for k, v in native.items()
-                          if not k.startswith('head.')})
+    ours = MODELS.build(
+        dict(type=cls_name, arch=timm_name.split('_')[1], out_norm_cfg=None)
+    )
+    ours.load_state_dict(
+        {k: v for k, v in native.items() if not k.startswith('head.')}
+    )
     ours.train()
     reference.train()
     x = torch.randn(1, 3, 64, 96)
@@ -228,11 +271,15 @@ def test_training_gradients_equal_timm(timm_name, cls_name):
     last = reference.forward_intermediates(x, intermediates_only=True)[-1]
     last.square().mean().backward()
     # timm's gradients in our layout, by the same converter as its weights
-    expected, _, _ = to_native({n: p.grad for n, p in
-                                reference.named_parameters()
-                                if p.grad is not None}, fmt='timm')
-    got = {n: p.grad for n, p in ours.named_parameters()
-           if p.grad is not None}
+    expected, _, _ = to_native(
+        {
+            n: p.grad
+            for n, p in reference.named_parameters()
+            if p.grad is not None
+        },
+        fmt='timm',
+    )
+    got = {n: p.grad for n, p in ours.named_parameters() if p.grad is not None}
     # forward and backward through every layer; weight gradients also sum
     # over the positions of the largest map
     fan_in, depth = model_rounding(ours)
@@ -265,8 +312,7 @@ def test_starrelu_inference_path_is_exact_and_keeps_the_input(star, mode):
 
 
 @pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
-def test_starrelu_half_inputs_keep_their_dtype_and_square_in_fp32(
-        star, dtype):
+def test_starrelu_half_inputs_keep_their_dtype_and_square_in_fp32(star, dtype):
     x = (torch.randn(2, 6, 5, 7) * 4).to(dtype)
     before = x.clone()
     # the fp32 expression, rounded once to the input's dtype
@@ -302,8 +348,8 @@ def test_pooling_is_exact_keeps_the_input_and_backpropagates(mode):
     assert torch.equal(x.detach(), before)
     if mode == 'grad':
         grad = torch.randn_like(out)
-        ours, = torch.autograd.grad(out, x, grad)
-        expected, = torch.autograd.grad(reference, x, grad)
+        (ours,) = torch.autograd.grad(out, x, grad)
+        (expected,) = torch.autograd.grad(reference, x, grad)
         torch.testing.assert_close(ours, expected)
 
 
@@ -318,8 +364,8 @@ def test_pooling_training_path_saves_nothing(layout):
     assert nbytes == 0
     reference = F.avg_pool2d(x, 3, 1, 1, count_include_pad=False) - x
     grad = torch.randn_like(out)
-    ours, = torch.autograd.grad(out, x, grad)
-    expected, = torch.autograd.grad(reference, x, grad)
+    (ours,) = torch.autograd.grad(out, x, grad)
+    (expected,) = torch.autograd.grad(reference, x, grad)
     assert_close(ours, expected, reduction=9)
 
 
@@ -344,11 +390,15 @@ def test_gelu_module_equals_torch_gelu_in_either_layout(layout):
     expected = nn.GELU()(x)
     torch.testing.assert_close(out, expected, rtol=1e-6, atol=1e-6)
     assert out.is_contiguous(memory_format=CHANNELS_LAST) == (
-        layout == 'channels_last')
+        layout == 'channels_last'
+    )
     grad = torch.randn_like(out)
     torch.testing.assert_close(
         torch.autograd.grad(out, x, grad)[0],
-        torch.autograd.grad(expected, x, grad)[0], rtol=1e-6, atol=1e-6)
+        torch.autograd.grad(expected, x, grad)[0],
+        rtol=1e-6,
+        atol=1e-6,
+    )
     with pytest.raises(ValueError, match="approximate='tanh'"):
         GELU(approximate='tanh')
 
@@ -361,8 +411,11 @@ def gelu_mlp(bias=True):
 @pytest.mark.parametrize('bias', [True, False])
 def test_mlp_recomputes_gelu_instead_of_saving_it(bias):
     mlp = gelu_mlp(bias)
-    x = torch.randn(2, 8, 6, 5).contiguous(
-        memory_format=CHANNELS_LAST).requires_grad_()
+    x = (
+        torch.randn(2, 8, 6, 5)
+        .contiguous(memory_format=CHANNELS_LAST)
+        .requires_grad_()
+    )
     params = list(mlp.parameters())
     nbytes, out = saved_bytes(lambda: mlp(x), exclude=params)
     with torch.no_grad():
@@ -383,19 +436,26 @@ def test_mlp_recomputes_gelu_instead_of_saving_it(bias):
 
 
 def test_gelu_pointwise_passes_gradcheck():
-    h = torch.randn(1, 6, 3, 4, dtype=torch.double).contiguous(
-        memory_format=CHANNELS_LAST).requires_grad_()
+    h = (
+        torch.randn(1, 6, 3, 4, dtype=torch.double)
+        .contiguous(memory_format=CHANNELS_LAST)
+        .requires_grad_()
+    )
     weight = torch.randn(3, 6, 1, 1, dtype=torch.double, requires_grad=True)
     bias = torch.randn(3, dtype=torch.double, requires_grad=True)
-    assert torch.autograd.gradcheck(cpu_kernels.gelu_pointwise,
-                                    (h, weight, bias))
+    assert torch.autograd.gradcheck(
+        cpu_kernels.gelu_pointwise, (h, weight, bias)
+    )
 
 
 def test_mlp_calls_hooked_modules_and_their_hooks_fire():
     """A hook on ``act`` or ``fc2``, or a global module hook, sees every
     call: the MLP then runs its modules one by one."""
-    x = torch.randn(1, 8, 4, 4).contiguous(
-        memory_format=CHANNELS_LAST).requires_grad_()
+    x = (
+        torch.randn(1, 8, 4, 4)
+        .contiguous(memory_format=CHANNELS_LAST)
+        .requires_grad_()
+    )
     mlp = gelu_mlp().train()
     seen = []
     mlp.fc2.register_forward_pre_hook(lambda m, args: seen.append('fc2'))
@@ -404,7 +464,8 @@ def test_mlp_calls_hooked_modules_and_their_hooks_fire():
     assert seen == ['act', 'fc2']
     seen.clear()
     handle = nn.modules.module.register_module_forward_hook(
-        lambda module, args, out: seen.append(type(module).__name__))
+        lambda module, args, out: seen.append(type(module).__name__)
+    )
     try:
         mlp2 = gelu_mlp()
         mlp2(x)
@@ -432,17 +493,22 @@ def test_either_memory_layout_computes_the_same(name):
 
 @pytest.mark.parametrize('value', ['yes', 1, 'channels_last'])
 def test_invalid_channels_last_is_refused(value):
-    with pytest.raises(ValueError, match=f'channels_last={value!r} is '
-                       r'invalid; valid: None \(per device\), True, False'):
+    with pytest.raises(
+        ValueError,
+        match=f'channels_last={value!r} is '
+        r'invalid; valid: None \(per device\), True, False',
+    ):
         build('PoolFormer', channels_last=value)
 
 
 @pytest.mark.parametrize('mode', ['grad', 'no_grad'])
 def test_identity_block_leaves_its_input_alone(mode):
     block = MetaFormerBlock(
-        4, token_mixer=IdentityMixer,
+        4,
+        token_mixer=IdentityMixer,
         mlp_layer=lambda d: torch.nn.Identity(),
-        norm_layer=lambda d: torch.nn.Identity()).eval()
+        norm_layer=lambda d: torch.nn.Identity(),
+    ).eval()
     x = torch.randn(1, 4, 5, 5, requires_grad=mode == 'grad')
     before = x.detach().clone()
     with torch.set_grad_enabled(mode == 'grad'):
@@ -451,10 +517,17 @@ def test_identity_block_leaves_its_input_alone(mode):
     assert torch.equal(out.detach(), before * 4)
 
 
-@pytest.mark.parametrize('name', [
-    'PoolFormer', 'PoolFormerV2', 'IdentityFormer', 'RandFormer',
-    'ConvFormer', 'CAFormer'
-])
+@pytest.mark.parametrize(
+    'name',
+    [
+        'PoolFormer',
+        'PoolFormerV2',
+        'IdentityFormer',
+        'RandFormer',
+        'ConvFormer',
+        'CAFormer',
+    ],
+)
 def test_inference_equals_the_autograd_forward(name):
     """Same outputs with and without autograd (StarReLU's paths)."""
     model = randomise(build(name)).eval()

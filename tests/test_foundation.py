@@ -1,4 +1,5 @@
 """The foundation: stack imports, compiled ops, registration, launchers."""
+
 import importlib
 import os
 import subprocess
@@ -19,36 +20,48 @@ def test_every_stack_package_imports():
 
     from packaging.requirements import Requirement
 
-    from mmmetaformer.utils.env_check import STACK_PACKAGES, stack_versions
+    from mmmetaformer_tools.env_check import STACK_PACKAGES, stack_versions
+
     versions = stack_versions()
     assert set(versions) == {name for name, _ in STACK_PACKAGES}
     for module_name, dist_name in STACK_PACKAGES:
-        assert versions[module_name].split('+')[0] == \
-            version(dist_name).split('+')[0], dist_name
+        assert (
+            versions[module_name].split('+')[0]
+            == version(dist_name).split('+')[0]
+        ), dist_name
     declared = [
         Requirement(line.split('#')[0])
-        for line in (REPO_ROOT / 'requirements' / 'mminstall.txt').read_text()
-        .splitlines() if line.split('#')[0].strip()
+        for line in (REPO_ROOT / 'requirements' / 'mminstall.txt')
+        .read_text()
+        .splitlines()
+        if line.split('#')[0].strip()
     ]
     for req in declared:
-        assert version(req.name) in req.specifier, (req.name,
-                                                    version(req.name))
+        assert version(req.name) in req.specifier, (
+            req.name,
+            version(req.name),
+        )
 
 
 def test_mmcv_compiled_ops_on_cpu_tensors():
     import torch
     from mmcv.ops import RoIAlign, batched_nms, nms
 
-    from mmmetaformer.utils.env_check import check_mmcv_ops
+    from mmmetaformer_tools.env_check import check_mmcv_ops
+
     check_mmcv_ops()
-    boxes = torch.tensor([[0., 0., 4., 4.], [0., 0., 4., 4.2]])
+    boxes = torch.tensor([[0.0, 0.0, 4.0, 4.0], [0.0, 0.0, 4.0, 4.2]])
     _, keep = nms(boxes, torch.tensor([0.5, 0.9]), 0.5)
     assert keep.tolist() == [1]
-    _, keep = batched_nms(boxes, torch.tensor([0.5, 0.9]),
-                          torch.tensor([0, 1]), dict(iou_threshold=0.5))
+    _, keep = batched_nms(
+        boxes,
+        torch.tensor([0.5, 0.9]),
+        torch.tensor([0, 1]),
+        dict(iou_threshold=0.5),
+    )
     assert sorted(keep.tolist()) == [0, 1]
     feats = torch.ones(1, 2, 8, 8)
-    out = RoIAlign(2, 1.0, 2)(feats, torch.tensor([[0., 0., 0., 4., 4.]]))
+    out = RoIAlign(2, 1.0, 2)(feats, torch.tensor([[0.0, 0.0, 0.0, 4.0, 4.0]]))
     assert torch.allclose(out, torch.ones(1, 2, 2, 2))
 
 
@@ -67,8 +80,9 @@ def test_missing_mmcv_ops_gives_the_fix():
         runpy.run_path({str(REPO_ROOT / 'tools' / 'check_env.py')!r},
                        run_name='__main__')
     """)
-    proc = subprocess.run([sys.executable, '-c', script],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, '-c', script], capture_output=True, text=True
+    )
     assert proc.returncode == 1
     assert 'without its compiled ops' in proc.stderr
     assert 'MMCV_WITH_OPS=1' in proc.stderr
@@ -80,6 +94,7 @@ def test_registry_visible_from_both_scopes(scope):
     from mmengine.registry import MODELS, DefaultScope, init_default_scope
 
     from mmmetaformer.models.backbones import FAMILY_CLASSES
+
     saved = dict(DefaultScope._instance_dict)
     try:
         init_default_scope(scope)
@@ -88,7 +103,8 @@ def test_registry_visible_from_both_scopes(scope):
         for name in (*FAMILY_CLASSES.values(), 'MetaFormer', 'StarReLU'):
             assert scope_models.get(name) is not None, (scope, name)
         backbone = scope_models.build(
-            dict(type='PoolFormer', arch='s12', out_indices=(3, )))
+            dict(type='PoolFormer', arch='s12', out_indices=(3,))
+        )
         assert type(backbone).__name__ == 'PoolFormer'
         assert DefaultScope.get_current_instance().scope_name == scope
         # The root registry built it: the scope's own registry has no copy.
@@ -104,6 +120,7 @@ def test_starrelu_in_an_mmcv_convmodule():
     from mmcv.cnn import ConvModule
 
     import mmmetaformer  # noqa: F401
+
     module = ConvModule(3, 4, 3, padding=1, act_cfg=dict(type='StarReLU'))
     assert type(module.activate).__name__ == 'StarReLU'
     out = module(torch.randn(1, 3, 8, 8))
@@ -112,16 +129,14 @@ def test_starrelu_in_an_mmcv_convmodule():
 
 
 CUSTOM_IMPORTS_CFG = {
-    'mmdet':
-    """
+    'mmdet': """
     _base_ = 'mmdet::retinanet/retinanet_r50_fpn_1x_coco.py'
     custom_imports = dict(imports=['mmmetaformer'], allow_failed_imports=False)
     model = dict(
         backbone=dict(_delete_=True, type='PoolFormer', arch='s12'),
         neck=dict(in_channels=[64, 128, 320, 512]))
     """,
-    'mmseg':
-    """
+    'mmseg': """
     _base_ = ['mmseg::_base_/models/fpn_r50.py',
               'mmseg::_base_/default_runtime.py']
     custom_imports = dict(imports=['mmmetaformer'], allow_failed_imports=False)
@@ -153,8 +168,12 @@ def test_custom_imports_in_a_stock_config(scope, tmp_path):
         feats = model.extract_feat(torch.randn(1, 3, 64, 64))
         print(type(model.backbone).__name__, len(feats))
     """)
-    proc = subprocess.run([sys.executable, '-c', script], cwd=tmp_path,
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, '-c', script],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     expected = {'mmdet': 'PoolFormer 5', 'mmseg': 'ConvFormer 4'}[scope]
     assert proc.stdout.strip().endswith(expected)
@@ -175,10 +194,13 @@ def test_package_imports_with_only_one_downstream_framework():
             assert MODELS.get('CAFormer') is not None
             print('ok')
         """)
-        proc = subprocess.run([sys.executable, '-c', script],
-                              capture_output=True, text=True)
+        proc = subprocess.run(
+            [sys.executable, '-c', script], capture_output=True, text=True
+        )
         assert proc.returncode == 0 and proc.stdout.strip() == 'ok', (
-            blocked, proc.stderr[-2000:])
+            blocked,
+            proc.stderr[-2000:],
+        )
 
 
 @pytest.mark.parametrize('tool', ['train.py', 'test.py'])
@@ -220,24 +242,32 @@ def test_unsupported_scope_is_a_clear_error(tmp_path):
 def test_cfg_options_typo_is_a_clear_error(tmp_path):
     cfg = tmp_path / 'det.py'
     cfg.write_text(
-        "_base_ = 'mmdet::retinanet/retinanet_r50_fpn_1x_coco.py'\n")
-    proc = run_tool('train.py', str(cfg), '--cfg-options',
-                    'optim_wrapper.optimizer.lrr=0.1')
+        "_base_ = 'mmdet::retinanet/retinanet_r50_fpn_1x_coco.py'\n"
+    )
+    proc = run_tool(
+        'train.py',
+        str(cfg),
+        '--cfg-options',
+        'optim_wrapper.optimizer.lrr=0.1',
+    )
     assert proc.returncode == 2
     assert "'optim_wrapper.optimizer.lrr'" in proc.stderr
     assert "did you mean 'lr'" in proc.stderr
-    proc = run_tool('train.py', str(cfg), '--cfg-options',
-                    'trian_cfg.max_epochs=1')
+    proc = run_tool(
+        'train.py', str(cfg), '--cfg-options', 'trian_cfg.max_epochs=1'
+    )
     assert proc.returncode == 2 and "did you mean 'train_cfg'" in proc.stderr
 
 
 def test_cfg_options_accepts_new_and_existing_keys():
     from mmengine.config import Config
 
-    from mmmetaformer.utils.launch import validate_cfg_options
+    from mmmetaformer_tools.launch import validate_cfg_options
+
     cfg = Config(dict(a=dict(b=1, items=[dict(c=2)]), model=dict()))
-    validate_cfg_options(cfg, {'a.b': 3, 'a.items.0.c': 4,
-                               'model.backbone': dict(type='X')})
+    validate_cfg_options(
+        cfg, {'a.b': 3, 'a.items.0.c': 4, 'model.backbone': dict(type='X')}
+    )
     with pytest.raises(Exception, match='not a valid index'):
         validate_cfg_options(cfg, {'a.items.5.c': 1})
 
@@ -250,21 +280,31 @@ def test_env_setup_has_nothing_to_do_the_second_time():
         pytest.skip('the suite is not running in a .venv-<stack> environment')
     stamp = Path(sys.prefix) / '.mmmetaformer-env-stamp'
     before = (stamp.read_text(), stamp.stat().st_mtime_ns)
-    proc = subprocess.run(['bash', 'tools/setup_env.sh', stack],
-                          cwd=REPO_ROOT, capture_output=True, text=True,
-                          env=dict(os.environ, MMMETAFORMER_VENV=sys.prefix))
+    proc = subprocess.run(
+        ['bash', 'tools/setup_env.sh', stack],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, MMMETAFORMER_VENV=sys.prefix),
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    steps = [line for line in proc.stdout.splitlines()
-             if line.startswith(f'[setup_env:{stack}]')]
+    steps = [
+        line
+        for line in proc.stdout.splitlines()
+        if line.startswith(f'[setup_env:{stack}]')
+    ]
     assert len(steps) == 1 and 'up to date' in steps[0], proc.stdout
     assert (stamp.read_text(), stamp.stat().st_mtime_ns) == before
 
 
 def test_env_setup_refuses_an_unknown_stack(tmp_path):
-    proc = subprocess.run(['bash', 'tools/setup_env.sh', 'nightly'],
-                          cwd=REPO_ROOT, capture_output=True, text=True,
-                          env=dict(os.environ,
-                                   MMMETAFORMER_VENV=str(tmp_path / 'venv')))
+    proc = subprocess.run(
+        ['bash', 'tools/setup_env.sh', 'nightly'],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, MMMETAFORMER_VENV=str(tmp_path / 'venv')),
+    )
     assert proc.returncode == 2
     assert "unknown stack 'nightly'" in proc.stderr
     assert 'classic' in proc.stderr and 'current' in proc.stderr
@@ -276,9 +316,11 @@ def test_every_stack_pins_the_packages_it_tests():
     exactly (tools/setup_env.sh reads the torch and mmcv versions from it),
     and those pins lie in the ranges the plugin declares."""
     from packaging.requirements import Requirement
+
     declared = {}
-    for line in (REPO_ROOT / 'requirements' / 'mminstall.txt').read_text() \
-            .splitlines():
+    for line in (
+        (REPO_ROOT / 'requirements' / 'mminstall.txt').read_text().splitlines()
+    ):
         if line.split('#')[0].strip():
             req = Requirement(line.split('#')[0])
             declared[req.name] = req.specifier
@@ -292,8 +334,14 @@ def test_every_stack_pins_the_packages_it_tests():
                 spec = str(req.specifier)
                 if spec.startswith('=='):
                     pins[req.name] = spec[2:]
-        for name in ('torch', 'torchvision', 'mmcv', 'mmengine', 'mmdet',
-                     'mmsegmentation'):
+        for name in (
+            'torch',
+            'torchvision',
+            'mmcv',
+            'mmengine',
+            'mmdet',
+            'mmsegmentation',
+        ):
             assert name in pins, (path.name, name)
         for name, spec in declared.items():
             if name in pins:

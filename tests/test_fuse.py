@@ -18,6 +18,7 @@ Every parameter is perturbed first so layer scales, norm affines (with
 biases where a family has them), StarReLU and BatchNorm statistics are
 not the identity they are at init.
 """
+
 import copy
 import logging
 
@@ -26,6 +27,7 @@ import torch
 import torch.nn as nn
 
 import mmmetaformer  # noqa: F401
+from mmmetaformer.export import export_onnx
 from mmmetaformer.models.core import (
     IdentityMixer,
     MetaFormerBlock,
@@ -35,7 +37,6 @@ from mmmetaformer.models.core import (
     StarReLU,
 )
 from mmmetaformer.registry import MODELS
-from mmmetaformer.utils.onnx_export import export_onnx
 
 TINY = dict(depths=[1, 1, 2, 1], dims=[16, 32, 64, 64])
 MODELS_UNDER_TEST = dict(
@@ -48,26 +49,51 @@ MODELS_UNDER_TEST = dict(
     # norms *with* biases and layer scales next to SepConv, pooling,
     # attention, RandomMixing and a StarReLU MLP with biases: every fold
     # with a shift term, every fused module kind in one model
-    MetaFormer=dict(arch=dict(
-        TINY, token_mixer_cfg=[dict(type='SepConv'), dict(type='Pooling'),
-                               dict(type='Attention', head_dim=16),
-                               dict(type='RandomMixing', num_tokens=4)],
-        norm_cfg=[dict(type='LayerNorm2d'), dict(type='GroupNorm1'),
-                  dict(type='LayerNorm2d'), dict(type='GroupNorm1')],
-        mlp_act_cfg=dict(type='StarReLU'), mlp_bias=True,
-        stem_norm_cfg=dict(type='LayerNorm2d', bias=False),
-        downsample_norm_cfg=dict(type='LayerNorm2d', bias=False),
-        layer_scale_init_value=1.0, res_scale_init_value=1.0)),
+    MetaFormer=dict(
+        arch=dict(
+            TINY,
+            token_mixer_cfg=[
+                dict(type='SepConv'),
+                dict(type='Pooling'),
+                dict(type='Attention', head_dim=16),
+                dict(type='RandomMixing', num_tokens=4),
+            ],
+            norm_cfg=[
+                dict(type='LayerNorm2d'),
+                dict(type='GroupNorm1'),
+                dict(type='LayerNorm2d'),
+                dict(type='GroupNorm1'),
+            ],
+            mlp_act_cfg=dict(type='StarReLU'),
+            mlp_bias=True,
+            stem_norm_cfg=dict(type='LayerNorm2d', bias=False),
+            downsample_norm_cfg=dict(type='LayerNorm2d', bias=False),
+            layer_scale_init_value=1.0,
+            res_scale_init_value=1.0,
+        )
+    ),
     ConvMixerReLU=dict(
         type='ConvMixer',
-        arch=dict(dim=32, depth=4, kernel_size=5, patch_size=7,
-                  act_cfg=dict(type='ReLU')),
-        adapter_norm_cfg=dict(type='GN', num_groups=4)),
+        arch=dict(
+            dim=32,
+            depth=4,
+            kernel_size=5,
+            patch_size=7,
+            act_cfg=dict(type='ReLU'),
+        ),
+        adapter_norm_cfg=dict(type='GN', num_groups=4),
+    ),
     ConvMixerGELU=dict(
         type='ConvMixer',
-        arch=dict(dim=32, depth=2, kernel_size=9, patch_size=14,
-                  act_cfg=dict(type='GELU')),
-        adapter_norm_cfg=dict(type='GN', num_groups=4)),
+        arch=dict(
+            dim=32,
+            depth=2,
+            kernel_size=9,
+            patch_size=14,
+            act_cfg=dict(type='GELU'),
+        ),
+        adapter_norm_cfg=dict(type='GN', num_groups=4),
+    ),
 )
 NAMES = list(MODELS_UNDER_TEST)
 SIZE = (61, 83)  # odd, not a multiple of any stride
@@ -84,8 +110,11 @@ def build(name, **kwargs):
         for param_name, p in model.named_parameters():
             noise = torch.randn(p.shape, generator=gen)
             if p.dim() == 1:  # norm affines, scales, StarReLU s and b
-                p.copy_(1.0 + 0.5 * noise if param_name.endswith(
-                    ('weight', 'scale')) else 0.3 * noise)
+                p.copy_(
+                    1.0 + 0.5 * noise
+                    if param_name.endswith(('weight', 'scale'))
+                    else 0.3 * noise
+                )
             else:
                 p.add_(0.02 * noise)
         for module in model.modules():
@@ -135,12 +164,16 @@ def folded_parts(block):
         assert isinstance(block.layer_scale1, nn.Identity)
     branch2 = [block.norm2.weight, block.norm2.bias]
     assert isinstance(block.layer_scale2, nn.Identity)
-    return [p for p in branch1 + branch2
-            if p is not None and not isinstance(p, nn.Identity)]
+    return [
+        p
+        for p in branch1 + branch2
+        if p is not None and not isinstance(p, nn.Identity)
+    ]
 
 
-@pytest.mark.parametrize('name', [n for n in NAMES
-                                  if not n.startswith('ConvMixer')])
+@pytest.mark.parametrize(
+    'name', [n for n in NAMES if not n.startswith('ConvMixer')]
+)
 def test_folded_affines_are_gone(name):
     fused = build(name).switch_to_deploy()
     blocks = [m for m in fused.modules() if isinstance(m, MetaFormerBlock)]
@@ -151,8 +184,12 @@ def test_folded_affines_are_gone(name):
         for act in (block.mlp.act, getattr(block.token_mixer, 'act1', None)):
             if isinstance(act, StarReLU):
                 assert not act.scale.requires_grad and float(act.scale) == 1
-    left = [n for n, m in fused.named_modules() if isinstance(m, Scale)
-            and not n.endswith(('res_scale1', 'res_scale2'))]
+    left = [
+        n
+        for n, m in fused.named_modules()
+        if isinstance(m, Scale)
+        and not n.endswith(('res_scale1', 'res_scale2'))
+    ]
     # only pooling's folded scale (norm weight x layer scale) and the
     # unfoldable RandomMixing branch keep a layer scale
     for module_name in left:
@@ -170,8 +207,9 @@ def test_convmixer_batchnorm_shift_folds_into_the_pointwise_conv(image):
         assert rel_diff(fused(image), model(image)) <= REL_TOL
 
 
-@pytest.mark.parametrize('name', ['MetaFormer', 'PoolFormer', 'CAFormer',
-                                  'ConvMixerReLU'])
+@pytest.mark.parametrize(
+    'name', ['MetaFormer', 'PoolFormer', 'CAFormer', 'ConvMixerReLU']
+)
 def test_deploy_build_loads_a_folded_checkpoint(name, image, tmp_path):
     fused = build(name).switch_to_deploy()
     path = tmp_path / 'folded.pth'
@@ -189,8 +227,14 @@ def test_deploy_build_loads_a_folded_checkpoint(name, image, tmp_path):
     with pytest.raises(RuntimeError, match='Missing key|Unexpected key'):
         fresh.load_state_dict(unfused.state_dict())
     # through init_cfg, as a config loads it
-    again = MODELS.build(dict(cfg, init_cfg=dict(
-        type='Pretrained', checkpoint=str(path), format='mmmetaformer')))
+    again = MODELS.build(
+        dict(
+            cfg,
+            init_cfg=dict(
+                type='Pretrained', checkpoint=str(path), format='mmmetaformer'
+            ),
+        )
+    )
     again.init_weights()
     with torch.no_grad():
         assert rel_diff(again.eval()(image), fused(image)) == 0
@@ -207,15 +251,20 @@ class PlainMixer(nn.Module):
         return self.proj(x) - x
 
 
-def test_user_mixer_without_a_fold_runs_unfused_with_a_log_line(
-        image, caplog):
+def test_user_mixer_without_a_fold_runs_unfused_with_a_log_line(image, caplog):
     # registered as a user would; mmengine's registries cannot unregister
     MODELS.register_module(module=PlainMixer, force=True)
-    model = MODELS.build(dict(
-        type='MetaFormer', arch=dict(
-            TINY, token_mixer_cfg=dict(type='PlainMixer'),
-            norm_cfg=dict(type='GroupNorm1'),
-            layer_scale_init_value=1.0))).eval()
+    model = MODELS.build(
+        dict(
+            type='MetaFormer',
+            arch=dict(
+                TINY,
+                token_mixer_cfg=dict(type='PlainMixer'),
+                norm_cfg=dict(type='GroupNorm1'),
+                layer_scale_init_value=1.0,
+            ),
+        )
+    ).eval()
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.1 * torch.randn(p.shape))
@@ -233,9 +282,12 @@ def test_user_mixer_without_a_fold_runs_unfused_with_a_log_line(
 
 def test_bias_that_cannot_fold_exactly_is_kept():
     """A downsampling norm bias would be wrong at the conv's borders."""
-    arch = dict(TINY, token_mixer_cfg=dict(type='IdentityMixer'),
-                norm_cfg=dict(type='GroupNorm1'),
-                downsample_norm_cfg=dict(type='LayerNorm2d', bias=True))
+    arch = dict(
+        TINY,
+        token_mixer_cfg=dict(type='IdentityMixer'),
+        norm_cfg=dict(type='GroupNorm1'),
+        downsample_norm_cfg=dict(type='LayerNorm2d', bias=True),
+    )
     torch.manual_seed(0)
     model = MODELS.build(dict(type='MetaFormer', arch=arch)).eval()
     with torch.no_grad():
@@ -246,8 +298,7 @@ def test_bias_that_cannot_fold_exactly_is_kept():
         expected = model(x)
         fused = model.switch_to_deploy()
         assert rel_diff(fused(x), expected) <= REL_TOL
-    assert all(s.downsample.norm.weight is not None
-               for s in fused.stages[1:])
+    assert all(s.downsample.norm.weight is not None for s in fused.stages[1:])
 
 
 def test_switch_is_idempotent_and_keeps_the_original_loadable(image):
@@ -265,8 +316,9 @@ def test_switch_is_idempotent_and_keeps_the_original_loadable(image):
 
 @pytest.mark.parametrize('value', ['yes', 1, None])
 def test_deploy_must_be_a_bool(value):
-    with pytest.raises(ValueError, match=f'deploy={value!r} is invalid; '
-                       'valid: True, False'):
+    with pytest.raises(
+        ValueError, match=f'deploy={value!r} is invalid; valid: True, False'
+    ):
         MODELS.build(dict(type='PoolFormer', arch=TINY, deploy=value))
 
 
@@ -285,15 +337,15 @@ def test_hooks_see_final_values(name, image):
     for h in handles:
         h.remove()
     assert len({id(m) for m, _, _ in seen}) > 10
-    changed = [type(m).__name__ for m, t, copy_ in seen
-               if not torch.equal(t, copy_)]
+    changed = [
+        type(m).__name__ for m, t, copy_ in seen if not torch.equal(t, copy_)
+    ]
     assert not changed
 
 
 # every fused module kind: SepConv, pooling, attention, the generic
 # residual (RandomMixing) and the StarReLU MLP; the GELU MLP; ConvMixer
-@pytest.mark.parametrize('name', ['MetaFormer', 'PoolFormer',
-                                  'ConvMixerGELU'])
+@pytest.mark.parametrize('name', ['MetaFormer', 'PoolFormer', 'ConvMixerGELU'])
 def test_fused_traces_without_graph_breaks(name, image):
     torch._dynamo.reset()
     fused = build(name).switch_to_deploy()
@@ -309,11 +361,13 @@ def test_fused_exports_to_onnx_with_dynamic_size(tmp_path):
     fused = copy.deepcopy(model).switch_to_deploy()
     path = tmp_path / 'fused.onnx'
     export_onnx(fused.eval(), path, torch.randn(1, 3, 64, 96))
-    session = ort.InferenceSession(str(path),
-                                   providers=['CPUExecutionProvider'])
+    session = ort.InferenceSession(
+        str(path), providers=['CPUExecutionProvider']
+    )
     x = torch.randn(1, 3, *SIZE)
     with torch.no_grad():
         expected = model(x)
-    got = [torch.from_numpy(o)
-           for o in session.run(None, dict(image=x.numpy()))]
+    got = [
+        torch.from_numpy(o) for o in session.run(None, dict(image=x.numpy()))
+    ]
     assert rel_diff(got, expected) <= 1e-5

@@ -9,6 +9,7 @@
 * On CPU with ``cpu_kernels.disabled()`` the graph is that same plain one;
   with the kernels on, outputs and gradients equal the plain model's.
 """
+
 import pytest
 import torch
 import torch.nn as nn
@@ -43,14 +44,22 @@ def check_plain_convs(model, outputs):
     nodes = graph_nodes(outputs)
     # ChannelsLastMlp runs its 1x1 convs' weights as nn.Linear (timm's
     # arithmetic in attention stages): PyTorch's own linear, no conv node
-    as_linear = {id(m) for mlp in model.modules()
-                 if isinstance(mlp, ChannelsLastMlp) for m in (mlp.fc1,
-                                                               mlp.fc2)}
-    convs = [m for m in model.modules()
-             if isinstance(m, nn.Conv2d) and m.weight.requires_grad
-             and id(m) not in as_linear]
-    conv_nodes = [n for n in nodes
-                  if type(n).__name__ == 'ConvolutionBackward0']
+    as_linear = {
+        id(m)
+        for mlp in model.modules()
+        if isinstance(mlp, ChannelsLastMlp)
+        for m in (mlp.fc1, mlp.fc2)
+    }
+    convs = [
+        m
+        for m in model.modules()
+        if isinstance(m, nn.Conv2d)
+        and m.weight.requires_grad
+        and id(m) not in as_linear
+    ]
+    conv_nodes = [
+        n for n in nodes if type(n).__name__ == 'ConvolutionBackward0'
+    ]
     assert len(conv_nodes) == len(convs)
     # each conv weight's gradient comes from one ConvolutionBackward0
     fed = {}
@@ -83,8 +92,9 @@ def test_cpu_with_kernels_off_is_the_plain_model(name):
 def test_cpu_kernels_on_and_off_agree(name):
     model = randomise(build(name)).train()
     x = torch.randn(2, 3, 64, 96, requires_grad=True)
-    names, params = zip(*[(n, p) for n, p in model.named_parameters()
-                          if p.requires_grad])
+    names, params = zip(
+        *[(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    )
     results = []
     for on in (True, False):
         cpu_kernels.set_enabled(on)
@@ -94,8 +104,12 @@ def test_cpu_kernels_on_and_off_agree(name):
             grads = torch.autograd.grad(loss, [x, *params])
         finally:
             cpu_kernels.set_enabled(True)
-        results.append(([o.detach() for o in outputs],
-                        dict(zip(('input', *names), grads))))
+        results.append(
+            (
+                [o.detach() for o in outputs],
+                dict(zip(('input', *names), grads)),
+            )
+        )
     (outs_on, grads_on), (outs_off, grads_off) = results
     # equal up to rounding: the plain model also keeps NCHW memory on CPU,
     # where oneDNN sums in another order; weight gradients also sum over
@@ -103,5 +117,6 @@ def test_cpu_kernels_on_and_off_agree(name):
     fan_in, depth = model_rounding(model)
     for a, b in zip(outs_on, outs_off):
         assert_close(a, b, fan_in, depth)
-    assert_gradients_close(grads_on, grads_off, max(fan_in, 2 * 16 * 24),
-                           2 * depth)
+    assert_gradients_close(
+        grads_on, grads_off, max(fan_in, 2 * 16 * 24), 2 * depth
+    )

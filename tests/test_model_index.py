@@ -4,6 +4,7 @@
 this repository and show that it catches each kind of drift on a temporary
 copy of the index and configs.
 """
+
 import importlib.util
 import shutil
 from pathlib import Path
@@ -18,7 +19,8 @@ from tests.helpers import REPO_ROOT
 def index_tool():
     spec = importlib.util.spec_from_file_location(
         'make_model_index',
-        REPO_ROOT / 'tools' / 'misc' / 'make_model_index.py')
+        REPO_ROOT / 'tools' / 'misc' / 'make_model_index.py',
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -38,12 +40,14 @@ def metafile():
 @pytest.fixture
 def copy(tmp_path):
     """The index, the configs and get_flops.py in a temporary tree."""
-    for name in ('model-index.yml', ):
+    for name in ('model-index.yml',):
         shutil.copy(REPO_ROOT / name, tmp_path / name)
     shutil.copytree(REPO_ROOT / 'configs', tmp_path / 'configs')
     (tmp_path / 'tools' / 'analysis').mkdir(parents=True)
-    shutil.copy(REPO_ROOT / 'tools' / 'analysis' / 'get_flops.py',
-                tmp_path / 'tools' / 'analysis' / 'get_flops.py')
+    shutil.copy(
+        REPO_ROOT / 'tools' / 'analysis' / 'get_flops.py',
+        tmp_path / 'tools' / 'analysis' / 'get_flops.py',
+    )
     return tmp_path
 
 
@@ -63,17 +67,21 @@ def test_flops_of_one_backbone_per_family_agree(tool, metafile):
     assert len(smallest) == 7  # the six MetaFormer families and ConvMixer
     # FLOPs are counted by tracing at 224x224: the two cheapest families
     # here, the rest through the parameter check above.
-    only = {('PoolFormer', smallest['PoolFormer'][0]),
-            ('CAFormer', smallest['CAFormer'][0])}
+    only = {
+        ('PoolFormer', smallest['PoolFormer'][0]),
+        ('CAFormer', smallest['CAFormer'][0]),
+    }
     assert tool.validate(flops=True, only=only) == []
 
 
 def test_sampled_entries_name_their_configs_backbone(tool):
-    names = {'retinanet_poolformer_s12_coco', 'mask_rcnn_caformer_s18_coco',
-             'semantic_fpn_convmixer_768_32_ade20k',
-             'upernet_convformer_s18_drop_in'}
-    assert tool.validate(flops=False, only=set(),
-                         config_names=names) == []
+    names = {
+        'retinanet_poolformer_s12_coco',
+        'mask_rcnn_caformer_s18_coco',
+        'semantic_fpn_convmixer_768_32_ade20k',
+        'upernet_convformer_s18_drop_in',
+    }
+    assert tool.validate(flops=False, only=set(), config_names=names) == []
 
 
 def test_a_config_starting_from_other_weights_fails(tool, copy):
@@ -82,30 +90,38 @@ def test_a_config_starting_from_other_weights_fails(tool, copy):
     path = copy / 'configs' / 'retinanet_poolformer_s12_coco.py'
     text = path.read_text()
     hub_id = 'hf-hub:timm/poolformer_s12.sail_in1k'
-    url = ('https://github.com/sail-sg/poolformer/releases/download/v1.0/'
-           'poolformer_s12.pth.tar')
+    url = (
+        'https://github.com/sail-sg/poolformer/releases/download/v1.0/'
+        'poolformer_s12.pth.tar'
+    )
     assert f"checkpoint_file = '{hub_id}'" in text
     names = {'retinanet_poolformer_s12_coco'}
-    assert tool.validate(copy, flops=False, only=set(),
-                         config_names=names) == []
+    assert (
+        tool.validate(copy, flops=False, only=set(), config_names=names) == []
+    )
     for other in (url, 'hf-hub:timm/poolformer_s24.sail_in1k'):
         path.write_text(text.replace(hub_id, other))
-        assert tool.validate(copy, flops=False, only=set(),
-                             config_names=names) == [
+        assert tool.validate(
+            copy, flops=False, only=set(), config_names=names
+        ) == [
             'retinanet_poolformer_s12_coco: configs/retinanet_poolformer_s12'
-            f'_coco.py starts from {other}, the entry\'s Pretrained Hub is '
-            f'{hub_id}']
+            f"_coco.py starts from {other}, the entry's Pretrained Hub is "
+            f'{hub_id}'
+        ]
 
 
 def test_a_config_missing_from_the_metafile_fails(tool, copy):
     path = copy / 'configs' / 'metafile.yml'
     data = yaml.safe_load(path.read_text())
-    data['Models'] = [m for m in data['Models']
-                      if m['Name'] != 'retinanet_poolformer_s24_coco']
+    data['Models'] = [
+        m
+        for m in data['Models']
+        if m['Name'] != 'retinanet_poolformer_s24_coco'
+    ]
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     assert tool.validate(copy, flops=False) == [
-        'configs/retinanet_poolformer_s24_coco.py: not listed in the '
-        'metafile']
+        'configs/retinanet_poolformer_s24_coco.py: not listed in the metafile'
+    ]
     assert tool.main(['--root', str(copy), '--no-flops']) == 1
 
 
@@ -113,47 +129,60 @@ def test_an_entry_without_its_config_fails(tool, copy):
     (copy / 'configs' / 'retinanet_poolformer_s24_coco.py').unlink()
     assert tool.validate(copy, flops=False) == [
         'retinanet_poolformer_s24_coco: its config '
-        'configs/retinanet_poolformer_s24_coco.py does not exist']
+        'configs/retinanet_poolformer_s24_coco.py does not exist'
+    ]
 
 
 def test_wrong_figures_fail(tool, copy):
     path = copy / 'configs' / 'metafile.yml'
     data = yaml.safe_load(path.read_text())
-    entry = next(m for m in data['Models']
-                 if m['Name'] == 'retinanet_poolformer_s12_coco')
+    entry = next(
+        m
+        for m in data['Models']
+        if m['Name'] == 'retinanet_poolformer_s12_coco'
+    )
     right = entry['Metadata']['Parameters']
     entry['Metadata']['Parameters'] = right + 1
     entry['Metadata']['FLOPs'] += 1000
     path.write_text(yaml.safe_dump(data, sort_keys=False))
-    problems = tool.validate(copy, flops=True,
-                             only={('PoolFormer', 's12')})
+    problems = tool.validate(copy, flops=True, only={('PoolFormer', 's12')})
     assert problems == [
         f'retinanet_poolformer_s12_coco: Parameters {right + 1} but '
         f'get_flops.py --backbone PoolFormer --arch s12 counts {right}',
-        f"retinanet_poolformer_s12_coco: FLOPs {entry['Metadata']['FLOPs']} "
+        f'retinanet_poolformer_s12_coco: FLOPs {entry["Metadata"]["FLOPs"]} '
         'but get_flops.py --backbone PoolFormer --arch s12 counts '
-        f"{entry['Metadata']['FLOPs'] - 1000}"]
+        f'{entry["Metadata"]["FLOPs"] - 1000}',
+    ]
 
 
 def test_index_in_openmmlab_format(metafile):
     models = metafile['Models']
     collections = {c['Name'] for c in metafile['Collections']}
-    assert collections == {'PoolFormer', 'PoolFormerV2', 'IdentityFormer',
-                           'RandFormer', 'ConvFormer', 'CAFormer',
-                           'ConvMixer'}
+    assert collections == {
+        'PoolFormer',
+        'PoolFormerV2',
+        'IdentityFormer',
+        'RandFormer',
+        'ConvFormer',
+        'CAFormer',
+        'ConvMixer',
+    }
     for model in models:
         meta = model['Metadata']
         assert meta['Training Data'] in ('COCO', 'ADE20K')
         assert meta['Pretrained'].startswith('https://')
         for result in model.get('Results', []):
-            assert result['Task'] in ('Object Detection',
-                                      'Instance Segmentation',
-                                      'Semantic Segmentation')
+            assert result['Task'] in (
+                'Object Detection',
+                'Instance Segmentation',
+                'Semantic Segmentation',
+            )
             assert result['Metrics']
     # Backbone figures at 224x224 (PoolFormer-S12: 11.40 M parameters,
     # 1.83 G MACs in the papers' counting), not the detector's.
-    s12 = next(m for m in models
-               if m['Name'] == 'retinanet_poolformer_s12_coco')['Metadata']
+    s12 = next(
+        m for m in models if m['Name'] == 'retinanet_poolformer_s12_coco'
+    )['Metadata']
     assert abs(s12['Parameters'] / 11.40e6 - 1) < 0.005
     assert abs(s12['FLOPs'] / 1.834e9 - 1) < 0.005
 
@@ -164,17 +193,23 @@ def test_published_results_and_weights(metafile):
     models = {m['Name']: m for m in metafile['Models']}
     published = {name: m for name, m in models.items() if 'Results' in m}
     assert sorted(published) == sorted(
-        [f'retinanet_poolformer_{s}_coco' for s in ('s12', 's24', 's36')] +
-        [f'mask_rcnn_poolformer_{s}_coco' for s in ('s12', 's24', 's36')] +
-        [f'semantic_fpn_poolformer_{s}_ade20k'
-         for s in ('s12', 's24', 's36', 'm36', 'm48')])
+        [f'retinanet_poolformer_{s}_coco' for s in ('s12', 's24', 's36')]
+        + [f'mask_rcnn_poolformer_{s}_coco' for s in ('s12', 's24', 's36')]
+        + [
+            f'semantic_fpn_poolformer_{s}_ade20k'
+            for s in ('s12', 's24', 's36', 'm36', 'm48')
+        ]
+    )
     mask_s36 = published['mask_rcnn_poolformer_s36_coco']['Results']
     assert [(r['Task'], r['Metrics']) for r in mask_s36] == [
         ('Object Detection', {'box AP': 41.0}),
-        ('Instance Segmentation', {'mask AP': 37.7})]
+        ('Instance Segmentation', {'mask AP': 37.7}),
+    ]
     with_weights = {n for n, m in models.items() if 'Weights' in m}
-    assert with_weights == {f'semantic_fpn_poolformer_{s}_ade20k'
-                            for s in ('s12', 's24', 's36', 'm36', 'm48')}
+    assert with_weights == {
+        f'semantic_fpn_poolformer_{s}_ade20k'
+        for s in ('s12', 's24', 's36', 'm36', 'm48')
+    }
 
     mmseg = Path(get_installed_path('mmseg')) / '.mim'
     with open(mmseg / 'configs' / 'poolformer' / 'metafile.yaml') as f:
@@ -182,7 +217,10 @@ def test_published_results_and_weights(metafile):
     for name in with_weights:
         weights = models[name]['Weights']
         assert weights in zoo, weights
-        listed = next(w for w in models[name]['Published Weights']
-                      if w['URL'] == weights)
-        assert listed['Metrics']['mIoU'] == zoo[weights]['Results'][
-            'Metrics']['mIoU']
+        listed = next(
+            w for w in models[name]['Published Weights'] if w['URL'] == weights
+        )
+        assert (
+            listed['Metrics']['mIoU']
+            == zoo[weights]['Results']['Metrics']['mIoU']
+        )

@@ -16,6 +16,7 @@
   logged, a checkpoint), and tools/test.py scores the checkpoint (COCO box
   mAP, mIoU).
 """
+
 import copy
 import functools
 import json
@@ -45,22 +46,39 @@ CONFIGS = REPO_ROOT / 'configs'
 FAMILIES = ('convformer', 'caformer')
 SIZES = ('s18', 's36', 'm36', 'b36')
 IN21K_SIZES = ('m36', 'b36')  # IN-21k -> 1k weights, as the other leaves
-HEADS = dict(dino=('dino_4scale_{}_{}_coco.py', 'dino_4scale_coco.py',
-                   'mmdet'),
-             mask2former=('mask2former_{}_{}_ade20k.py',
-                          'mask2former_ade20k.py', 'mmseg'))
-LEAVES = [(head, family, size) for head in HEADS for family in FAMILIES
-          for size in SIZES]
+HEADS = dict(
+    dino=('dino_4scale_{}_{}_coco.py', 'dino_4scale_coco.py', 'mmdet'),
+    mask2former=(
+        'mask2former_{}_{}_ade20k.py',
+        'mask2former_ade20k.py',
+        'mmseg',
+    ),
+)
+LEAVES = [
+    (head, family, size)
+    for head in HEADS
+    for family in FAMILIES
+    for size in SIZES
+]
 LEAF_IDS = [f'{h}-{f}-{s}' for h, f, s in LEAVES]
 # size -> (drop path, decay rate, num_layers), from the Cascade Mask R-CNN
 # (DINO) and UperNet (Mask2Former) leaves of the same backbone.
-DINO = dict(s18=(0.4, 0.7**(7 / 19), 18), s36=(0.6, 0.7**(13 / 37), 36),
-            m36=(0.6, 0.7**(13 / 37), 36), b36=(0.6, 0.8**(13 / 37), 36))
-MASK2FORMER = dict(s18=(0.4, 0.9, 6), s36=(0.3, 0.9, 12),
-                   m36=(0.3, 0.9, 12), b36=(0.4, 0.9, 12))
-TOY = dict(dino=CONFIGS / 'toy' / 'dino_4scale_convformer_s18_toy_coco.py',
-           mask2former=CONFIGS / 'toy' /
-           'mask2former_caformer_s18_toy_ade20k.py')
+DINO = dict(
+    s18=(0.4, 0.7 ** (7 / 19), 18),
+    s36=(0.6, 0.7 ** (13 / 37), 36),
+    m36=(0.6, 0.7 ** (13 / 37), 36),
+    b36=(0.6, 0.8 ** (13 / 37), 36),
+)
+MASK2FORMER = dict(
+    s18=(0.4, 0.9, 6),
+    s36=(0.3, 0.9, 12),
+    m36=(0.3, 0.9, 12),
+    b36=(0.4, 0.9, 12),
+)
+TOY = dict(
+    dino=CONFIGS / 'toy' / 'dino_4scale_convformer_s18_toy_coco.py',
+    mask2former=CONFIGS / 'toy' / 'mask2former_caformer_s18_toy_ade20k.py',
+)
 
 
 def leaf_path(head, family, size):
@@ -80,6 +98,7 @@ def base_of(head):
 def build(model_cfg, scope, device='meta'):
     """The model as the tools build it on CPU (SyncBN -> BN), no weights."""
     from mmengine.registry import MODELS
+
     init_default_scope(scope)
     # ConfigDict: mmdet's Mask2FormerHead reads its config by attribute
     model_cfg = ConfigDict(copy.deepcopy(model_cfg))
@@ -95,29 +114,35 @@ def build(model_cfg, scope, device='meta'):
 
 
 def test_sixteen_leaves():
-    found = sorted(p.name for p in CONFIGS.glob('dino_4scale_*_coco.py')) \
-        + sorted(p.name for p in CONFIGS.glob('mask2former_*_ade20k.py'))
+    found = sorted(
+        p.name for p in CONFIGS.glob('dino_4scale_*_coco.py')
+    ) + sorted(p.name for p in CONFIGS.glob('mask2former_*_ade20k.py'))
     assert sorted(found) == sorted(leaf_path(*leaf).name for leaf in LEAVES)
 
 
 def test_dino_base_is_mmdet_recipe():
     cfg = base_of('dino')
     assert cfg.default_scope == 'mmdet'
-    assert cfg.custom_imports == dict(imports=['mmmetaformer'],
-                                      allow_failed_imports=False)
+    assert cfg.custom_imports == dict(
+        imports=['mmmetaformer'], allow_failed_imports=False
+    )
     model = cfg.model
     assert model.type == 'DINO' and model.num_queries == 900
     assert model.with_box_refine and model.as_two_stage
     assert model.backbone == dict(type=None, out_indices=(1, 2, 3))
     neck = model.neck
-    assert (neck.type, neck.out_channels, neck.num_outs,
-            neck.kernel_size) == ('ChannelMapper', 256, 4, 1)
+    assert (neck.type, neck.out_channels, neck.num_outs, neck.kernel_size) == (
+        'ChannelMapper',
+        256,
+        4,
+        1,
+    )
     assert (model.encoder.num_layers, model.decoder.num_layers) == (6, 6)
     assert model.encoder.layer_cfg.self_attn_cfg.num_levels == 4
     assert model.bbox_head.num_classes == 80
     assert model.dn_cfg.group_cfg.num_dn_queries == 100
     assert cfg.train_cfg.max_epochs == 12
-    (steps, ) = cfg.param_scheduler
+    (steps,) = cfg.param_scheduler
     assert (steps.type, list(steps.milestones)) == ('MultiStepLR', [11])
     assert cfg.train_dataloader.batch_size == 2  # x 8 GPUs
     optim = cfg.optim_wrapper
@@ -130,28 +155,33 @@ def test_dino_base_is_mmdet_recipe():
 def test_mask2former_base_is_mmseg_recipe():
     cfg = base_of('mask2former')
     assert cfg.default_scope == 'mmseg'
-    assert cfg.custom_imports == dict(imports=['mmmetaformer'],
-                                      allow_failed_imports=False)
+    assert cfg.custom_imports == dict(
+        imports=['mmmetaformer'], allow_failed_imports=False
+    )
     model = cfg.model
     assert model.backbone == dict(type=None)  # all four stages by default
     head = model.decode_head
-    assert (head.type, head.num_queries, head.num_classes,
-            head.feat_channels) == ('Mask2FormerHead', 100, 150, 256)
+    assert (
+        head.type,
+        head.num_queries,
+        head.num_classes,
+        head.feat_channels,
+    ) == ('Mask2FormerHead', 100, 150, 256)
     assert head.pixel_decoder.encoder.num_layers == 6
     assert head.transformer_decoder.num_layers == 9
     assert head.train_cfg.num_points == 12544
     assert tuple(model.data_preprocessor.size) == (512, 512)
     assert cfg.train_cfg.max_iters == 160000
-    (poly, ) = cfg.param_scheduler
+    (poly,) = cfg.param_scheduler
     assert (poly.type, poly.power, poly.end) == ('PolyLR', 0.9, 160000)
     assert cfg.train_dataloader.batch_size == 2  # x 8 GPUs
     optim = cfg.optim_wrapper
-    assert optim.optimizer == dict(type='AdamW', lr=1e-4, weight_decay=0.05,
-                                   eps=1e-8, betas=(0.9, 0.999))
+    assert optim.optimizer == dict(
+        type='AdamW', lr=1e-4, weight_decay=0.05, eps=1e-8, betas=(0.9, 0.999)
+    )
     assert optim.clip_grad == dict(max_norm=0.01, norm_type=2)
     assert optim.constructor == 'MetaFormerLayerDecayConstructor'
-    assert optim.paramwise_cfg == dict(decay_rate=0.9,
-                                       decay_type='stage_wise')
+    assert optim.paramwise_cfg == dict(decay_rate=0.9, decay_type='stage_wise')
 
 
 @pytest.mark.parametrize('head,family,size', LEAVES, ids=LEAF_IDS)
@@ -160,16 +190,20 @@ def test_leaf_settings_and_meta_build(head, family, size):
     path = leaf_path(head, family, size)
     own = own_settings(path)
     assert own['_base_'] == [f'./_base_/{HEADS[head][1]}']
-    assert set(own) == {'_base_', 'checkpoint_file', 'model',
-                        'optim_wrapper'}
+    assert set(own) == {'_base_', 'checkpoint_file', 'model', 'optim_wrapper'}
     backbone = own['model']['backbone']
     hub_id = pretrained_checkpoint(
-        path, family, size, 'in21ft1k' if size in IN21K_SIZES else None)
-    drop_path, rate, num_layers = (DINO if head == 'dino' else
-                                   MASK2FORMER)[size]
+        path, family, size, 'in21ft1k' if size in IN21K_SIZES else None
+    )
+    drop_path, rate, num_layers = (DINO if head == 'dino' else MASK2FORMER)[
+        size
+    ]
     assert backbone == dict(
-        type=FAMILY_CLASSES[family], arch=size, drop_path_rate=drop_path,
-        init_cfg=dict(type='Pretrained', checkpoint=hub_id))
+        type=FAMILY_CLASSES[family],
+        arch=size,
+        drop_path_rate=drop_path,
+        init_cfg=dict(type='Pretrained', checkpoint=hub_id),
+    )
     paramwise = own['optim_wrapper']['paramwise_cfg']
     dims = CONVFORMER_SIZES[size]['dims']
     if head == 'dino':
@@ -189,7 +223,8 @@ def test_leaf_settings_and_meta_build(head, family, size):
     emitted = dims[1:] if head == 'dino' else dims
     assert list(model.backbone.out_channels) == emitted
     assert set(model.backbone.out_norms) == {
-        str(i) for i in model.backbone.out_indices}
+        str(i) for i in model.backbone.out_indices
+    }
 
 
 @pytest.mark.parametrize('head', list(HEADS))
@@ -197,8 +232,15 @@ def test_one_leaf_per_head_parsed_in_full(head):
     own = own_settings(leaf_path(head, 'caformer', 's36'))
     full = load(leaf_path(head, 'caformer', 's36')).to_dict()
     expected = merged_into(base_of(head).to_dict(), own)
-    for key in ('model', 'optim_wrapper', 'train_cfg', 'param_scheduler',
-                'train_dataloader', 'custom_imports', 'custom_hooks'):
+    for key in (
+        'model',
+        'optim_wrapper',
+        'train_cfg',
+        'param_scheduler',
+        'train_dataloader',
+        'custom_imports',
+        'custom_hooks',
+    ):
         assert full[key] == expected[key], key
 
 
@@ -210,12 +252,18 @@ def test_one_leaf_per_head_parsed_in_full(head):
 # backbone whose shapes depend on it.
 INPUT_PROJECTIONS = dict(
     dino=('neck.convs.', 'neck.extra_convs.'),
-    mask2former=('decode_head.pixel_decoder.input_convs.',
-                 'decode_head.pixel_decoder.lateral_convs.'))
+    mask2former=(
+        'decode_head.pixel_decoder.input_convs.',
+        'decode_head.pixel_decoder.lateral_convs.',
+    ),
+)
 REFERENCE = dict(
     dino=('mmdet', 'dino/dino-4scale_r50_8xb2-12e_coco.py'),
-    mask2former=('mmseg',
-                 'mask2former/mask2former_r50_8xb2-160k_ade20k-512x512.py'))
+    mask2former=(
+        'mmseg',
+        'mask2former/mask2former_r50_8xb2-160k_ade20k-512x512.py',
+    ),
+)
 
 
 def reference_config(head):
@@ -235,40 +283,45 @@ def numel(shapes):
 
 
 def head_tensors(model):
-    return {name: tuple(p.shape) for name, p in model.named_parameters()
-            if not name.startswith('backbone.')}
+    return {
+        name: tuple(p.shape)
+        for name, p in model.named_parameters()
+        if not name.startswith('backbone.')
+    }
 
 
 @pytest.mark.parametrize('head', list(HEADS))
 def test_head_share_equals_reference_recipe(head):
-    family, size = ('convformer', 'b36') if head == 'dino' else ('caformer',
-                                                                'm36')
+    family, size = (
+        ('convformer', 'b36') if head == 'dino' else ('caformer', 'm36')
+    )
     ours_cfg = load(leaf_path(head, family, size))
     ours = build(ours_cfg.model.to_dict(), HEADS[head][2])
     ref_cfg = load(reference_config(head))
     reference = build(ref_cfg.model.to_dict(), HEADS[head][2])
     mine, theirs = head_tensors(ours), head_tensors(reference)
     assert sorted(mine) == sorted(theirs)
-    reads_backbone = [n for n in mine
-                      if n.startswith(INPUT_PROJECTIONS[head])]
+    reads_backbone = [n for n in mine if n.startswith(INPUT_PROJECTIONS[head])]
     assert reads_backbone
     for name in mine:
         if name in reads_backbone and len(mine[name]) == 4:
             # conv weights [out, in, k, k]: only the input channels differ
-            assert mine[name][:1] + mine[name][2:] == \
-                theirs[name][:1] + theirs[name][2:], name
+            assert (
+                mine[name][:1] + mine[name][2:]
+                == theirs[name][:1] + theirs[name][2:]
+            ), name
             assert mine[name][1] in ours.backbone.out_channels
         else:
             assert mine[name] == theirs[name], name
-    shared = [n for n in mine if n not in reads_backbone or
-              len(mine[n]) != 4]
-    assert numel(mine[n] for n in shared) == numel(
-        theirs[n] for n in shared)
+    shared = [n for n in mine if n not in reads_backbone or len(mine[n]) != 4]
+    assert numel(mine[n] for n in shared) == numel(theirs[n] for n in shared)
     # what differs is 256 outputs x the input channels x kernel area
-    in_ours = sum(numel([mine[n]]) for n in reads_backbone
-                  if len(mine[n]) == 4)
-    in_theirs = sum(numel([theirs[n]]) for n in reads_backbone
-                    if len(theirs[n]) == 4)
+    in_ours = sum(
+        numel([mine[n]]) for n in reads_backbone if len(mine[n]) == 4
+    )
+    in_theirs = sum(
+        numel([theirs[n]]) for n in reads_backbone if len(theirs[n]) == 4
+    )
     dims = list(ours.backbone.out_channels)
     if head == 'dino':
         # 1x1 per input, plus the 3x3 stride-2 extra level on the last
@@ -286,12 +339,20 @@ def test_head_share_equals_reference_recipe(head):
 
 @pytest.fixture(scope='module')
 def toy_data(tmp_path_factory):
-    from mmmetaformer.datasets.toy import make_ade20k, make_coco
+    from mmmetaformer_tools.toy import make_ade20k, make_coco
+
     root = tmp_path_factory.mktemp('heads')
-    coco = make_coco(root / 'toy_coco', num_train=2, num_val=2, img_size=96,
-                     seed=0, max_objects=2)
-    ade = make_ade20k(root / 'toy_ade20k', num_train=2, num_val=2,
-                      img_size=96, seed=0)
+    coco = make_coco(
+        root / 'toy_coco',
+        num_train=2,
+        num_val=2,
+        img_size=96,
+        seed=0,
+        max_objects=2,
+    )
+    ade = make_ade20k(
+        root / 'toy_ade20k', num_train=2, num_val=2, img_size=96, seed=0
+    )
     return dict(dino=coco, mask2former=ade)
 
 
@@ -300,18 +361,22 @@ def toy_options(head, root):
     options = [f'{loader}.dataset.data_root={root}' for loader in loaders]
     # one batch of the 2 training images, unflipped, 4 times: the loss
     # must fall on what the model has seen
-    options += ['train_dataloader.batch_size=2',
-                'train_cfg.val_begin=5',  # no validation: test.py scores
-                'default_hooks.checkpoint.interval=4',
-                'default_hooks.logger.interval=1']
+    options += [
+        'train_dataloader.batch_size=2',
+        'train_cfg.val_begin=5',  # no validation: test.py scores
+        'default_hooks.checkpoint.interval=4',
+        'default_hooks.logger.interval=1',
+    ]
     if head == 'dino':
         ann = f'{root}/annotations/instances_val2017.json'
         options += [
-            'train_cfg.max_epochs=4', f'val_evaluator.ann_file={ann}',
+            'train_cfg.max_epochs=4',
+            f'val_evaluator.ann_file={ann}',
             f'test_evaluator.ann_file={ann}',
             'train_dataloader.dataset.pipeline.3.prob=0.0',
             'param_scheduler.0.start_factor=1.0',  # no warmup in 4 steps
-            'model.num_queries=30', 'model.test_cfg.max_per_img=30',
+            'model.num_queries=30',
+            'model.test_cfg.max_per_img=30',
         ]
     else:
         options += [
@@ -325,7 +390,7 @@ def toy_options(head, root):
 
 
 def losses_by_iteration(work_dir):
-    (log, ) = work_dir.glob('*/vis_data/scalars.json')
+    (log,) = work_dir.glob('*/vis_data/scalars.json')
     rows = [json.loads(line) for line in log.read_text().splitlines()]
     return [row['loss'] for row in rows if 'loss' in row]
 
@@ -334,8 +399,14 @@ def losses_by_iteration(work_dir):
 def toy_run(request, toy_data, tmp_path_factory):
     head = request.param
     work_dir = tmp_path_factory.mktemp(f'{head}_work')
-    proc = run_tool('train.py', TOY[head], '--work-dir', work_dir,
-                    '--cfg-options', *toy_options(head, toy_data[head]))
+    proc = run_tool(
+        'train.py',
+        TOY[head],
+        '--work-dir',
+        work_dir,
+        '--cfg-options',
+        *toy_options(head, toy_data[head]),
+    )
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output[-5000:]
     return head, work_dir, output
@@ -347,9 +418,11 @@ def test_toy_trains_with_falling_loss(toy_run):
     assert len(losses) == 4, losses
     assert all(map(lambda v: v == v and abs(v) < 1e6, losses)), losses
     assert losses[-1] < losses[0], losses
-    backbone = ('ConvFormer([3, 3, 9, 3]), decay_type=layer_wise'
-                if head == 'dino' else
-                'CAFormer([3, 3, 9, 3]), decay_type=stage_wise')
+    backbone = (
+        'ConvFormer([3, 3, 9, 3]), decay_type=layer_wise'
+        if head == 'dino'
+        else 'CAFormer([3, 3, 9, 3]), decay_type=stage_wise'
+    )
     assert f'MetaFormerLayerDecayConstructor: {backbone}' in output
     checkpoint = next(work_dir.glob('*_4.pth'))
     assert checkpoint.is_file()
@@ -358,9 +431,15 @@ def test_toy_trains_with_falling_loss(toy_run):
 def test_toy_test_scores_checkpoint(toy_run, toy_data, tmp_path):
     head, work_dir, _ = toy_run
     checkpoint = next(work_dir.glob('*_4.pth'))
-    proc = run_tool('test.py', TOY[head], checkpoint, '--work-dir',
-                    tmp_path, '--cfg-options',
-                    *toy_options(head, toy_data[head]))
+    proc = run_tool(
+        'test.py',
+        TOY[head],
+        checkpoint,
+        '--work-dir',
+        tmp_path,
+        '--cfg-options',
+        *toy_options(head, toy_data[head]),
+    )
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output[-5000:]
     if head == 'dino':

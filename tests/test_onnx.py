@@ -1,5 +1,5 @@
 """ONNX export (opset 17, dynamic H and W, the TorchScript exporter on every
-torch: ``mmmetaformer.utils.onnx_export``) of every family, checked with
+torch: ``mmmetaformer.export``) of every family, checked with
 onnxruntime.
 
 Each model is exported once at one input size and run by onnxruntime at
@@ -13,17 +13,18 @@ Tolerance: ``max |onnxruntime - eager| <= 1e-4 * max |eager|`` per output
 (relative to the output's largest magnitude; the default output norms,
 GroupNorm with one group, scale every output to unit variance).
 """
+
 import onnxruntime as ort
 import pytest
 import torch
 
 import mmmetaformer  # noqa: F401
-from mmmetaformer.models.resample import (
+from mmmetaformer.export import export_onnx
+from mmmetaformer.models.core.resample import (
     _enlarges,
     resample_to,
     resample_weights,
 )
-from mmmetaformer.utils.onnx_export import export_onnx
 
 from .test_compile_hooks_amp import FAMILIES, build, randomise
 
@@ -34,8 +35,7 @@ TOLERANCE = 1e-4
 
 def export(model, path):
     export_onnx(model, path, torch.randn(1, 3, *EXPORT_SIZE))
-    return ort.InferenceSession(str(path),
-                                providers=['CPUExecutionProvider'])
+    return ort.InferenceSession(str(path), providers=['CPUExecutionProvider'])
 
 
 @pytest.mark.parametrize('name', FAMILIES)
@@ -62,15 +62,26 @@ def test_export_resampling_equals_the_eager_ops(in_size):
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(2, 3, *in_size, generator=gen)
     h, w = in_size
-    for size in [(h, w), (2 * h + 1, 3 * w), (h // 2 + 1, w // 3 + 1),
-                 (h - 1, w + 2), (1, 1), (56, 56), (7, 7)]:
+    for size in [
+        (h, w),
+        (2 * h + 1, 3 * w),
+        (h // 2 + 1, w // 3 + 1),
+        (h - 1, w + 2),
+        (1, 1),
+        (56, 56),
+        (7, 7),
+    ]:
         enlarge = _enlarges(in_size, size)
         expected = resample_to(x, size)
-        for sizes in ((in_size, size), (torch.tensor(in_size),
-                                        torch.tensor(size))):
-            flag = torch.tensor(enlarge) if torch.is_tensor(
-                sizes[0]) else enlarge
+        for sizes in (
+            (in_size, size),
+            (torch.tensor(in_size), torch.tensor(size)),
+        ):
+            flag = (
+                torch.tensor(enlarge) if torch.is_tensor(sizes[0]) else enlarge
+            )
             rows = resample_weights(sizes[0][0], sizes[1][0], flag)
             cols = resample_weights(sizes[0][1], sizes[1][1], flag)
-            torch.testing.assert_close(rows @ x @ cols.t(), expected,
-                                       rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(
+                rows @ x @ cols.t(), expected, rtol=1e-5, atol=1e-5
+            )

@@ -10,6 +10,7 @@ of a large model's tensor count, the legacy format, and a pickle holding
 exactly its opcode budget. ``tools/analysis/reader_bounds.py`` measures the
 same kinds up to 10 MB in fresh processes (docs/benchmarks.md).
 """
+
 import importlib.util
 import io
 import random
@@ -34,7 +35,8 @@ from mmmetaformer.checkpoint.reader import torch_load_safely
 from .helpers import REPO_ROOT
 
 spec = importlib.util.spec_from_file_location(
-    'reader_bounds', REPO_ROOT / 'tools/analysis/reader_bounds.py')
+    'reader_bounds', REPO_ROOT / 'tools/analysis/reader_bounds.py'
+)
 crafted = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(crafted)
 
@@ -79,8 +81,12 @@ def read_measured(data, name='crafted.pth'):
 def rezipped(data, level=9):
     """``data`` (a torch.save zip) with every member deflated."""
     buffer = io.BytesIO()
-    with zipfile.ZipFile(io.BytesIO(data)) as source, zipfile.ZipFile(
-            buffer, 'w', zipfile.ZIP_DEFLATED, compresslevel=level) as out:
+    with (
+        zipfile.ZipFile(io.BytesIO(data)) as source,
+        zipfile.ZipFile(
+            buffer, 'w', zipfile.ZIP_DEFLATED, compresslevel=level
+        ) as out,
+    ):
         for info in source.infolist():
             out.writestr(info.filename, source.read(info))
     return buffer.getvalue()
@@ -97,28 +103,39 @@ def runner_checkpoint(num_params):
     small tensors (the budget counts records, not bytes): state_dict,
     AdamW state with one param group per parameter (layer decay), and
     message_hub histories and dataset_meta as mmengine saves them."""
-    params = [torch.nn.Parameter(torch.randn(3, 2, 1, 1))
-              for _ in range(num_params)]
+    params = [
+        torch.nn.Parameter(torch.randn(3, 2, 1, 1)) for _ in range(num_params)
+    ]
     optimizer = torch.optim.AdamW(
-        [{'params': [p], 'lr': 1e-3 * 0.9**i, 'weight_decay': 0.05}
-         for i, p in enumerate(params)])
+        [
+            {'params': [p], 'lr': 1e-3 * 0.9**i, 'weight_decay': 0.05}
+            for i, p in enumerate(params)
+        ]
+    )
     sum((p * p).sum() for p in params).backward()
     optimizer.step()
     history = HistoryBuffer()
     for value in np.linspace(0, 1, 500):
         history.update(float(value))
     return {
-        'meta': {'epoch': 12, 'iter': 5000, 'seed': np.int64(0),
-                 'cfg': 'model = dict(type="CascadeRCNN")\n' * 300,
-                 'dataset_meta': {
-                     'classes': tuple(f'class {i}' for i in range(1203)),
-                     'palette': [(i % 256, i // 256, 7)
-                                 for i in range(1203)]}},
-        'state_dict': {f'backbone.layer{i}.weight': p.detach()
-                       for i, p in enumerate(params)},
+        'meta': {
+            'epoch': 12,
+            'iter': 5000,
+            'seed': np.int64(0),
+            'cfg': 'model = dict(type="CascadeRCNN")\n' * 300,
+            'dataset_meta': {
+                'classes': tuple(f'class {i}' for i in range(1203)),
+                'palette': [(i % 256, i // 256, 7) for i in range(1203)],
+            },
+        },
+        'state_dict': {
+            f'backbone.layer{i}.weight': p.detach()
+            for i, p in enumerate(params)
+        },
         'optimizer': optimizer.state_dict(),
-        'message_hub': {'log_scalars': {f'train/loss_{i}': history
-                                        for i in range(20)}},
+        'message_hub': {
+            'log_scalars': {f'train/loss_{i}': history for i in range(20)}
+        },
     }
 
 
@@ -131,8 +148,9 @@ def test_torch_save_stores_every_member_uncompressed():
             assert info.file_size == info.compress_size
 
 
-@pytest.mark.parametrize('kind', ['pickle zip bomb (x1000)',
-                                  'record zip bomb (x1000)'])
+@pytest.mark.parametrize(
+    'kind', ['pickle zip bomb (x1000)', 'record zip bomb (x1000)']
+)
 def test_zip_bombs_are_refused_before_expansion(kind):
     data = crafted.KINDS[kind](64_000)  # ~64 MB once expanded
     outcome, seconds, peak = read_measured(data, 'bomb.pth')
@@ -150,15 +168,21 @@ def test_zip_bombs_are_refused_before_expansion(kind):
 def test_rezipped_checkpoints_load():
     """Deflated members (``zip -r`` of a checkpoint) are read, including a
     small constant tensor that deflates several hundred times."""
-    checkpoint = {'state_dict': {
-        'layer_scale': torch.full((768, ), 1e-5),
-        'num_batches_tracked': torch.tensor(7),
-        'weight': torch.randn(64, 32)},
-        'meta': {'cfg': 'x = 1\n' * 2000}}
+    checkpoint = {
+        'state_dict': {
+            'layer_scale': torch.full((768,), 1e-5),
+            'num_batches_tracked': torch.tensor(7),
+            'weight': torch.randn(64, 32),
+        },
+        'meta': {'cfg': 'x = 1\n' * 2000},
+    }
     data = rezipped(saved(checkpoint))
     with zipfile.ZipFile(io.BytesIO(data)) as archive:
-        ratios = [info.file_size / info.compress_size
-                  for info in archive.infolist() if info.compress_size]
+        ratios = [
+            info.file_size / info.compress_size
+            for info in archive.infolist()
+            if info.compress_size
+        ]
     assert max(ratios) > reader.ZIP_EXPANSION_LIMIT  # the constant tensor
     loaded = torch_load_safely(io.BytesIO(data), 'rezipped.pth')
     for key, value in checkpoint['state_dict'].items():
@@ -175,13 +199,18 @@ def test_large_runner_checkpoint_loads_zip_legacy_and_rezipped():
         records = sum('/data/' in name for name in archive.namelist())
     assert records == 600 * 4  # weight, exp_avg, exp_avg_sq, step
     small = runner_checkpoint(100)
-    for label, blob in (('zip', data), ('rezipped', rezipped(saved(small))),
-                        ('legacy', saved(
-                            small, _use_new_zipfile_serialization=False))):
+    for label, blob in (
+        ('zip', data),
+        ('rezipped', rezipped(saved(small))),
+        ('legacy', saved(small, _use_new_zipfile_serialization=False)),
+    ):
         loaded = torch_load_safely(io.BytesIO(blob), f'{label}.pth')
         assert len(loaded['optimizer']['param_groups']) in (100, 600)
         assert loaded['meta']['dataset_meta']['palette'][1202] == (
-            1202 % 256, 1202 // 256, 7), label
+            1202 % 256,
+            1202 // 256,
+            7,
+        ), label
 
 
 def test_opcode_budget_is_exact():
@@ -194,20 +223,29 @@ def test_opcode_budget_is_exact():
     over = crafted._pickle_zip(b'\x80\x02(' + b'}' * (dicts + 1) + b't.')
     with pytest.raises(UnsafeCheckpointError) as error:
         torch_load_safely(io.BytesIO(over), 'over.pth')
-    assert (f"over.pth was refused: its pickle 'archive/data.pkl' holds "
-            f'over {BUDGET} opcodes (stopped at byte {BUDGET + 1}); the '
-            f'reader allows {BUDGET} opcodes') in str(error.value)
+    assert (
+        f"over.pth was refused: its pickle 'archive/data.pkl' holds "
+        f'over {BUDGET} opcodes (stopped at byte {BUDGET + 1}); the '
+        f'reader allows {BUDGET} opcodes'
+    ) in str(error.value)
     # each tensor record raises the budget
     records = 10
     more = crafted._pickle_zip(
-        b'\x80\x02(' + b'}' * (dicts + 1) + b't.', records=records)
+        b'\x80\x02(' + b'}' * (dicts + 1) + b't.', records=records
+    )
     assert len(torch_load_safely(io.BytesIO(more), 'more.pth')) == dicts + 1
 
 
-FLOODS = ['memo GET flood', 'memo PUT far slot', 'MARK flood (deep stack)',
-          'nested tuples (long stack)', 'empty dicts in a tuple',
-          'GLOBAL flood', 'OrderedDict() REDUCE flood',
-          'legacy memo GET flood']
+FLOODS = [
+    'memo GET flood',
+    'memo PUT far slot',
+    'MARK flood (deep stack)',
+    'nested tuples (long stack)',
+    'empty dicts in a tuple',
+    'GLOBAL flood',
+    'OrderedDict() REDUCE flood',
+    'legacy memo GET flood',
+]
 
 
 @pytest.mark.parametrize('kind', FLOODS)
@@ -222,10 +260,29 @@ def test_floods_are_refused_in_a_bounded_scan(kind):
     assert seconds < 1.0
 
 
-UNITS = [b'}', b']', b')', b'N', b'\x88', b'K\x07', b'J\x00\x00\x00\x01',
-         b'G' + struct.pack('>d', 0.5), b'X\x03\x00\x00\x00abc', b'h\x00',
-         b'(', b't', b'\x85', b'\x86', b'\x87', b'a', b'e', b's', b'u',
-         b'q\x00', b'r\x01\x00\x00\x00']
+UNITS = [
+    b'}',
+    b']',
+    b')',
+    b'N',
+    b'\x88',
+    b'K\x07',
+    b'J\x00\x00\x00\x01',
+    b'G' + struct.pack('>d', 0.5),
+    b'X\x03\x00\x00\x00abc',
+    b'h\x00',
+    b'(',
+    b't',
+    b'\x85',
+    b'\x86',
+    b'\x87',
+    b'a',
+    b'e',
+    b's',
+    b'u',
+    b'q\x00',
+    b'r\x01\x00\x00\x00',
+]
 
 
 def random_pickle(rng, size):
@@ -238,8 +295,7 @@ def random_pickle(rng, size):
     return bytes(body[:size]) + b'.'
 
 
-def test_random_opcode_floods_are_refused_or_load_within_bounds(
-        monkeypatch):
+def test_random_opcode_floods_are_refused_or_load_within_bounds(monkeypatch):
     """Property: whatever a stream of torch-readable opcodes does, reading
     it as a zip or legacy file ends as a ``CheckpointError`` or a load, and
     its memory is the file's plus at most ~100 bytes per allowed opcode
@@ -251,8 +307,11 @@ def test_random_opcode_floods_are_refused_or_load_within_bounds(
     for case in range(30):
         size = rng.choice([1_000, 10_000, 60_000])
         pickle_bytes = random_pickle(rng, size)
-        data = pickle_bytes if case % 4 == 3 else crafted._pickle_zip(
-            pickle_bytes)
+        data = (
+            pickle_bytes
+            if case % 4 == 3
+            else crafted._pickle_zip(pickle_bytes)
+        )
         outcome, peak = traced_peak(data, f'case {case}')
         assert outcome == 'loaded' or isinstance(outcome, CheckpointError)
         outcomes.add(type(outcome).__name__)
@@ -263,22 +322,28 @@ def test_random_opcode_floods_are_refused_or_load_within_bounds(
 
 def test_memo_slots_out_of_order_or_unset():
     far = crafted.KINDS['memo PUT far slot'](100)
-    with pytest.raises(UnsafeCheckpointError,
-                       match='writes memo slot 268435456 at byte 3; the '
-                       'reader allows slot 0 next'):
+    with pytest.raises(
+        UnsafeCheckpointError,
+        match='writes memo slot 268435456 at byte 3; the '
+        'reader allows slot 0 next',
+    ):
         torch_load_safely(io.BytesIO(far), 'far.pth')
     unset = crafted._pickle_zip(b'\x80\x02]q\x00h\x05.')
-    with pytest.raises(CorruptCheckpointError,
-                       match='reads memo slot 5 at byte 5 before writing'):
+    with pytest.raises(
+        CorruptCheckpointError,
+        match='reads memo slot 5 at byte 5 before writing',
+    ):
         torch_load_safely(io.BytesIO(unset), 'unset.pth')
 
 
 def test_opcodes_torch_does_not_read_are_refused():
     """Protocol 4 framing (what ``pickle.dumps`` writes by default)."""
-    data = crafted._pickle_zip(b'\x80\x04\x95\x05\x00\x00\x00\x00\x00\x00'
-                               b'\x00N.')
-    with pytest.raises(UnsafeCheckpointError,
-                       match=r"holds opcode b'\\x95' at byte 2"):
+    data = crafted._pickle_zip(
+        b'\x80\x04\x95\x05\x00\x00\x00\x00\x00\x00\x00N.'
+    )
+    with pytest.raises(
+        UnsafeCheckpointError, match=r"holds opcode b'\\x95' at byte 2"
+    ):
         torch_load_safely(io.BytesIO(data), 'proto4.pth')
 
 
@@ -302,10 +367,12 @@ def test_duplicate_and_unknown_members_are_damaged():
 def test_legacy_storages_must_fit_in_the_file():
     """torch allocates a legacy storage's claimed size before it reads its
     bytes: a claim past the file's end is refused first."""
-    data = saved({'w': torch.arange(4.0)},
-                 _use_new_zipfile_serialization=False)
+    data = saved(
+        {'w': torch.arange(4.0)}, _use_new_zipfile_serialization=False
+    )
     # the storage's element count and the tensor's size: 4 -> 2**28
     inflated = data.replace(b'K\x04', b'J\x00\x00\x00\x10')
-    with pytest.raises(CorruptCheckpointError,
-                       match='storages claim 1073741824 bytes'):
+    with pytest.raises(
+        CorruptCheckpointError, match='storages claim 1073741824 bytes'
+    ):
         torch_load_safely(io.BytesIO(inflated), 'legacy.pth')

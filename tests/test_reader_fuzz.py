@@ -7,6 +7,7 @@ exception, a crash or a hang. The cases run in this process: the reader
 refuses before numpy or torch build anything from a file's choice of dtype,
 layout or object, so a mutation cannot reach memory-unsafe code.
 """
+
 import io
 import pickletools
 import random
@@ -33,11 +34,17 @@ def archive():
     for value in (2.5, 1.5, 0.5):
         history.update(value)
     checkpoint = {
-        'meta': {'seed': np.int64(7), 'epoch': 2, 'name': 'toy',
-                 'palette': np.array([[1, 2, 3]], np.uint8),
-                 'shape': torch.Size([2, 3])},
-        'state_dict': {'conv.weight': torch.randn(2, 3),
-                       'bn.num_batches_tracked': torch.tensor(4)},
+        'meta': {
+            'seed': np.int64(7),
+            'epoch': 2,
+            'name': 'toy',
+            'palette': np.array([[1, 2, 3]], np.uint8),
+            'shape': torch.Size([2, 3]),
+        },
+        'state_dict': {
+            'conv.weight': torch.randn(2, 3),
+            'bn.num_batches_tracked': torch.tensor(4),
+        },
         'message_hub': {'log_scalars': {'train/loss': history}},
     }
     buffer = io.BytesIO()
@@ -50,8 +57,9 @@ def with_pickle(members, data):
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, 'w') as target:
         for info, content in members:
-            target.writestr(info, data if info.filename.endswith(
-                '/data.pkl') else content)
+            target.writestr(
+                info, data if info.filename.endswith('/data.pkl') else content
+            )
     buffer.seek(0)
     return buffer
 
@@ -65,15 +73,18 @@ def mutations(data, rng):
             flipped[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
         yield 'bit flip', bytes(flipped)
     for _ in range(CASES_PER_KIND):
-        yield 'truncation', data[:rng.randrange(len(data))]
+        yield 'truncation', data[: rng.randrange(len(data))]
     for _ in range(CASES_PER_KIND):
         pos = rng.choice(positions)
-        yield 'opcode swap', data[:pos] + rng.choice(OPCODES) + data[pos + 1:]
+        yield 'opcode swap', data[:pos] + rng.choice(OPCODES) + data[pos + 1 :]
 
 
 def test_mutated_pickles_are_refused_or_load_cleanly(archive):
-    data = next(content for info, content in archive
-                if info.filename.endswith('/data.pkl'))
+    data = next(
+        content
+        for info, content in archive
+        if info.filename.endswith('/data.pkl')
+    )
     outcomes = {'refused': 0, 'loaded': 0}
 
     def hang(*_):
@@ -83,10 +94,12 @@ def test_mutated_pickles_are_refused_or_load_cleanly(archive):
     signal.alarm(120)
     try:
         for index, (kind, mutated) in enumerate(
-                mutations(data, random.Random(0))):
+            mutations(data, random.Random(0))
+        ):
             try:
-                torch_load_safely(with_pickle(archive, mutated),
-                                  f'case {index} ({kind})')
+                torch_load_safely(
+                    with_pickle(archive, mutated), f'case {index} ({kind})'
+                )
             except CheckpointError:
                 outcomes['refused'] += 1
             else:
@@ -104,11 +117,16 @@ def test_storage_larger_than_its_record_is_refused():
     torch.save({'w': torch.arange(4.0)}, buffer)
     with zipfile.ZipFile(io.BytesIO(buffer.getvalue())) as source:
         members = [(info, source.read(info)) for info in source.infolist()]
-    data = next(content for info, content in members
-                if info.filename.endswith('/data.pkl'))
+    data = next(
+        content
+        for info, content in members
+        if info.filename.endswith('/data.pkl')
+    )
     # the storage's element count, then the tensor's size: 4 -> 200
     assert data.count(b'K\x04') == 2
     buffer = with_pickle(members, data.replace(b'K\x04', b'K\xc8'))
-    with pytest.raises(CheckpointError, match="storage '0' declares 800 "
-                       'bytes, its record holds 16'):
+    with pytest.raises(
+        CheckpointError,
+        match="storage '0' declares 800 bytes, its record holds 16",
+    ):
         torch_load_safely(buffer, 'inflated.pth')

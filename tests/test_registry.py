@@ -11,6 +11,7 @@ fresh-process tests import mmmetaformer next to mmpretrain (its own
 generic names, and the public name ``PoolFormer``, in the root, in both
 import orders.
 """
+
 import subprocess
 import sys
 
@@ -25,8 +26,15 @@ from mmmetaformer.models.backbones.metaformer import FAMILY_CLASSES
 from mmmetaformer.models.core import GELU
 from mmmetaformer.registry import MODELS, ROOT_MODELS, SCOPE
 
-BUILDING_BLOCKS = ('Attention', 'GroupNorm1', 'IdentityMixer', 'LayerNorm2d',
-                   'Pooling', 'RandomMixing', 'SepConv')
+BUILDING_BLOCKS = (
+    'Attention',
+    'GroupNorm1',
+    'IdentityMixer',
+    'LayerNorm2d',
+    'Pooling',
+    'RandomMixing',
+    'SepConv',
+)
 PUBLIC = ('MetaFormer', 'StarReLU', *FAMILY_CLASSES.values())
 SCOPES = [None, 'mmdet', 'mmseg']
 
@@ -98,8 +106,11 @@ def test_family_classes_cover_every_arch_table_family():
     for family, name in FAMILY_CLASSES.items():
         cls = ROOT_MODELS.get(name)
         assert cls.family == family
-        expected = CONVMIXER_ARCHS if family == 'convmixer' else \
-            METAFORMER_ARCHS[family]
+        expected = (
+            CONVMIXER_ARCHS
+            if family == 'convmixer'
+            else METAFORMER_ARCHS[family]
+        )
         assert cls.arch_zoo == expected, family
     assert ROOT_MODELS.get('MetaFormer').family is None
 
@@ -109,9 +120,13 @@ def test_user_mixer_registered_as_the_readme_says(default_scope, registered):
     """``@MODELS.register_module()`` with ``from mmmetaformer.registry
     import MODELS``; the arch dict names it plainly, in any scope."""
     registered(MODELS, ShiftMixer)
-    model = MODELS.build(dict(
-        type='PoolFormer', out_norm_cfg=None,
-        arch=dict(TINY, token_mixer_cfg=dict(type='ShiftMixer', shift=2))))
+    model = MODELS.build(
+        dict(
+            type='PoolFormer',
+            out_norm_cfg=None,
+            arch=dict(TINY, token_mixer_cfg=dict(type='ShiftMixer', shift=2)),
+        )
+    )
     mixers = [b.token_mixer for s in model.stages for b in s.blocks]
     assert all(type(m) is ShiftMixer and m.shift == 2 for m in mixers)
     outs = model(torch.randn(1, 3, 64, 64))
@@ -125,14 +140,20 @@ def test_user_mixer_registered_as_the_readme_says(default_scope, registered):
 
 @pytest.mark.parametrize('default_scope', ['mmdet'], indirect=True)
 @pytest.mark.parametrize('where', ['root', 'scope'])
-def test_mixers_registered_elsewhere_are_found_too(default_scope, where,
-                                                   registered):
+def test_mixers_registered_elsewhere_are_found_too(
+    default_scope, where, registered
+):
     """A mixer in the root, or in the default scope's own registry."""
     from mmdet.registry import MODELS as MMDET_MODELS
+
     registered(ROOT_MODELS if where == 'root' else MMDET_MODELS, ShiftMixer)
-    model = MMDET_MODELS.build(dict(
-        type='PoolFormer', out_norm_cfg=None,
-        arch=dict(TINY, token_mixer_cfg=dict(type='ShiftMixer'))))
+    model = MMDET_MODELS.build(
+        dict(
+            type='PoolFormer',
+            out_norm_cfg=None,
+            arch=dict(TINY, token_mixer_cfg=dict(type='ShiftMixer')),
+        )
+    )
     assert type(model.stages[3].blocks[0].token_mixer) is ShiftMixer
 
 
@@ -141,12 +162,18 @@ def test_our_layers_win_over_the_scopes_own(default_scope, registered):
     """mmdet's registry holding a ``Pooling`` and a ``LayerNorm2d`` of its
     own does not change what our arch dicts build."""
     from mmdet.registry import MODELS as MMDET_MODELS
-    foreign = [type(name, (nn.Module, ), {}) for name in
-               ('Pooling', 'LayerNorm2d')]
+
+    foreign = [
+        type(name, (nn.Module,), {}) for name in ('Pooling', 'LayerNorm2d')
+    ]
     for cls in foreign:
         registered(MMDET_MODELS, cls)
-    model = MMDET_MODELS.build(dict(type='ConvFormer', arch=dict(
-        TINY, token_mixer_cfg=dict(type='Pooling'))))
+    model = MMDET_MODELS.build(
+        dict(
+            type='ConvFormer',
+            arch=dict(TINY, token_mixer_cfg=dict(type='Pooling')),
+        )
+    )
     ours = MODELS.module_dict
     block = model.stages[0].blocks[0]
     assert type(block.token_mixer) is ours['Pooling']
@@ -159,25 +186,36 @@ def test_scoped_names_reach_our_layers_from_any_registry(default_scope):
     from mmcv.cnn import build_norm_layer
     from mmdet.registry import MODELS as MMDET_MODELS
     from mmseg.registry import MODELS as MMSEG_MODELS
+
     for registry in (ROOT_MODELS, MMDET_MODELS, MMSEG_MODELS, MODELS):
         for name in BUILDING_BLOCKS + PUBLIC:
-            assert registry.get(f'{SCOPE}.{name}') is \
-                MODELS.module_dict[name], (registry.scope, name)
+            assert (
+                registry.get(f'{SCOPE}.{name}') is MODELS.module_dict[name]
+            ), (registry.scope, name)
     # mmcv's own builder, as an mmdet/mmseg neck's norm_cfg would use it
     _, norm = build_norm_layer(dict(type='mmmetaformer.LayerNorm2d'), 8)
     assert type(norm) is MODELS.module_dict['LayerNorm2d']
     # out_norm_cfg names ours plainly (and mmcv's GN as before)
-    model = MODELS.build(dict(type='PoolFormer', arch=TINY | dict(
-        token_mixer_cfg=dict(type='Pooling')), out_indices=(3, ),
-        out_norm_cfg=dict(type='LayerNorm2d', eps=1e-6)))
+    model = MODELS.build(
+        dict(
+            type='PoolFormer',
+            arch=TINY | dict(token_mixer_cfg=dict(type='Pooling')),
+            out_indices=(3,),
+            out_norm_cfg=dict(type='LayerNorm2d', eps=1e-6),
+        )
+    )
     assert type(model.out_norms['3']) is MODELS.module_dict['LayerNorm2d']
     assert model.out_norms['3'].eps == 1e-6
 
 
 def test_unknown_type_names_it_and_our_layers():
     with pytest.raises((KeyError, ValueError)) as err:
-        MODELS.build(dict(type='PoolFormer', arch=dict(
-            TINY, token_mixer_cfg=dict(type='Poolling'))))
+        MODELS.build(
+            dict(
+                type='PoolFormer',
+                arch=dict(TINY, token_mixer_cfg=dict(type='Poolling')),
+            )
+        )
     msg = str(err.value)
     assert "type='Poolling' is not registered" in msg
     assert all(name in msg for name in BUILDING_BLOCKS)
@@ -256,7 +294,8 @@ print('ok')
 ORDERS = {
     # The plugin and mmpretrain first. mmmetaformer is first imported by
     # mmengine itself, to resolve a scoped name (no explicit import).
-    'others_first': FOREIGN_PLUGIN % ((*BUILDING_BLOCKS, 'PoolFormer'), ) + """
+    'others_first': FOREIGN_PLUGIN % ((*BUILDING_BLOCKS, 'PoolFormer'),)
+    + """
 import mmpretrain.models  # noqa: F401
 import sys
 from mmdet.registry import MODELS as MMDET
@@ -271,18 +310,25 @@ assert 'mmmetaformer' in sys.modules
 messages = [str(w.message) for w in caught]
 assert any("'PoolFormer' is already registered" in m and
            "type='mmmetaformer.PoolFormer'" in m for m in messages), messages
-""" + CHECKS,
+"""
+    + CHECKS,
     # mmmetaformer first; mmpretrain and the plugin register afterwards.
     'mmmetaformer_first': """
 import mmmetaformer  # noqa: F401
 import mmpretrain.models  # noqa: F401
-""" + FOREIGN_PLUGIN % (BUILDING_BLOCKS, ) + CHECKS,
+"""
+    + FOREIGN_PLUGIN % (BUILDING_BLOCKS,)
+    + CHECKS,
 }
 
 
 @pytest.mark.parametrize('order', list(ORDERS))
 def test_next_to_mmpretrain_and_a_plugin_taking_our_names(order):
-    proc = subprocess.run([sys.executable, '-c', ORDERS[order]],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, '-c', ORDERS[order]],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip().endswith('ok')

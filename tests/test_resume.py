@@ -12,6 +12,7 @@ run is killed while it writes a checkpoint, with ``max_keep_ckpts=1``. The
 runs are forked from one process that imported the stack once
 (``forked_tools``).
 """
+
 import json
 import signal
 import time
@@ -20,52 +21,82 @@ from pathlib import Path
 import pytest
 
 from mmmetaformer.checkpoint import read_checkpoint
-from mmmetaformer.datasets.toy import make_ade20k, make_coco
+from mmmetaformer_tools.toy import make_ade20k, make_coco
 
 from .forked_tools import ForkedTool
 from .helpers import REPO_ROOT
 
 DET_CONFIG = REPO_ROOT / 'configs/toy/retinanet_poolformer_s12_toy_coco.py'
-SEG_CONFIG = (REPO_ROOT /
-              'configs/toy/semantic_fpn_poolformer_s12_toy_ade20k.py')
+SEG_CONFIG = (
+    REPO_ROOT / 'configs/toy/semantic_fpn_poolformer_s12_toy_ade20k.py'
+)
 # Every iteration draws random numbers: augmentation (python/numpy) and
 # drop path (torch), so a resume that does not restore them gives other
 # losses (measured: without ExactResumeHook they differ after the resume).
-EXACT = ['randomness.deterministic=True', 'default_hooks.logger.interval=1',
-         'log_processor.window_size=1', 'model.backbone.drop_path_rate=0.1']
+EXACT = [
+    'randomness.deterministic=True',
+    'default_hooks.logger.interval=1',
+    'log_processor.window_size=1',
+    'model.backbone.drop_path_rate=0.1',
+]
 # 2 images at 128 px, batch 1: 2 iterations per epoch, validation on one
 # image after each epoch (it runs between a save and the next epoch).
 DET_RUN = EXACT + [
-    'train_dataloader.batch_size=1', 'train_dataloader.dataset.indices=2',
+    'train_dataloader.batch_size=1',
+    'train_dataloader.dataset.indices=2',
     'train_dataloader.dataset.pipeline.2.scale=(128,128)',
     'val_dataloader.dataset.indices=1',
     'val_dataloader.dataset.pipeline.1.scale=(128,128)',
-    'train_cfg.max_epochs=2', 'default_hooks.checkpoint.interval=1'
+    'train_cfg.max_epochs=2',
+    'default_hooks.checkpoint.interval=1',
 ]
 # 4 iterations of 2 random 128x128 crops, a checkpoint every 2 iterations
 # (only the newest kept) followed by validation on one image.
 SEG_RUN = EXACT + [
-    'train_dataloader.batch_size=2', 'train_dataloader.dataset.indices=4',
-    'val_dataloader.dataset.indices=1', 'train_cfg.max_iters=4',
-    'train_cfg.val_interval=2', 'default_hooks.checkpoint.interval=2',
-    'default_hooks.checkpoint.max_keep_ckpts=1'
+    'train_dataloader.batch_size=2',
+    'train_dataloader.dataset.indices=4',
+    'val_dataloader.dataset.indices=1',
+    'train_cfg.max_iters=4',
+    'train_cfg.val_interval=2',
+    'default_hooks.checkpoint.interval=2',
+    'default_hooks.checkpoint.max_keep_ckpts=1',
 ]
 
 
 @pytest.fixture(scope='module')
 def toy_cwd(tmp_path_factory):
     cwd = tmp_path_factory.mktemp('resume')
-    make_coco(cwd / 'data' / 'toy_coco', num_train=2, num_val=1,
-              img_size=128, seed=0, max_objects=3)
-    make_ade20k(cwd / 'data' / 'toy_ade20k', num_train=4, num_val=1,
-                img_size=128, seed=0)
+    make_coco(
+        cwd / 'data' / 'toy_coco',
+        num_train=2,
+        num_val=1,
+        img_size=128,
+        seed=0,
+        max_objects=3,
+    )
+    make_ade20k(
+        cwd / 'data' / 'toy_ade20k',
+        num_train=4,
+        num_val=1,
+        img_size=128,
+        seed=0,
+    )
     return cwd
 
 
 def start_training(cwd, config, work_dir, options, *extra):
     log = Path(cwd) / f'{Path(work_dir).name}_{len(extra)}.log'
-    return ForkedTool('train.py', config, '--work-dir', work_dir, *extra,
-                      '--cfg-options', *options, cwd=cwd, log_path=log)
+    return ForkedTool(
+        'train.py',
+        config,
+        '--work-dir',
+        work_dir,
+        *extra,
+        '--cfg-options',
+        *options,
+        cwd=cwd,
+        log_path=log,
+    )
 
 
 def finish(run, timeout=900):
@@ -96,7 +127,8 @@ def losses(work_dir, newest_only=False):
             record = json.loads(line)
             if 'loss' in record:
                 result[record['step']] = {
-                    k: v for k, v in record.items() if k.startswith('loss')}
+                    k: v for k, v in record.items() if k.startswith('loss')
+                }
     return result
 
 
@@ -113,13 +145,15 @@ def det_runs(toy_cwd):
     ref_proc = start_training(toy_cwd, DET_CONFIG, reference, DET_RUN)
     proc = start_training(toy_cwd, DET_CONFIG, killed, DET_RUN)
     # Killed right after its first checkpoint is complete, wherever it is.
-    kill_when(proc, (killed / 'last_checkpoint').exists,
-              'the first checkpoint')
+    kill_when(
+        proc, (killed / 'last_checkpoint').exists, 'the first checkpoint'
+    )
     finish(ref_proc)
     resumed_from = (killed / 'last_checkpoint').read_text().strip()
     resumed_iter = read_checkpoint(resumed_from)['meta']['iter']
-    out = finish(start_training(toy_cwd, DET_CONFIG, killed, DET_RUN,
-                                '--resume'))
+    out = finish(
+        start_training(toy_cwd, DET_CONFIG, killed, DET_RUN, '--resume')
+    )
     return reference, killed, out, resumed_from, resumed_iter
 
 
@@ -128,7 +162,8 @@ def test_detection_resumes_bit_exactly_after_sigkill(det_runs):
     assert resumed_from.endswith('epoch_1.pth') and resumed_iter == 2
     assert 'resumed epoch: 1, iter: 2' in out
     resumed_losses_equal_reference(
-        losses(killed, newest_only=True), losses(reference), resumed_iter, 4)
+        losses(killed, newest_only=True), losses(reference), resumed_iter, 4
+    )
 
 
 @pytest.fixture(scope='module')
@@ -142,9 +177,11 @@ def seg_runs(toy_cwd):
     after_kill = dict(
         partial=partial.exists(),
         files=sorted(p.name for p in killed.glob('iter_*')),
-        last=(killed / 'last_checkpoint').read_text().strip())
-    out = finish(start_training(toy_cwd, SEG_CONFIG, killed, SEG_RUN,
-                                '--resume'))
+        last=(killed / 'last_checkpoint').read_text().strip(),
+    )
+    out = finish(
+        start_training(toy_cwd, SEG_CONFIG, killed, SEG_RUN, '--resume')
+    )
     return reference, killed, out, after_kill
 
 
@@ -157,8 +194,10 @@ def test_segmentation_killed_during_a_save_resumes_bit_exactly(seg_runs):
     assert after_kill['files'] == ['iter_2.pth', 'iter_4.pth.partial']
     assert after_kill['last'] == str(killed / 'iter_2.pth')
     assert 'resumed epoch: 0, iter: 2' in out
-    assert 'iter_4.pth.partial, a checkpoint a killed run did not finish' \
-        in out
+    assert (
+        'iter_4.pth.partial, a checkpoint a killed run did not finish' in out
+    )
     resumed_losses_equal_reference(
-        losses(killed, newest_only=True), losses(reference), 2, 4)
+        losses(killed, newest_only=True), losses(reference), 2, 4
+    )
     assert sorted(p.name for p in killed.glob('iter_*')) == ['iter_4.pth']

@@ -11,6 +11,7 @@ archs (M48, B36, ConvMixer-1536/20) stay cheap. Real loss and predict
 forwards run on the smallest arch of each family. The end-to-end run trains
 4 iterations at 128x128 crops.
 """
+
 import copy
 import functools
 import math
@@ -44,10 +45,10 @@ TOY_CONFIG = CONFIGS / 'toy' / 'semantic_fpn_poolformer_s12_toy_ade20k.py'
 DROP_IN_CONFIG = CONFIGS / 'examples' / 'upernet_convformer_s18_drop_in.py'
 
 LEAVES = [(family, arch) for family, _, arch in family_archs()]
-LEAF_IDS = [f"{family}_{arch.replace('/', '_')}" for family, arch in LEAVES]
+LEAF_IDS = [f'{family}_{arch.replace("/", "_")}' for family, arch in LEAVES]
 # The smallest arch of each family: these also run real forwards.
 SMALL_LEAVES = [(f, a) for f, _, a in smallest_archs()]
-SMALL_IDS = [f"{f}_{a.replace('/', '_')}" for f, a in SMALL_LEAVES]
+SMALL_IDS = [f'{f}_{a.replace("/", "_")}' for f, a in SMALL_LEAVES]
 NUM_CLASSES = 150
 
 
@@ -72,6 +73,7 @@ def step(pipeline, type_name):
 def build_model(model_cfg, device=None):
     """Build a segmentor as the tools would on this CPU machine."""
     from mmseg.registry import MODELS
+
     init_default_scope('mmseg')
     model_cfg = copy.deepcopy(model_cfg)
     sync_bn_to_bn(model_cfg)
@@ -83,16 +85,22 @@ def build_model(model_cfg, device=None):
 
 def seg_samples(batch, height, width, seed=0):
     from mmseg.structures import SegDataSample
+
     gen = torch.Generator().manual_seed(seed)
     samples = []
     for _ in range(batch):
-        labels = torch.randint(0, NUM_CLASSES, (1, height, width),
-                               generator=gen)
+        labels = torch.randint(
+            0, NUM_CLASSES, (1, height, width), generator=gen
+        )
         labels[:, :4] = 255  # some ignored pixels, as in real label maps
         sample = SegDataSample(gt_sem_seg=PixelData(data=labels))
-        sample.set_metainfo(dict(img_shape=(height, width),
-                                 ori_shape=(height, width),
-                                 pad_shape=(height, width)))
+        sample.set_metainfo(
+            dict(
+                img_shape=(height, width),
+                ori_shape=(height, width),
+                pad_shape=(height, width),
+            )
+        )
         samples.append(sample)
     return samples
 
@@ -115,12 +123,19 @@ def test_base_recipe_and_network():
     # Optimiser and schedule: AdamW 2e-4 / 1e-4, poly 0.9 to 0 over 40k.
     assert cfg.optim_wrapper.type == 'OptimWrapper'
     assert cfg.optim_wrapper.optimizer == dict(
-        type='AdamW', lr=2e-4, weight_decay=1e-4)
+        type='AdamW', lr=2e-4, weight_decay=1e-4
+    )
     assert cfg.optim_wrapper.paramwise_cfg == dict(flat_decay_mult=0.0)
     assert len(cfg.param_scheduler) == 1
     poly = cfg.param_scheduler[0]
-    assert (poly.type, poly.power, poly.eta_min, poly.begin, poly.end,
-            poly.by_epoch) == ('PolyLR', 0.9, 0.0, 0, 40000, False)
+    assert (
+        poly.type,
+        poly.power,
+        poly.eta_min,
+        poly.begin,
+        poly.end,
+        poly.by_epoch,
+    ) == ('PolyLR', 0.9, 0.0, 0, 40000, False)
     assert cfg.train_cfg.type == 'IterBasedTrainLoop'
     assert cfg.train_cfg.max_iters == 40000
     assert cfg.train_cfg.val_interval == 4000
@@ -158,19 +173,30 @@ def test_base_recipe_and_network():
     head = model.decode_head
     assert head.type == 'FPNHead'
     assert (head.channels, head.num_classes, head.dropout_ratio) == (
-        128, NUM_CLASSES, 0.1)
+        128,
+        NUM_CLASSES,
+        0.1,
+    )
     assert list(head.in_channels) == [256] * 4
     assert head.norm_cfg.type == 'SyncBN'  # the multi-GPU recipe
     assert model.test_cfg.mode == 'whole'
 
     # Built (on meta) with a backbone of channels unlike any ResNet's: the
     # whole network maps an image to 150 logits at stride 4.
-    segmentor = build_model(merged_into(model.to_dict(), dict(
-        backbone=dict(type='PoolFormerV2', arch='m36'),
-        neck=dict(in_channels=[96, 192, 384, 768]))), device='meta')
+    segmentor = build_model(
+        merged_into(
+            model.to_dict(),
+            dict(
+                backbone=dict(type='PoolFormerV2', arch='m36'),
+                neck=dict(in_channels=[96, 192, 384, 768]),
+            ),
+        ),
+        device='meta',
+    )
     segmentor.eval()
-    logits = segmentor(torch.empty(2, 3, 96, 128, device='meta'),
-                       mode='tensor')
+    logits = segmentor(
+        torch.empty(2, 3, 96, 128, device='meta'), mode='tensor'
+    )
     assert logits.shape == (2, NUM_CLASSES, 24, 32)
 
 
@@ -179,15 +205,19 @@ def test_a_leaf_is_its_base_plus_what_it_sets():
     own settings merged in: what ``test_leaf_settings`` checks for every
     leaf is all that differs from the base."""
     path = leaf_path('convformer', 's18')
-    assert load(path).to_dict() == merged_into(load(BASE_CONFIG).to_dict(),
-                                               own_settings(path))
+    assert load(path).to_dict() == merged_into(
+        load(BASE_CONFIG).to_dict(), own_settings(path)
+    )
 
 
 @pytest.mark.parametrize('family,arch', LEAVES, ids=LEAF_IDS)
 def test_leaf_settings(family, arch):
-    backbone, _ = check_leaf_settings(leaf_path(family, arch),
-                                      './_base_/semantic_fpn_ade20k.py',
-                                      family, arch)
+    backbone, _ = check_leaf_settings(
+        leaf_path(family, arch),
+        './_base_/semantic_fpn_ade20k.py',
+        family,
+        arch,
+    )
     # drop path as published for PoolFormer v1, 0.1 for the baselines
     expected_dpr = {'poolformer': 0.0, 'convmixer': None}.get(family, 0.1)
     assert backbone.get('drop_path_rate') == expected_dpr
@@ -212,8 +242,9 @@ def test_leaf_forward_loss_and_predict(family, arch):
     model.eval()
     image = torch.randint(0, 256, (3, 48, 80), dtype=torch.uint8)
     with torch.no_grad():
-        preds = model.test_step(dict(inputs=[image],
-                                     data_samples=seg_samples(1, 48, 80)))
+        preds = model.test_step(
+            dict(inputs=[image], data_samples=seg_samples(1, 48, 80))
+        )
     pred = preds[0].pred_sem_seg.data
     assert pred.shape == (1, 48, 80)
     assert 0 <= pred.min() and pred.max() < NUM_CLASSES
@@ -227,52 +258,81 @@ def test_leaf_forward_loss_and_predict(family, arch):
 # Parameters that must not decay / must decay, by name fragment; each must
 # match at least one parameter of the model.
 NO_DECAY = {
-    'caformer': ['backbone.stem.norm.weight', '.norm1.weight',
-                 '.norm2.weight', '.downsample.norm.weight',
-                 'backbone.out_norms.0.weight', 'backbone.out_norms.3.bias',
-                 '.res_scale1.scale', '.res_scale2.scale', '.mlp.act.scale',
-                 '.mlp.act.bias', '.token_mixer.act1.scale',
-                 '.token_mixer.act1.bias', '.stem.conv.bias',
-                 'decode_head.scale_heads.0.0.bn.weight',
-                 'decode_head.conv_seg.bias'],
-    'poolformer': ['.norm1.weight', '.norm1.bias', '.layer_scale1.scale',
-                   '.layer_scale2.scale', '.mlp.fc1.bias',
-                   'backbone.out_norms.1.weight'],
+    'caformer': [
+        'backbone.stem.norm.weight',
+        '.norm1.weight',
+        '.norm2.weight',
+        '.downsample.norm.weight',
+        'backbone.out_norms.0.weight',
+        'backbone.out_norms.3.bias',
+        '.res_scale1.scale',
+        '.res_scale2.scale',
+        '.mlp.act.scale',
+        '.mlp.act.bias',
+        '.token_mixer.act1.scale',
+        '.token_mixer.act1.bias',
+        '.stem.conv.bias',
+        'decode_head.scale_heads.0.0.bn.weight',
+        'decode_head.conv_seg.bias',
+    ],
+    'poolformer': [
+        '.norm1.weight',
+        '.norm1.bias',
+        '.layer_scale1.scale',
+        '.layer_scale2.scale',
+        '.mlp.fc1.bias',
+        'backbone.out_norms.1.weight',
+    ],
     # BatchNorms after the patch embedding, the depthwise and the pointwise
     # convs; the adapter's GroupNorm.
-    'convmixer': ['backbone.stem.2.weight',
-                  'backbone.blocks.0.0.fn.2.weight',
-                  'backbone.blocks.0.3.bias',
-                  'backbone.adapter.refines.0.0.weight',
-                  'backbone.out_norms.2.bias'],
+    'convmixer': [
+        'backbone.stem.2.weight',
+        'backbone.blocks.0.0.fn.2.weight',
+        'backbone.blocks.0.3.bias',
+        'backbone.adapter.refines.0.0.weight',
+        'backbone.out_norms.2.bias',
+    ],
 }
 DECAY = {
-    'caformer': ['backbone.stem.conv.weight', '.downsample.conv.weight',
-                 '.token_mixer.pwconv1.weight', '.token_mixer.dwconv.weight',
-                 '.token_mixer.qkv.weight', '.token_mixer.proj.weight',
-                 '.mlp.fc1.weight', '.mlp.fc2.weight',
-                 'neck.lateral_convs.0.conv.weight',
-                 'neck.fpn_convs.3.conv.weight',
-                 'decode_head.scale_heads.0.0.conv.weight',
-                 'decode_head.conv_seg.weight'],
+    'caformer': [
+        'backbone.stem.conv.weight',
+        '.downsample.conv.weight',
+        '.token_mixer.pwconv1.weight',
+        '.token_mixer.dwconv.weight',
+        '.token_mixer.qkv.weight',
+        '.token_mixer.proj.weight',
+        '.mlp.fc1.weight',
+        '.mlp.fc2.weight',
+        'neck.lateral_convs.0.conv.weight',
+        'neck.fpn_convs.3.conv.weight',
+        'decode_head.scale_heads.0.0.conv.weight',
+        'decode_head.conv_seg.weight',
+    ],
     'poolformer': ['.mlp.fc1.weight', 'backbone.stem.conv.weight'],
-    'convmixer': ['backbone.stem.0.weight',
-                  'backbone.blocks.0.0.fn.0.weight',
-                  'backbone.blocks.0.1.weight',
-                  'backbone.adapter.projs.0.weight',
-                  'backbone.adapter.refines.0.2.weight'],
+    'convmixer': [
+        'backbone.stem.0.weight',
+        'backbone.blocks.0.0.fn.0.weight',
+        'backbone.blocks.0.1.weight',
+        'backbone.adapter.projs.0.weight',
+        'backbone.adapter.refines.0.2.weight',
+    ],
 }
-PARAMWISE_LEAVES = {'caformer': 's18', 'poolformer': 's12',
-                    'convmixer': '768/32'}
+PARAMWISE_LEAVES = {
+    'caformer': 's18',
+    'poolformer': 's12',
+    'convmixer': '768/32',
+}
 
 
 @pytest.mark.parametrize('family', list(PARAMWISE_LEAVES))
 def test_weight_decay_only_on_conv_and_linear_weights(family):
     from mmengine.optim import build_optim_wrapper
+
     cfg = load(leaf_path(family, PARAMWISE_LEAVES[family]))
     model = build_model(cfg.model, device='meta')
-    optim_wrapper = build_optim_wrapper(model, copy.deepcopy(
-        cfg.optim_wrapper))
+    optim_wrapper = build_optim_wrapper(
+        model, copy.deepcopy(cfg.optim_wrapper)
+    )
     settings = {}
     for group in optim_wrapper.optimizer.param_groups:
         for param in group['params']:
@@ -310,10 +370,12 @@ def test_toy_config_changes_only_the_toy_parts():
     expected_model['data_preprocessor']['size'] = (128, 128)
     expected_model['neck']['out_channels'] = 128
     expected_model['decode_head'].update(
-        in_channels=[128] * 4, channels=64, num_classes=10)
+        in_channels=[128] * 4, channels=64, num_classes=10
+    )
     assert toy.model.to_dict() == expected_model
     # exactly the classes the generator draws, in ADE20K's order
-    from mmmetaformer.datasets.toy import ADE_LABELS
+    from mmmetaformer_tools.toy import ADE_LABELS
+
     classes = toy.train_dataloader.dataset.metainfo.classes
     assert list(classes) == sorted(ADE_LABELS, key=ADE_LABELS.get)
     for loader in ('val_dataloader', 'test_dataloader'):
@@ -331,9 +393,15 @@ def test_toy_config_changes_only_the_toy_parts():
 
 @pytest.fixture(scope='module')
 def toy_ade20k(tmp_path_factory):
-    from mmmetaformer.datasets.toy import make_ade20k
-    return make_ade20k(tmp_path_factory.mktemp('toy_ade20k'), num_train=8,
-                       num_val=4, img_size=96, seed=0)
+    from mmmetaformer_tools.toy import make_ade20k
+
+    return make_ade20k(
+        tmp_path_factory.mktemp('toy_ade20k'),
+        num_train=8,
+        num_val=4,
+        img_size=96,
+        seed=0,
+    )
 
 
 def data_root_options(root, loaders):
@@ -356,12 +424,20 @@ def toy_seg_run(toy_ade20k, tmp_path_factory):
     """Train the toy config 4 iterations; ``(process, checkpoint)``."""
     work_dir = tmp_path_factory.mktemp('toy_seg_work')
     proc = run_tool(
-        'train.py', TOY_CONFIG, '--work-dir', work_dir, '--cfg-options',
-        *data_root_options(toy_ade20k, ('train_dataloader', 'val_dataloader',
-                                        'test_dataloader')),
-        'train_cfg.max_iters=4', 'train_cfg.val_interval=4',
+        'train.py',
+        TOY_CONFIG,
+        '--work-dir',
+        work_dir,
+        '--cfg-options',
+        *data_root_options(
+            toy_ade20k,
+            ('train_dataloader', 'val_dataloader', 'test_dataloader'),
+        ),
+        'train_cfg.max_iters=4',
+        'train_cfg.val_interval=4',
         'default_hooks.checkpoint.interval=4',
-        'train_dataloader.batch_size=2')
+        'train_dataloader.batch_size=2',
+    )
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     return proc, work_dir / 'iter_4.pth'
 
@@ -373,16 +449,26 @@ def test_toy_train_saves_checkpoint_and_validates(toy_seg_run):
 
 
 @pytest.mark.parametrize('mode', ['whole', 'slide'])
-def test_toy_test_reports_iou_metric(toy_ade20k, toy_seg_run, mode,
-                                     tmp_path):
-    extra = [] if mode == 'whole' else [
-        'model.test_cfg.mode=slide', 'model.test_cfg.crop_size=[64,64]',
-        'model.test_cfg.stride=[48,48]'
-    ]
+def test_toy_test_reports_iou_metric(toy_ade20k, toy_seg_run, mode, tmp_path):
+    extra = (
+        []
+        if mode == 'whole'
+        else [
+            'model.test_cfg.mode=slide',
+            'model.test_cfg.crop_size=[64,64]',
+            'model.test_cfg.stride=[48,48]',
+        ]
+    )
     proc = run_tool(
-        'test.py', TOY_CONFIG, toy_seg_run[1], '--work-dir', tmp_path,
+        'test.py',
+        TOY_CONFIG,
+        toy_seg_run[1],
+        '--work-dir',
+        tmp_path,
         '--cfg-options',
-        *data_root_options(toy_ade20k, ('test_dataloader', )), *extra)
+        *data_root_options(toy_ade20k, ('test_dataloader',)),
+        *extra,
+    )
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     metrics_of(proc)
     out = proc.stdout + proc.stderr
@@ -393,13 +479,20 @@ def test_toy_test_reports_iou_metric(toy_ade20k, toy_seg_run, mode,
     assert used.model.test_cfg.mode == mode
 
 
-def test_infer_writes_segmentation_overlay(toy_ade20k, toy_seg_run,
-                                           tmp_path):
+def test_infer_writes_segmentation_overlay(toy_ade20k, toy_seg_run, tmp_path):
     import mmcv
+
     image = sorted((toy_ade20k / 'images' / 'validation').glob('*.jpg'))[0]
     out_file = tmp_path / 'overlay.jpg'
-    proc = run_tool('infer.py', image, TOY_CONFIG, toy_seg_run[1], '--out',
-                    out_file, cwd=tmp_path)  # its default --out-dir too
+    proc = run_tool(
+        'infer.py',
+        image,
+        TOY_CONFIG,
+        toy_seg_run[1],
+        '--out',
+        out_file,
+        cwd=tmp_path,
+    )  # its default --out-dir too
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     assert re.search(r'\d+ classes predicted; wrote ', proc.stdout)
     drawn = mmcv.imread(str(out_file))
@@ -411,9 +504,18 @@ def test_infer_writes_segmentation_overlay(toy_ade20k, toy_seg_run,
 
 def test_benchmark_segmentation_with_checkpoint(toy_ade20k, toy_seg_run):
     proc = run_tool(
-        'analysis/benchmark.py', TOY_CONFIG, toy_seg_run[1], '--num-images',
-        '3', '--warmup', '1', '--threads', '1', '--cfg-options',
-        *data_root_options(toy_ade20k, ('test_dataloader', )))
+        'analysis/benchmark.py',
+        TOY_CONFIG,
+        toy_seg_run[1],
+        '--num-images',
+        '3',
+        '--warmup',
+        '1',
+        '--threads',
+        '1',
+        '--cfg-options',
+        *data_root_options(toy_ade20k, ('test_dataloader',)),
+    )
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     row = benchmark_row(proc.stdout, TOY_CONFIG.name)
     assert row[1:3] == ['cpu', '3']
@@ -427,8 +529,9 @@ def test_missing_data_root_is_a_clear_error(tool, tmp_path):
     args = [leaf_path('poolformer', 's12')]
     if tool == 'test.py':
         args.append(tmp_path / 'model.pth')
-    proc = run_tool(tool, *args, '--cfg-options',
-                    f'{loader}.dataset.data_root={missing}')
+    proc = run_tool(
+        tool, *args, '--cfg-options', f'{loader}.dataset.data_root={missing}'
+    )
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert str(missing) in proc.stderr
     assert 'tools/misc/make_toy_dataset.py ade20k' in proc.stderr
@@ -468,8 +571,14 @@ def test_stock_upernet_config_with_convformer_drop_in(tmp_path):
               type(model.decode_head.bottleneck.norm).__name__,
               ' '.join(sorted(k for k in losses if 'loss' in k)))
     """)
-    proc = subprocess.run([sys.executable, '-c', script], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, '-c', script],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip().splitlines()[-1] == (
-        'ConvFormer SyncBatchNorm aux.loss_ce decode.loss_ce')
+        'ConvFormer SyncBatchNorm aux.loss_ce decode.loss_ce'
+    )

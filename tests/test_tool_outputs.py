@@ -8,6 +8,7 @@ limit (with ``SIGXFSZ`` ignored a write past it fails with ``EFBIG``, as on
 a full disk with ``ENOSPC``). The training states come from one real
 iteration of the toy Semantic FPN config.
 """
+
 import contextlib
 import hashlib
 import importlib.util
@@ -20,29 +21,35 @@ import torch
 
 import mmmetaformer  # noqa: F401  (registers the hooks and backbones)
 from mmmetaformer.checkpoint import NATIVE_META_KEY, read_checkpoint
-from mmmetaformer.datasets.toy import make_ade20k
 from mmmetaformer.engine.checkpoint_hooks import (
     OutputWriteError,
     atomic_output,
 )
 from mmmetaformer.registry import MODELS
-from mmmetaformer.utils.launch import run_tool
+from mmmetaformer_tools.launch import run_tool
+from mmmetaformer_tools.toy import make_ade20k
 
 from .helpers import REPO_ROOT
 
-SEG_CONFIG = str(REPO_ROOT /
-                 'configs/toy/semantic_fpn_poolformer_s12_toy_ade20k.py')
+SEG_CONFIG = str(
+    REPO_ROOT / 'configs/toy/semantic_fpn_poolformer_s12_toy_ade20k.py'
+)
 # one 64 px scene per iteration, no validation; checkpoint every iteration
-SEG_SMALL = ['train_dataloader.batch_size=1',
-             'train_dataloader.dataset.indices=1',
-             'val_dataloader.dataset.indices=1', 'train_cfg.val_interval=100',
-             'train_cfg.val_begin=2', 'train_cfg.max_iters=1',
-             'default_hooks.checkpoint.interval=1']
+SEG_SMALL = [
+    'train_dataloader.batch_size=1',
+    'train_dataloader.dataset.indices=1',
+    'val_dataloader.dataset.indices=1',
+    'train_cfg.val_interval=100',
+    'train_cfg.val_begin=2',
+    'train_cfg.max_iters=1',
+    'default_hooks.checkpoint.interval=1',
+]
 
 
 def load_tool(name):
     spec = importlib.util.spec_from_file_location(
-        f'tool_{name}', REPO_ROOT / 'tools' / f'{name}.py')
+        f'tool_{name}', REPO_ROOT / 'tools' / f'{name}.py'
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -77,8 +84,9 @@ def error_line(status, err):
 def one_error_line(name, *argv):
     """Run ``tools/<name>.py argv`` as its ``__main__`` does; it must exit 2
     with exactly one ``error:`` line and no traceback. Returns the line."""
-    return error_line(*tool_stderr(
-        lambda: TOOLS[name].main([str(a) for a in argv])))
+    return error_line(
+        *tool_stderr(lambda: TOOLS[name].main([str(a) for a in argv]))
+    )
 
 
 def convert_error_line(*argv):
@@ -108,8 +116,7 @@ class FileSizeLimit:
     def __enter__(self):
         self.handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         self.saved = resource.getrlimit(resource.RLIMIT_FSIZE)
-        resource.setrlimit(resource.RLIMIT_FSIZE,
-                           (self.limit, self.saved[1]))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (self.limit, self.saved[1]))
 
     def __exit__(self, *exc):
         resource.setrlimit(resource.RLIMIT_FSIZE, self.saved)
@@ -119,9 +126,13 @@ class FileSizeLimit:
 def test_atomic_output_leaves_the_old_file_or_the_whole_new_one(tmp_path):
     path = tmp_path / 'file.bin'
     path.write_bytes(b'old')
-    with pytest.raises(OutputWriteError, match=(
+    with pytest.raises(
+        OutputWriteError,
+        match=(
             f'^Could not write {path}: File too large .OSError.; the partial '
-            'file was removed and file.bin was left as it was$')):
+            'file was removed and file.bin was left as it was$'
+        ),
+    ):
         with FileSizeLimit(1000), atomic_output(path) as partial:
             with open(partial, 'wb') as f:
                 f.write(b'x' * 5000)
@@ -139,8 +150,11 @@ def test_atomic_output_leaves_the_old_file_or_the_whole_new_one(tmp_path):
 
 
 def config_files():
-    return sorted(p for p in (REPO_ROOT / 'configs').rglob('*.py')
-                  if p.parent.name != '_base_')
+    return sorted(
+        p
+        for p in (REPO_ROOT / 'configs').rglob('*.py')
+        if p.parent.name != '_base_'
+    )
 
 
 def file_settings(path):
@@ -150,10 +164,17 @@ def file_settings(path):
     import ast
 
     from .helpers import own_settings
+
     text = path.read_text()
-    bases = next((ast.literal_eval(node.value) for node in ast.parse(
-        text).body if isinstance(node, ast.Assign) and getattr(
-            node.targets[0], 'id', None) == '_base_'), [])
+    bases = next(
+        (
+            ast.literal_eval(node.value)
+            for node in ast.parse(text).body
+            if isinstance(node, ast.Assign)
+            and getattr(node.targets[0], 'id', None) == '_base_'
+        ),
+        [],
+    )
     bases = [bases] if isinstance(bases, str) else list(bases)
     if '_base_.' not in text:
         return own_settings(path), bases
@@ -162,10 +183,13 @@ def file_settings(path):
         if '::' not in base:
             names.update(file_settings(path.parent / base)[0])
     namespace = {'__base_vars__': type('BaseVars', (), names)}
-    exec(compile(text.replace('_base_.', '__base_vars__.'), str(path),
-                 'exec'), namespace)
-    return {k: v for k, v in namespace.items()
-            if not k.startswith('__')}, bases
+    exec(
+        compile(text.replace('_base_.', '__base_vars__.'), str(path), 'exec'),
+        namespace,
+    )
+    return {
+        k: v for k, v in namespace.items() if not k.startswith('__')
+    }, bases
 
 
 def checkpoint_hook_type(path):
@@ -177,8 +201,12 @@ def checkpoint_hook_type(path):
     hook = own.get('default_hooks', {}).get('checkpoint', {})
     if 'type' in hook or hook.get('_delete_'):
         return hook.get('type')
-    found = {checkpoint_hook_type(path.parent / base) if '::' not in base
-             else 'CheckpointHook' for base in bases} - {None}
+    found = {
+        checkpoint_hook_type(path.parent / base)
+        if '::' not in base
+        else 'CheckpointHook'
+        for base in bases
+    } - {None}
     assert len(found) <= 1, (path, found)  # mmengine: a key in two bases
     return found.pop() if found else None
 
@@ -191,24 +219,40 @@ def test_every_config_writes_checkpoints_atomically():
     the files' own settings are merged here, and two configs are resolved
     by mmengine to confirm the merge."""
     from mmengine.config import Config
-    plain = [str(p.relative_to(REPO_ROOT)) for p in config_files()
-             if checkpoint_hook_type(p) != 'AtomicCheckpointHook']
+
+    plain = [
+        str(p.relative_to(REPO_ROOT))
+        for p in config_files()
+        if checkpoint_hook_type(p) != 'AtomicCheckpointHook'
+    ]
     assert not plain, f'configs with a plain CheckpointHook: {plain}'
-    for path in ('configs/cascade_mask_rcnn_caformer_s18_coco.py',
-                 'configs/toy/upernet_convformer_s18_toy_ade20k.py'):
+    for path in (
+        'configs/cascade_mask_rcnn_caformer_s18_coco.py',
+        'configs/toy/upernet_convformer_s18_toy_ade20k.py',
+    ):
         cfg = Config.fromfile(str(REPO_ROOT / path))
-        assert cfg.default_hooks.checkpoint.type == checkpoint_hook_type(
-            REPO_ROOT / path) == 'AtomicCheckpointHook'
+        assert (
+            cfg.default_hooks.checkpoint.type
+            == checkpoint_hook_type(REPO_ROOT / path)
+            == 'AtomicCheckpointHook'
+        )
         assert cfg.default_hooks.checkpoint.interval > 0
 
 
 def test_the_train_tool_makes_a_plain_checkpoint_hook_atomic():
     from mmengine.config import Config
-    cfg = Config(dict(default_hooks=dict(
-        checkpoint=dict(type='CheckpointHook', interval=3))))
+
+    cfg = Config(
+        dict(
+            default_hooks=dict(
+                checkpoint=dict(type='CheckpointHook', interval=3)
+            )
+        )
+    )
     TOOLS['train'].use_atomic_checkpoints(cfg)
-    assert cfg.default_hooks.checkpoint == dict(type='AtomicCheckpointHook',
-                                                interval=3)
+    assert cfg.default_hooks.checkpoint == dict(
+        type='AtomicCheckpointHook', interval=3
+    )
 
 
 # --------------------------------------------------------------------------
@@ -222,8 +266,10 @@ def s12_weights():
     and dtypes matter to the converter)."""
     with torch.device('meta'):
         model = MODELS.build(dict(type='PoolFormer', arch='s12'))
-    return {k: torch.zeros(v.shape, dtype=v.dtype)
-            for k, v in model.state_dict().items()}
+    return {
+        k: torch.zeros(v.shape, dtype=v.dtype)
+        for k, v in model.state_dict().items()
+    }
 
 
 def native(state_dict):
@@ -231,7 +277,8 @@ def native(state_dict):
 
 
 def test_in_place_conversion_onto_a_full_disk_keeps_the_source(
-        s12_weights, tmp_path):
+    s12_weights, tmp_path
+):
     """SRC = DST: the source is read whole, the output written aside; a
     write that fails leaves the source byte for byte, and no partial."""
     src = tmp_path / 'weights.pth'
@@ -239,9 +286,11 @@ def test_in_place_conversion_onto_a_full_disk_keeps_the_source(
     before = digest(src)
     with FileSizeLimit(2**20):
         line = convert_error_line(src, src, '--arch', 'poolformer_s12')
-    assert line == (f'error: Could not write {src}: File too large '
-                    '(OSError); the partial file was removed and weights.pth '
-                    'was left as it was')
+    assert line == (
+        f'error: Could not write {src}: File too large '
+        '(OSError); the partial file was removed and weights.pth '
+        'was left as it was'
+    )
     assert digest(src) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ['weights.pth']
     # with room, in place works and gives our format
@@ -254,11 +303,13 @@ def test_in_place_conversion_onto_a_full_disk_keeps_the_source(
 
 @pytest.mark.parametrize('dtype', [torch.int64, torch.bool, torch.complex64])
 def test_weights_of_a_dtype_the_loader_refuses_are_not_written(
-        s12_weights, dtype, tmp_path):
+    s12_weights, dtype, tmp_path
+):
     key = 'stages.0.blocks.0.mlp.fc1.weight'
     src, dst = tmp_path / 'src.pth', tmp_path / 'dst.pth'
-    torch.save(native(dict(s12_weights, **{key: s12_weights[key].to(dtype)})),
-               src)
+    torch.save(
+        native(dict(s12_weights, **{key: s12_weights[key].to(dtype)})), src
+    )
     line = convert_error_line(src, dst, '--arch', 'poolformer_s12')
     assert 'fit no backbone' in line
     assert f'{key} (checkpoint {dtype}, model torch.float32)' in line
@@ -274,17 +325,22 @@ def test_a_weight_that_is_a_number_is_one_line(s12_weights, tmp_path):
 
 
 def test_destination_that_is_a_folder_or_under_a_missing_one(
-        s12_weights, tmp_path):
+    s12_weights, tmp_path
+):
     src = tmp_path / 'src.pth'
     torch.save(native(s12_weights), src)
     line = convert_error_line(src, tmp_path)
-    assert line == (f'error: DST {tmp_path} is a folder; give the path of a '
-                    'file (in it, or elsewhere)')
+    assert line == (
+        f'error: DST {tmp_path} is a folder; give the path of a '
+        'file (in it, or elsewhere)'
+    )
     missing = tmp_path / 'no' / 'such' / 'out.pth'
     line = convert_error_line(src, missing)
-    assert line == (f'error: cannot write DST {missing}: the folder '
-                    f"{tmp_path / 'no' / 'such'} does not exist; create it "
-                    'first')
+    assert line == (
+        f'error: cannot write DST {missing}: the folder '
+        f'{tmp_path / "no" / "such"} does not exist; create it '
+        'first'
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == ['src.pth']
 
 
@@ -302,27 +358,42 @@ def toy(tmp_path_factory):
     a one-block-per-stage PoolFormer of dims 16..128 (its checkpoints are
     small), and its training state after one iteration."""
     import os
+
     root = tmp_path_factory.mktemp('tool_outputs')
-    make_ade20k(root / 'data' / 'toy_ade20k', num_train=2, num_val=1,
-                img_size=64, seed=0)
+    make_ade20k(
+        root / 'data' / 'toy_ade20k',
+        num_train=2,
+        num_val=1,
+        img_size=64,
+        seed=0,
+    )
     tiny = root / 'tiny.py'
     tiny.write_text(
         f'_base_ = [{SEG_CONFIG!r}]\n'
         'model = dict(\n'
         '    backbone=dict(arch=dict(_delete_=True, depths=[1, 1, 1, 1],\n'
         f'                            dims={TINY_DIMS})),\n'
-        f'    neck=dict(in_channels={TINY_DIMS}))\n')
+        f'    neck=dict(in_channels={TINY_DIMS}))\n'
+    )
     # Resolved once into one file without bases: the tools parse it in a
     # fraction of the time the mmseg:: chain takes.
     from mmengine.config import Config
+
     config = root / 'tiny_flat.py'
     Config.fromfile(str(tiny)).dump(str(config))
     cwd = os.getcwd()
     os.chdir(root)
     try:
-        TOOLS['train'].main([str(config), '--work-dir', str(root / 'run'),
-                             '--cfg-options', *SEG_SMALL,
-                             'experiment_name=tool_outputs_state'])
+        TOOLS['train'].main(
+            [
+                str(config),
+                '--work-dir',
+                str(root / 'run'),
+                '--cfg-options',
+                *SEG_SMALL,
+                'experiment_name=tool_outputs_state',
+            ]
+        )
     finally:
         os.chdir(cwd)
     state = root / 'run' / 'iter_1.pth'
@@ -349,24 +420,36 @@ def train_error(*options, resume=None):
     argv = [CONFIG, '--work-dir', 'work']
     if resume is not None:
         argv += ['--resume', resume]
-    return one_error_line('train', *argv, '--cfg-options',
-                          *SEG_SMALL, *options,
-                          f'experiment_name=tool_outputs_{next(_runs)}')
+    return one_error_line(
+        'train',
+        *argv,
+        '--cfg-options',
+        *SEG_SMALL,
+        *options,
+        f'experiment_name=tool_outputs_{next(_runs)}',
+    )
 
 
-@pytest.mark.parametrize('option, message', [
-    ('model.backbone.out_indices=(7,)',
-     'PoolFormer out_indices (7,) must be distinct stage indices in 0..3'),
-    ('model.backbone.frozen_stages=9',
-     'PoolFormer frozen_stages=9 must be an int in -1..4'),
-    ('model.backbone.drop_path_rate=-1', 'drop_path_rate=-1'),
-    ('model.backbone.arch=s99', "'s99'"),
-    ('model.backbone.colour=1', "got unknown arguments ['colour']"),
-    # mmseg's EncoderDecoder hands model.pretrained to the backbone
-    ('model.pretrained=r50.pth', "PoolFormer got pretrained='r50.pth'"),
-])
-def test_invalid_backbone_values_are_one_line(in_toy, option,
-                                              message):
+@pytest.mark.parametrize(
+    'option, message',
+    [
+        (
+            'model.backbone.out_indices=(7,)',
+            'PoolFormer out_indices (7,) must be distinct stage indices in '
+            '0..3',
+        ),
+        (
+            'model.backbone.frozen_stages=9',
+            'PoolFormer frozen_stages=9 must be an int in -1..4',
+        ),
+        ('model.backbone.drop_path_rate=-1', 'drop_path_rate=-1'),
+        ('model.backbone.arch=s99', "'s99'"),
+        ('model.backbone.colour=1', "got unknown arguments ['colour']"),
+        # mmseg's EncoderDecoder hands model.pretrained to the backbone
+        ('model.pretrained=r50.pth', "PoolFormer got pretrained='r50.pth'"),
+    ],
+)
+def test_invalid_backbone_values_are_one_line(in_toy, option, message):
     line = train_error(option)
     assert line.startswith('error: model.backbone: '), line
     assert message in line
@@ -379,35 +462,56 @@ def test_input_channels_that_the_weights_do_not_have(in_toy):
     backbone = root / 'backbone.pth'
     if not backbone.exists():
         weights = read_checkpoint(state)['state_dict']
-        torch.save(native({k[len('backbone.'):]: v
-                           for k, v in weights.items()
-                           if k.startswith('backbone.')}), backbone)
+        torch.save(
+            native(
+                {
+                    k[len('backbone.') :]: v
+                    for k, v in weights.items()
+                    if k.startswith('backbone.')
+                }
+            ),
+            backbone,
+        )
     config = root / 'one_channel.py'
     config.write_text(
         f'_base_ = [{tiny!r}]\n'
         'model = dict(backbone=dict(in_channels=1, init_cfg=dict(\n'
         "    _delete_=True, type='Pretrained',\n"
-        f"    checkpoint={str(backbone)!r})))\n")
-    line = one_error_line('train', config, '--work-dir', 'work',
-                          '--cfg-options', *SEG_SMALL,
-                          'experiment_name=tool_outputs_channels')
-    assert 'stem.conv.weight (checkpoint (16, 3, 7, 7), model (16, 1, 7, 7))'\
-        in line, line
+        f'    checkpoint={str(backbone)!r})))\n'
+    )
+    line = one_error_line(
+        'train',
+        config,
+        '--work-dir',
+        'work',
+        '--cfg-options',
+        *SEG_SMALL,
+        'experiment_name=tool_outputs_channels',
+    )
+    assert (
+        'stem.conv.weight (checkpoint (16, 3, 7, 7), model (16, 1, 7, 7))'
+        in line
+    ), line
 
 
-@pytest.mark.parametrize('option', ['optim_wrapper.optimizer.lr=nan',
-                                    'optim_wrapper.optimizer.lr=inf'])
+@pytest.mark.parametrize(
+    'option',
+    ['optim_wrapper.optimizer.lr=nan', 'optim_wrapper.optimizer.lr=inf'],
+)
 def test_a_non_finite_learning_rate_is_one_line(in_toy, option):
     key, value = option.split('=')
     line = train_error(option)
-    assert line == (f'error: {key}={float(value)} is not a finite number; '
-                    f'set it with --cfg-options {key}=<number>')
+    assert line == (
+        f'error: {key}={float(value)} is not a finite number; '
+        f'set it with --cfg-options {key}=<number>'
+    )
 
 
 def test_a_learning_rate_torch_refuses_is_one_line(in_toy):
     line = train_error('optim_wrapper.optimizer.lr=-1.0')
-    assert line.startswith('error: optim_wrapper: Invalid learning rate: '
-                           '-1.0'), line
+    assert line.startswith(
+        'error: optim_wrapper: Invalid learning rate: -1.0'
+    ), line
 
 
 # --------------------------------------------------------------------------
@@ -424,20 +528,25 @@ def test_resume_from_weights_only(in_toy, training_state):
     path = in_toy[0] / 'weights_only.pth'
     torch.save({'state_dict': training_state['state_dict']}, path)
     line = train_error(resume=path)
-    assert line == (f'error: --resume {path} is not a training state (it '
-                    'has no meta, optimizer); to start a new training from '
-                    f'its weights use --cfg-options load_from={path} instead')
+    assert line == (
+        f'error: --resume {path} is not a training state (it '
+        'has no meta, optimizer); to start a new training from '
+        f'its weights use --cfg-options load_from={path} instead'
+    )
 
 
 def test_resume_from_another_models_state(in_toy, training_state):
     path = in_toy[0] / 'other_model.pth'
     state = dict(training_state)
-    state['state_dict'] = {k.replace('decode_head.', 'head.'): v
-                           for k, v in state['state_dict'].items()}
+    state['state_dict'] = {
+        k.replace('decode_head.', 'head.'): v
+        for k, v in state['state_dict'].items()
+    }
     torch.save(state, path)
     line = train_error(resume=path)
-    assert line.startswith(f"error: --resume {path} holds another model's "
-                           'weights (')
+    assert line.startswith(
+        f"error: --resume {path} holds another model's weights ("
+    )
     assert 'missing (decode_head.' in line
     assert 'not in the model (head.' in line
 
@@ -445,14 +554,18 @@ def test_resume_from_another_models_state(in_toy, training_state):
 def test_resume_with_other_parameter_groups(in_toy, training_state):
     path = in_toy[0] / 'other_groups.pth'
     groups = training_state['optimizer']['param_groups']
-    state = dict(training_state, optimizer=dict(
-        training_state['optimizer'], param_groups=groups[:-1]))
+    state = dict(
+        training_state,
+        optimizer=dict(training_state['optimizer'], param_groups=groups[:-1]),
+    )
     torch.save(state, path)
     line = train_error(resume=path)
-    assert line == (f'error: --resume {path}: its optimizer has '
-                    f'{len(groups) - 1} parameter groups, this config\'s '
-                    f'{len(groups)} (another model or paramwise_cfg); resume '
-                    'from a checkpoint of this config')
+    assert line == (
+        f'error: --resume {path}: its optimizer has '
+        f"{len(groups) - 1} parameter groups, this config's "
+        f'{len(groups)} (another model or paramwise_cfg); resume '
+        'from a checkpoint of this config'
+    )
 
 
 def test_resume_with_a_damaged_optimizer_state(in_toy, training_state):
@@ -460,13 +573,19 @@ def test_resume_with_a_damaged_optimizer_state(in_toy, training_state):
     optimizer = training_state['optimizer']
     index = optimizer['param_groups'][0]['params'][0]
     param_state = dict(optimizer['state'][index], exp_avg=torch.zeros(1))
-    state = dict(training_state, optimizer=dict(
-        optimizer, state={**optimizer['state'], index: param_state}))
+    state = dict(
+        training_state,
+        optimizer=dict(
+            optimizer, state={**optimizer['state'], index: param_state}
+        ),
+    )
     torch.save(state, path)
     line = train_error(resume=path)
-    assert line.startswith(f"error: --resume {path}: optimizer state "
-                           "'exp_avg' of backbone.stem.conv.weight has shape "
-                           '(1,), the parameter (16, 3, 7, 7)'), line
+    assert line.startswith(
+        f'error: --resume {path}: optimizer state '
+        "'exp_avg' of backbone.stem.conv.weight has shape "
+        '(1,), the parameter (16, 3, 7, 7)'
+    ), line
 
 
 # --------------------------------------------------------------------------
@@ -477,30 +596,54 @@ def test_resume_with_a_damaged_optimizer_state(in_toy, training_state):
 @pytest.fixture(scope='module')
 def nan_checkpoint(toy, training_state):
     path = toy[0] / 'nan.pth'
-    torch.save({'meta': training_state['meta'], 'state_dict': {
-        k: torch.full_like(v, float('nan')) if v.is_floating_point() else v
-        for k, v in training_state['state_dict'].items()}}, path)
+    torch.save(
+        {
+            'meta': training_state['meta'],
+            'state_dict': {
+                k: torch.full_like(v, float('nan'))
+                if v.is_floating_point()
+                else v
+                for k, v in training_state['state_dict'].items()
+            },
+        },
+        path,
+    )
     return path
 
 
 def test_test_refuses_non_finite_weights(in_toy, nan_checkpoint):
     line = one_error_line(
-        'test', CONFIG, nan_checkpoint, '--work-dir', 'work',
-        '--cfg-options', 'test_dataloader.dataset.indices=1',
-        'experiment_name=tool_outputs_test_nan')
+        'test',
+        CONFIG,
+        nan_checkpoint,
+        '--work-dir',
+        'work',
+        '--cfg-options',
+        'test_dataloader.dataset.indices=1',
+        'experiment_name=tool_outputs_test_nan',
+    )
     assert line.startswith(
         f'error: {nan_checkpoint}: tensor backbone.stem.conv.weight holds '
         '2352 non-finite values (nan or inf) of 2352, the first tensor that '
-        'does'), line
+        'does'
+    ), line
     assert line.endswith('(pass --allow-nonfinite to use them anyway)')
 
 
 def test_infer_refuses_non_finite_weights(in_toy, nan_checkpoint):
-    image = sorted((in_toy[0] / 'data/toy_ade20k/images/validation')
-                   .glob('*'))[0]
-    line = one_error_line('infer', image, CONFIG,
-                          nan_checkpoint, '--out-dir', 'infer_out',
-                          '--device', 'cpu')
+    image = sorted(
+        (in_toy[0] / 'data/toy_ade20k/images/validation').glob('*')
+    )[0]
+    line = one_error_line(
+        'infer',
+        image,
+        CONFIG,
+        nan_checkpoint,
+        '--out-dir',
+        'infer_out',
+        '--device',
+        'cpu',
+    )
     assert 'tensor backbone.stem.conv.weight holds 2352 non-finite' in line
     assert not (in_toy[0] / 'infer_out' / 'vis').exists()
 
@@ -515,6 +658,7 @@ def two_images(tmp_path):
     """Two images of the same file name in different folders, listed."""
     import cv2
     import numpy as np
+
     paths = []
     for folder in ('a', 'b'):
         (tmp_path / folder).mkdir()
@@ -526,38 +670,48 @@ def two_images(tmp_path):
 
 
 def infer_error(*argv):
-    return one_error_line('infer', *argv[:1], SEG_CONFIG,
-                          'missing.pth', *argv[1:])
+    return one_error_line(
+        'infer', *argv[:1], SEG_CONFIG, 'missing.pth', *argv[1:]
+    )
 
 
-def test_infer_refuses_inputs_whose_outputs_would_collide(two_images,
-                                                          tmp_path):
+def test_infer_refuses_inputs_whose_outputs_would_collide(
+    two_images, tmp_path
+):
     listing, (first, second) = two_images
     line = infer_error(listing, '--out-dir', tmp_path / 'out')
-    assert line == (f'error: {first} and {second} have the same file name '
-                    '(extension aside), which names their pictures and '
-                    'predictions in --out-dir; rename one or run them '
-                    'separately')
+    assert line == (
+        f'error: {first} and {second} have the same file name '
+        '(extension aside), which names their pictures and '
+        'predictions in --out-dir; rename one or run them '
+        'separately'
+    )
     assert not (tmp_path / 'out').exists()
 
 
 def test_infer_never_writes_over_an_input(two_images, tmp_path):
     _, (first, _) = two_images
     line = infer_error(first, '--out-dir', tmp_path, '--out', first)
-    assert line == (f'error: --out {first} is the input image; give another '
-                    'file name')
+    assert line == (
+        f'error: --out {first} is the input image; give another file name'
+    )
     (tmp_path / 'vis').mkdir()
     picture = tmp_path / 'vis' / 'scene.png'
     picture.write_bytes(first.read_bytes())
     line = infer_error(picture, '--out-dir', tmp_path)
-    assert line == (f'error: --out-dir {tmp_path} would replace the input '
-                    f'image {picture}; give another --out-dir')
+    assert line == (
+        f'error: --out-dir {tmp_path} would replace the input '
+        f'image {picture}; give another --out-dir'
+    )
 
 
-@pytest.mark.parametrize('option, value', [
-    ('--score-thr', 'nan'), ('--score-thr', '1.5'), ('--opacity', '-0.1')])
-def test_infer_refuses_thresholds_that_are_not_in_0_1(two_images,
-                                                      option, value):
+@pytest.mark.parametrize(
+    'option, value',
+    [('--score-thr', 'nan'), ('--score-thr', '1.5'), ('--opacity', '-0.1')],
+)
+def test_infer_refuses_thresholds_that_are_not_in_0_1(
+    two_images, option, value
+):
     _, (image, _) = two_images
     line = infer_error(image, option, value)
     assert line == f'error: {option} {float(value)}: give a number from 0 to 1'
@@ -566,20 +720,26 @@ def test_infer_refuses_thresholds_that_are_not_in_0_1(two_images,
 def test_infer_refuses_output_paths_of_the_wrong_kind(two_images, tmp_path):
     _, (image, _) = two_images
     line = infer_error(image, '--out-dir', image)
-    assert line == (f'error: --out-dir {image} is a file; give a folder (it '
-                    'is created if needed)')
+    assert line == (
+        f'error: --out-dir {image} is a file; give a folder (it '
+        'is created if needed)'
+    )
     line = infer_error(image, '--out', tmp_path)
-    assert line.startswith(f'error: --out {tmp_path} is a folder; give a '
-                           'file name for the picture')
+    assert line.startswith(
+        f'error: --out {tmp_path} is a folder; give a '
+        'file name for the picture'
+    )
 
 
 def test_infer_refuses_a_list_file_that_is_not_text(tmp_path):
     listing = tmp_path / 'images.txt'
     listing.write_bytes(b'\x89PNG\r\n\x1a\n\xff\xfe binary')
     line = infer_error(listing)
-    assert line.startswith(f'error: {listing} is not a text list of image '
-                           'paths (not UTF-8 text: invalid start byte at '
-                           'byte 0)'), line
+    assert line.startswith(
+        f'error: {listing} is not a text list of image '
+        'paths (not UTF-8 text: invalid start byte at '
+        'byte 0)'
+    ), line
 
 
 # --------------------------------------------------------------------------
@@ -596,4 +756,5 @@ def test_an_unexpected_exception_is_reported_as_a_defect():
     assert 'Traceback' in err and 'ZeroDivisionError: a bug' in err
     assert err.strip().splitlines()[-1] == (
         'this is a defect in mmmetaformer; please report it with the '
-        'traceback above')
+        'traceback above'
+    )

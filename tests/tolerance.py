@@ -15,6 +15,7 @@ A defect (a wrong index, a missing term, a wrong layout) moves values by
 a sizeable fraction of their magnitude, orders above this allowance, so a
 test using it fails for a defect and not for a machine.
 """
+
 import math
 
 import torch
@@ -34,8 +35,9 @@ def model_rounding(model):
     """``(reduction, depth)`` of a network: the longest dot product of any
     conv or linear layer (its fan-in) and the number of such layers (an
     upper bound on the layers between input and any output)."""
-    layers = [m for m in model.modules()
-              if isinstance(m, (nn.Conv2d, nn.Linear))]
+    layers = [
+        m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))
+    ]
     return max(m.weight[0].numel() for m in layers), len(layers)
 
 
@@ -45,19 +47,20 @@ def assert_close(actual, expected, reduction, depth=1, msg='', scale=None):
     of ``expected``. A quantity that cancels to about zero (the gradient of
     a shift that the next layer removes) is compared at the magnitude of
     the terms it sums instead: pass that as ``scale``."""
-    assert actual.shape == expected.shape, (msg, actual.shape,
-                                            expected.shape)
+    assert actual.shape == expected.shape, (msg, actual.shape, expected.shape)
     expected = expected.detach()
     actual = actual.detach().to(expected.dtype)
     if scale is None:
         scale = expected.abs().max().item()
     allowed = rounding_tolerance(expected.dtype, reduction, depth) * max(
-        scale, torch.finfo(expected.dtype).tiny)
+        scale, torch.finfo(expected.dtype).tiny
+    )
     diff = (actual - expected).abs().max().item()
     assert diff <= allowed, (
         f'{msg}: max |difference| {diff:.3g} > {allowed:.3g} allowed '
         f'(reduction {reduction}, depth {depth}, max |expected| '
-        f'{scale:.3g})')
+        f'{scale:.3g})'
+    )
 
 
 def assert_gradients_close(got, expected, reduction, depth):
@@ -76,8 +79,15 @@ def assert_gradients_close(got, expected, reduction, depth):
 
     scale = {}
     for name, grad in expected.items():
-        scale[module(name)] = max(scale.get(module(name), 0.0),
-                                  grad.abs().max().item())
+        scale[module(name)] = max(
+            scale.get(module(name), 0.0), grad.abs().max().item()
+        )
     for name, grad in got.items():
-        assert_close(grad, expected[name], reduction, depth, msg=name,
-                     scale=scale[module(name)])
+        assert_close(
+            grad,
+            expected[name],
+            reduction,
+            depth,
+            msg=name,
+            scale=scale[module(name)],
+        )

@@ -3,6 +3,7 @@
 Usage: python tools/check_env.py [--quiet]
 Exits 1 with the reason and the fix when something is missing.
 """
+
 import argparse
 import importlib.util
 import os.path as osp
@@ -10,10 +11,14 @@ import sys
 
 
 def load_env_check():
-    path = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))),
-                    'mmmetaformer', 'utils', 'env_check.py')
-    spec = importlib.util.spec_from_file_location('_mmmetaformer_env_check',
-                                                  path)
+    path = osp.join(
+        osp.dirname(osp.abspath(__file__)),
+        'mmmetaformer_tools',
+        'env_check.py',
+    )
+    spec = importlib.util.spec_from_file_location(
+        '_mmmetaformer_env_check', path
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -31,10 +36,13 @@ def main():
         print(f'[check_env] FAILED: {exc}', file=sys.stderr)
         return 1
     if not args.quiet:
-        print('[check_env] ' + ', '.join(f'{k} {v}'
-                                         for k, v in versions.items()))
-        print('[check_env] mmcv compiled ops (nms, batched_nms, RoIAlign) '
-              'work on CPU')
+        print(
+            '[check_env] ' + ', '.join(f'{k} {v}' for k, v in versions.items())
+        )
+        print(
+            '[check_env] mmcv compiled ops (nms, batched_nms, RoIAlign) '
+            'work on CPU'
+        )
     return 0
 
 

@@ -32,61 +32,102 @@ weights predicts noise. It is read without running pickled code and must
 hold exactly the model's tensors. An image that cannot be decoded stops
 the tool with one line naming it (exit status 2), before any prediction.
 """
+
 import argparse
 import os
 import os.path as osp
 import shutil
 import sys
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+# this clone's package, and the tools' own modules (mmmetaformer_tools)
+TOOLS = osp.dirname(osp.abspath(__file__))
+sys.path[:0] = [osp.dirname(TOOLS), TOOLS]
 
-from mmengine.config import DictAction  # noqa: E402
+from mmengine.config import DictAction
 
-from mmmetaformer.utils.launch import (LaunchError, load_config,  # noqa: E402
-                                       run_tool)
+from mmmetaformer.export.runtime import ExportedFileError
+from mmmetaformer_tools.launch import (
+    LaunchError,
+    load_config,
+    name_image_loader_for_inferencers,
+    run_tool,
+)
 
-IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff',
-                    '.webp')
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp')
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description='Predict with a detector or segmentor on an image, a '
-        'folder or a list of images; write pictures and predictions')
-    parser.add_argument('input', help='image file, folder of images, or a '
-                        'text file with one image path per line')
+        'folder or a list of images; write pictures and predictions'
+    )
+    parser.add_argument(
+        'input',
+        help='image file, folder of images, or a '
+        'text file with one image path per line',
+    )
     parser.add_argument('config', help='config file')
-    parser.add_argument('checkpoint', help='checkpoint file, or a Hub file '
-                        '(hf-hub:ORG/NAME[@REVISION][/FILE] or its URL)')
-    parser.add_argument('--out-dir', default='outputs',
-                        help='pictures go to OUT_DIR/vis, predictions to '
-                        'OUT_DIR/preds (default: outputs)')
-    parser.add_argument('--out', help='with a single image: also write its '
-                        'picture to this file')
-    parser.add_argument('--device', default=None,
-                        help='cpu or cuda:0 (default: cuda if available)')
-    parser.add_argument('--score-thr', type=float, default=0.3,
-                        help='detection: draw boxes scoring at least this; '
-                        "below the model's own threshold, lowers it "
-                        '(default: 0.3)')
-    parser.add_argument('--opacity', type=float, default=0.5,
-                        help='segmentation: overlay opacity')
-    parser.add_argument('--allow-nonfinite', action='store_true',
-                        help='predict with weights holding nan or inf '
-                        '(refused by default, naming the first such tensor)')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='override config settings, as in train.py')
+    parser.add_argument(
+        'checkpoint',
+        help='checkpoint file, or a Hub file '
+        '(hf-hub:ORG/NAME[@REVISION][/FILE] or its URL)',
+    )
+    parser.add_argument(
+        '--out-dir',
+        default='outputs',
+        help='pictures go to OUT_DIR/vis, predictions to '
+        'OUT_DIR/preds (default: outputs)',
+    )
+    parser.add_argument(
+        '--out',
+        help='with a single image: also write its picture to this file',
+    )
+    parser.add_argument(
+        '--device',
+        default=None,
+        help='cpu or cuda:0 (default: cuda if available)',
+    )
+    parser.add_argument(
+        '--score-thr',
+        type=float,
+        default=0.3,
+        help='detection: draw boxes scoring at least this; '
+        "below the model's own threshold, lowers it "
+        '(default: 0.3)',
+    )
+    parser.add_argument(
+        '--opacity',
+        type=float,
+        default=0.5,
+        help='segmentation: overlay opacity',
+    )
+    parser.add_argument(
+        '--allow-nonfinite',
+        action='store_true',
+        help='predict with weights holding nan or inf '
+        '(refused by default, naming the first such tensor)',
+    )
+    parser.add_argument(
+        '--cfg-options',
+        nargs='+',
+        action=DictAction,
+        help='override config settings, as in train.py',
+    )
     return parser.parse_args(argv)
 
 
 def list_images(source):
     """The image paths ``source`` names (a file, folder or list file)."""
     if osp.isdir(source):
-        images = sorted(osp.join(source, f) for f in os.listdir(source)
-                        if f.lower().endswith(IMAGE_EXTENSIONS))
+        images = sorted(
+            osp.join(source, f)
+            for f in os.listdir(source)
+            if f.lower().endswith(IMAGE_EXTENSIONS)
+        )
         if not images:
-            raise LaunchError(f'no images ({", ".join(IMAGE_EXTENSIONS)}) '
-                              f'in folder {source}')
+            raise LaunchError(
+                f'no images ({", ".join(IMAGE_EXTENSIONS)}) in folder {source}'
+            )
         return images
     if not osp.isfile(source):
         raise LaunchError(f'Image file not found: {source}')
@@ -94,17 +135,23 @@ def list_images(source):
         base = osp.dirname(source)
         try:
             with open(source, encoding='utf-8') as f:
-                images = [osp.join(base, line.strip()) for line in f
-                          if line.strip() and not line.startswith('#')]
+                images = [
+                    osp.join(base, line.strip())
+                    for line in f
+                    if line.strip() and not line.startswith('#')
+                ]
         except UnicodeDecodeError as exc:
-            raise LaunchError(f'{source} is not a text list of image paths '
-                              f'(not UTF-8 text: {exc.reason} at byte '
-                              f'{exc.start}); give an image, a folder or a '
-                              '.txt file with one path per line') from None
+            raise LaunchError(
+                f'{source} is not a text list of image paths '
+                f'(not UTF-8 text: {exc.reason} at byte '
+                f'{exc.start}); give an image, a folder or a '
+                '.txt file with one path per line'
+            ) from None
         missing = [p for p in images if not osp.isfile(p)]
         if missing:
-            raise LaunchError(f'Image file not found: {missing[0]} (listed '
-                              f'in {source})')
+            raise LaunchError(
+                f'Image file not found: {missing[0]} (listed in {source})'
+            )
         if not images:
             raise LaunchError(f'no image paths in {source}')
         return images
@@ -113,7 +160,8 @@ def list_images(source):
 
 def check_images(images):
     """Decode every image once before predicting: one line for a bad one."""
-    from mmmetaformer.utils.images import ImageError, read_image
+    from mmmetaformer.datasets.images import ImageError, read_image
+
     for path in images:
         try:
             read_image(path)
@@ -130,6 +178,7 @@ def require_exact_fit(model, checkpoint, allow_nonfinite=False):
     """
     from mmmetaformer.checkpoint import check_model_fits, read_checkpoint
     from mmmetaformer.engine.checkpoint_hooks import check_finite_weights
+
     loaded = read_checkpoint(checkpoint)
     check_model_fits(model, loaded, checkpoint)
     if not allow_nonfinite:
@@ -150,46 +199,68 @@ def model_score_thr(test_cfg):
 
 def predict_detection(cfg, args, images):
     from mmdet.apis import DetInferencer
+
     holder, key = model_score_thr(cfg.model.get('test_cfg'))
     note = ''
     if holder is not None and args.score_thr < holder[key]:
-        note = (f" (the model's own threshold {holder[key]} lowered to "
-                f'{args.score_thr})')
+        note = (
+            f" (the model's own threshold {holder[key]} lowered to "
+            f'{args.score_thr})'
+        )
         holder[key] = args.score_thr
     elif holder is not None:
         note = f" (the model's own threshold: {holder[key]})"
-    inferencer = DetInferencer(model=cfg, weights=args.checkpoint,
-                               device=args.device, show_progress=False)
-    require_exact_fit(inferencer.model, args.checkpoint,
-                      args.allow_nonfinite)
-    results = inferencer(images, out_dir=args.out_dir, no_save_pred=False,
-                         pred_score_thr=args.score_thr)
+    inferencer = DetInferencer(
+        model=cfg,
+        weights=args.checkpoint,
+        device=args.device,
+        show_progress=False,
+    )
+    require_exact_fit(inferencer.model, args.checkpoint, args.allow_nonfinite)
+    results = inferencer(
+        images,
+        out_dir=args.out_dir,
+        no_save_pred=False,
+        pred_score_thr=args.score_thr,
+    )
     summaries = [
-        f"{sum(s >= args.score_thr for s in pred['scores'])} detections "
+        f'{sum(s >= args.score_thr for s in pred["scores"])} detections '
         f'scoring >= {args.score_thr}{note}'
-        for pred in results['predictions']]
-    return summaries, osp.join(args.out_dir, 'vis'), osp.join(
-        args.out_dir, 'preds')
+        for pred in results['predictions']
+    ]
+    return (
+        summaries,
+        osp.join(args.out_dir, 'vis'),
+        osp.join(args.out_dir, 'preds'),
+    )
 
 
 def predict_segmentation(cfg, args, images):
     import numpy as np
     from mmseg.apis import MMSegInferencer
-    inferencer = MMSegInferencer(model=cfg, weights=args.checkpoint,
-                                 device=args.device)
-    require_exact_fit(inferencer.model, args.checkpoint,
-                      args.allow_nonfinite)
+
+    inferencer = MMSegInferencer(
+        model=cfg, weights=args.checkpoint, device=args.device
+    )
+    require_exact_fit(inferencer.model, args.checkpoint, args.allow_nonfinite)
     summaries = []
     for path in images:
-        result = inferencer(path, out_dir=args.out_dir,
-                            opacity=args.opacity, with_labels=False,
-                            return_datasamples=True)
+        result = inferencer(
+            path,
+            out_dir=args.out_dir,
+            opacity=args.opacity,
+            with_labels=False,
+            return_datasamples=True,
+        )
         if isinstance(result, list):
             result = result[0]
         classes = np.unique(result.pred_sem_seg.data.cpu().numpy())
         summaries.append(f'{len(classes)} classes predicted')
-    return summaries, osp.join(args.out_dir, 'vis'), osp.join(
-        args.out_dir, 'pred')
+    return (
+        summaries,
+        osp.join(args.out_dir, 'vis'),
+        osp.join(args.out_dir, 'pred'),
+    )
 
 
 def check_outputs(args, images):
@@ -200,23 +271,31 @@ def check_outputs(args, images):
     by it and would overwrite each other), or an input image that an
     output would replace."""
     import math
+
     for name in ('score_thr', 'opacity'):
         value = getattr(args, name)
         if not (math.isfinite(value) and 0 <= value <= 1):
-            raise LaunchError(f"--{name.replace('_', '-')} {value}: give a "
-                              'number from 0 to 1')
+            raise LaunchError(
+                f'--{name.replace("_", "-")} {value}: give a '
+                'number from 0 to 1'
+            )
     if osp.exists(args.out_dir) and not osp.isdir(args.out_dir):
-        raise LaunchError(f'--out-dir {args.out_dir} is a file; give a '
-                          'folder (it is created if needed)')
+        raise LaunchError(
+            f'--out-dir {args.out_dir} is a file; give a '
+            'folder (it is created if needed)'
+        )
     inputs = {osp.realpath(p): p for p in images}
     if args.out:
         if osp.isdir(args.out):
-            raise LaunchError(f'--out {args.out} is a folder; give a file '
-                              'name for the picture, e.g. '
-                              f'{osp.join(args.out, osp.basename(images[0]))}')
+            raise LaunchError(
+                f'--out {args.out} is a folder; give a file '
+                'name for the picture, e.g. '
+                f'{osp.join(args.out, osp.basename(images[0]))}'
+            )
         if osp.realpath(args.out) in inputs:
-            raise LaunchError(f'--out {args.out} is the input image; give '
-                              'another file name')
+            raise LaunchError(
+                f'--out {args.out} is the input image; give another file name'
+            )
     seen = {}
     for path in images:
         name = osp.splitext(osp.basename(path))[0]
@@ -225,15 +304,19 @@ def check_outputs(args, images):
                 f'{seen[name]} and {path} have the same file name '
                 '(extension aside), which names their pictures and '
                 'predictions in --out-dir; rename one or run them '
-                'separately')
+                'separately'
+            )
         seen[name] = path
         for sub in OUTPUT_FOLDERS:
-            output = osp.realpath(osp.join(args.out_dir, sub,
-                                           osp.basename(path)))
+            output = osp.realpath(
+                osp.join(args.out_dir, sub, osp.basename(path))
+            )
             if output in inputs:
-                raise LaunchError(f'--out-dir {args.out_dir} would replace '
-                                  f'the input image {inputs[output]}; give '
-                                  'another --out-dir')
+                raise LaunchError(
+                    f'--out-dir {args.out_dir} would replace '
+                    f'the input image {inputs[output]}; give '
+                    'another --out-dir'
+                )
 
 
 # Where the inferencers write under --out-dir: pictures, and predictions
@@ -249,8 +332,11 @@ def predict_atomically(predict, cfg, args, images):
     its folders under ``--out-dir``."""
     import tempfile
 
-    from mmmetaformer.engine.checkpoint_hooks import (OutputWriteError,
-                                                      atomic_output)
+    from mmmetaformer.engine.checkpoint_hooks import (
+        OutputWriteError,
+        atomic_output,
+    )
+
     os.makedirs(args.out_dir, exist_ok=True)
     out_dir = args.out_dir
     args.out_dir = tempfile.mkdtemp(prefix='.partial-', dir=out_dir)
@@ -261,10 +347,10 @@ def predict_atomically(predict, cfg, args, images):
             raise OutputWriteError(
                 f'Could not write the predictions into {out_dir}: '
                 f'{exc.strerror or exc} ({type(exc).__name__}); nothing '
-                'partial was left there') from exc
+                'partial was left there'
+            ) from exc
         for folder, _, files in os.walk(args.out_dir):
-            final_folder = osp.join(out_dir,
-                                    osp.relpath(folder, args.out_dir))
+            final_folder = osp.join(out_dir, osp.relpath(folder, args.out_dir))
             os.makedirs(final_folder, exist_ok=True)
             for name in files:
                 with atomic_output(osp.join(final_folder, name)) as partial:
@@ -272,8 +358,11 @@ def predict_atomically(predict, cfg, args, images):
     finally:
         shutil.rmtree(args.out_dir, ignore_errors=True)
         staging, args.out_dir = args.out_dir, out_dir
-    return (summaries, osp.join(out_dir, osp.relpath(vis_dir, staging)),
-            osp.join(out_dir, osp.relpath(pred_dir, staging)))
+    return (
+        summaries,
+        osp.join(out_dir, osp.relpath(vis_dir, staging)),
+        osp.join(out_dir, osp.relpath(pred_dir, staging)),
+    )
 
 
 def main(argv=None):
@@ -282,49 +371,57 @@ def main(argv=None):
     check_outputs(args, images)
     cfg, scope = load_config(args.config, args.cfg_options)
     from mmmetaformer.checkpoint.hub import fetch_hub_file, is_hub_checkpoint
+
     if is_hub_checkpoint(args.checkpoint):  # hf-hub: id or Hub URL
         args.checkpoint = fetch_hub_file(args.checkpoint)
     elif not osp.isfile(args.checkpoint):
         raise LaunchError(f'Checkpoint file not found: {args.checkpoint}')
     if args.out and len(images) != 1:
-        raise LaunchError(f'--out takes the picture of one image; '
-                          f'{args.input} names {len(images)}')
+        raise LaunchError(
+            f'--out takes the picture of one image; '
+            f'{args.input} names {len(images)}'
+        )
     check_images(images)
     import torch
     from mmengine.registry import init_default_scope
 
     import mmmetaformer  # noqa: F401  (registers our modules)
+
     if args.device is None:
         args.device = 'cuda:0' if torch.cuda.is_available() else 'cpu'
     # The checkpoint supplies every weight; skip the ImageNet download.
     cfg.model.backbone.init_cfg = None
-    # The inferencers find the image loader by this name and replace it
-    # with their own (the images were checked above).
-    for transform in cfg.test_dataloader.dataset.pipeline:
-        if transform.type.split('.')[-1].endswith('ImageFromFile'):
-            transform.type = 'LoadImageFromFile'
+    name_image_loader_for_inferencers(cfg)  # images were checked above
     init_default_scope(scope)
-    predict = predict_detection if scope == 'mmdet' else \
-        predict_segmentation
+    predict = predict_detection if scope == 'mmdet' else predict_segmentation
     if args.checkpoint.endswith('.onnx'):  # tools/export_onnx.py's file
         from functools import partial
 
         from mmmetaformer.export.runtime import predict_with_onnx
+
         predict = partial(predict_with_onnx, scope=scope)
-    summaries, vis_dir, pred_dir = predict_atomically(predict, cfg, args,
-                                                      images)
+    try:
+        summaries, vis_dir, pred_dir = predict_atomically(
+            predict, cfg, args, images
+        )
+    except ExportedFileError as exc:
+        raise LaunchError(str(exc)) from None
     if args.out:
         from mmmetaformer.engine.checkpoint_hooks import atomic_output
+
         if osp.dirname(args.out):
             os.makedirs(osp.dirname(args.out), exist_ok=True)
         with atomic_output(args.out) as partial:
-            shutil.copyfile(osp.join(vis_dir, osp.basename(images[0])),
-                            partial)
+            shutil.copyfile(
+                osp.join(vis_dir, osp.basename(images[0])), partial
+            )
     for path, summary in zip(images[:-1], summaries):
         print(f'{path}: {summary}')
-    print(f'{images[-1]}: {summaries[-1]}; wrote {len(images)} pictures to '
-          f'{vis_dir} and predictions to {pred_dir}' +
-          (f', and {args.out}' if args.out else ''))
+    print(
+        f'{images[-1]}: {summaries[-1]}; wrote {len(images)} pictures to '
+        f'{vis_dir} and predictions to {pred_dir}'
+        + (f', and {args.out}' if args.out else '')
+    )
 
 
 if __name__ == '__main__':

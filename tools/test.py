@@ -10,15 +10,18 @@ the model's tensors (``StrictLoadHook``): a file that leaves weights
 unloaded, or brings others, is an error (exit 2) and no metric is printed;
 so are weights holding nan or inf (``--allow-nonfinite`` evaluates them).
 """
+
 import argparse
 import os.path as osp
 import sys
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+# this clone's package, and the tools' own modules (mmmetaformer_tools)
+TOOLS = osp.dirname(osp.abspath(__file__))
+sys.path[:0] = [osp.dirname(TOOLS), TOOLS]
 
-from mmengine.config import DictAction  # noqa: E402
+from mmengine.config import DictAction
 
-from mmmetaformer.utils.launch import (  # noqa: E402
+from mmmetaformer_tools.launch import (
     LaunchError,
     build_runner,
     check_data_roots,
@@ -35,29 +38,44 @@ from mmmetaformer.utils.launch import (  # noqa: E402
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
-        description='Test a detector or segmentor checkpoint')
+        description='Test a detector or segmentor checkpoint'
+    )
     parser.add_argument('config', help='test config file path')
     parser.add_argument('checkpoint', help='checkpoint file')
     parser.add_argument('--work-dir', help='where to save the test logs')
     parser.add_argument(
-        '--out', help='detection: dump predictions to this .pkl file; '
-        'segmentation: save predicted label maps into this directory')
-    parser.add_argument('--show-dir',
-                        help='save pictures of the predictions here')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='override config keys, e.g. '
-                        'model.test_cfg.mode=slide')
-    parser.add_argument('--allow-nonfinite', action='store_true',
-                        help='evaluate weights holding nan or inf (refused '
-                        'by default, naming the first such tensor)')
+        '--out',
+        help='detection: dump predictions to this .pkl file; '
+        'segmentation: save predicted label maps into this directory',
+    )
     parser.add_argument(
-        '--strict-data', action='store_true',
+        '--show-dir', help='save pictures of the predictions here'
+    )
+    parser.add_argument(
+        '--cfg-options',
+        nargs='+',
+        action=DictAction,
+        help='override config keys, e.g. model.test_cfg.mode=slide',
+    )
+    parser.add_argument(
+        '--allow-nonfinite',
+        action='store_true',
+        help='evaluate weights holding nan or inf (refused '
+        'by default, naming the first such tensor)',
+    )
+    parser.add_argument(
+        '--strict-data',
+        action='store_true',
         help='refuse an annotation file with boxes mmdet would drop (nan, '
         'negative or under 1 px wide or high); by default they are counted '
-        'in a warning')
-    parser.add_argument('--launcher',
-                        choices=['none', 'pytorch', 'slurm', 'mpi'],
-                        default='none', help='job launcher')
+        'in a warning',
+    )
+    parser.add_argument(
+        '--launcher',
+        choices=['none', 'pytorch', 'slurm', 'mpi'],
+        default='none',
+        help='job launcher',
+    )
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
     return parser.parse_args(argv)
 
@@ -65,8 +83,9 @@ def parse_args(argv=None):
 def enable_visualization(cfg, scope, show_dir):
     hook = cfg.default_hooks.get('visualization')
     if hook is None:
-        raise LaunchError('--show-dir needs default_hooks.visualization in '
-                          'the config')
+        raise LaunchError(
+            '--show-dir needs default_hooks.visualization in the config'
+        )
     hook['draw'] = True
     if scope == 'mmdet':
         hook['test_out_dir'] = show_dir
@@ -78,10 +97,11 @@ def main(argv=None):
     args = parse_args(argv)
     cfg, scope = load_config(args.config, args.cfg_options)
     check_ops_for(scope)
-    check_data_roots(cfg, scope, ('test_dataloader', ))
-    check_images_when_loading(cfg, ('test_dataloader', ))
-    check_dataset_contents(cfg, scope, ('test_dataloader', ),
-                           strict=args.strict_data)
+    check_data_roots(cfg, scope, ('test_dataloader',))
+    check_images_when_loading(cfg, ('test_dataloader',))
+    check_dataset_contents(
+        cfg, scope, ('test_dataloader',), strict=args.strict_data
+    )
     if not osp.isfile(args.checkpoint):
         raise LaunchError(f'Checkpoint file not found: {args.checkpoint}')
     set_work_dir(cfg, args.work_dir, args.config)
@@ -91,21 +111,27 @@ def main(argv=None):
     if args.out and scope == 'mmseg':
         cfg.test_evaluator['output_dir'] = args.out
         cfg.test_evaluator['keep_results'] = True
-    if args.out and scope == 'mmdet' and not args.out.endswith(
-            ('.pkl', '.pickle')):
-        raise LaunchError(f'--out must be a .pkl file for detection, got '
-                          f'{args.out}')
+    if (
+        args.out
+        and scope == 'mmdet'
+        and not args.out.endswith(('.pkl', '.pickle'))
+    ):
+        raise LaunchError(
+            f'--out must be a .pkl file for detection, got {args.out}'
+        )
 
     prepare_for_device(cfg, args.launcher)
     runner = build_runner(cfg)
     from mmmetaformer.engine import StrictLoadHook
-    runner.register_hook(
-        StrictLoadHook(allow_nonfinite=args.allow_nonfinite))
+
+    runner.register_hook(StrictLoadHook(allow_nonfinite=args.allow_nonfinite))
     if args.out and scope == 'mmdet':
         from mmdet.evaluation import DumpDetResults
+
         runner.test_evaluator.metrics.append(
-            DumpDetResults(out_file_path=args.out))
-    with explain_data_errors(cfg, ('test_dataloader', )):
+            DumpDetResults(out_file_path=args.out)
+        )
+    with explain_data_errors(cfg, ('test_dataloader',)):
         return runner.test()
 
 

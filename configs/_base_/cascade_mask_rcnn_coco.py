@@ -34,7 +34,7 @@ default_hooks = dict(checkpoint=dict(type='AtomicCheckpointHook'))
 # (NaNGuardHook, mmmetaformer/engine/nan_guard.py).
 custom_hooks = [
     dict(type='ExactResumeHook'),
-    dict(type='NaNGuardHook', action='skip')
+    dict(type='NaNGuardHook', action='skip'),
 ]
 
 model = dict(
@@ -43,7 +43,8 @@ model = dict(
     # are emitted with the project's GroupNorm(1) output norms (new layers,
     # top lr; ConvNeXt has a LayerNorm on each output in the same place).
     backbone=dict(_delete_=True, type=None),
-    neck=dict(in_channels=None))  # the leaf's four stage dims
+    neck=dict(in_channels=None),
+)  # the leaf's four stage dims
 
 # Layer-wise lr decay with MetaFormerLayerDecayConstructor: the stem is
 # layer 0, every block one layer (downsampling with the block after it),
@@ -55,7 +56,8 @@ model = dict(
 optim_wrapper = dict(
     type='OptimWrapper',
     constructor='MetaFormerLayerDecayConstructor',
-    paramwise_cfg=dict(_delete_=True, decay_type='layer_wise'))
+    paramwise_cfg=dict(_delete_=True, decay_type='layer_wise'),
+)
 
 # lr 2e-4 is for 16 images per iteration; --auto-scale-lr rescales it.
 auto_scale_lr = dict(enable=False, base_batch_size=16)

@@ -39,7 +39,8 @@ model = dict(
     # stage gets the project's GroupNorm(1) output norm (new layers, top
     # lr): the MetaFormer blocks end in an unnormalised residual stream.
     backbone=dict(_delete_=True, type=None, out_indices=(1, 2, 3)),
-    neck=dict(in_channels=None))  # the leaf's stage 2..4 dims
+    neck=dict(in_channels=None),
+)  # the leaf's stage 2..4 dims
 
 # Layer-wise lr decay with MetaFormerLayerDecayConstructor instead of the
 # recipe's flat lr_mult=0.1 on the whole backbone: the stem is layer 0,
@@ -55,7 +56,8 @@ model = dict(
 # fp32 as the recipe; add --amp to tools/train.py on GPUs.
 optim_wrapper = dict(
     constructor='MetaFormerLayerDecayConstructor',
-    paramwise_cfg=dict(_delete_=True, decay_type='layer_wise'))
+    paramwise_cfg=dict(_delete_=True, decay_type='layer_wise'),
+)
 
 # lr 1e-4 is for 16 images per iteration; --auto-scale-lr rescales it.
 auto_scale_lr = dict(enable=False, base_batch_size=16)

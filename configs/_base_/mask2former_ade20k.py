@@ -39,7 +39,8 @@ model = dict(
     # project's GroupNorm(1) output norm (new layers, top lr): the pixel
     # decoder reads stride 4 in its fusion and 8..32 in its encoder.
     backbone=dict(_delete_=True, type=None),
-    decode_head=dict(in_channels=None))  # the leaf's four stage dims
+    decode_head=dict(in_channels=None),
+)  # the leaf's four stage dims
 
 # Stage-wise lr decay 0.9 with MetaFormerLayerDecayConstructor instead of
 # the recipe's flat lr_mult=0.1 on the backbone, as the UperNet 160k leaves
@@ -55,8 +56,8 @@ model = dict(
 # fp32 as the recipe; add --amp to tools/train.py on GPUs.
 optim_wrapper = dict(
     constructor='MetaFormerLayerDecayConstructor',
-    paramwise_cfg=dict(
-        _delete_=True, decay_rate=0.9, decay_type='stage_wise'))
+    paramwise_cfg=dict(_delete_=True, decay_rate=0.9, decay_type='stage_wise'),
+)
 
 # lr 1e-4 is for 16 images per iteration; --auto-scale-lr rescales it.
 auto_scale_lr = dict(enable=False, base_batch_size=16)

@@ -36,7 +36,8 @@ model = dict(
     # Placeholder, filled by each leaf: type, arch, init_cfg and the
     # backbone's own options. Building the base alone fails on purpose.
     backbone=dict(_delete_=True, type=None),
-    neck=dict(in_channels=None))  # from the leaf: the backbone's out_channels
+    neck=dict(in_channels=None),
+)  # from the leaf: the backbone's out_channels
 
 # Data: the base pipeline is the paper's: Resize(1333, 800, keep_ratio) and
 # RandomFlip(0.5), nothing else. Batch 2 per GPU x 8 GPUs = 16, as the base.
@@ -50,7 +51,8 @@ train_cfg = dict(max_epochs=12)
 optim_wrapper = dict(
     type='OptimWrapper',
     optimizer=dict(_delete_=True, type='AdamW', lr=2e-4, weight_decay=1e-4),
-    paramwise_cfg=_base_.metaformer_paramwise_cfg)
+    paramwise_cfg=_base_.metaformer_paramwise_cfg,
+)
 
 # lr 2e-4 is for 16 images per iteration; --auto-scale-lr rescales it.
 auto_scale_lr = dict(enable=False, base_batch_size=16)

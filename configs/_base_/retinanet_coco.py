@@ -58,7 +58,9 @@ model = dict(
         in_channels=None,  # from the leaf: the backbone's out_channels
         start_level=0,  # = the published start_level=1 over 4 inputs
         add_extra_convs='on_input',  # as the base and the paper
-        num_outs=5))  # P3..P7, as the base and the paper
+        num_outs=5,
+    ),
+)  # P3..P7, as the base and the paper
 
 # Data: the base pipeline is the paper's: Resize(1333, 800, keep_ratio) and
 # RandomFlip(0.5), nothing else. Batch 2 per GPU x 8 GPUs = 16, as the base.
@@ -72,7 +74,8 @@ train_cfg = dict(max_epochs=12)
 optim_wrapper = dict(
     type='OptimWrapper',
     optimizer=dict(_delete_=True, type='AdamW', lr=1e-4, weight_decay=1e-4),
-    paramwise_cfg=_base_.metaformer_paramwise_cfg)
+    paramwise_cfg=_base_.metaformer_paramwise_cfg,
+)
 
 # lr 1e-4 is for 16 images per iteration; --auto-scale-lr rescales it.
 auto_scale_lr = dict(enable=False, base_batch_size=16)

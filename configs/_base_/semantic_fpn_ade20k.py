@@ -59,7 +59,8 @@ model = dict(
     # (the backbone's out_channels), not ResNet's.
     neck=dict(in_channels=None),
     # channels=128, dropout_ratio=0.1 as fpn_r50.
-    decode_head=dict(num_classes=150))
+    decode_head=dict(num_classes=150),
+)
 
 # Training data: the ade20k base pipeline is the paper's (PVT's): random
 # resize to scale (2048, 512) x ratio 0.5..2.0 (shorter side 256..1024),
@@ -76,7 +77,7 @@ test_pipeline = [
     dict(type='Resize', scale=(2048, 512), keep_ratio=True),
     dict(type='ResizeToMultiple', size_divisor=32),
     dict(type='LoadAnnotations', reduce_zero_label=True),
-    dict(type='PackSegInputs')
+    dict(type='PackSegInputs'),
 ]
 val_dataloader = dict(dataset=dict(pipeline=test_pipeline))
 test_dataloader = val_dataloader
@@ -86,7 +87,8 @@ optim_wrapper = dict(
     _delete_=True,
     type='OptimWrapper',
     optimizer=dict(type='AdamW', lr=2e-4, weight_decay=1e-4),
-    paramwise_cfg=_base_.metaformer_paramwise_cfg)
+    paramwise_cfg=_base_.metaformer_paramwise_cfg,
+)
 # Poly decay with power 0.9 to 0 over the 40k iterations, no warmup.
 param_scheduler = [
     dict(
@@ -95,7 +97,8 @@ param_scheduler = [
         eta_min=0.0,
         begin=0,
         end=40000,
-        by_epoch=False)
+        by_epoch=False,
+    )
 ]
 # schedule_40k: IterBasedTrainLoop(max_iters=40000, val_interval=4000) and a
 # checkpoint every 4000 iterations.

@@ -26,24 +26,26 @@ toy_train_pipeline = [
         type='RandomResize',
         scale=toy_scale,
         ratio_range=(0.5, 2.0),
-        keep_ratio=True),
+        keep_ratio=True,
+    ),
     dict(type='RandomCrop', crop_size=toy_crop_size, cat_max_ratio=0.75),
     dict(type='RandomFlip', prob=0.5),
     dict(type='PhotoMetricDistortion'),
-    dict(type='PackSegInputs')
+    dict(type='PackSegInputs'),
 ]
 toy_test_pipeline = [
     dict(type='LoadImageFromFile'),
     dict(type='Resize', scale=toy_scale, keep_ratio=True),
     dict(type='ResizeToMultiple', size_divisor=32),
     dict(type='LoadAnnotations', reduce_zero_label=True),
-    dict(type='PackSegInputs')
+    dict(type='PackSegInputs'),
 ]
 
 toy_model = dict(
     data_preprocessor=dict(size=toy_crop_size),
     # From scratch: no download, and the run shows the recipe itself learns.
-    backbone=dict(init_cfg=None))
+    backbone=dict(init_cfg=None),
+)
 
 
 def _loaders(metainfo):
@@ -53,13 +55,17 @@ def _loaders(metainfo):
         batch_size=4,
         num_workers=0,
         persistent_workers=False,
-        dataset=dict(data_root=toy_data_root, pipeline=toy_train_pipeline,
-                     **metainfo))
+        dataset=dict(
+            data_root=toy_data_root, pipeline=toy_train_pipeline, **metainfo
+        ),
+    )
     val = dict(
         num_workers=0,
         persistent_workers=False,
-        dataset=dict(data_root=toy_data_root, pipeline=toy_test_pipeline,
-                     **metainfo))
+        dataset=dict(
+            data_root=toy_data_root, pipeline=toy_test_pipeline, **metainfo
+        ),
+    )
     return train, val
 
 
@@ -69,10 +75,21 @@ toy_train_dataloader, toy_val_dataloader = _loaders({})
 # The 10 classes the toy scenes show, in ADE20K order: mmseg maps the other
 # labels to 255 (ignored), and IoUMetric averages over these 10, as it
 # averages over the classes present for a 150-class model.
-toy_classes = ('wall', 'building', 'sky', 'floor', 'tree', 'road', 'grass',
-               'person', 'car', 'painting')
+toy_classes = (
+    'wall',
+    'building',
+    'sky',
+    'floor',
+    'tree',
+    'road',
+    'grass',
+    'person',
+    'car',
+    'painting',
+)
 toy_subset_train_dataloader, toy_subset_val_dataloader = _loaders(
-    dict(metainfo=dict(classes=toy_classes)))
+    dict(metainfo=dict(classes=toy_classes))
+)
 # Semantic FPN at toy size for `make demo` (tools/demo.py measured where the
 # time goes: the recipe's 150-class logits upsampled to the crop and the
 # 256-channel neck took 60% of a step). The structure stays (FPN over the 4
@@ -85,7 +102,9 @@ toy_semantic_fpn_model = dict(
     decode_head=dict(
         in_channels=[128, 128, 128, 128],
         channels=64,  # recipe: 128
-        num_classes=len(toy_classes)))  # recipe: 150
+        num_classes=len(toy_classes),
+    ),
+)  # recipe: 150
 
 # 600 iterations: about 0.4 s each on 2 idle CPU cores with the toy head
 # (`make demo`), 4 minutes; the demo shortens them on slower machines.
@@ -97,23 +116,19 @@ toy_train_cfg = dict(max_iters=toy_max_iters, val_interval=100)
 # 1e-3, 69.4 at 3e-3; 71.2 after 500 at 2e-3.
 toy_optim_wrapper = dict(optimizer=dict(lr=2e-3))
 toy_param_scheduler = [
-    dict(
-        type='LinearLR',
-        start_factor=0.01,
-        begin=0,
-        end=20,
-        by_epoch=False),
+    dict(type='LinearLR', start_factor=0.01, begin=0, end=20, by_epoch=False),
     dict(
         type='PolyLR',
         power=0.9,
         eta_min=0.0,
         begin=0,  # with the warmup: both scale the lr in the first steps
         end=toy_max_iters,
-        by_epoch=False)
+        by_epoch=False,
+    ),
 ]
 toy_default_hooks = dict(
-    logger=dict(interval=10),
-    checkpoint=dict(interval=toy_max_iters))
+    logger=dict(interval=10), checkpoint=dict(interval=toy_max_iters)
+)
 
 # Not in any leaf, so set directly: reproducible toy runs.
 randomness = dict(seed=0)

@@ -1,5 +1,5 @@
 # Overrides that run any RetinaNet or Mask R-CNN leaf config on the
-# synthetic toy COCO (mmmetaformer/datasets/toy.py), at a size a CPU trains
+# synthetic toy COCO (tools/mmmetaformer_tools/toy.py), at a size a CPU trains
 # in minutes. Make the data with
 #     python tools/misc/make_toy_dataset.py coco data/toy_coco \
 #         --num-train 800 --num-val 32 --img-size 128
@@ -29,18 +29,26 @@ toy_scale = (128, 128)
 def _pipelines(with_mask):
     load = dict(type='LoadAnnotations', with_bbox=True, with_mask=with_mask)
     train = [
-        dict(type='LoadImageFromFile'), load,
+        dict(type='LoadImageFromFile'),
+        load,
         dict(type='Resize', scale=toy_scale, keep_ratio=True),
         dict(type='RandomFlip', prob=0.5),
-        dict(type='PackDetInputs')
+        dict(type='PackDetInputs'),
     ]
     test = [
         dict(type='LoadImageFromFile'),
-        dict(type='Resize', scale=toy_scale, keep_ratio=True), load,
+        dict(type='Resize', scale=toy_scale, keep_ratio=True),
+        load,
         dict(
             type='PackDetInputs',
-            meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape',
-                       'scale_factor'))
+            meta_keys=(
+                'img_id',
+                'img_path',
+                'ori_shape',
+                'img_shape',
+                'scale_factor',
+            ),
+        ),
     ]
     return train, test
 
@@ -54,13 +62,17 @@ def _loaders(with_mask, metainfo, batch_size):
         batch_size=batch_size,
         num_workers=0,
         persistent_workers=False,
-        dataset=dict(data_root=toy_data_root, pipeline=train_pipeline,
-                     **metainfo))
+        dataset=dict(
+            data_root=toy_data_root, pipeline=train_pipeline, **metainfo
+        ),
+    )
     val = dict(
         num_workers=0,
         persistent_workers=False,
-        dataset=dict(data_root=toy_data_root, pipeline=test_pipeline,
-                     **metainfo))
+        dataset=dict(
+            data_root=toy_data_root, pipeline=test_pipeline, **metainfo
+        ),
+    )
     return train, val
 
 
@@ -74,19 +86,24 @@ toy_classes = ('airplane', 'sports ball', 'kite', 'baseball bat', 'tv')
 # cores better) and Mask R-CNN (boxes and masks, the recipe's 80 classes and
 # batch 2).
 toy_det_train_dataloader, toy_det_val_dataloader = _loaders(
-    False, dict(metainfo=dict(classes=toy_classes)), batch_size=8)
+    False, dict(metainfo=dict(classes=toy_classes)), batch_size=8
+)
 toy_ins_train_dataloader, toy_ins_val_dataloader = _loaders(
-    True, {}, batch_size=2)
+    True, {}, batch_size=2
+)
 toy_det_evaluator = dict(
-    ann_file=toy_data_root + 'annotations/instances_val2017.json')
+    ann_file=toy_data_root + 'annotations/instances_val2017.json'
+)
 toy_ins_evaluator = dict(
     ann_file=toy_data_root + 'annotations/instances_val2017.json',
-    metric=['bbox', 'segm'])
+    metric=['bbox', 'segm'],
+)
 del _pipelines, _loaders
 
 toy_model = dict(
     # From scratch: no download, and the run shows the recipe itself learns.
-    backbone=dict(init_cfg=None))
+    backbone=dict(init_cfg=None)
+)
 
 # RetinaNet at toy size (tools/demo.py measured where a step's time goes:
 # the recipe's head, 4 stacked 256-channel convs per branch on 5 levels and
@@ -105,7 +122,9 @@ toy_retinanet_model = dict(
         stacked_convs=2,  # recipe: 4
         # From scratch the head's convs learn faster normalised (measured
         # on the dev split, 600 iterations: box mAP 0.291 vs 0.256).
-        norm_cfg=dict(type='GN', num_groups=32, requires_grad=True)))
+        norm_cfg=dict(type='GN', num_groups=32, requires_grad=True),
+    ),
+)
 
 # 800 images x 6 epochs = 600 iterations of 8 images (about 0.7 s each on
 # 2 idle cores: 7 minutes with the validations).
@@ -115,15 +134,12 @@ toy_train_cfg = dict(max_epochs=toy_max_epochs, val_interval=1)
 # generator seed 1, never the demo's): with batch 8 and the GN head, lr
 # 6e-4 reached box mAP 0.543 after 600 iterations, 3e-4 0.411.
 toy_optim_wrapper = dict(
-    optimizer=dict(lr=6e-4, weight_decay=0.05),
-    clip_grad=dict(max_norm=10.0))  # from scratch, early steps can spike
+    optimizer=dict(lr=6e-4, weight_decay=0.05), clip_grad=dict(max_norm=10.0)
+)  # from scratch, early steps can spike
 toy_param_scheduler = [
     dict(
-        type='LinearLR',
-        start_factor=0.01,
-        by_epoch=False,
-        begin=0,
-        end=50),  # iterations of warmup
+        type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=50
+    ),  # iterations of warmup
     dict(
         type='CosineAnnealingLR',
         T_max=toy_max_epochs,
@@ -131,11 +147,12 @@ toy_param_scheduler = [
         by_epoch=True,
         convert_to_iter_based=True,  # decays every iteration
         begin=0,
-        end=toy_max_epochs)
+        end=toy_max_epochs,
+    ),
 ]
 toy_default_hooks = dict(
-    logger=dict(interval=20),
-    checkpoint=dict(interval=toy_max_epochs))
+    logger=dict(interval=20), checkpoint=dict(interval=toy_max_epochs)
+)
 
 # Not in any leaf, so set directly: reproducible toy runs.
 randomness = dict(seed=0)

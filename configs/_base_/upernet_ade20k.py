@@ -35,7 +35,7 @@ default_hooks = dict(checkpoint=dict(type='AtomicCheckpointHook'))
 # (NaNGuardHook, mmmetaformer/engine/nan_guard.py).
 custom_hooks = [
     dict(type='ExactResumeHook'),
-    dict(type='NaNGuardHook', action='skip')
+    dict(type='NaNGuardHook', action='skip'),
 ]
 
 model = dict(
@@ -45,7 +45,8 @@ model = dict(
     # top lr; ConvNeXt has a LayerNorm on each output in the same place).
     backbone=dict(_delete_=True, type=None),
     decode_head=dict(in_channels=None),  # the leaf's four stage dims
-    auxiliary_head=dict(in_channels=None))  # the leaf's stage-3 dim
+    auxiliary_head=dict(in_channels=None),
+)  # the leaf's stage-3 dim
 
 # AdamW lr 1e-4, betas (0.9, 0.999), weight decay 0.05, and stage-wise lr
 # decay 0.9, as the ConvNeXt configs (mmseg's and facebookresearch/
@@ -63,9 +64,11 @@ optim_wrapper = dict(
     _delete_=True,
     type='OptimWrapper',
     optimizer=dict(
-        type='AdamW', lr=1e-4, betas=(0.9, 0.999), weight_decay=0.05),
+        type='AdamW', lr=1e-4, betas=(0.9, 0.999), weight_decay=0.05
+    ),
     constructor='MetaFormerLayerDecayConstructor',
-    paramwise_cfg=dict(decay_rate=0.9, decay_type='stage_wise'))
+    paramwise_cfg=dict(decay_rate=0.9, decay_type='stage_wise'),
+)
 
 # lr 1e-4 is for 16 images per iteration; --auto-scale-lr rescales it.
 auto_scale_lr = dict(enable=False, base_batch_size=16)

@@ -17,6 +17,8 @@ model = dict(
         _delete_=True,  # drop ResNet's depth, norm_cfg, style, ...
         type='PoolFormer',
         arch='s12',
-        init_cfg=dict(type='Pretrained', checkpoint=checkpoint_file)),
+        init_cfg=dict(type='Pretrained', checkpoint=checkpoint_file),
+    ),
     # PoolFormer-S12 stage dims, instead of ResNet-50's [256, ..., 2048].
-    neck=dict(in_channels=[64, 128, 320, 512]))
+    neck=dict(in_channels=[64, 128, 320, 512]),
+)

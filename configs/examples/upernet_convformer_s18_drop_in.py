@@ -21,7 +21,9 @@ model = dict(
         type='ConvFormer',
         arch='s18',
         drop_path_rate=0.1,
-        init_cfg=dict(type='Pretrained', checkpoint=checkpoint_file)),
+        init_cfg=dict(type='Pretrained', checkpoint=checkpoint_file),
+    ),
     # ConvFormer-S18 stage channels instead of ResNet-50's.
     decode_head=dict(in_channels=[64, 128, 320, 512]),
-    auxiliary_head=dict(in_channels=320))  # stage 3 (in_index=2)
+    auxiliary_head=dict(in_channels=320),
+)  # stage 3 (in_index=2)

@@ -16,13 +16,16 @@ model = dict(
     num_queries=100,  # recipe: 900
     encoder=dict(
         num_layers=2,  # recipe: 6
-        layer_cfg=dict(ffn_cfg=dict(feedforward_channels=toy_ffn))),
+        layer_cfg=dict(ffn_cfg=dict(feedforward_channels=toy_ffn)),
+    ),
     decoder=dict(
         num_layers=2,  # recipe: 6
-        layer_cfg=dict(ffn_cfg=dict(feedforward_channels=toy_ffn))),
+        layer_cfg=dict(ffn_cfg=dict(feedforward_channels=toy_ffn)),
+    ),
     bbox_head=dict(num_classes=len(_base_.toy_classes)),  # recipe: 80
     dn_cfg=dict(group_cfg=dict(num_dn_queries=20)),  # recipe: 100
-    test_cfg=dict(max_per_img=100))  # recipe: 300
+    test_cfg=dict(max_per_img=100),
+)  # recipe: 300
 train_dataloader = _base_.toy_det_train_dataloader
 val_dataloader = _base_.toy_det_val_dataloader
 test_dataloader = _base_.toy_det_val_dataloader

@@ -19,17 +19,20 @@ model = dict(
         pixel_decoder=dict(
             encoder=dict(
                 num_layers=2,  # recipe: 6
-                layer_cfg=dict(ffn_cfg=dict(
-                    feedforward_channels=256)))),  # recipe: 1024
+                layer_cfg=dict(ffn_cfg=dict(feedforward_channels=256)),
+            )
+        ),  # recipe: 1024
         transformer_decoder=dict(
             num_layers=3,  # recipe: 9 (3 rounds over the 3 levels)
-            layer_cfg=dict(ffn_cfg=dict(
-                feedforward_channels=512))),  # recipe: 2048
+            layer_cfg=dict(ffn_cfg=dict(feedforward_channels=512)),
+        ),  # recipe: 2048
         # the no-object class keeps its 0.1 weight
         loss_cls=dict(class_weight=[1.0] * toy_num_classes + [0.1]),
         # 32x32 mask logits at stride 4 of a 128 px crop (recipe: 12544,
         # 112x112)
-        train_cfg=dict(num_points=1024)))
+        train_cfg=dict(num_points=1024),
+    ),
+)
 train_dataloader = _base_.toy_subset_train_dataloader
 val_dataloader = _base_.toy_subset_val_dataloader
 test_dataloader = _base_.toy_subset_val_dataloader

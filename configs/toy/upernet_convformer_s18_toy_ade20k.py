@@ -8,7 +8,8 @@ _base_ = [
 # Sliding-window testing at the toy crop size (the recipe: 512 / 341).
 model = dict(
     _base_.toy_model,
-    test_cfg=dict(crop_size=_base_.toy_crop_size, stride=(85, 85)))
+    test_cfg=dict(crop_size=_base_.toy_crop_size, stride=(85, 85)),
+)
 train_dataloader = _base_.toy_train_dataloader
 val_dataloader = _base_.toy_val_dataloader
 test_dataloader = _base_.toy_val_dataloader

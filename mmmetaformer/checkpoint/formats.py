@@ -31,10 +31,16 @@ Whole trained models (``dense_to_native``, ``DENSE_FORMATS``):
                            2.x / mmseg 0.x files, mmseg's model zoo) -> the
                            keys of our matching config, heads included
 """
+
 import re
 
-FORMATS = ('poolformer_v1', 'metaformer_baselines', 'timm', 'mmpretrain',
-           'mmmetaformer')
+FORMATS = (
+    'poolformer_v1',
+    'metaformer_baselines',
+    'timm',
+    'mmpretrain',
+    'mmmetaformer',
+)
 
 # A tag in the ``meta`` of files we write, so they are recognised as ours.
 NATIVE_META_KEY = 'mmmetaformer_format'
@@ -44,7 +50,8 @@ CLASSIFIER_PREFIXES = ('head.', 'norm.')
 
 # Channels-last Linear weights that are 1x1 convs in the NCHW model.
 _LINEAR_AS_CONV = re.compile(
-    r'\.(mlp\.fc[12]|token_mixer\.pwconv[12])\.weight$')
+    r'\.(mlp\.fc[12]|token_mixer\.pwconv[12])\.weight$'
+)
 
 
 def _rename(state_dict, rules):
@@ -63,7 +70,8 @@ def _rename(state_dict, rules):
 def _linear_to_conv(state_dict):
     """Reshape ``[out, in]`` MLP/pointwise weights to ``[out, in, 1, 1]``."""
     return {
-        k: v[:, :, None, None] if v.dim() == 2 and _LINEAR_AS_CONV.search(k)
+        k: v[:, :, None, None]
+        if v.dim() == 2 and _LINEAR_AS_CONV.search(k)
         else v
         for k, v in state_dict.items()
     }
@@ -71,16 +79,31 @@ def _linear_to_conv(state_dict):
 
 def convert_poolformer_v1(state_dict):
     """The authors' PoolFormer v1 keys -> native keys."""
-    return _rename(state_dict, [
-        (r'^patch_embed\.proj\.', 'stem.conv.'),
-        (r'^network\.([0246])\.(\d+)\.layer_scale_([12])$',
-         lambda m: f'stages.{int(m.group(1)) // 2}.blocks.{m.group(2)}.'
-         f'layer_scale{m.group(3)}.scale'),
-        (r'^network\.([0246])\.(\d+)\.',
-         lambda m: f'stages.{int(m.group(1)) // 2}.blocks.{m.group(2)}.'),
-        (r'^network\.([135])\.proj\.',
-         lambda m: f'stages.{(int(m.group(1)) + 1) // 2}.downsample.conv.'),
-    ])
+    return _rename(
+        state_dict,
+        [
+            (r'^patch_embed\.proj\.', 'stem.conv.'),
+            (
+                r'^network\.([0246])\.(\d+)\.layer_scale_([12])$',
+                lambda m: (
+                    f'stages.{int(m.group(1)) // 2}.blocks.{m.group(2)}.'
+                    f'layer_scale{m.group(3)}.scale'
+                ),
+            ),
+            (
+                r'^network\.([0246])\.(\d+)\.',
+                lambda m: (
+                    f'stages.{int(m.group(1)) // 2}.blocks.{m.group(2)}.'
+                ),
+            ),
+            (
+                r'^network\.([135])\.proj\.',
+                lambda m: (
+                    f'stages.{(int(m.group(1)) + 1) // 2}.downsample.conv.'
+                ),
+            ),
+        ],
+    )
 
 
 def convert_mmpretrain(state_dict):
@@ -89,23 +112,36 @@ def convert_mmpretrain(state_dict):
     mmpretrain keeps the v1 keys and names its output norms after the
     positions in its alternating block/downsample list: ``norm{0,2,4,6}``.
     """
-    state_dict = _rename(state_dict, [
-        (r'^norm([0246])\.', lambda m: f'out_norms.{int(m.group(1)) // 2}.'),
-    ])
+    state_dict = _rename(
+        state_dict,
+        [
+            (
+                r'^norm([0246])\.',
+                lambda m: f'out_norms.{int(m.group(1)) // 2}.',
+            ),
+        ],
+    )
     return convert_poolformer_v1(state_dict)
 
 
 def convert_metaformer_baselines(state_dict):
     """The authors' baselines (channels-last) -> native (NCHW) keys."""
-    state_dict = _rename(state_dict, [
-        (r'^downsample_layers\.0\.conv\.', 'stem.conv.'),
-        (r'^downsample_layers\.0\.post_norm\.', 'stem.norm.'),
-        (r'^downsample_layers\.([123])\.pre_norm\.',
-         r'stages.\1.downsample.norm.'),
-        (r'^downsample_layers\.([123])\.conv\.',
-         r'stages.\1.downsample.conv.'),
-        (r'^stages\.(\d+)\.(\d+)\.', r'stages.\1.blocks.\2.'),
-    ])
+    state_dict = _rename(
+        state_dict,
+        [
+            (r'^downsample_layers\.0\.conv\.', 'stem.conv.'),
+            (r'^downsample_layers\.0\.post_norm\.', 'stem.norm.'),
+            (
+                r'^downsample_layers\.([123])\.pre_norm\.',
+                r'stages.\1.downsample.norm.',
+            ),
+            (
+                r'^downsample_layers\.([123])\.conv\.',
+                r'stages.\1.downsample.conv.',
+            ),
+            (r'^stages\.(\d+)\.(\d+)\.', r'stages.\1.blocks.\2.'),
+        ],
+    )
     return _linear_to_conv(state_dict)
 
 
@@ -136,10 +172,15 @@ def unwrap_checkpoint(checkpoint):
     strips a DDP ``module.`` prefix.
     """
     if not isinstance(checkpoint, dict):
-        raise TypeError(f'A checkpoint must be a dict of tensors, got '
-                        f'{type(checkpoint).__name__}')
-    meta = checkpoint.get('meta') if isinstance(checkpoint.get('meta'),
-                                                dict) else {}
+        raise TypeError(
+            f'A checkpoint must be a dict of tensors, got '
+            f'{type(checkpoint).__name__}'
+        )
+    meta = (
+        checkpoint.get('meta')
+        if isinstance(checkpoint.get('meta'), dict)
+        else {}
+    )
     for wrapper_key in ('state_dict', 'model'):
         if isinstance(checkpoint.get(wrapper_key), dict):
             checkpoint = checkpoint[wrapper_key]
@@ -150,8 +191,10 @@ def unwrap_checkpoint(checkpoint):
 def strip_ddp_prefix(state_dict):
     """The state dict without DDP's ``module.`` key prefix (as mmengine
     strips it when loading)."""
-    return {(k[len('module.'):] if k.startswith('module.') else k): v
-            for k, v in state_dict.items()}
+    return {
+        (k[len('module.') :] if k.startswith('module.') else k): v
+        for k, v in state_dict.items()
+    }
 
 
 def split_prefix(state_dict, prefix):
@@ -159,7 +202,7 @@ def split_prefix(state_dict, prefix):
     inside, outside = {}, {}
     for key, value in state_dict.items():
         if key.startswith(prefix):
-            inside[key[len(prefix):]] = value
+            inside[key[len(prefix) :]] = value
         else:
             outside[key] = value
     return inside, outside
@@ -187,7 +230,8 @@ def detect_format(state_dict, meta=None, had_backbone_prefix=False):
     raise ValueError(
         f'Cannot tell the checkpoint format from its keys (first ones: '
         f'{keys[:5]}). Known formats: {", ".join(FORMATS)}; pass one '
-        f'explicitly (--format / init_cfg format=...) if it is one of them.')
+        f'explicitly (--format / init_cfg format=...) if it is one of them.'
+    )
 
 
 def to_native(checkpoint, fmt='auto'):
@@ -203,8 +247,10 @@ def to_native(checkpoint, fmt='auto'):
         are not for a backbone.
     """
     if fmt != 'auto' and fmt not in CONVERTERS:
-        raise ValueError(f"Unknown checkpoint format '{fmt}'; valid formats: "
-                         f"auto, {', '.join(FORMATS)}")
+        raise ValueError(
+            f"Unknown checkpoint format '{fmt}'; valid formats: "
+            f'auto, {", ".join(FORMATS)}'
+        )
     state_dict, meta = unwrap_checkpoint(checkpoint)
     backbone, others = split_prefix(state_dict, 'backbone.')
     had_prefix = bool(backbone)
@@ -225,7 +271,7 @@ def to_native(checkpoint, fmt='auto'):
 # norms ``backbone.norm{0,2,4,6}``; the authors' RetinaNet was trained with
 # ``FORK_LAST3=1``, which makes ``norm0`` an ``nn.Identity`` (no key).
 
-DENSE_FORMATS = ('poolformer_dense', )
+DENSE_FORMATS = ('poolformer_dense',)
 
 # Per model: the key prefix that identifies it, the parts it has besides the
 # backbone, and the stages our matching config emits (configs/_base_/).
@@ -233,21 +279,25 @@ DENSE_MODELS = dict(
     retinanet=dict(
         marker='bbox_head.retina_cls.',
         parts=('neck.', 'bbox_head.'),
-        out_indices=(1, 2, 3)),
+        out_indices=(1, 2, 3),
+    ),
     mask_rcnn=dict(
         marker='roi_head.mask_head.',
         parts=('neck.', 'rpn_head.', 'roi_head.'),
-        out_indices=(0, 1, 2, 3)),
+        out_indices=(0, 1, 2, 3),
+    ),
     semantic_fpn=dict(
         marker='decode_head.scale_heads.',
         parts=('neck.', 'decode_head.', 'auxiliary_head.'),
-        out_indices=(0, 1, 2, 3)),
+        out_indices=(0, 1, 2, 3),
+    ),
 )
 
 # Top-level parts that only detectors and segmentors have.
 DENSE_HEADS = {
     part.rstrip('.')
-    for spec in DENSE_MODELS.values() for part in spec['parts']
+    for spec in DENSE_MODELS.values()
+    for part in spec['parts']
 } - {'neck'}
 
 # The heads keep their keys: none of them was renamed from the frameworks
@@ -275,20 +325,28 @@ def dense_model_kind(state_dict):
             of several (listing the known ones).
     """
     keys = list(state_dict)
-    if not any(k.startswith(('backbone.patch_embed.', 'backbone.network.'))
-               for k in keys):
+    if not any(
+        k.startswith(('backbone.patch_embed.', 'backbone.network.'))
+        for k in keys
+    ):
         return None
     parts = sorted({k.split('.')[0] for k in keys} - {'backbone'})
     if not set(parts) & DENSE_HEADS:
         return None
-    kinds = [name for name, spec in DENSE_MODELS.items()
-             if any(k.startswith(spec['marker']) for k in keys)]
+    kinds = [
+        name
+        for name, spec in DENSE_MODELS.items()
+        if any(k.startswith(spec['marker']) for k in keys)
+    ]
     if len(kinds) != 1:
         raise ValueError(
             f'A PoolFormer backbone with model parts {parts}, which match '
             f'{kinds or "none"} of the known published dense models: '
-            + ', '.join(f"{name} (has {spec['marker']}*)"
-                        for name, spec in DENSE_MODELS.items()))
+            + ', '.join(
+                f'{name} (has {spec["marker"]}*)'
+                for name, spec in DENSE_MODELS.items()
+            )
+        )
     return kinds[0]
 
 
@@ -314,25 +372,32 @@ def convert_poolformer_dense(state_dict, kind):
             missing (e.g. a ``FORK_LAST3`` backbone in a Mask R-CNN).
     """
     if kind not in DENSE_MODELS:
-        raise ValueError(f"Unknown dense model '{kind}'; valid: "
-                         f"{', '.join(DENSE_MODELS)}")
+        raise ValueError(
+            f"Unknown dense model '{kind}'; valid: {', '.join(DENSE_MODELS)}"
+        )
     spec = DENSE_MODELS[kind]
     emitted = spec['out_indices']
-    unused_norms = tuple(f'backbone.norm{2 * i}.' for i in range(4)
-                         if i not in emitted)
-    dropped = sorted(k for k in state_dict if unused_norms and
-                     k.startswith(unused_norms))
+    unused_norms = tuple(
+        f'backbone.norm{2 * i}.' for i in range(4) if i not in emitted
+    )
+    dropped = sorted(
+        k for k in state_dict if unused_norms and k.startswith(unused_norms)
+    )
     backbone, others = split_prefix(
-        {k: v for k, v in state_dict.items() if k not in dropped},
-        'backbone.')
+        {k: v for k, v in state_dict.items() if k not in dropped}, 'backbone.'
+    )
     backbone = convert_mmpretrain(backbone)
-    missing = [f'backbone.norm{2 * i}' for i in emitted
-               if not any(k.startswith(f'out_norms.{i}.') for k in backbone)]
+    missing = [
+        f'backbone.norm{2 * i}'
+        for i in emitted
+        if not any(k.startswith(f'out_norms.{i}.') for k in backbone)
+    ]
     if missing:
         raise ValueError(
             f'The {kind} checkpoint has no output norm {missing}, which '
             f'this model reads (stages {emitted}). A backbone without '
-            f'backbone.norm0 comes from a FORK_LAST3 (RetinaNet) run.')
+            f'backbone.norm0 comes from a FORK_LAST3 (RetinaNet) run.'
+        )
     out = {f'backbone.{k}': v for k, v in backbone.items()}
     out.update(others)
     return out, dropped
@@ -366,5 +431,9 @@ def dense_to_native(checkpoint):
     if kind is None:
         return None
     converted, dropped = convert_poolformer_dense(state_dict, kind)
-    return dict(state_dict=converted, kind=kind, dropped=dropped,
-                dataset_meta=dataset_meta_of(meta))
+    return dict(
+        state_dict=converted,
+        kind=kind,
+        dropped=dropped,
+        dataset_meta=dataset_meta_of(meta),
+    )

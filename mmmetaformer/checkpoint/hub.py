@@ -35,6 +35,7 @@ PoolFormerV2, IdentityFormer and RandFormer config's ``init_cfg``) and
 timm's are Hub files; it is pure Python and timm brings it anyway. It is
 imported on first use.
 """
+
 import importlib.util
 import os
 import os.path as osp
@@ -92,7 +93,7 @@ def parse_hub_id(name):
     Raises:
         HubCheckpointError: not of that form.
     """
-    spec = name[len(HUB_PREFIX):]
+    spec = name[len(HUB_PREFIX) :]
     parts = spec.split('/', 2)
     bad = None
     if len(parts) < 2 or not parts[0] or not parts[1]:
@@ -107,9 +108,10 @@ def parse_hub_id(name):
             bad = 'the repository name or revision around @ is empty'
     if bad:
         raise HubCheckpointError(
-            f"{name!r} is not a Hub checkpoint id ({bad}); write {SYNTAX}, "
+            f'{name!r} is not a Hub checkpoint id ({bad}); write {SYNTAX}, '
             "e.g. 'hf-hub:timm/caformer_s18.sail_in1k' or "
-            "'hf-hub:sail/dl/caformer/caformer_s18.pth'")
+            "'hf-hub:sail/dl/caformer/caformer_s18.pth'"
+        )
     filename = parts[2] if len(parts) == 3 else None
     return f'{parts[0]}/{repo_name}', unquote(revision) or None, filename
 
@@ -146,9 +148,8 @@ def parse_hub_url(url):
     at = parts.index('resolve')
     if at not in (1, 2) or len(parts) < at + 3:
         return None
-    filename = unquote('/'.join(parts[at + 2:]))
-    return ('/'.join(parts[:at]), unquote(parts[at + 1]), filename,
-            repo_type)
+    filename = unquote('/'.join(parts[at + 2 :]))
+    return ('/'.join(parts[:at]), unquote(parts[at + 1]), filename, repo_type)
 
 
 def _cli():
@@ -180,8 +181,9 @@ def _hub_errors():
     return errors
 
 
-def _try_files(name, repo_id, revision, filenames, repo_type,
-               local_files_only):
+def _try_files(
+    name, repo_id, revision, filenames, repo_type, local_files_only
+):
     """The local path of the first of ``filenames`` the repo has.
 
     Raises:
@@ -192,7 +194,8 @@ def _try_files(name, repo_id, revision, filenames, repo_type,
     except ImportError:
         raise HubCheckpointError(
             f'{name} is on the Hugging Face Hub; install huggingface_hub '
-            '(a dependency of mmmetaformer) to fetch it') from None
+            '(a dependency of mmmetaformer) to fetch it'
+        ) from None
     errors = _hub_errors()
     shown = revision or 'main'
     offline = local_files_only or bool(constants.HF_HUB_OFFLINE)
@@ -200,9 +203,13 @@ def _try_files(name, repo_id, revision, filenames, repo_type,
     for filename in filenames:
         try:
             return hf_hub_download(
-                repo_id=repo_id, filename=filename, revision=revision,
-                repo_type=repo_type, local_files_only=local_files_only,
-                library_name='mmmetaformer')
+                repo_id=repo_id,
+                filename=filename,
+                revision=revision,
+                repo_type=repo_type,
+                local_files_only=local_files_only,
+                library_name='mmmetaformer',
+            )
         except errors.LocalEntryNotFoundError:
             # offline, or the Hub could not be reached, and not cached
             not_cached.append(filename)
@@ -210,30 +217,33 @@ def _try_files(name, repo_id, revision, filenames, repo_type,
             raise HubCheckpointError(
                 f'{name}: {repo_id} is a gated repository; accept its terms '
                 f'on its page and set HF_TOKEN (or run `{_cli()} auth '
-                'login`)') from None
+                'login`)'
+            ) from None
         except errors.RepositoryNotFoundError:
             raise HubCheckpointError(
                 f'{name}: no repository {repo_id} on {constants.ENDPOINT} '
                 f'(file {filename}); check the name, or, for a private '
                 f'repository, set HF_TOKEN (or run `{_cli()} auth '
-                'login`)') from None
+                'login`)'
+            ) from None
         except errors.RevisionNotFoundError:
             raise HubCheckpointError(
                 f'{name}: {repo_id} has no revision {shown!r} (file '
                 f'{filename}); name a branch, tag or commit of it after '
-                '@') from None
+                '@'
+            ) from None
         except errors.EntryNotFoundError:
             absent_remotely.append(filename)
         except (errors.HfHubHTTPError, OSError, ValueError) as exc:
             reason = str(exc).strip().splitlines()
             raise HubCheckpointError(
                 f'{name}: could not fetch {filename} of {repo_id} (revision '
-                f"{shown}): {reason[0] if reason else type(exc).__name__}"
+                f'{shown}): {reason[0] if reason else type(exc).__name__}'
             ) from None
     if len(filenames) == 1:
         listed, absent = f'{filenames[0]} of {repo_id}', 'is not'
     else:
-        listed = f"none of {', '.join(filenames)} of {repo_id}"
+        listed = f'none of {", ".join(filenames)} of {repo_id}'
         absent = 'is'
     first = (not_cached or filenames)[0]
     command = _download_command(repo_id, first, revision, repo_type)
@@ -243,18 +253,21 @@ def _try_files(name, repo_id, revision, filenames, repo_type,
             f'{name}: {listed} (revision {shown}) {absent} in the Hugging '
             f'Face cache {cache} and HF_HUB_OFFLINE is set; run '
             f'`{command}` where there is network (same HF_HOME), or unset '
-            'HF_HUB_OFFLINE')
+            'HF_HUB_OFFLINE'
+        )
     if not_cached:
         raise HubCheckpointError(
             f'{name}: could not reach {constants.ENDPOINT} and {listed} '
             f'(revision {shown}) {absent} in the Hugging Face cache {cache}; '
             f'check the network or HF_ENDPOINT (a mirror), or run '
             f'`{command}` elsewhere into the same HF_HOME and set '
-            'HF_HUB_OFFLINE=1')
+            'HF_HUB_OFFLINE=1'
+        )
     raise HubCheckpointError(
         f'{name}: {repo_id} (revision {shown}) has no file '
-        f"{' or '.join(filenames)}; name the file: "
-        f'hf-hub:{repo_id}/FILE')
+        f'{" or ".join(filenames)}; name the file: '
+        f'hf-hub:{repo_id}/FILE'
+    )
 
 
 def fetch_hub_file(name):
@@ -271,26 +284,37 @@ def fetch_hub_file(name):
     url = parse_hub_url(name)
     if url is not None:
         repo_id, revision, filename, repo_type = url
-        filenames = (filename, )
+        filenames = (filename,)
     else:
         repo_id, revision, filename = parse_hub_id(name)
         repo_type = None
-        filenames = (filename, ) if filename else DEFAULT_FILES
+        filenames = (filename,) if filename else DEFAULT_FILES
     error, path = None, None
     if local_rank() == 0:
-        print_log(f'Fetching {name} through huggingface_hub',
-                  logger='current')
+        print_log(f'Fetching {name} through huggingface_hub', logger='current')
         try:
-            path = _try_files(name, repo_id, revision, filenames, repo_type,
-                              local_files_only=False)
+            path = _try_files(
+                name,
+                repo_id,
+                revision,
+                filenames,
+                repo_type,
+                local_files_only=False,
+            )
         except HubCheckpointError as exc:  # re-raised after the barrier
             error = exc
     barrier()
     if error is not None:
         raise error
     if path is None:  # the node's first rank has put it in the cache
-        path = _try_files(name, repo_id, revision, filenames, repo_type,
-                          local_files_only=True)
+        path = _try_files(
+            name,
+            repo_id,
+            revision,
+            filenames,
+            repo_type,
+            local_files_only=True,
+        )
     return path
 
 

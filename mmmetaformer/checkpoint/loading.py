@@ -18,6 +18,7 @@ the model's tensor (not a tensor, another shape, or a dtype that cannot
 represent it: integers or bools for a float parameter) raises
 ``CheckpointMismatchError`` listing them all.
 """
+
 from typing import NamedTuple
 
 import torch
@@ -48,8 +49,9 @@ def read_checkpoint(checkpoint, map_location='cpu'):
             code).
         CorruptCheckpointError: the file is truncated or damaged.
     """
-    return CheckpointLoader.load_checkpoint(str(checkpoint), map_location,
-                                            logger='current')
+    return CheckpointLoader.load_checkpoint(
+        str(checkpoint), map_location, logger='current'
+    )
 
 
 def _dtype_kind(dtype):
@@ -67,6 +69,7 @@ class StateDictFit(NamedTuple):
     keys the model lacks; ``unfit``: ``'key (why)'`` for each shared key
     whose value cannot be copied into the model's tensor.
     """
+
     missing: list
     unexpected: list
     unfit: list
@@ -85,8 +88,12 @@ def compare_state_dicts(own, state_dict, may_miss=()):
     into a float parameter); a lower float precision is fine. Keys ending
     in one of ``may_miss`` do not count as missing.
     """
-    missing = [k for k in own if k not in state_dict
-               and not (may_miss and k.endswith(tuple(may_miss)))]
+    missing = [
+        k
+        for k in own
+        if k not in state_dict
+        and not (may_miss and k.endswith(tuple(may_miss)))
+    ]
     unexpected = [k for k in state_dict if k not in own]
     unfit = []
     for key, target in own.items():
@@ -96,19 +103,23 @@ def compare_state_dicts(own, state_dict, may_miss=()):
         if not isinstance(value, torch.Tensor):
             unfit.append(f'{key} (not a tensor: {type(value).__name__})')
         elif value.shape != target.shape:
-            unfit.append(f'{key} (checkpoint {tuple(value.shape)}, model '
-                         f'{tuple(target.shape)})')
+            unfit.append(
+                f'{key} (checkpoint {tuple(value.shape)}, model '
+                f'{tuple(target.shape)})'
+            )
         elif _dtype_kind(value.dtype) != _dtype_kind(target.dtype):
-            unfit.append(f'{key} (checkpoint {value.dtype}, model '
-                         f'{target.dtype})')
+            unfit.append(
+                f'{key} (checkpoint {value.dtype}, model {target.dtype})'
+            )
     return StateDictFit(missing, unexpected, unfit)
 
 
 def _shorten(keys, limit=20):
     keys = list(keys)
     shown = ', '.join(keys[:limit])
-    return shown + (f', ... ({len(keys) - limit} more)'
-                    if len(keys) > limit else '')
+    return shown + (
+        f', ... ({len(keys) - limit} more)' if len(keys) > limit else ''
+    )
 
 
 def load_pretrained(model, checkpoint, fmt='auto', prefix=None):
@@ -131,17 +142,20 @@ def load_pretrained(model, checkpoint, fmt='auto', prefix=None):
         raw, _ = split_prefix(state_dict, prefix)
         if not raw:
             raise CheckpointMismatchError(
-                f"No key of {checkpoint} starts with prefix '{prefix}'")
+                f"No key of {checkpoint} starts with prefix '{prefix}'"
+            )
     state_dict, fmt, other_parts = to_native(raw, fmt)
     own = model.state_dict()
     new_prefixes = tuple(getattr(model, 'new_layer_prefixes', ()))
 
     missing, unexpected, mismatched = compare_state_dicts(own, state_dict)
     leftovers = [k for k in unexpected if k.startswith(CLASSIFIER_PREFIXES)]
-    new_missing = [k for k in missing if new_prefixes and
-                   k.startswith(new_prefixes)]
-    new_unused = [k for k in unexpected if new_prefixes and
-                  k.startswith(new_prefixes)]
+    new_missing = [
+        k for k in missing if new_prefixes and k.startswith(new_prefixes)
+    ]
+    new_unused = [
+        k for k in unexpected if new_prefixes and k.startswith(new_prefixes)
+    ]
     bad_missing = [k for k in missing if k not in new_missing]
     bad_unexpected = [
         k for k in unexpected if k not in leftovers and k not in new_unused
@@ -149,19 +163,27 @@ def load_pretrained(model, checkpoint, fmt='auto', prefix=None):
     if bad_missing or bad_unexpected or mismatched:
         problems = []
         if bad_missing:
-            problems.append(f'missing in checkpoint ({len(bad_missing)}): '
-                            f'{_shorten(bad_missing)}')
+            problems.append(
+                f'missing in checkpoint ({len(bad_missing)}): '
+                f'{_shorten(bad_missing)}'
+            )
         if bad_unexpected:
-            problems.append(f'not in the model ({len(bad_unexpected)}): '
-                            f'{_shorten(bad_unexpected)}')
+            problems.append(
+                f'not in the model ({len(bad_unexpected)}): '
+                f'{_shorten(bad_unexpected)}'
+            )
         if mismatched:
-            problems.append(f'shape or type mismatch ({len(mismatched)}): '
-                            f'{_shorten(mismatched)}')
+            problems.append(
+                f'shape or type mismatch ({len(mismatched)}): '
+                f'{_shorten(mismatched)}'
+            )
         raise CheckpointMismatchError(
             f'Checkpoint {checkpoint} (format {fmt}) does not fit '
-            f'{type(model).__name__}:\n  ' + '\n  '.join(problems) +
-            '\nCheck the arch matches the weights, or pass the format '
-            'explicitly.')
+            f'{type(model).__name__}:\n  '
+            + '\n  '.join(problems)
+            + '\nCheck the arch matches the weights, or pass the format '
+            'explicitly.'
+        )
 
     to_load = {k: v for k, v in state_dict.items() if k in own}
     model.load_state_dict(to_load, strict=False)
@@ -171,20 +193,29 @@ def load_pretrained(model, checkpoint, fmt='auto', prefix=None):
         classifier_leftovers=leftovers,
         new_layers_missing=new_missing,
         new_layers_unused=new_unused,
-        other_model_parts=other_parts)
-    message = (f'Loaded {len(to_load)}/{len(own)} tensors into '
-               f'{type(model).__name__} from {checkpoint} (format {fmt})')
+        other_model_parts=other_parts,
+    )
+    message = (
+        f'Loaded {len(to_load)}/{len(own)} tensors into '
+        f'{type(model).__name__} from {checkpoint} (format {fmt})'
+    )
     if leftovers:
         message += f'; ignored {len(leftovers)} classifier tensors'
     if other_parts:
-        message += (f'; ignored {len(other_parts)} tensors of other model '
-                    f'parts ({_shorten(other_parts, 5)})')
+        message += (
+            f'; ignored {len(other_parts)} tensors of other model '
+            f'parts ({_shorten(other_parts, 5)})'
+        )
     if new_missing:
-        message += (f'; {len(new_missing)} new-layer tensors keep their '
-                    f'initialisation ({_shorten(new_missing, 8)})')
+        message += (
+            f'; {len(new_missing)} new-layer tensors keep their '
+            f'initialisation ({_shorten(new_missing, 8)})'
+        )
     if new_unused:
-        message += (f'; {len(new_unused)} checkpoint tensors belong to '
-                    f'outputs this backbone does not emit')
+        message += (
+            f'; {len(new_unused)} checkpoint tensors belong to '
+            f'outputs this backbone does not emit'
+        )
     print_log(message, logger='current')
     return report
 
@@ -195,7 +226,7 @@ def load_pretrained(model, checkpoint, fmt='auto', prefix=None):
 # not have it; the Semantic FPN head has 7). Nothing else is exempt; the
 # data preprocessors' mean/std are non-persistent buffers, never in a state
 # dict, so they need no exception.
-HARMLESS_MISSING_SUFFIXES = ('.num_batches_tracked', )
+HARMLESS_MISSING_SUFFIXES = ('.num_batches_tracked',)
 
 
 def _first(keys, limit=5):
@@ -205,11 +236,15 @@ def _first(keys, limit=5):
 
 def model_state_dict(checkpoint, name):
     """The state dict of a whole-model checkpoint, as mmengine reads it."""
-    state_dict = checkpoint.get('state_dict', checkpoint) if isinstance(
-        checkpoint, dict) else checkpoint
+    state_dict = (
+        checkpoint.get('state_dict', checkpoint)
+        if isinstance(checkpoint, dict)
+        else checkpoint
+    )
     if not isinstance(state_dict, dict):
         raise CheckpointMismatchError(
-            f'{name} holds a {type(state_dict).__name__}, not a state dict')
+            f'{name} holds a {type(state_dict).__name__}, not a state dict'
+        )
     return strip_ddp_prefix(state_dict)
 
 
@@ -231,23 +266,32 @@ def check_model_fits(model, checkpoint, name):
     state_dict = model_state_dict(checkpoint, name)
     own = model.state_dict()
     missing, unexpected, mismatched = compare_state_dicts(
-        own, state_dict, may_miss=HARMLESS_MISSING_SUFFIXES)
+        own, state_dict, may_miss=HARMLESS_MISSING_SUFFIXES
+    )
     problems = []
     if missing:
-        problems.append(f'{len(missing)} of the model\'s {len(own)} tensors '
-                        f'are not in it ({_first(missing)})')
+        problems.append(
+            f"{len(missing)} of the model's {len(own)} tensors "
+            f'are not in it ({_first(missing)})'
+        )
     if unexpected:
-        problems.append(f'{len(unexpected)} of its {len(state_dict)} '
-                        f'tensors are not in the model '
-                        f'({_first(unexpected)})')
+        problems.append(
+            f'{len(unexpected)} of its {len(state_dict)} '
+            f'tensors are not in the model '
+            f'({_first(unexpected)})'
+        )
     if mismatched:
-        problems.append(f'{len(mismatched)} cannot be loaded into the '
-                        f'model ({_first(mismatched, 3)})')
+        problems.append(
+            f'{len(mismatched)} cannot be loaded into the '
+            f'model ({_first(mismatched, 3)})'
+        )
     if problems:
         raise CheckpointMismatchError(
-            f'{name} does not fit {type(model).__name__}: ' +
-            '; '.join(problems) + '. Refusing to evaluate weights that did '
-            'not load; pass the checkpoint trained with this config.')
+            f'{name} does not fit {type(model).__name__}: '
+            + '; '.join(problems)
+            + '. Refusing to evaluate weights that did '
+            'not load; pass the checkpoint trained with this config.'
+        )
 
 
 def load_model_strictly(model, checkpoint, map_location='cpu'):

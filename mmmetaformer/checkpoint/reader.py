@@ -60,6 +60,7 @@ here, before torch opens the file:
   re-save a trusted file. Anything else torch cannot read (truncated,
   damaged, not a checkpoint) raises ``CorruptCheckpointError``.
 """
+
 import contextlib
 import functools
 import io
@@ -107,14 +108,17 @@ def _history_buffer_getattr(owner, name):
     ``getattr`` would reach any attribute of any allowed object."""
     if owner is HistoryBuffer and name in _HISTORY_BUFFER_STATISTICS:
         return getattr(HistoryBuffer, name)
-    _refuse(f'getattr({owner!r}, {name!r}): not one of HistoryBuffer\'s '
-            f'statistics methods')
+    _refuse(
+        f"getattr({owner!r}, {name!r}): not one of HistoryBuffer's "
+        f'statistics methods'
+    )
 
 
 # Bool and numeric dtypes as numpy pickles name them ('f8', 'b1', 'u1' ...)
 _NUMPY_CODES = frozenset(
     np.dtype(code).str[1:]
-    for code in '?' + np.typecodes['AllInteger'] + np.typecodes['AllFloat'])
+    for code in '?' + np.typecodes['AllInteger'] + np.typecodes['AllFloat']
+)
 # The state numpy pickles for every such dtype, after its byte order.
 _PLAIN_DTYPE_STATE = (None, None, None, -1, -1, 0)
 
@@ -125,14 +129,20 @@ class _DType:
 
     def __init__(self, code=None, align=False, copy=True):
         if code not in _NUMPY_CODES or (align, copy) != (False, True):
-            _refuse(f'numpy dtype({code!r}, {align!r}, {copy!r}): only bool '
-                    f'and numeric dtypes are allowed')
+            _refuse(
+                f'numpy dtype({code!r}, {align!r}, {copy!r}): only bool '
+                f'and numeric dtypes are allowed'
+            )
         self.code, self.dtype = code, None
 
     def __setstate__(self, state):
-        if not (isinstance(state, tuple) and len(state) == 8
-                and state[0] == 3 and state[1] in ('<', '>', '|', '=')
-                and state[2:] == _PLAIN_DTYPE_STATE):
+        if not (
+            isinstance(state, tuple)
+            and len(state) == 8
+            and state[0] == 3
+            and state[1] in ('<', '>', '|', '=')
+            and state[2:] == _PLAIN_DTYPE_STATE
+        ):
             _refuse(f'numpy dtype state {state!r}')
         self.dtype = np.dtype(self.code).newbyteorder(state[1])
 
@@ -149,11 +159,16 @@ class _Array(np.ndarray):
     def __setstate__(self, state):
         try:
             version, shape, dtype, fortran, data = state
-            valid = (version == 1 and isinstance(shape, tuple)
-                     and all(type(n) is int and n >= 0 for n in shape)
-                     and isinstance(dtype, _DType) and dtype.dtype is not None
-                     and type(fortran) is bool and type(data) is bytes
-                     and len(data) == math.prod(shape) * dtype.dtype.itemsize)
+            valid = (
+                version == 1
+                and isinstance(shape, tuple)
+                and all(type(n) is int and n >= 0 for n in shape)
+                and isinstance(dtype, _DType)
+                and dtype.dtype is not None
+                and type(fortran) is bool
+                and type(data) is bytes
+                and len(data) == math.prod(shape) * dtype.dtype.itemsize
+            )
         except (TypeError, ValueError):
             valid = False
         if not valid:
@@ -173,9 +188,9 @@ class _Array(np.ndarray):
 
 def _reconstruct(cls, shape, code):
     # what ndarray.__reduce__ asks for before the array's state
-    if cls is not _Array or shape != (0, ) or code not in (b'b', 'b'):
+    if cls is not _Array or shape != (0,) or code not in (b'b', 'b'):
         _refuse(f'numpy _reconstruct({cls!r}, {shape!r}, {code!r})')
-    return np.ndarray.__new__(_Array, (0, ), np.int8)
+    return np.ndarray.__new__(_Array, (0,), np.int8)
 
 
 def _empty_bytes(*args):
@@ -186,8 +201,12 @@ def _empty_bytes(*args):
 
 
 def _scalar(dtype, data):
-    if not (isinstance(dtype, _DType) and dtype.dtype is not None
-            and type(data) is bytes and len(data) == dtype.dtype.itemsize):
+    if not (
+        isinstance(dtype, _DType)
+        and dtype.dtype is not None
+        and type(data) is bytes
+        and len(data) == dtype.dtype.itemsize
+    ):
         _refuse(f'numpy scalar({dtype!r}, {str(data)[:40]})')
     return np.frombuffer(data, dtype.dtype)[0]
 
@@ -208,15 +227,18 @@ SAFE_GLOBALS = [
     _named(_DType, 'numpy', 'dtype'),
     _named(_empty_bytes, 'builtins', 'bytes'),
     _named(_Array, 'numpy', 'ndarray'),
-    *(_named(_copy(function), f'numpy.{core}.multiarray', name)
-      for core in ('core', '_core')
-      for function, name in ((_reconstruct, '_reconstruct'),
-                             (_scalar, 'scalar'))),
+    *(
+        _named(_copy(function), f'numpy.{core}.multiarray', name)
+        for core in ('core', '_core')
+        for function, name in (
+            (_reconstruct, '_reconstruct'),
+            (_scalar, 'scalar'),
+        )
+    ),
 ]
 
 
-TORCH_LOAD_IS_SAFE = digit_version(
-    torch.__version__) >= digit_version('2.6.0')
+TORCH_LOAD_IS_SAFE = digit_version(torch.__version__) >= digit_version('2.6.0')
 
 
 def allow_in_torch_load():
@@ -232,14 +254,24 @@ def _allowlist():
     since another caller may have cleared it (and ``safe_globals``' exit
     removes what it added); older torch: allowed only inside the load."""
     allow_in_torch_load()
-    return contextlib.nullcontext() if TORCH_LOAD_IS_SAFE else \
-        torch.serialization.safe_globals(SAFE_GLOBALS)
+    return (
+        contextlib.nullcontext()
+        if TORCH_LOAD_IS_SAFE
+        else torch.serialization.safe_globals(SAFE_GLOBALS)
+    )
 
 
 # Words of torch's restricted unpickler (and of the stand-ins above) when it
 # refuses an object, lower-cased.
-_REFUSALS = ('unsupported', 'blocked', 'trying to', 'can only',
-             'not an allowed', 'unrecognized', 'persistent_load')
+_REFUSALS = (
+    'unsupported',
+    'blocked',
+    'trying to',
+    'can only',
+    'not an allowed',
+    'unrecognized',
+    'persistent_load',
+)
 
 
 class CheckpointError(RuntimeError):
@@ -259,12 +291,14 @@ class CorruptCheckpointError(CheckpointError):
 
 
 def _resave_hint(name):
-    return (f"If you trust {name}, re-save its weights once: python -c "
-            f"\"import torch; c = torch.load('{name}', weights_only=False); "
-            f"torch.save({{'state_dict': c.get('state_dict', c)}}, "
-            f"'trusted.pth')\" (keep c['meta'] too if it holds only plain "
-            f'data); or, for a plain-data class of your own, allow it with '
-            f'torch.serialization.add_safe_globals([TheClass])')
+    return (
+        f'If you trust {name}, re-save its weights once: python -c '
+        f"\"import torch; c = torch.load('{name}', weights_only=False); "
+        f"torch.save({{'state_dict': c.get('state_dict', c)}}, "
+        f"'trusted.pth')\" (keep c['meta'] too if it holds only plain "
+        f'data); or, for a plain-data class of your own, allow it with '
+        f'torch.serialization.add_safe_globals([TheClass])'
+    )
 
 
 class _Inert:
@@ -317,9 +351,19 @@ PICKLE_GLOBALS_LIMIT = 1024
 _LEN1, _LEN4, _LINES, _PUT1, _PUT4, _GET1, _GET4, _STOP = range(-8, 0)
 _OPCODE_ARGS = {
     **dict.fromkeys(b'\x81Rbaesu(t\x85\x86\x87N\x89\x88)]}\x8fQ', 0),
-    ord('J'): 4, ord('K'): 1, ord('M'): 2, ord('G'): 8, 0x80: 1,
-    ord('X'): _LEN4, ord('U'): _LEN1, 0x8a: _LEN1, ord('c'): _LINES,
-    ord('q'): _PUT1, ord('r'): _PUT4, ord('h'): _GET1, ord('j'): _GET4,
+    ord('J'): 4,
+    ord('K'): 1,
+    ord('M'): 2,
+    ord('G'): 8,
+    0x80: 1,
+    ord('X'): _LEN4,
+    ord('U'): _LEN1,
+    0x8A: _LEN1,
+    ord('c'): _LINES,
+    ord('q'): _PUT1,
+    ord('r'): _PUT4,
+    ord('h'): _GET1,
+    ord('j'): _GET4,
     ord('.'): _STOP,
 }
 
@@ -329,13 +373,15 @@ def _refuse_bound(name, what, allowed, rule):
     what it asks for, the limit and the rule that set it."""
     raise UnsafeCheckpointError(
         f'{name} was refused: {what}; the reader allows {allowed} ({rule}).'
-        f' Nothing in the file was run. {_resave_hint(name)}')
+        f' Nothing in the file was run. {_resave_hint(name)}'
+    )
 
 
 def _damaged(name, why):
     raise CorruptCheckpointError(
         f'{name} is not a readable checkpoint: {why}. If a run was killed '
-        f'while writing it, use an earlier checkpoint')
+        f'while writing it, use an earlier checkpoint'
+    )
 
 
 def _scan_pickle(data, start, max_ops, name, where):
@@ -361,32 +407,40 @@ def _scan_pickle(data, start, max_ops, name, where):
         if kind is None:
             raise UnsafeCheckpointError(
                 f'{name} was refused: {where} holds opcode {bytes([code])!r} '
-                f'at byte {pos - start}, which torch\'s weights_only '
+                f"at byte {pos - start}, which torch's weights_only "
                 f'unpickler does not read (torch.save writes pickle protocol'
-                f' 2). Nothing in the file was run. {_resave_hint(name)}')
+                f' 2). Nothing in the file was run. {_resave_hint(name)}'
+            )
         ops += 1
         if ops > max_ops:
-            _refuse_bound(name, f'{where} holds over {max_ops} opcodes '
-                          f'(stopped at byte {pos - start})',
-                          f'{max_ops} opcodes', f'{PICKLE_OPS_BASE} + '
-                          f'{PICKLE_OPS_PER_RECORD} per tensor record; '
-                          f'{LEGACY_HEADER_OPS} for a legacy file\'s '
-                          'header pickles')
+            _refuse_bound(
+                name,
+                f'{where} holds over {max_ops} opcodes '
+                f'(stopped at byte {pos - start})',
+                f'{max_ops} opcodes',
+                f'{PICKLE_OPS_BASE} + '
+                f'{PICKLE_OPS_PER_RECORD} per tensor record; '
+                f"{LEGACY_HEADER_OPS} for a legacy file's "
+                'header pickles',
+            )
         pos += 1
         if kind >= 0:
             pos += kind
         elif kind == _LEN4:
-            pos += 4 + int.from_bytes(data[pos:pos + 4], 'little')
+            pos += 4 + int.from_bytes(data[pos : pos + 4], 'little')
         elif kind == _LEN1:
             pos += 1 + (data[pos] if pos < end else 0)
         elif kind == _LINES:
             globals_seen += 1
             if globals_seen > PICKLE_GLOBALS_LIMIT:
-                _refuse_bound(name, f'{where} names over '
-                              f'{PICKLE_GLOBALS_LIMIT} globals (stopped at '
-                              f'byte {pos - start - 1})',
-                              f'{PICKLE_GLOBALS_LIMIT} globals',
-                              'a pickler writes each global once')
+                _refuse_bound(
+                    name,
+                    f'{where} names over '
+                    f'{PICKLE_GLOBALS_LIMIT} globals (stopped at '
+                    f'byte {pos - start - 1})',
+                    f'{PICKLE_GLOBALS_LIMIT} globals',
+                    'a pickler writes each global once',
+                )
             module_end = data.find(b'\n', pos, end)
             pos = data.find(b'\n', module_end + 1, end) + 1
             if module_end < 0 or pos == 0:
@@ -395,18 +449,24 @@ def _scan_pickle(data, start, max_ops, name, where):
             return pos
         else:
             size = 1 if kind in (_PUT1, _GET1) else 4
-            slot = int.from_bytes(data[pos:pos + size], 'little')
+            slot = int.from_bytes(data[pos : pos + size], 'little')
             pos += size
             if kind in (_PUT1, _PUT4):
                 if slot > filled:
                     _refuse_bound(
-                        name, f'{where} writes memo slot {slot} at byte '
-                        f'{pos - start - size - 1}', f'slot {filled} next',
-                        'a pickler fills memo slots in order')
+                        name,
+                        f'{where} writes memo slot {slot} at byte '
+                        f'{pos - start - size - 1}',
+                        f'slot {filled} next',
+                        'a pickler fills memo slots in order',
+                    )
                 filled = max(filled, slot + 1)
             elif slot >= filled:
-                _damaged(name, f'{where} reads memo slot {slot} at byte '
-                         f'{pos - start - size - 1} before writing it')
+                _damaged(
+                    name,
+                    f'{where} reads memo slot {slot} at byte '
+                    f'{pos - start - size - 1} before writing it',
+                )
     _damaged(name, f'{where} is truncated ({end - start} bytes, no STOP)')
 
 
@@ -424,17 +484,20 @@ class _StorageSizes(pickle.Unpickler):
     def find_class(self, module, name):
         key = (module, name)
         if key not in self.placeholders:
-            self.placeholders[key] = type(name, (_Inert, ),
-                                          {'global_name': key})
+            self.placeholders[key] = type(
+                name, (_Inert,), {'global_name': key}
+            )
         return self.placeholders[key]
 
     def persistent_load(self, pid):
         # ('storage', type, key, location, numel) in zip files, with the
         # view's metadata as a sixth item in the legacy format
-        if isinstance(pid, tuple) and len(pid) in (5, 6) and \
-                pid[0] == 'storage':
-            size = _storage_itemsize(
-                getattr(pid[1], 'global_name', ('', '')))
+        if (
+            isinstance(pid, tuple)
+            and len(pid) in (5, 6)
+            and pid[0] == 'storage'
+        ):
+            size = _storage_itemsize(getattr(pid[1], 'global_name', ('', '')))
             if size is None or type(pid[4]) is not int:
                 _refuse(f'storage {pid!r}')
             self.claims.append((str(pid[2]), pid[4] * size))
@@ -446,12 +509,18 @@ def _storage_itemsize(global_name):
     """Bytes per element of the storage class ``(module, name)`` a pickle
     names, or None for anything but a torch storage class."""
     module, name = global_name
-    storage = getattr(torch, name, None) if module in (
-        'torch', 'torch.storage') and name.endswith('Storage') else None
+    storage = (
+        getattr(torch, name, None)
+        if module in ('torch', 'torch.storage') and name.endswith('Storage')
+        else None
+    )
     with warnings.catch_warnings():  # TypedStorage is deprecated
         warnings.simplefilter('ignore', UserWarning)
-        return 1 if name == 'UntypedStorage' else getattr(
-            getattr(storage, 'dtype', None), 'itemsize', None)
+        return (
+            1
+            if name == 'UntypedStorage'
+            else getattr(getattr(storage, 'dtype', None), 'itemsize', None)
+        )
 
 
 def _storage_claims(data, name):
@@ -462,7 +531,8 @@ def _storage_claims(data, name):
     except Exception as exc:  # noqa: BLE001  a malformed pickle
         raise CorruptCheckpointError(
             f'{name} is not a readable checkpoint: its pickle is damaged '
-            f'({type(exc).__name__}: {exc})') from None
+            f'({type(exc).__name__}: {exc})'
+        ) from None
     return unpickler.claims
 
 
@@ -481,30 +551,47 @@ def _check_zip_bounds(archive, folder, size, name):
         if member in seen:  # zipfile and torch may read different copies
             _damaged(name, f'its member {member!r} appears twice')
         seen.add(member)
-        if info.compress_type not in (zipfile.ZIP_STORED,
-                                      zipfile.ZIP_DEFLATED):
-            _damaged(name, f'its member {member!r} is compressed with zip '
-                     f'method {info.compress_type}; torch reads stored and '
-                     f'deflated members only')
-        if info.compress_type == zipfile.ZIP_STORED and \
-                info.file_size != info.compress_size:
-            _damaged(name, f'its stored member {member!r} declares '
-                     f'{info.file_size} bytes but holds {info.compress_size}')
+        if info.compress_type not in (
+            zipfile.ZIP_STORED,
+            zipfile.ZIP_DEFLATED,
+        ):
+            _damaged(
+                name,
+                f'its member {member!r} is compressed with zip '
+                f'method {info.compress_type}; torch reads stored and '
+                f'deflated members only',
+            )
+        if (
+            info.compress_type == zipfile.ZIP_STORED
+            and info.file_size != info.compress_size
+        ):
+            _damaged(
+                name,
+                f'its stored member {member!r} declares '
+                f'{info.file_size} bytes but holds {info.compress_size}',
+            )
         if member.startswith(f'{folder}/data/'):
             records += 1
         elif info.file_size > small_limit:
-            _refuse_bound(name, f'its member {member!r} expands to '
-                          f'{info.file_size} bytes from {info.compress_size}',
-                          f'{small_limit} bytes', 'a member besides the '
-                          'tensor records expands to at most the file size '
-                          f'or {SMALL_MEMBER_FLOOR} bytes')
+            _refuse_bound(
+                name,
+                f'its member {member!r} expands to '
+                f'{info.file_size} bytes from {info.compress_size}',
+                f'{small_limit} bytes',
+                'a member besides the '
+                'tensor records expands to at most the file size '
+                f'or {SMALL_MEMBER_FLOOR} bytes',
+            )
         total += info.file_size
     if total > ZIP_EXPANSION_LIMIT * size:
-        _refuse_bound(name, f'its members expand to {total} bytes from a '
-                      f'{size}-byte file', f'{ZIP_EXPANSION_LIMIT * size} '
-                      f'bytes', f'{ZIP_EXPANSION_LIMIT} times the file; '
-                      'torch.save stores members uncompressed, re-zipped '
-                      'weights expand about 1.1 times')
+        _refuse_bound(
+            name,
+            f'its members expand to {total} bytes from a {size}-byte file',
+            f'{ZIP_EXPANSION_LIMIT * size} bytes',
+            f'{ZIP_EXPANSION_LIMIT} times the file; '
+            'torch.save stores members uncompressed, re-zipped '
+            'weights expand about 1.1 times',
+        )
     return records
 
 
@@ -515,22 +602,29 @@ def _check_storage_sizes(archive, folder, name, records):
     checks this itself). Every claim must equal its record's size."""
     member = f'{folder}/data.pkl'
     data = archive.read(member)
-    _scan_pickle(data, 0, PICKLE_OPS_BASE + PICKLE_OPS_PER_RECORD * records,
-                 name, f'its pickle {member!r}')
+    _scan_pickle(
+        data,
+        0,
+        PICKLE_OPS_BASE + PICKLE_OPS_PER_RECORD * records,
+        name,
+        f'its pickle {member!r}',
+    )
     sizes = {info.filename: info.file_size for info in archive.infolist()}
     for key, claimed in _storage_claims(data, name):
         record = sizes.get(f'{folder}/data/{key}')
         if record != claimed:
             raise CorruptCheckpointError(
                 f'{name} is not a readable checkpoint: storage {key!r} '
-                f'declares {claimed} bytes, its record holds {record}')
+                f'declares {claimed} bytes, its record holds {record}'
+            )
 
 
 def _file_bytes(source, position):
     """The bytes of ``source`` from ``position``: mapped where it is a
     file on disk (nothing is read into memory), else read."""
-    with contextlib.suppress(AttributeError, OSError, ValueError,
-                             io.UnsupportedOperation):
+    with contextlib.suppress(
+        AttributeError, OSError, ValueError, io.UnsupportedOperation
+    ):
         if position == 0:
             return mmap.mmap(source.fileno(), 0, access=mmap.ACCESS_READ)
     source.seek(position)
@@ -548,22 +642,30 @@ def _check_legacy_bounds(source, position, name):
     data = _file_bytes(source, position)
     try:
         max_ops = PICKLE_OPS_BASE + PICKLE_OPS_PER_RECORD * (
-            len(data) // LEGACY_BYTES_PER_RECORD)
+            len(data) // LEGACY_BYTES_PER_RECORD
+        )
         pos, main = 0, b''
         for index in range(5):
             if pos == len(data):  # not torch's format: torch names it
                 break
             start = pos
-            pos = _scan_pickle(data, start,
-                               max_ops if index > 2 else LEGACY_HEADER_OPS,
-                               name, f'its pickle {index + 1} of 5')
+            pos = _scan_pickle(
+                data,
+                start,
+                max_ops if index > 2 else LEGACY_HEADER_OPS,
+                name,
+                f'its pickle {index + 1} of 5',
+            )
             if index == 3:
                 main = data[start:pos]
         claims = dict(_storage_claims(main, name)) if main else {}
         claimed = sum(claims.values())
         if claimed > len(data) - pos:
-            _damaged(name, f'its storages claim {claimed} bytes, but '
-                     f'{len(data) - pos} follow its pickles')
+            _damaged(
+                name,
+                f'its storages claim {claimed} bytes, but '
+                f'{len(data) - pos} follow its pickles',
+            )
     finally:
         if isinstance(data, mmap.mmap):
             data.close()
@@ -586,7 +688,8 @@ def _check_archive(source, name):
     if head != b'PK\x03\x04':
         raise CorruptCheckpointError(
             f'{name} is not a PyTorch checkpoint: it is neither a zip archive '
-            f'(torch.save) nor a pickle (first bytes {head!r})')
+            f'(torch.save) nor a pickle (first bytes {head!r})'
+        )
     try:
         size = source.seek(0, io.SEEK_END) - position
         source.seek(position)
@@ -596,11 +699,18 @@ def _check_archive(source, name):
         _check_members(members, folder, name)
         records = _check_zip_bounds(archive, folder, size, name)
         _check_storage_sizes(archive, folder, name, records)
-    except (zipfile.BadZipFile, OSError, ValueError, KeyError,
-            EOFError, zlib.error) as exc:
+    except (
+        zipfile.BadZipFile,
+        OSError,
+        ValueError,
+        KeyError,
+        EOFError,
+        zlib.error,
+    ) as exc:
         raise CorruptCheckpointError(
             f'{name} is not a readable checkpoint: the zip data is truncated '
-            f'or damaged ({exc})') from None
+            f'or damaged ({exc})'
+        ) from None
     finally:
         source.seek(position)
     return 'zip'
@@ -609,17 +719,24 @@ def _check_archive(source, name):
 def _check_members(members, folder, name):
     for member in members:
         parts = member.split('/')
-        if parts[0] != folder or len(parts) < 2 or '..' in parts or \
-                '\\' in member or not all(parts[:-1]):
+        if (
+            parts[0] != folder
+            or len(parts) < 2
+            or '..' in parts
+            or '\\' in member
+            or not all(parts[:-1])
+        ):
             raise UnsafeCheckpointError(
                 f'{name} was refused: its zip member {member!r} lies outside '
-                f'the archive folder {folder!r}/. Nothing in the file was run')
+                f'the archive folder {folder!r}/. Nothing in the file was run'
+            )
         if parts[-1] == 'constants.pkl' or 'code' in parts[1:-1]:
             raise UnsafeCheckpointError(
                 f'{name} was refused: it is a TorchScript archive (it holds '
                 f'{member}), which torch.load hands to torch.jit.load, and '
                 f'that runs code from the file. Nothing in the file was run. '
-                f'Load it with torch.jit.load only if you trust it')
+                f'Load it with torch.jit.load only if you trust it'
+            )
 
 
 def torch_load_safely(source, name, map_location=None):
@@ -636,28 +753,44 @@ def torch_load_safely(source, name, map_location=None):
             allowlist (nothing of it was executed).
         CorruptCheckpointError: truncated, damaged or not a checkpoint.
     """
-    with open(source, 'rb') if isinstance(source, str) else \
-            contextlib.nullcontext(source) as f:
+    with (
+        open(source, 'rb')
+        if isinstance(source, str)
+        else contextlib.nullcontext(source) as f
+    ):
         container = _check_archive(f, name)
         try:
             with _allowlist():
-                return torch.load(f, map_location=map_location,
-                                  weights_only=True)
+                return torch.load(
+                    f, map_location=map_location, weights_only=True
+                )
         except Exception as exc:  # noqa: BLE001  any failure is named
             error = exc
     # torch words a refusal in several ways (and differently across
     # versions): the line after 'WeightsUnpickler error:', or (a blocked
     # module such as posix) a line of its own after a generic preamble.
-    lines = [line.strip() for line in str(error).split(
-        'WeightsUnpickler error:')[-1].splitlines() if line.strip()]
-    refusal = next((line for line in lines if any(
-        phrase in line.lower() for phrase in _REFUSALS)), None)
+    lines = [
+        line.strip()
+        for line in str(error)
+        .split('WeightsUnpickler error:')[-1]
+        .splitlines()
+        if line.strip()
+    ]
+    refusal = next(
+        (
+            line
+            for line in lines
+            if any(phrase in line.lower() for phrase in _REFUSALS)
+        ),
+        None,
+    )
     if isinstance(error, pickle.UnpicklingError) and refusal is not None:
         raise UnsafeCheckpointError(
             f'{name} was refused: besides tensors it asks the unpickler for '
             f'Python objects outside the allowlist of plain data, and loading'
             f' them could run code ({refusal}). Nothing in the file was run. '
-            f'{_resave_hint(name)}') from None
+            f'{_resave_hint(name)}'
+        ) from None
     reason = lines[0] if lines else ''
     raise CorruptCheckpointError(
         f'{name} is not a readable checkpoint: the {container} data is '
@@ -669,17 +802,21 @@ def torch_load_safely(source, name, map_location=None):
 def _safetensors_metadata(header_bytes, name):
     """The ``__metadata__`` of a safetensors header (no tensor data read)."""
     try:
-        (length, ) = struct.unpack('<Q', header_bytes[:8])
-        header = json.loads(header_bytes[8:8 + length])
+        (length,) = struct.unpack('<Q', header_bytes[:8])
+        header = json.loads(header_bytes[8 : 8 + length])
     except (struct.error, ValueError) as exc:
         raise CorruptCheckpointError(
-            f'{name} is not a readable safetensors file ({exc})') from None
+            f'{name} is not a readable safetensors file ({exc})'
+        ) from None
     return header.get('__metadata__') or {}
 
 
 def _with_metadata(tensors, metadata):
-    return {'meta': dict(metadata), 'state_dict': tensors} if metadata \
+    return (
+        {'meta': dict(metadata), 'state_dict': tensors}
+        if metadata
         else tensors
+    )
 
 
 def read_safetensors(source, name, map_location=None):
@@ -692,12 +829,13 @@ def read_safetensors(source, name, map_location=None):
     from safetensors import SafetensorError
     from safetensors.torch import load as load_bytes
     from safetensors.torch import load_file
+
     device = map_location if isinstance(map_location, str) else 'cpu'
     try:
         if isinstance(source, (bytes, bytearray)):
             tensors = load_bytes(bytes(source))
             tensors = {k: v.to(device) for k, v in tensors.items()}
-            header = bytes(source[:8 + struct.unpack('<Q', source[:8])[0]])
+            header = bytes(source[: 8 + struct.unpack('<Q', source[:8])[0]])
         else:
             tensors = load_file(source, device=device)
             with open(source, 'rb') as f:
@@ -706,7 +844,8 @@ def read_safetensors(source, name, map_location=None):
                 header = f.read(8 + size)
     except (SafetensorError, struct.error, OSError, ValueError) as exc:
         raise CorruptCheckpointError(
-            f'{name} is not a readable safetensors file: {exc}') from None
+            f'{name} is not a readable safetensors file: {exc}'
+        ) from None
     return _with_metadata(tensors, _safetensors_metadata(header, name))
 
 

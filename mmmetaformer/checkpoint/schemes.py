@@ -20,6 +20,7 @@ own) and ``https://huggingface.co/.../resolve/...`` URLs, go through
 the first rank of each node downloads while the node's other ranks wait at a
 barrier.
 """
+
 import os
 import os.path as osp
 from urllib.parse import urlparse
@@ -68,7 +69,8 @@ def fetch_url(url):
         raise CheckpointError(
             f'Could not download {url} ({error or "no file after download"}).'
             f' Download it by other means and pass the local file, or place '
-            f'it at {path}')
+            f'it at {path}'
+        )
     return path
 
 
@@ -98,48 +100,59 @@ def load_from_http(filename, map_location=None):
 
 def load_from_hf_hub(filename, map_location=None):
     path = fetch_hub_file(filename)
-    return read_local_file(path, map_location,
-                           name=hub_checkpoint_name(filename, path))
+    return read_local_file(
+        path, map_location, name=hub_checkpoint_name(filename, path)
+    )
 
 
 def load_from_ceph(filename, map_location=None, backend='petrel'):
     from mmengine.fileio import get_file_backend
+
     storage = get_file_backend(filename, backend_args={'backend': backend})
     return read_bytes(storage.get(filename), filename, map_location)
 
 
 def load_from_torchvision(filename, map_location=None):
-    url = _model_url(filename, 'torchvision',
-                     mmengine_checkpoint.get_torchvision_models())
+    url = _model_url(
+        filename, 'torchvision', mmengine_checkpoint.get_torchvision_models()
+    )
     return load_from_http(url, map_location)
 
 
 def load_from_openmmlab(filename, map_location=None):
-    url = _model_url(filename, 'OpenMMLab',
-                     mmengine_checkpoint.get_external_models(),
-                     mmengine_checkpoint.get_deprecated_model_names())
+    url = _model_url(
+        filename,
+        'OpenMMLab',
+        mmengine_checkpoint.get_external_models(),
+        mmengine_checkpoint.get_deprecated_model_names(),
+    )
     if url.startswith(('http://', 'https://')):
         return load_from_http(url, map_location)
     # mmengine keeps some models as files under its home directory
     return read_local_file(
-        osp.join(mmengine_checkpoint._get_mmengine_home(), url), map_location,
-        name=filename)
+        osp.join(mmengine_checkpoint._get_mmengine_home(), url),
+        map_location,
+        name=filename,
+    )
 
 
 def load_from_mmcls(filename, map_location=None):
     url = _model_url(filename, 'mmcls', mmengine_checkpoint.get_mmcls_models())
     return mmengine_checkpoint._process_mmcls_checkpoint(
-        load_from_http(url, map_location))
+        load_from_http(url, map_location)
+    )
 
 
 def load_from_pavi(filename, map_location=None):
     from tempfile import TemporaryDirectory
+
     try:
         from pavi import modelcloud
     except ImportError:
         raise ImportError(
-            'Install pavi to load checkpoints from pavi://') from None
-    model = modelcloud.get(filename[len('pavi://'):])
+            'Install pavi to load checkpoints from pavi://'
+        ) from None
+    model = modelcloud.get(filename[len('pavi://') :])
     with TemporaryDirectory() as tmp_dir:
         local = osp.join(tmp_dir, model.name)
         model.download(local)

@@ -1,7 +1,9 @@
-"""Synthetic data for demos and tests (no dataset classes: the stock mmdet
-and mmseg ones read what ``toy`` writes), and the checked image loader of
-our pipelines (registers ``LoadCheckedImageFromFile``)."""
-from .toy import make_ade20k, make_coco
+"""Reading data safely: the checked image loader of our pipelines
+(registers ``LoadCheckedImageFromFile``), the pixel-limited image and
+label-map reader (``images``) and the dataset checks (``checks``). The
+checked label-map loader (``seg_transforms``) imports mmseg, so it is
+registered where it is used, not here."""
+
 from .transforms import LoadCheckedImageFromFile
 
-__all__ = ['LoadCheckedImageFromFile', 'make_coco', 'make_ade20k']
+__all__ = ['LoadCheckedImageFromFile']

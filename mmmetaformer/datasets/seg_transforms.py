@@ -15,12 +15,13 @@ class count (``mmmetaformer/datasets/checks.py``). It imports mmseg, so the
 package does not import it; ``checks.check_datasets`` does. Registered in
 mmengine's root ``TRANSFORMS``, which the ``mmseg`` scope searches too.
 """
+
 import mmengine.fileio as fileio
 from mmengine.registry import TRANSFORMS
 from mmseg.datasets.transforms import LoadAnnotations
 
-from ..utils.images import DEFAULT_MAX_PIXELS, ImageError, decode_label_map
 from .checks import check_label_map
+from .images import DEFAULT_MAX_PIXELS, ImageError, decode_label_map
 
 
 @TRANSFORMS.register_module()
@@ -36,8 +37,13 @@ class LoadCheckedSegAnnotations(LoadAnnotations):
         Others: as mmseg's ``LoadAnnotations``.
     """
 
-    def __init__(self, num_classes, ignore_index=255,
-                 max_pixels=DEFAULT_MAX_PIXELS, **kwargs):
+    def __init__(
+        self,
+        num_classes,
+        ignore_index=255,
+        max_pixels=DEFAULT_MAX_PIXELS,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.num_classes = num_classes
         self.ignore_index = ignore_index
@@ -48,18 +54,25 @@ class LoadCheckedSegAnnotations(LoadAnnotations):
         try:
             data = fileio.get(path, backend_args=self.backend_args)
         except FileNotFoundError:
-            raise ImageError(f'{path}: the label map does not exist (the '
-                             'dataset lists it)') from None
-        label = decode_label_map(data, path, self.max_pixels,
-                                 self.imdecode_backend)
+            raise ImageError(
+                f'{path}: the label map does not exist (the dataset lists it)'
+            ) from None
+        label = decode_label_map(
+            data, path, self.max_pixels, self.imdecode_backend
+        )
         reduce_zero_label = self.reduce_zero_label
         if reduce_zero_label is None:
             reduce_zero_label = results['reduce_zero_label']
-        check_label_map(label, path, self.num_classes, reduce_zero_label,
-                        self.ignore_index, results.get('ori_shape'),
-                        results.get('img_path'))
+        check_label_map(
+            label,
+            path,
+            self.num_classes,
+            reduce_zero_label,
+            self.ignore_index,
+            results.get('ori_shape'),
+            results.get('img_path'),
+        )
         # the map is sound: mmseg's own loading (a second decode, about a
         # millisecond for ADE20K, keeps its reduce_zero_label and
         # label_map handling exactly)
         super()._load_seg_map(results)
-

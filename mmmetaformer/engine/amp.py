@@ -13,6 +13,7 @@ them, while fp16 convolutions on CPUs without fp16 arithmetic fall back to
 slow reference kernels. ``dtype='float16'`` works too (every op of the
 backbones has an fp16 CPU autocast kernel in torch 2.5).
 """
+
 from contextlib import contextmanager
 
 import torch
@@ -43,8 +44,10 @@ class CPUAmpOptimWrapper(AmpOptimWrapper):
         if isinstance(dtype, torch.dtype):
             dtype = str(dtype).replace('torch.', '')
         if dtype not in self.valid_dtypes:
-            raise ValueError(f'CPUAmpOptimWrapper dtype {dtype!r} is not '
-                             f'one of {self.valid_dtypes}')
+            raise ValueError(
+                f'CPUAmpOptimWrapper dtype {dtype!r} is not '
+                f'one of {self.valid_dtypes}'
+            )
         self.cast_dtype = getattr(torch, dtype)
         scaled = self.cast_dtype == torch.float16
         self._scale_update_param = None
@@ -56,20 +59,28 @@ class CPUAmpOptimWrapper(AmpOptimWrapper):
         elif isinstance(loss_scale, dict):
             scaler_kwargs = dict(loss_scale)
         else:
-            raise TypeError('loss_scale must be a float, a dict or '
-                            f"'dynamic', got {loss_scale!r}")
+            raise TypeError(
+                'loss_scale must be a float, a dict or '
+                f"'dynamic', got {loss_scale!r}"
+            )
         # disabled, the scaler passes the loss and the step through as is
         self.loss_scaler = torch.amp.GradScaler(
-            'cpu', **dict(scaler_kwargs, enabled=scaled))
+            'cpu', **dict(scaler_kwargs, enabled=scaled)
+        )
 
     @contextmanager
     def optim_context(self, model):
-        with OptimWrapper.optim_context(self, model), torch.autocast(
-                'cpu', dtype=self.cast_dtype):
+        with (
+            OptimWrapper.optim_context(self, model),
+            torch.autocast('cpu', dtype=self.cast_dtype),
+        ):
             yield
 
 
 def amp_optim_wrapper_type():
     """The optimizer wrapper ``--amp`` uses: mmengine's on a GPU, else ours."""
-    return ('AmpOptimWrapper'
-            if torch.cuda.is_available() else 'CPUAmpOptimWrapper')
+    return (
+        'AmpOptimWrapper'
+        if torch.cuda.is_available()
+        else 'CPUAmpOptimWrapper'
+    )

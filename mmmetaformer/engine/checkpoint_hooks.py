@@ -10,6 +10,7 @@ mmdet's and mmseg's own ones. ``tools/test.py`` adds
 tools write. They are registered in mmengine's root ``HOOKS``, which
 the ``mmdet`` and ``mmseg`` scopes both search (see ``registry.py``).
 """
+
 import contextlib
 import glob
 import os
@@ -79,13 +80,17 @@ def check_output_file(path, what='output file'):
     """
     path = str(path)
     if osp.isdir(path):
-        raise OutputWriteError(f'{what} {path} is a folder; give the path of '
-                               'a file (in it, or elsewhere)')
+        raise OutputWriteError(
+            f'{what} {path} is a folder; give the path of '
+            'a file (in it, or elsewhere)'
+        )
     folder = osp.dirname(osp.abspath(path))
     if not osp.isdir(folder):
-        raise OutputWriteError(f'cannot write {what} {path}: the folder '
-                               f'{osp.dirname(path) or folder} does not '
-                               'exist; create it first')
+        raise OutputWriteError(
+            f'cannot write {what} {path}: the folder '
+            f'{osp.dirname(path) or folder} does not '
+            'exist; create it first'
+        )
 
 
 @contextlib.contextmanager
@@ -114,7 +119,8 @@ def atomic_output(path):
         raise OutputWriteError(
             f'Could not write {path}: {exc.strerror or exc} '
             f'({type(exc).__name__}); the partial file was removed and '
-            f'{osp.basename(path)} was left as it was') from exc
+            f'{osp.basename(path)} was left as it was'
+        ) from exc
     except BaseException:
         _remove_quietly(partial)
         raise
@@ -134,8 +140,9 @@ def first_nonfinite(state_dict):
     """``(key, count of non-finite values, numel)`` of the first floating or
     complex tensor of ``state_dict`` holding nan or inf, else None."""
     for key, value in state_dict.items():
-        if isinstance(value, torch.Tensor) and (value.is_floating_point()
-                                                or value.is_complex()):
+        if isinstance(value, torch.Tensor) and (
+            value.is_floating_point() or value.is_complex()
+        ):
             finite = torch.isfinite(value)
             if not bool(finite.all()):
                 return key, int((~finite).sum()), value.numel()
@@ -156,7 +163,8 @@ def check_finite_weights(checkpoint, name, flag='--allow-nonfinite'):
         raise NonFiniteWeightsError(
             f'{name}: tensor {key} holds {count} non-finite values (nan or '
             f'inf) of {numel}, the first tensor that does; refusing weights '
-            f'that are not numbers (pass {flag} to use them anyway)')
+            f'that are not numbers (pass {flag} to use them anyway)'
+        )
 
 
 @HOOKS.register_module()
@@ -186,10 +194,13 @@ class AtomicCheckpointHook(CheckpointHook):
         super().before_train(runner)
         if self._local() and is_main_process():
             for stale in glob.glob(
-                    osp.join(glob.escape(self.out_dir), '*' + PARTIAL_SUFFIX)):
+                osp.join(glob.escape(self.out_dir), '*' + PARTIAL_SUFFIX)
+            ):
                 os.remove(stale)
-                runner.logger.info(f'Deleted {stale}, a checkpoint a killed '
-                                   'run did not finish writing')
+                runner.logger.info(
+                    f'Deleted {stale}, a checkpoint a killed '
+                    'run did not finish writing'
+                )
 
     def _local(self):
         return isinstance(getattr(self, 'file_backend', None), LocalBackend)
@@ -211,16 +222,19 @@ class AtomicCheckpointHook(CheckpointHook):
         # checkpoint moved after the save.
         outdated = None
         if self.max_keep_ckpts > 0 and not (
-                self.keep_ckpt_ids and self.keep_ckpt_ids[-1] == step):
+            self.keep_ckpt_ids and self.keep_ckpt_ids[-1] == step
+        ):
             if len(self.keep_ckpt_ids) == self.max_keep_ckpts:
                 outdated = self.keep_ckpt_ids.popleft()
             self.keep_ckpt_ids.append(step)
-            runner.message_hub.update_info('keep_ckpt_ids',
-                                           list(self.keep_ckpt_ids))
+            runner.message_hub.update_info(
+                'keep_ckpt_ids', list(self.keep_ckpt_ids)
+            )
         ckpt_filename = self.filename_tmpl.format(step)
         previous = runner.message_hub.get_info('last_ckpt')
-        self.last_ckpt = self.file_backend.join_path(self.out_dir,
-                                                     ckpt_filename)
+        self.last_ckpt = self.file_backend.join_path(
+            self.out_dir, ckpt_filename
+        )
         runner.message_hub.update_info('last_ckpt', self.last_ckpt)
         save = dict(
             file_client_args=self.file_client_args,
@@ -229,17 +243,21 @@ class AtomicCheckpointHook(CheckpointHook):
             meta=meta,
             by_epoch=self.by_epoch,
             backend_args=self.backend_args,
-            **self.args)
+            **self.args,
+        )
         if not is_main_process():  # mmengine saves on rank 0 only
-            runner.save_checkpoint(self.out_dir,
-                                   ckpt_filename + PARTIAL_SUFFIX, **save)
+            runner.save_checkpoint(
+                self.out_dir, ckpt_filename + PARTIAL_SUFFIX, **save
+            )
             return
         try:
             with atomic_output(self.last_ckpt) as partial:
-                runner.save_checkpoint(self.out_dir, osp.basename(partial),
-                                       **save)
+                runner.save_checkpoint(
+                    self.out_dir, osp.basename(partial), **save
+                )
             write_text_atomically(
-                osp.join(runner.work_dir, 'last_checkpoint'), self.last_ckpt)
+                osp.join(runner.work_dir, 'last_checkpoint'), self.last_ckpt
+            )
         except OutputWriteError as exc:
             runner.message_hub.update_info('last_ckpt', previous)
             cause = exc.__cause__
@@ -248,10 +266,12 @@ class AtomicCheckpointHook(CheckpointHook):
                 f'{getattr(cause, "strerror", None) or cause} '
                 f'({type(cause).__name__}); the partial file was removed and '
                 f'the previous checkpoint ({previous or "none yet"}) is '
-                'intact') from cause
+                'intact'
+            ) from cause
         if outdated is not None:
             path = self.file_backend.join_path(
-                self.out_dir, self.filename_tmpl.format(outdated))
+                self.out_dir, self.filename_tmpl.format(outdated)
+            )
             if self.file_backend.isfile(path):
                 self.file_backend.remove(path)
             elif self.file_backend.isdir(path):  # deepspeed checkpoints
@@ -263,8 +283,11 @@ RESUME_STATE_KEY = 'resume_state'
 
 def capture_random_state():
     """The global random states: python, numpy, torch CPU (and CUDA)."""
-    state = dict(python=random.getstate(), numpy=np.random.get_state(),
-                 torch=torch.get_rng_state())
+    state = dict(
+        python=random.getstate(),
+        numpy=np.random.get_state(),
+        torch=torch.get_rng_state(),
+    )
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state['cuda'] = torch.cuda.get_rng_state_all()
     return state
@@ -283,8 +306,10 @@ def train_sampler(runner):
     """The train loader's index sampler (under any batch sampler)."""
     loader = runner.train_dataloader
     batch_sampler = getattr(loader, 'batch_sampler', None)
-    for sampler in (getattr(batch_sampler, 'sampler', None),
-                    getattr(loader, 'sampler', None)):
+    for sampler in (
+        getattr(batch_sampler, 'sampler', None),
+        getattr(loader, 'sampler', None),
+    ):
         if hasattr(sampler, 'seed'):
             return sampler
     return None
@@ -371,8 +396,10 @@ class ExactResumeHook(Hook):
         loaded, self._loaded = self._loaded, None
         resumed = runner.iter > 0
         if not self._active():
-            runner.logger.info('ExactResumeHook: several processes, so '
-                               'random states are not saved or restored')
+            runner.logger.info(
+                'ExactResumeHook: several processes, so '
+                'random states are not saved or restored'
+            )
             return
         loop = runner.train_loop
         iter_based = hasattr(loop, 'dataloader_iterator')
@@ -380,27 +407,34 @@ class ExactResumeHook(Hook):
             runner.logger.warning(
                 'The resumed checkpoint holds no random state (saved without '
                 'ExactResumeHook): the run continues with other random '
-                'draws than an uninterrupted one')
+                'draws than an uninterrupted one'
+            )
         elif loaded is not None and (loaded['epoch'], loaded['iter']) == (
-                runner.epoch, runner.iter):  # a resume, not load_from
+            runner.epoch,
+            runner.iter,
+        ):  # a resume, not load_from
             sampler = train_sampler(runner)
             if sampler is not None and loaded.get('sampler_seed') is not None:
                 sampler.seed = loaded['sampler_seed']
             self._pending = loaded
             if not iter_based and runner.iter != runner.epoch * len(
-                    runner.train_dataloader):
+                runner.train_dataloader
+            ):
                 runner.logger.warning(
                     'The resumed checkpoint was saved in the middle of an '
                     'epoch; the epoch-based loop restarts the epoch from its '
-                    'first batch, so the run is not the uninterrupted one')
+                    'first batch, so the run is not the uninterrupted one'
+                )
         if iter_based:
             loop.dataloader_iterator = _FetchCounter(
                 loop.dataloader_iterator,
-                lambda fetched: self._restore_at(('fetch', fetched)))
+                lambda fetched: self._restore_at(('fetch', fetched)),
+            )
 
     def before_train_epoch(self, runner):
-        if self._active() and not hasattr(runner.train_loop,
-                                          'dataloader_iterator'):
+        if self._active() and not hasattr(
+            runner.train_loop, 'dataloader_iterator'
+        ):
             self._restore_at(('epoch', runner.epoch, runner.iter))
 
     def _restore_at(self, position):
@@ -422,7 +456,8 @@ class ExactResumeHook(Hook):
             iter=meta['iter'],
             at=at,
             random=capture_random_state(),
-            sampler_seed=getattr(train_sampler(runner), 'seed', None))
+            sampler_seed=getattr(train_sampler(runner), 'seed', None),
+        )
         checkpoint[RESUME_STATE_KEY] = state
         self._pending = state
 
@@ -451,11 +486,16 @@ class StrictLoadHook(Hook):
         self.allow_nonfinite = allow_nonfinite
 
     def after_load_checkpoint(self, runner, checkpoint):
-        model = runner.model.module if is_model_wrapper(
-            runner.model) else runner.model
+        model = (
+            runner.model.module
+            if is_model_wrapper(runner.model)
+            else runner.model
+        )
         name = runner.cfg.get('load_from') or 'the checkpoint'
         check_model_fits(model, checkpoint, name)
         if not self.allow_nonfinite:
             check_finite_weights(checkpoint, name)
-        print_log('The checkpoint holds exactly the model\'s tensors',
-                  logger='current')
+        print_log(
+            "The checkpoint holds exactly the model's tensors",
+            logger='current',
+        )

@@ -9,6 +9,7 @@ process group itself (the Runner then skips ``init_dist``) and selects
 ``device_ids`` for CPU modules. SyncBN has no CPU kernel, so
 ``sync_bn_to_bn`` swaps it for BN in a config.
 """
+
 import os
 
 import torch
@@ -29,9 +30,9 @@ class CPUDistributedDataParallel(MMDistributedDataParallel):
 
     def __init__(self, module, device_ids=None, **kwargs):
         on_cpu = all(p.device.type == 'cpu' for p in module.parameters())
-        super().__init__(module=module,
-                         device_ids=None if on_cpu else device_ids,
-                         **kwargs)
+        super().__init__(
+            module=module, device_ids=None if on_cpu else device_ids, **kwargs
+        )
 
 
 def _env_from_scheduler(launcher):
@@ -39,8 +40,11 @@ def _env_from_scheduler(launcher):
     if launcher == 'slurm':
         names = ('SLURM_PROCID', 'SLURM_NTASKS', 'SLURM_LOCALID')
     elif launcher == 'mpi':
-        names = ('OMPI_COMM_WORLD_RANK', 'OMPI_COMM_WORLD_SIZE',
-                 'OMPI_COMM_WORLD_LOCAL_RANK')
+        names = (
+            'OMPI_COMM_WORLD_RANK',
+            'OMPI_COMM_WORLD_SIZE',
+            'OMPI_COMM_WORLD_LOCAL_RANK',
+        )
     else:
         return
     for target, source in zip(('RANK', 'WORLD_SIZE', 'LOCAL_RANK'), names):
@@ -60,27 +64,36 @@ def setup_cpu_distributed(cfg, launcher):
     if launcher == 'none' or torch.cuda.is_available():
         return False
     _env_from_scheduler(launcher)
-    missing = [k for k in ('RANK', 'WORLD_SIZE', 'MASTER_ADDR', 'MASTER_PORT')
-               if k not in os.environ]
+    missing = [
+        k
+        for k in ('RANK', 'WORLD_SIZE', 'MASTER_ADDR', 'MASTER_PORT')
+        if k not in os.environ
+    ]
     if missing:
         raise RuntimeError(
             f'--launcher {launcher} needs the environment variables '
             f'{missing}; start it with tools/dist_train.sh (torchrun) or '
-            f'tools/slurm_train.sh')
+            f'tools/slurm_train.sh'
+        )
     os.environ.setdefault('LOCAL_RANK', '0')
     if not dist.is_initialized():
         dist.init_process_group(backend='gloo', init_method='env://')
     wrapper_cfg = cfg.get('model_wrapper_cfg') or dict()
     if wrapper_cfg.get('type', 'MMDistributedDataParallel') in (
-            'MMDistributedDataParallel', 'CPUDistributedDataParallel'):
+        'MMDistributedDataParallel',
+        'CPUDistributedDataParallel',
+    ):
         wrapper_cfg['type'] = 'CPUDistributedDataParallel'
         wrapper_cfg.setdefault('broadcast_buffers', False)
-        wrapper_cfg.setdefault('find_unused_parameters',
-                               cfg.get('find_unused_parameters', False))
+        wrapper_cfg.setdefault(
+            'find_unused_parameters', cfg.get('find_unused_parameters', False)
+        )
         cfg.model_wrapper_cfg = wrapper_cfg
     print_log(
         f'No GPU: rank {dist.get_rank()}/{dist.get_world_size()} runs on CPU '
-        f'with the gloo backend', logger='current')
+        f'with the gloo backend',
+        logger='current',
+    )
     return True
 
 

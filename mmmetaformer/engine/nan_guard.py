@@ -4,6 +4,7 @@ A diverging run otherwise goes on to the end: the loss turns to nan, every
 later checkpoint holds nan weights and ``last_checkpoint`` points at one of
 them.
 """
+
 import math
 
 import torch
@@ -53,11 +54,13 @@ class NaNGuardHook(Hook):
 
     def __init__(self, action='stop', max_skips=10, check_grad_norm=False):
         if action not in ACTIONS:
-            raise ValueError(f"NaNGuardHook action={action!r}; valid: "
-                             f"{', '.join(ACTIONS)}")
+            raise ValueError(
+                f'NaNGuardHook action={action!r}; valid: {", ".join(ACTIONS)}'
+            )
         if not isinstance(max_skips, int) or max_skips < 1:
-            raise ValueError(f'NaNGuardHook max_skips={max_skips!r}; valid: '
-                             'an int >= 1')
+            raise ValueError(
+                f'NaNGuardHook max_skips={max_skips!r}; valid: an int >= 1'
+            )
         self.action = action
         self.max_skips = max_skips
         self.check_grad_norm = check_grad_norm
@@ -69,8 +72,11 @@ class NaNGuardHook(Hook):
         self._runner = runner
         self._last_good = runner.message_hub.get_info('last_ckpt')
         wrappers = runner.optim_wrapper
-        wrappers = wrappers.values() if isinstance(
-            wrappers, OptimWrapperDict) else [wrappers]
+        wrappers = (
+            wrappers.values()
+            if isinstance(wrappers, OptimWrapperDict)
+            else [wrappers]
+        )
         for wrapper in wrappers:
             self._guard(wrapper)
 
@@ -78,21 +84,38 @@ class NaNGuardHook(Hook):
         update_params, step = wrapper.update_params, wrapper.step
 
         def guarded_update_params(loss, *args, **kwargs):
-            if self._bad(not bool(torch.isfinite(loss.detach()).all()),
-                         f'the loss is {loss.item()}'):
+            if self._bad(
+                not bool(torch.isfinite(loss.detach()).all()),
+                f'the loss is {loss.item()}',
+            ):
                 wrapper.zero_grad()
                 return None
             self.skipped = 0
             return update_params(loss, *args, **kwargs)
 
         def guarded_step(*args, **kwargs):
-            grads = [p.grad for group in wrapper.optimizer.param_groups
-                     for p in group['params'] if p.grad is not None]
-            norm = torch.linalg.vector_norm(torch.stack(
-                [torch.linalg.vector_norm(g.detach().float())
-                 for g in grads])) if grads else torch.zeros(())
-            if self._bad(not math.isfinite(norm.item()),
-                         f'the gradient norm is {norm.item()}'):
+            grads = [
+                p.grad
+                for group in wrapper.optimizer.param_groups
+                for p in group['params']
+                if p.grad is not None
+            ]
+            norm = (
+                torch.linalg.vector_norm(
+                    torch.stack(
+                        [
+                            torch.linalg.vector_norm(g.detach().float())
+                            for g in grads
+                        ]
+                    )
+                )
+                if grads
+                else torch.zeros(())
+            )
+            if self._bad(
+                not math.isfinite(norm.item()),
+                f'the gradient norm is {norm.item()}',
+            ):
                 wrapper.zero_grad()
                 return None
             return step(*args, **kwargs)
@@ -113,24 +136,32 @@ class NaNGuardHook(Hook):
         if self.action == 'skip' and self.skipped <= self.max_skips:
             runner.logger.warning(
                 f'NaNGuardHook: skipped iteration {runner.iter + 1}: {what} '
-                f'({self.skipped} consecutive of at most {self.max_skips})')
+                f'({self.skipped} consecutive of at most {self.max_skips})'
+            )
             return True
-        after = (f' after {self.max_skips} consecutive skipped steps'
-                 if self.action == 'skip' else '')
-        last_good = self._last_good or \
-            'none (no checkpoint was saved yet)'
+        after = (
+            f' after {self.max_skips} consecutive skipped steps'
+            if self.action == 'skip'
+            else ''
+        )
+        last_good = self._last_good or 'none (no checkpoint was saved yet)'
         raise NonFiniteTrainingError(
             f'Training stopped at iteration {runner.iter + 1}{after}: {what}.'
             f' The last good checkpoint is {last_good}; resume from it with '
-            f'a lower learning rate or gradient clipping')
+            f'a lower learning rate or gradient clipping'
+        )
 
     def before_save_checkpoint(self, runner, checkpoint):
-        weights = [v for v in checkpoint.get('state_dict', {}).values()
-                   if isinstance(v, torch.Tensor) and v.is_floating_point()]
+        weights = [
+            v
+            for v in checkpoint.get('state_dict', {}).values()
+            if isinstance(v, torch.Tensor) and v.is_floating_point()
+        ]
         if not _all_finite(weights):
             raise NonFiniteTrainingError(
-                f"Training stopped at iteration {checkpoint['meta']['iter']}:"
+                f'Training stopped at iteration {checkpoint["meta"]["iter"]}:'
                 f' the weights '
                 f'hold non-finite values, so no checkpoint was written. The '
-                f'last good checkpoint is {self._last_good or "none"}')
+                f'last good checkpoint is {self._last_good or "none"}'
+            )
         self._last_good = runner.message_hub.get_info('last_ckpt')

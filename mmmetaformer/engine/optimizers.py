@@ -54,6 +54,7 @@ registered in mmengine's root registry, see ``mmmetaformer/registry.py``)::
         constructor='MetaFormerLayerDecayConstructor',
         paramwise_cfg=dict(decay_rate=0.9, decay_type='stage_wise'))
 """
+
 import numbers
 
 from mmengine.dist import get_dist_info
@@ -80,7 +81,8 @@ def _stage_blocks(backbone, stage):
             if len(module.blocks) == 0:
                 raise ValueError(
                     f'{type(backbone).__name__} stage {stage} has no '
-                    'blocks, so its downsampling has no layer to join')
+                    'blocks, so its downsampling has no layer to join'
+                )
             blocks.append([module.downsample, module.blocks[0]])
             blocks.extend([block] for block in module.blocks[1:])
         else:
@@ -97,8 +99,10 @@ def backbone_layers(backbone, decay_type):
         norms, adapters) are new layers and get the top rate.
     """
     if decay_type not in DECAY_TYPES:
-        raise ValueError(f"decay_type '{decay_type}' is not supported; "
-                         f"valid types: {', '.join(DECAY_TYPES)}")
+        raise ValueError(
+            f"decay_type '{decay_type}' is not supported; "
+            f'valid types: {", ".join(DECAY_TYPES)}'
+        )
     layers = [[backbone.stem]]
     for stage in range(NUM_STAGES):
         blocks = _stage_blocks(backbone, stage)
@@ -123,8 +127,10 @@ def layer_id_of_parameters(backbone, decay_type):
 
 def _describe_backbone(backbone):
     return type(backbone).__name__ + (
-        f"({backbone.arch_settings['depths']})"
-        if 'depths' in getattr(backbone, 'arch_settings', {}) else '')
+        f'({backbone.arch_settings["depths"]})'
+        if 'depths' in getattr(backbone, 'arch_settings', {})
+        else ''
+    )
 
 
 @OPTIM_WRAPPER_CONSTRUCTORS.register_module()
@@ -152,29 +158,43 @@ class MetaFormerLayerDecayConstructor(DefaultOptimWrapperConstructor):
         if unknown:
             raise ValueError(
                 f'{name} paramwise_cfg has unknown keys {unknown}; valid '
-                f"keys: {', '.join(PARAMWISE_KEYS)} (weight decay is fixed: "
-                'none on 1-D parameters)')
+                f'keys: {", ".join(PARAMWISE_KEYS)} (weight decay is fixed: '
+                'none on 1-D parameters)'
+            )
         decay_rate = paramwise_cfg.get('decay_rate')
-        if isinstance(decay_rate, bool) or not isinstance(
-                decay_rate, numbers.Real) or not 0 < decay_rate <= 1:
-            raise ValueError(f'{name} paramwise_cfg decay_rate={decay_rate!r}'
-                             ' must be a number in (0, 1]')
+        if (
+            isinstance(decay_rate, bool)
+            or not isinstance(decay_rate, numbers.Real)
+            or not 0 < decay_rate <= 1
+        ):
+            raise ValueError(
+                f'{name} paramwise_cfg decay_rate={decay_rate!r}'
+                ' must be a number in (0, 1]'
+            )
         decay_type = paramwise_cfg.setdefault('decay_type', 'layer_wise')
         if decay_type not in DECAY_TYPES:
-            raise ValueError(f"{name} paramwise_cfg decay_type "
-                             f"'{decay_type}' is not supported; valid types:"
-                             f" {', '.join(DECAY_TYPES)}")
+            raise ValueError(
+                f'{name} paramwise_cfg decay_type '
+                f"'{decay_type}' is not supported; valid types:"
+                f' {", ".join(DECAY_TYPES)}'
+            )
         num_layers = paramwise_cfg.get('num_layers')
-        if num_layers is not None and (isinstance(num_layers, bool)
-                                       or not isinstance(num_layers, int)
-                                       or num_layers < 1):
-            raise ValueError(f'{name} paramwise_cfg num_layers='
-                             f'{num_layers!r} must be a positive int (or '
-                             'left out: the backbone decides)')
+        if num_layers is not None and (
+            isinstance(num_layers, bool)
+            or not isinstance(num_layers, int)
+            or num_layers < 1
+        ):
+            raise ValueError(
+                f'{name} paramwise_cfg num_layers='
+                f'{num_layers!r} must be a positive int (or '
+                'left out: the backbone decides)'
+            )
         super().__init__(optim_wrapper_cfg, paramwise_cfg)
         if self.base_lr is None:
-            raise ValueError(f'{name} needs optimizer.lr: every group lr is '
-                             'a fraction of it')
+            raise ValueError(
+                f'{name} needs optimizer.lr: every group lr is '
+                'a fraction of it'
+            )
 
     def add_params(self, params, module, prefix='', **kwargs):
         """Append one parameter group per (layer, decay) to ``params``.
@@ -191,7 +211,8 @@ class MetaFormerLayerDecayConstructor(DefaultOptimWrapperConstructor):
                 f'{name} needs a model whose backbone is an mmmetaformer '
                 'backbone (PoolFormer, PoolFormerV2, IdentityFormer, '
                 'RandFormer, ConvFormer, CAFormer, MetaFormer, ConvMixer); '
-                f'got {type(backbone).__name__}')
+                f'got {type(backbone).__name__}'
+            )
         cfg = self.paramwise_cfg
         decay_type, decay_rate = cfg['decay_type'], cfg['decay_rate']
         layer_ids, backbone_top = layer_id_of_parameters(backbone, decay_type)
@@ -204,7 +225,8 @@ class MetaFormerLayerDecayConstructor(DefaultOptimWrapperConstructor):
                 f'{backbone_top} {decay_type} layers of '
                 f'{_describe_backbone(backbone)} (stem 0, layers '
                 f'1..{backbone_top}), which would then train faster than '
-                f'the heads; use num_layers={backbone_top} or leave it out')
+                f'the heads; use num_layers={backbone_top} or leave it out'
+            )
         head_layer = num_layers + 1
 
         groups, frozen = {}, 0
@@ -216,37 +238,39 @@ class MetaFormerLayerDecayConstructor(DefaultOptimWrapperConstructor):
             decay = param.ndim > 1
             key = (layer_id, decay)
             if key not in groups:
-                scale = decay_rate**(head_layer - layer_id)
+                scale = decay_rate ** (head_layer - layer_id)
                 groups[key] = dict(
                     params=[],
                     param_names=[],
                     lr=self.base_lr * scale,
                     lr_scale=scale,
                     layer_id=layer_id,
-                    group_name=f"layer_{layer_id}_"
-                    f"{'decay' if decay else 'no_decay'}")
+                    group_name=f'layer_{layer_id}_'
+                    f'{"decay" if decay else "no_decay"}',
+                )
                 if not decay:
                     groups[key]['weight_decay'] = 0.0
                 elif self.base_wd is not None:  # else the optimizer default
                     groups[key]['weight_decay'] = self.base_wd
             groups[key]['params'].append(param)
             groups[key]['param_names'].append(param_name)
-        ordered = [groups[k] for k in sorted(groups, key=lambda k: (k[0],
-                                                                    not k[1]))]
+        ordered = [
+            groups[k] for k in sorted(groups, key=lambda k: (k[0], not k[1]))
+        ]
         if get_dist_info()[0] == 0:
-            self._log_groups(backbone, ordered, num_layers, backbone_top,
-                             frozen)
+            self._log_groups(
+                backbone, ordered, num_layers, backbone_top, frozen
+            )
         for group in ordered:
             del group['param_names']  # logged; kept out of optimizer state
         params.extend(ordered)
 
-    def _log_groups(self, backbone, groups, num_layers, backbone_top,
-                    frozen):
+    def _log_groups(self, backbone, groups, num_layers, backbone_top, frozen):
         cfg = self.paramwise_cfg
         lines = [
             f'{type(self).__name__}: {_describe_backbone(backbone)}, '
-            f"decay_type={cfg['decay_type']}, "
-            f"decay_rate={cfg['decay_rate']}, num_layers={num_layers} "
+            f'decay_type={cfg["decay_type"]}, '
+            f'decay_rate={cfg["decay_rate"]}, num_layers={num_layers} '
             f'(backbone: stem 0, layers 1..{backbone_top}; heads, necks and '
             f'new layers: {num_layers + 1}); base lr={self.base_lr}, '
             f'weight_decay={self.base_wd}; {len(groups)} groups, {frozen} '
@@ -254,11 +278,13 @@ class MetaFormerLayerDecayConstructor(DefaultOptimWrapperConstructor):
         ]
         for group in groups:
             names = group['param_names']
-            span = names[0] if len(names) == 1 else \
-                f'{names[0]} .. {names[-1]}'
+            span = (
+                names[0] if len(names) == 1 else f'{names[0]} .. {names[-1]}'
+            )
             lines.append(
-                f"  {group['group_name']}: lr_scale={group['lr_scale']:.6g} "
-                f"lr={group['lr']:.6g} "
-                f"weight_decay={group.get('weight_decay', 'default')}"
-                f' tensors={len(names)} ({span})')
+                f'  {group["group_name"]}: lr_scale={group["lr_scale"]:.6g} '
+                f'lr={group["lr"]:.6g} '
+                f'weight_decay={group.get("weight_decay", "default")}'
+                f' tensors={len(names)} ({span})'
+            )
         print_log('\n'.join(lines), logger='current')

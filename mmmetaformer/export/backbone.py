@@ -9,13 +9,15 @@ graph serves every input size. ``tests/test_onnx.py`` checks the exported
 graph's numbers in onnxruntime at sizes other than the traced one, on every
 supported torch.
 """
+
 import torch
 
 OPSET = 17
 
 
-def export_onnx(model, path, example, dynamic_batch=False,
-                opset_version=OPSET):
+def export_onnx(
+    model, path, example, dynamic_batch=False, opset_version=OPSET
+):
     """Export ``model`` (returning a tuple of NCHW maps) to ``path``.
 
     Args:
@@ -38,7 +40,13 @@ def export_onnx(model, path, example, dynamic_batch=False,
     for name in names:
         axes[name] = {**batch, 2: f'{name}_h', 3: f'{name}_w'}
     torch.onnx.export(
-        model, (example, ), str(path), opset_version=opset_version,
-        input_names=['image'], output_names=names, dynamo=False,
-        dynamic_axes=axes)
+        model,
+        (example,),
+        str(path),
+        opset_version=opset_version,
+        input_names=['image'],
+        output_names=names,
+        dynamo=False,
+        dynamic_axes=axes,
+    )
     return names

@@ -16,6 +16,7 @@ the graph: ``mmmetaformer.task`` (``detection`` / ``segmentation``),
 ``mmmetaformer.score_thr`` (and ``mmmetaformer.mask_thr``: masks are
 probabilities, mmdet binarises them there).
 """
+
 import json
 import os
 import os.path as osp
@@ -28,11 +29,11 @@ import torch
 from .backbone import OPSET
 from .preprocess import UnsupportedModel
 
-SCORE_TOLERANCE = 1e-3   # detection: per matched box
+SCORE_TOLERANCE = 1e-3  # detection: per matched box
 BOX_IOU_MIN = 0.99
 MASK_IOU_MIN = 0.99
 TOP_DETECTIONS = 20
-LOGIT_RTOL = 1e-4        # segmentation: max |diff| / max |logit|
+LOGIT_RTOL = 1e-4  # segmentation: max |diff| / max |logit|
 LABEL_AGREEMENT = 0.999
 
 
@@ -46,7 +47,7 @@ def build_model(cfg, scope, checkpoint=None):
     """
     from mmengine.registry import init_default_scope
 
-    import mmmetaformer  # noqa: F401  (registers our modules)
+    # our modules are registered: importing this package imported them
     init_default_scope(scope)
     if scope == 'mmdet':
         from mmdet.registry import MODELS
@@ -58,6 +59,7 @@ def build_model(cfg, scope, checkpoint=None):
     if checkpoint is not None:
         from ..checkpoint import load_model_strictly
         from ..checkpoint.formats import dataset_meta_of
+
         loaded = load_model_strictly(model, checkpoint)
         meta = dataset_meta_of(loaded.get('meta') or {})
     if not meta.get('classes'):
@@ -71,15 +73,19 @@ def _config_dataset_meta(cfg):
         dataset = cfg.test_dataloader.dataset
         metainfo = dataset.get('metainfo') or {}
         if metainfo.get('classes'):
-            return {k: (list(v) if isinstance(v, (tuple, list)) else v)
-                    for k, v in metainfo.items()
-                    if k in ('classes', 'palette')}
+            return {
+                k: (list(v) if isinstance(v, (tuple, list)) else v)
+                for k, v in metainfo.items()
+                if k in ('classes', 'palette')
+            }
         if dataset.get('type'):
             from mmengine.registry import DATASETS
+
             cls = DATASETS.get(dataset.type)
             info = getattr(cls, 'METAINFO', {})
-            return {k: list(info[k]) for k in ('classes', 'palette')
-                    if k in info}
+            return {
+                k: list(info[k]) for k in ('classes', 'palette') if k in info
+            }
     except Exception:  # noqa: BLE001  (names only; never fatal)
         return {}
     return {}
@@ -94,25 +100,35 @@ def reference_outputs(model, scope, image):
         (/``masks``) or ``logits``.
     """
     height, width = image.shape[2:]
-    meta = dict(img_shape=(height, width), ori_shape=(height, width),
-                pad_shape=(height, width), scale_factor=(1.0, 1.0))
+    meta = dict(
+        img_shape=(height, width),
+        ori_shape=(height, width),
+        pad_shape=(height, width),
+        scale_factor=(1.0, 1.0),
+    )
     if scope == 'mmdet':
         from mmdet.structures import DetDataSample
+
         samples = [DetDataSample(metainfo=meta) for _ in image]
     else:
         from mmseg.structures import SegDataSample
+
         samples = [SegDataSample(metainfo=meta) for _ in image]
     with torch.no_grad():
-        results = model.test_step(dict(inputs=list(image),
-                                       data_samples=samples))
+        results = model.test_step(
+            dict(inputs=list(image), data_samples=samples)
+        )
     out = []
     for result in results:
         if scope == 'mmseg':
             out.append(dict(logits=result.seg_logits.data.numpy()))
             continue
         pred = result.pred_instances
-        item = dict(boxes=pred.bboxes.numpy(), scores=pred.scores.numpy(),
-                    labels=pred.labels.numpy())
+        item = dict(
+            boxes=pred.bboxes.numpy(),
+            scores=pred.scores.numpy(),
+            labels=pred.labels.numpy(),
+        )
         if 'masks' in pred:
             item['masks'] = pred.masks.numpy().astype(bool)
         out.append(item)
@@ -141,22 +157,30 @@ def _unmatched(ref, got, top):
     for i in order:
         if ref['scores'][i] <= 0:
             continue
-        ious = _iou(ref['boxes'][i], got['boxes']) if len(
-            got['boxes']) else np.zeros(0)
+        ious = (
+            _iou(ref['boxes'][i], got['boxes'])
+            if len(got['boxes'])
+            else np.zeros(0)
+        )
         candidates = np.nonzero(
-            (got['labels'] == ref['labels'][i]) & (ious >= BOX_IOU_MIN) &
-            (np.abs(got['scores'] - ref['scores'][i]) <= SCORE_TOLERANCE))[0]
+            (got['labels'] == ref['labels'][i])
+            & (ious >= BOX_IOU_MIN)
+            & (np.abs(got['scores'] - ref['scores'][i]) <= SCORE_TOLERANCE)
+        )[0]
         why = ''
         if len(candidates) and 'masks' in ref:
-            ious = [_mask_iou(ref['masks'][i], got['masks'][j])
-                    for j in candidates]
+            ious = [
+                _mask_iou(ref['masks'][i], got['masks'][j]) for j in candidates
+            ]
             why = f' (mask IoU {max(ious):.3f})'
-            candidates = [j for j, iou in zip(candidates, ious)
-                          if iou >= MASK_IOU_MIN]
+            candidates = [
+                j for j, iou in zip(candidates, ious) if iou >= MASK_IOU_MIN
+            ]
         if not len(candidates):
             problems.append(
-                f"label {ref['labels'][i]} score {ref['scores'][i]:.4f} "
-                f"box {np.round(ref['boxes'][i], 1).tolist()}{why}")
+                f'label {ref["labels"][i]} score {ref["scores"][i]:.4f} '
+                f'box {np.round(ref["boxes"][i], 1).tolist()}{why}'
+            )
     return problems
 
 
@@ -176,14 +200,18 @@ def compare(reference, onnx_outputs, scope, mask_thr=0.5):
                 return False, f'logits shape {got.shape} != {want.shape}'
             rel = np.abs(got - want).max() / max(np.abs(want).max(), 1e-12)
             agree = (got.argmax(0) == want.argmax(0)).mean()
-            worst_rel, worst_agree = max(worst_rel, rel), min(worst_agree,
-                                                              agree)
+            worst_rel, worst_agree = (
+                max(worst_rel, rel),
+                min(worst_agree, agree),
+            )
         ok = worst_rel <= LOGIT_RTOL and worst_agree >= LABEL_AGREEMENT
-        return ok, (f'logits max |diff| / max |logit| = {worst_rel:.2e} '
-                    f'(<= {LOGIT_RTOL:g}), labels equal '
-                    f'{100 * worst_agree:.3f}% (>= '
-                    f'{100 * LABEL_AGREEMENT:g}%)')
-    names = ['boxes', 'scores', 'labels', 'masks'][:len(onnx_outputs)]
+        return ok, (
+            f'logits max |diff| / max |logit| = {worst_rel:.2e} '
+            f'(<= {LOGIT_RTOL:g}), labels equal '
+            f'{100 * worst_agree:.3f}% (>= '
+            f'{100 * LABEL_AGREEMENT:g}%)'
+        )
+    names = ['boxes', 'scores', 'labels', 'masks'][: len(onnx_outputs)]
     problems, compared = [], 0
     for i, ref in enumerate(reference):
         got = {name: onnx_outputs[k][i] for k, name in enumerate(names)}
@@ -192,20 +220,27 @@ def compare(reference, onnx_outputs, scope, mask_thr=0.5):
         keep = got['scores'] > 0
         got = {k: v[keep] for k, v in got.items()}
         compared += min(TOP_DETECTIONS, int((ref['scores'] > 0).sum()))
-        problems += [f'image {i}: PyTorch {p} not in the ONNX output'
-                     for p in _unmatched(ref, got, TOP_DETECTIONS)]
-        problems += [f'image {i}: ONNX {p} not in the PyTorch output'
-                     for p in _unmatched(got, ref, TOP_DETECTIONS)]
+        problems += [
+            f'image {i}: PyTorch {p} not in the ONNX output'
+            for p in _unmatched(ref, got, TOP_DETECTIONS)
+        ]
+        problems += [
+            f'image {i}: ONNX {p} not in the PyTorch output'
+            for p in _unmatched(got, ref, TOP_DETECTIONS)
+        ]
     what = 'box, score' + (', mask' if 'masks' in names else '')
     if problems:
-        return False, f'{len(problems)} unmatched: ' + '; '.join(
-            problems[:3])
+        return False, f'{len(problems)} unmatched: ' + '; '.join(problems[:3])
     if compared == 0:
-        return True, ('no detection above the score threshold in either '
-                      'output: nothing to compare (untrained weights?)')
-    return True, (f'top {TOP_DETECTIONS} detections matched ({compared} '
-                  f'compared; same label, IoU >= {BOX_IOU_MIN}, score '
-                  f'within {SCORE_TOLERANCE:g}, {what})')
+        return True, (
+            'no detection above the score threshold in either '
+            'output: nothing to compare (untrained weights?)'
+        )
+    return True, (
+        f'top {TOP_DETECTIONS} detections matched ({compared} '
+        f'compared; same label, IoU >= {BOX_IOU_MIN}, score '
+        f'within {SCORE_TOLERANCE:g}, {what})'
+    )
 
 
 def second_size(size, scope):
@@ -221,10 +256,17 @@ def second_size(size, scope):
     return tuple(out)
 
 
-
-
-def export_model(cfg, scope, checkpoint, out, shape, verify=True,
-                 check_shape=None, seed=0, log=print):
+def export_model(
+    cfg,
+    scope,
+    checkpoint,
+    out,
+    shape,
+    verify=True,
+    check_shape=None,
+    seed=0,
+    log=print,
+):
     """Export the whole model of ``cfg`` to ``out`` (see the module
     docstring).
 
@@ -241,20 +283,25 @@ def export_model(cfg, scope, checkpoint, out, shape, verify=True,
         VerificationError: onnxruntime disagrees with PyTorch.
     """
     import onnx
+
     if scope == 'mmseg':
         test_cfg = cfg.model.get('test_cfg') or {}
         if test_cfg.get('mode', 'whole') != 'whole':
-            log(f"note: test_cfg.mode={test_cfg['mode']!r}: exporting "
-                'whole-image inference (the graph takes any size)')
+            log(
+                f'note: test_cfg.mode={test_cfg["mode"]!r}: exporting '
+                'whole-image inference (the graph takes any size)'
+            )
             cfg.model.test_cfg = dict(test_cfg, mode='whole')
     model, dataset_meta = build_model(cfg, scope, checkpoint)
     if scope == 'mmdet':
         from .detector import DetectorGraph
+
         graph = DetectorGraph(model).eval()
     else:
         import copy
 
         from .segmentor import SegmentorGraph, export_swaps
+
         # the swaps change modules: export a copy, the model stays mmseg's
         graph = SegmentorGraph(copy.deepcopy(model)).eval()
         export_swaps(graph)
@@ -273,13 +320,21 @@ def export_model(cfg, scope, checkpoint, out, shape, verify=True,
     try:
         start = time.perf_counter()
         with torch.no_grad():
-            torch.onnx.export(graph, (example, ), tmp,
-                              opset_version=OPSET, input_names=['image'],
-                              output_names=names, dynamic_axes=axes,
-                              dynamo=False)
+            torch.onnx.export(
+                graph,
+                (example,),
+                tmp,
+                opset_version=OPSET,
+                input_names=['image'],
+                output_names=names,
+                dynamic_axes=axes,
+                dynamo=False,
+            )
         proto = onnx.load(tmp)
-        props = dict(task='detection' if scope == 'mmdet' else
-                     'segmentation', dataset_meta=json.dumps(dataset_meta))
+        props = dict(
+            task='detection' if scope == 'mmdet' else 'segmentation',
+            dataset_meta=json.dumps(dataset_meta),
+        )
         if scope == 'mmdet':
             props['score_thr'] = str(_model_score_thr(model))
             if 'masks' in names:
@@ -288,29 +343,41 @@ def export_model(cfg, scope, checkpoint, out, shape, verify=True,
             entry = proto.metadata_props.add()
             entry.key, entry.value = f'mmmetaformer.{key}', value
         onnx.save(proto, tmp)
-        log(f'exported {type(model).__name__} to ONNX (opset {OPSET}, '
+        log(
+            f'exported {type(model).__name__} to ONNX (opset {OPSET}, '
             f'outputs {", ".join(names)}) in '
-            f'{time.perf_counter() - start:.1f} s')
+            f'{time.perf_counter() - start:.1f} s'
+        )
         if verify:
-            sizes = [tuple(shape), tuple(check_shape or second_size(
-                shape, scope))]
+            sizes = [
+                tuple(shape),
+                tuple(check_shape or second_size(shape, scope)),
+            ]
             failed = []
             from .runtime import OnnxModel
+
             session = OnnxModel(tmp)
             for size in sizes:
                 image = torch.rand(1, 3, *size, generator=gen) * 255
                 image = image.round()  # what a decoded image holds
-                ok, line = compare(reference_outputs(model, scope, image),
-                                   session(image), scope,
-                                   getattr(graph, 'mask_thr', 0.5))
-                log(f'verify {size[0]}x{size[1]}: {"ok" if ok else "FAIL"}'
-                    f': {line}')
+                ok, line = compare(
+                    reference_outputs(model, scope, image),
+                    session(image),
+                    scope,
+                    getattr(graph, 'mask_thr', 0.5),
+                )
+                log(
+                    f'verify {size[0]}x{size[1]}: {"ok" if ok else "FAIL"}'
+                    f': {line}'
+                )
                 if not ok:
                     failed.append(f'{size[0]}x{size[1]}: {line}')
             if failed:
                 raise VerificationError(
-                    'onnxruntime disagrees with PyTorch at ' +
-                    '; '.join(failed) + '; no file written')
+                    'onnxruntime disagrees with PyTorch at '
+                    + '; '.join(failed)
+                    + '; no file written'
+                )
         os.replace(tmp, out)
     finally:
         if osp.exists(tmp):
@@ -319,10 +386,20 @@ def export_model(cfg, scope, checkpoint, out, shape, verify=True,
 
 
 def _model_score_thr(model):
-    cfg = model.roi_head.test_cfg if hasattr(model, 'roi_head') else \
-        model.bbox_head.test_cfg
+    cfg = (
+        model.roi_head.test_cfg
+        if hasattr(model, 'roi_head')
+        else model.bbox_head.test_cfg
+    )
     return cfg.get('score_thr', 0)
 
 
-__all__ = ['UnsupportedModel', 'VerificationError', 'export_model',
-           'build_model', 'reference_outputs', 'compare', 'second_size']
+__all__ = [
+    'UnsupportedModel',
+    'VerificationError',
+    'export_model',
+    'build_model',
+    'reference_outputs',
+    'compare',
+    'second_size',
+]

@@ -10,6 +10,7 @@ Two ops have no torch function that exports to the ONNX op: they are
 (``NonMaxSuppression``, ``RoiAlign``) and whose ``forward`` computes the
 same thing with torchvision while tracing.
 """
+
 import math
 
 import torch
@@ -20,7 +21,7 @@ import torch.nn.functional as F
 # which fails inside a trace
 import torchvision.ops
 
-from ..models.resample import resample_weights
+from ..models.core.resample import resample_weights
 
 
 def spatial_size(x):
@@ -37,10 +38,14 @@ def pad_to_multiple(x, divisor, value=0.0):
     if divisor <= 1:
         return x
     height, width = spatial_size(x)
-    rows = torch.div(height + divisor - 1, divisor,
-                     rounding_mode='floor') * divisor
-    cols = torch.div(width + divisor - 1, divisor,
-                     rounding_mode='floor') * divisor
+    rows = (
+        torch.div(height + divisor - 1, divisor, rounding_mode='floor')
+        * divisor
+    )
+    cols = (
+        torch.div(width + divisor - 1, divisor, rounding_mode='floor')
+        * divisor
+    )
     x = F.pad(x, [0, divisor - 1, 0, divisor - 1], value=value)
     x = x.index_select(2, torch.arange(rows, device=x.device))
     return x.index_select(3, torch.arange(cols, device=x.device))
@@ -55,8 +60,11 @@ def adaptive_avg_pool2d(x, output_size):
         x (Tensor): ``[N, C, H, W]``.
         output_size (int | tuple[int, int]): the pooled size.
     """
-    out_h, out_w = ((output_size, output_size) if isinstance(
-        output_size, int) else tuple(output_size))
+    out_h, out_w = (
+        (output_size, output_size)
+        if isinstance(output_size, int)
+        else tuple(output_size)
+    )
     height, width = spatial_size(x)
     rows = resample_weights(height, out_h, False, x.dtype, x.device)
     cols = resample_weights(width, out_w, False, x.dtype, x.device)
@@ -91,8 +99,12 @@ class ScaleUpsample(nn.Module):
         self.align_corners = align_corners
 
     def forward(self, x):
-        return F.interpolate(x, scale_factor=self.scale_factor,
-                             mode=self.mode, align_corners=self.align_corners)
+        return F.interpolate(
+            x,
+            scale_factor=self.scale_factor,
+            mode=self.mode,
+            align_corners=self.align_corners,
+        )
 
 
 class _NonMaxSuppression(torch.autograd.Function):
@@ -102,37 +114,59 @@ class _NonMaxSuppression(torch.autograd.Function):
     (as mmcv's ``nms``), each (batch, class) in descending score."""
 
     @staticmethod
-    def forward(ctx, boxes, scores, max_per_class, iou_threshold,
-                score_threshold):
+    def forward(
+        ctx, boxes, scores, max_per_class, iou_threshold, score_threshold
+    ):
         rows = []
         for b in range(boxes.shape[0]):
             for c in range(scores.shape[1]):
                 score = scores[b, c]
                 index = (score > score_threshold).nonzero().squeeze(1)
-                keep = index[torchvision.ops.nms(
-                    boxes[b, index], score[index],
-                    iou_threshold)][:max_per_class]
-                rows.append(torch.stack([torch.full_like(keep, b),
-                                         torch.full_like(keep, c), keep], 1))
+                keep = index[
+                    torchvision.ops.nms(
+                        boxes[b, index], score[index], iou_threshold
+                    )
+                ][:max_per_class]
+                rows.append(
+                    torch.stack(
+                        [
+                            torch.full_like(keep, b),
+                            torch.full_like(keep, c),
+                            keep,
+                        ],
+                        1,
+                    )
+                )
         return torch.cat(rows)
 
     @staticmethod
-    def symbolic(g, boxes, scores, max_per_class, iou_threshold,
-                 score_threshold):
+    def symbolic(
+        g, boxes, scores, max_per_class, iou_threshold, score_threshold
+    ):
         def const(value, dtype):
             return g.op('Constant', value_t=torch.tensor([value], dtype=dtype))
-        return g.op('NonMaxSuppression', boxes, scores,
-                    const(max_per_class, torch.long),
-                    const(iou_threshold, torch.float),
-                    const(score_threshold, torch.float))
+
+        return g.op(
+            'NonMaxSuppression',
+            boxes,
+            scores,
+            const(max_per_class, torch.long),
+            const(iou_threshold, torch.float),
+            const(score_threshold, torch.float),
+        )
 
 
-def non_max_suppression(boxes, scores, max_per_class, iou_threshold,
-                        score_threshold):
+def non_max_suppression(
+    boxes, scores, max_per_class, iou_threshold, score_threshold
+):
     """See ``_NonMaxSuppression``."""
-    return _NonMaxSuppression.apply(boxes, scores, int(max_per_class),
-                                    float(iou_threshold),
-                                    float(score_threshold))
+    return _NonMaxSuppression.apply(
+        boxes,
+        scores,
+        int(max_per_class),
+        float(iou_threshold),
+        float(score_threshold),
+    )
 
 
 class _RoiAlign(torch.autograd.Function):
@@ -146,51 +180,107 @@ class _RoiAlign(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, feat, boxes, batch_index, out_h, out_w, spatial_scale,
-                sampling_ratio, aligned):
+    def forward(
+        ctx,
+        feat,
+        boxes,
+        batch_index,
+        out_h,
+        out_w,
+        spatial_scale,
+        sampling_ratio,
+        aligned,
+    ):
         rois = torch.cat([batch_index[:, None].to(boxes), boxes], 1)
         return torchvision.ops.roi_align(
-            feat, rois, (out_h, out_w), spatial_scale, sampling_ratio,
-            aligned)
+            feat, rois, (out_h, out_w), spatial_scale, sampling_ratio, aligned
+        )
 
     @staticmethod
-    def symbolic(g, feat, boxes, batch_index, out_h, out_w, spatial_scale,
-                 sampling_ratio, aligned):
+    def symbolic(
+        g,
+        feat,
+        boxes,
+        batch_index,
+        out_h,
+        out_w,
+        spatial_scale,
+        sampling_ratio,
+        aligned,
+    ):
         return g.op(
-            'RoiAlign', feat, boxes, batch_index, mode_s='avg',
-            output_height_i=out_h, output_width_i=out_w,
-            sampling_ratio_i=sampling_ratio, spatial_scale_f=spatial_scale,
+            'RoiAlign',
+            feat,
+            boxes,
+            batch_index,
+            mode_s='avg',
+            output_height_i=out_h,
+            output_width_i=out_w,
+            sampling_ratio_i=sampling_ratio,
+            spatial_scale_f=spatial_scale,
             coordinate_transformation_mode_s='half_pixel'
-            if aligned else 'output_half_pixel')
+            if aligned
+            else 'output_half_pixel',
+        )
 
 
-def roi_align(feat, boxes, batch_index, output_size, spatial_scale,
-              sampling_ratio, aligned):
+def roi_align(
+    feat,
+    boxes,
+    batch_index,
+    output_size,
+    spatial_scale,
+    sampling_ratio,
+    aligned,
+):
     """``[K, C, out_h, out_w]`` features of ``boxes [K, 4]`` (input pixels)
     in images ``batch_index [K]`` (int64) of ``feat``."""
-    out_h, out_w = ((output_size, output_size) if isinstance(
-        output_size, int) else tuple(output_size))
-    return _RoiAlign.apply(feat, boxes, batch_index, int(out_h), int(out_w),
-                           float(spatial_scale), int(sampling_ratio),
-                           bool(aligned))
+    out_h, out_w = (
+        (output_size, output_size)
+        if isinstance(output_size, int)
+        else tuple(output_size)
+    )
+    return _RoiAlign.apply(
+        feat,
+        boxes,
+        batch_index,
+        int(out_h),
+        int(out_w),
+        float(spatial_scale),
+        int(sampling_ratio),
+        bool(aligned),
+    )
 
 
 def grid_anchors(base_anchors, stride, height, width):
     """mmdet ``AnchorGenerator.single_level_grid_priors`` on a traced grid:
     ``[H * W * A, 4]``, anchor ``a`` at cell ``(y, x)`` in row
     ``(y * W + x) * A + a``."""
-    shift_x = torch.arange(width, device=base_anchors.device).to(
-        base_anchors.dtype) * stride[0]
-    shift_y = torch.arange(height, device=base_anchors.device).to(
-        base_anchors.dtype) * stride[1]
+    shift_x = (
+        torch.arange(width, device=base_anchors.device).to(base_anchors.dtype)
+        * stride[0]
+    )
+    shift_y = (
+        torch.arange(height, device=base_anchors.device).to(base_anchors.dtype)
+        * stride[1]
+    )
     xx = shift_x[None, :] + shift_y[:, None] * 0
     yy = shift_y[:, None] + shift_x[None, :] * 0
     shifts = torch.stack([xx, yy, xx, yy], -1).reshape(-1, 1, 4)
     return (base_anchors[None] + shifts).reshape(-1, 4)
 
 
-def decode_deltas(priors, deltas, means, stds, image_hw, wh_ratio_clip,
-                  clip_border=True, add_ctr_clamp=False, ctr_clamp=32):
+def decode_deltas(
+    priors,
+    deltas,
+    means,
+    stds,
+    image_hw,
+    wh_ratio_clip,
+    clip_border=True,
+    add_ctr_clamp=False,
+    ctr_clamp=32,
+):
     """mmdet's ``delta2bbox`` (the same operations in the same order), for
     ``priors [..., 4]`` and ``deltas [..., 4]`` broadcasting, clipped to
     ``image_hw`` (0-dim tensors, the unpadded input size)."""
@@ -219,8 +309,16 @@ def decode_deltas(priors, deltas, means, stds, image_hw, wh_ratio_clip,
     return boxes
 
 
-def batched_nms_topk(boxes, scores, idxs, valid, iou_threshold, top_k,
-                     num_boxes, class_agnostic=False):
+def batched_nms_topk(
+    boxes,
+    scores,
+    idxs,
+    valid,
+    iou_threshold,
+    top_k,
+    num_boxes,
+    class_agnostic=False,
+):
     """mmcv's ``batched_nms`` (class-aware by the offset trick, as mmcv does
     below ``split_thr`` boxes) for a batch, then the ``top_k`` kept.
 
@@ -243,16 +341,23 @@ def batched_nms_topk(boxes, scores, idxs, valid, iou_threshold, top_k,
     groups = torch.zeros_like(idxs) if class_agnostic else idxs
     offsets = groups.to(boxes.dtype) * (max_coordinate[:, None] + 1)
     boxes_for_nms = boxes + offsets[..., None]
-    selected = non_max_suppression(boxes_for_nms, scores[:, None, :],
-                                   num_boxes, iou_threshold, 0.0)
+    selected = non_max_suppression(
+        boxes_for_nms, scores[:, None, :], num_boxes, iou_threshold, 0.0
+    )
     kept = torch.zeros_like(scores)
-    kept = kept.index_put((selected[:, 0], selected[:, 2]),
-                          torch.ones_like(selected[:, 0], dtype=scores.dtype))
+    kept = kept.index_put(
+        (selected[:, 0], selected[:, 2]),
+        torch.ones_like(selected[:, 0], dtype=scores.dtype),
+    )
     top_scores, order = (scores * kept).topk(top_k, dim=1)
     top_boxes = boxes.gather(1, order[..., None].expand(-1, -1, 4))
     keep = top_scores > 0
-    return (top_boxes * keep[..., None].to(boxes.dtype), top_scores,
-            idxs.gather(1, order), keep)
+    return (
+        top_boxes * keep[..., None].to(boxes.dtype),
+        top_scores,
+        idxs.gather(1, order),
+        keep,
+    )
 
 
 def pad_candidates(count, *tensors):
@@ -262,7 +367,8 @@ def pad_candidates(count, *tensors):
     out = []
     for t in tensors:
         pad = t.new_zeros((1, count) + tuple(t.shape[2:])).expand(
-            t.shape[0], -1, *t.shape[2:])
+            t.shape[0], -1, *t.shape[2:]
+        )
         out.append(torch.cat([t, pad], 1))
     return out
 
@@ -294,6 +400,6 @@ def _paste_weights(low, high, size, mask_size):
     first = source.floor()
     frac = source - first
     index = torch.arange(mask_size, device=low.device).to(low.dtype)
-    return ((index == first[..., None]).to(low.dtype) * (1 - frac)[..., None]
-            + (index == first[..., None] + 1).to(low.dtype) *
-            frac[..., None])
+    return (index == first[..., None]).to(low.dtype) * (1 - frac)[
+        ..., None
+    ] + (index == first[..., None] + 1).to(low.dtype) * frac[..., None]

@@ -1,4 +1,5 @@
 """The data preprocessors' test-time work inside the graph."""
+
 import torch
 import torch.nn as nn
 
@@ -26,10 +27,12 @@ class Preprocess(nn.Module):
         self.swap_channels = bool(swap_channels)
         self.normalize = mean is not None
         if self.normalize:
-            self.register_buffer('mean', mean.detach().clone().reshape(
-                1, -1, 1, 1).float())
-            self.register_buffer('std', std.detach().clone().reshape(
-                1, -1, 1, 1).float())
+            self.register_buffer(
+                'mean', mean.detach().clone().reshape(1, -1, 1, 1).float()
+            )
+            self.register_buffer(
+                'std', std.detach().clone().reshape(1, -1, 1, 1).float()
+            )
         self.divisor = int(divisor or 1)
         self.pad_value = float(pad_value)
 

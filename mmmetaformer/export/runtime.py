@@ -9,6 +9,7 @@ probabilities, pasted at the network's input size, resized bilinearly and
 binarised at the file's ``mask_thr``), segmentation logits go through the
 model's own ``postprocess_result``.
 """
+
 import json
 
 import numpy as np
@@ -16,33 +17,41 @@ import torch
 import torch.nn.functional as F
 
 
+class ExportedFileError(ValueError):
+    """The file is no model exported for this config's task (one line)."""
+
+
 class OnnxModel:
     """An exported file in an onnxruntime CPU (or CUDA) session."""
 
     def __init__(self, path, threads=None, device='cpu'):
         import onnxruntime as ort
+
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
         providers = ['CPUExecutionProvider']
-        if str(device).startswith('cuda') and 'CUDAExecutionProvider' in \
-                ort.get_available_providers():
+        if (
+            str(device).startswith('cuda')
+            and 'CUDAExecutionProvider' in ort.get_available_providers()
+        ):
             providers.insert(0, 'CUDAExecutionProvider')
-        self.session = ort.InferenceSession(str(path), options,
-                                            providers=providers)
+        self.session = ort.InferenceSession(
+            str(path), options, providers=providers
+        )
         meta = self.session.get_modelmeta().custom_metadata_map
         self.task = meta.get('mmmetaformer.task')
         self.dataset_meta = json.loads(
-            meta.get('mmmetaformer.dataset_meta', '{}'))
+            meta.get('mmmetaformer.dataset_meta', '{}')
+        )
         self.score_thr = float(meta.get('mmmetaformer.score_thr', 0))
         self.mask_thr = float(meta.get('mmmetaformer.mask_thr', 0.5))
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.postprocess = None  # segmentation: the model's
 
     def __call__(self, image):
-        """``image [N, 3, H, W]`` (any real dtype, 0-255) -> numpy outputs.
-        """
+        """``image [N, 3, H, W]`` (any real dtype, 0-255) -> numpy outputs."""
         if torch.is_tensor(image):
             image = image.detach().cpu().float().numpy()
         return self.session.run(None, {'image': image.astype(np.float32)})
@@ -55,29 +64,38 @@ class OnnxModel:
         for image, sample in zip(data['inputs'], data['data_samples']):
             outputs = self(image[None])
             if self.task == 'segmentation':
-                samples += self.postprocess(torch.from_numpy(outputs[0]),
-                                            [sample])
+                samples += self.postprocess(
+                    torch.from_numpy(outputs[0]), [sample]
+                )
             else:
                 samples.append(self._detections(outputs, sample))
         return samples
 
     def _detections(self, outputs, sample):
         from mmengine.structures import InstanceData
+
         boxes, scores, labels = (torch.from_numpy(o[0]) for o in outputs[:3])
         keep = scores > 0
-        scale = boxes.new_tensor(sample.metainfo.get('scale_factor',
-                                                     (1.0, 1.0)))
-        pred = InstanceData(bboxes=boxes[keep] / scale.repeat(2),
-                            scores=scores[keep], labels=labels[keep])
+        scale = boxes.new_tensor(
+            sample.metainfo.get('scale_factor', (1.0, 1.0))
+        )
+        pred = InstanceData(
+            bboxes=boxes[keep] / scale.repeat(2),
+            scores=scores[keep],
+            labels=labels[keep],
+        )
         if len(outputs) > 3:
             # probabilities at the input size: resized to the original
             # image, then binarised (mmdet pastes at the original size)
             masks = torch.from_numpy(outputs[3][0])[keep]
             height, width = sample.metainfo['ori_shape'][:2]
             if masks.shape[-2:] != (height, width) and len(masks):
-                masks = F.interpolate(masks[None], size=(height, width),
-                                      mode='bilinear',
-                                      align_corners=False)[0]
+                masks = F.interpolate(
+                    masks[None],
+                    size=(height, width),
+                    mode='bilinear',
+                    align_corners=False,
+                )[0]
             pred.masks = masks >= self.mask_thr
         sample.pred_instances = pred
         return sample
@@ -94,8 +112,11 @@ def attach(inferencer, onnx_model):
         model.dataset_meta = dict(model.dataset_meta or {}, **meta)
         if onnx_model.task == 'segmentation':
             if 'palette' not in meta:  # one colour per class, fixed
-                model.dataset_meta['palette'] = np.random.RandomState(
-                    0).randint(0, 256, (len(meta['classes']), 3)).tolist()
+                model.dataset_meta['palette'] = (
+                    np.random.RandomState(0)
+                    .randint(0, 256, (len(meta['classes']), 3))
+                    .tolist()
+                )
         else:
             inferencer.visualizer.dataset_meta = model.dataset_meta
     bind(model, onnx_model)
@@ -120,38 +141,60 @@ def predict_with_onnx(cfg, args, images, scope):
         tuple: ``(summary line per image, pictures dir, predictions dir)``.
     """
     import os.path as osp
+
     onnx_model = OnnxModel(args.checkpoint, device=args.device)
     expected = 'detection' if scope == 'mmdet' else 'segmentation'
     if onnx_model.task != expected:
-        from ..utils.launch import LaunchError
-        raise LaunchError(
+        raise ExportedFileError(
             f'{args.checkpoint} holds a {onnx_model.task or "non-exported"}'
             f' model (no mmmetaformer metadata), the config a {expected} '
-            'model; export it with tools/export_onnx.py from this config')
+            'model; export it with tools/export_onnx.py from this config'
+        )
     if scope == 'mmdet':
         from mmdet.apis import DetInferencer
-        inferencer = attach(DetInferencer(model=cfg, weights=None,
-                                          device='cpu',
-                                          show_progress=False), onnx_model)
-        results = inferencer(images, out_dir=args.out_dir,
-                             no_save_pred=False,
-                             pred_score_thr=args.score_thr)
+
+        inferencer = attach(
+            DetInferencer(
+                model=cfg, weights=None, device='cpu', show_progress=False
+            ),
+            onnx_model,
+        )
+        results = inferencer(
+            images,
+            out_dir=args.out_dir,
+            no_save_pred=False,
+            pred_score_thr=args.score_thr,
+        )
         note = f" (the file's own threshold: {onnx_model.score_thr})"
-        return [f"{sum(s >= args.score_thr for s in pred['scores'])} "
+        return (
+            [
+                f'{sum(s >= args.score_thr for s in pred["scores"])} '
                 f'detections scoring >= {args.score_thr}{note}'
-                for pred in results['predictions']], osp.join(
-                    args.out_dir, 'vis'), osp.join(args.out_dir, 'preds')
+                for pred in results['predictions']
+            ],
+            osp.join(args.out_dir, 'vis'),
+            osp.join(args.out_dir, 'preds'),
+        )
     from mmseg.apis import MMSegInferencer
-    inferencer = attach(MMSegInferencer(model=cfg, weights=None,
-                                        device='cpu'), onnx_model)
+
+    inferencer = attach(
+        MMSegInferencer(model=cfg, weights=None, device='cpu'), onnx_model
+    )
     summaries = []
     for path in images:
-        result = inferencer(path, out_dir=args.out_dir,
-                            opacity=args.opacity, with_labels=False,
-                            return_datasamples=True)
+        result = inferencer(
+            path,
+            out_dir=args.out_dir,
+            opacity=args.opacity,
+            with_labels=False,
+            return_datasamples=True,
+        )
         if isinstance(result, list):
             result = result[0]
         classes = np.unique(result.pred_sem_seg.data.cpu().numpy())
         summaries.append(f'{len(classes)} classes predicted')
-    return summaries, osp.join(args.out_dir, 'vis'), osp.join(
-        args.out_dir, 'pred')
+    return (
+        summaries,
+        osp.join(args.out_dir, 'vis'),
+        osp.join(args.out_dir, 'pred'),
+    )

@@ -13,6 +13,7 @@ on the model being exported only:
 * ``nn.AdaptiveAvgPool2d`` (the PPM's bins 1, 2, 3, 6; no dynamic ONNX
   form) -> ``ExactAdaptiveAvgPool2d`` (two averaging matrices).
 """
+
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -24,6 +25,7 @@ def export_swaps(model):
     """Swap the size-freezing modules of ``model`` in place (see the module
     docstring). Returns the number swapped."""
     from mmseg.models.utils import Upsample
+
     swapped = 0
     for parent_name, parent in list(model.named_modules()):
         for name, child in list(parent.named_children()):
@@ -34,9 +36,11 @@ def export_swaps(model):
                     raise UnsupportedModel(
                         f'{parent_name}.{name} (mmseg Upsample)',
                         f'scale_factor={factor} is not an integer; its '
-                        'output size int(t * scale_factor) cannot be traced')
-                new = ScaleUpsample(int(factor), child.mode,
-                                    child.align_corners)
+                        'output size int(t * scale_factor) cannot be traced',
+                    )
+                new = ScaleUpsample(
+                    int(factor), child.mode, child.align_corners
+                )
             elif isinstance(child, nn.AdaptiveAvgPool2d):
                 new = ExactAdaptiveAvgPool2d(child.output_size)
             if new is not None:
@@ -49,37 +53,52 @@ class SegmentorGraph(nn.Module):
     """``image [N, 3, H, W]`` (float, 0-255, channel order as loaded) ->
     ``logits [N, C, H, W]``."""
 
-    output_names = ('logits', )
+    output_names = ('logits',)
 
     def __init__(self, model):
         super().__init__()
         from mmseg.models.decode_heads.decode_head import BaseDecodeHead
+
         if type(model).__name__ != 'EncoderDecoder':
             raise UnsupportedModel(
-                type(model).__name__, 'the exporter handles EncoderDecoder '
-                'segmentors (one decode head)')
+                type(model).__name__,
+                'the exporter handles EncoderDecoder '
+                'segmentors (one decode head)',
+            )
         head = type(model.decode_head)
-        if head.predict is not BaseDecodeHead.predict or \
-                head.predict_by_feat is not BaseDecodeHead.predict_by_feat:
+        if (
+            head.predict is not BaseDecodeHead.predict
+            or head.predict_by_feat is not BaseDecodeHead.predict_by_feat
+        ):
             raise UnsupportedModel(
-                f'decode_head ({head.__name__})', 'its predict is not '
+                f'decode_head ({head.__name__})',
+                'its predict is not '
                 "BaseDecodeHead's (logits resized to the input); the "
-                'exporter handles heads such as FPNHead and UPerHead')
+                'exporter handles heads such as FPNHead and UPerHead',
+            )
         preprocessor = model.data_preprocessor
         if getattr(preprocessor, 'test_cfg', None):
             raise UnsupportedModel(
                 'data_preprocessor (SegDataPreProcessor)',
                 f'test-time padding test_cfg={preprocessor.test_cfg} is not '
-                'exported; pad in the test pipeline (ResizeToMultiple)')
+                'exported; pad in the test pipeline (ResizeToMultiple)',
+            )
         self.preprocess = Preprocess(
             preprocessor.mean if preprocessor._enable_normalize else None,
             preprocessor.std if preprocessor._enable_normalize else None,
-            preprocessor.channel_conversion, divisor=1, pad_value=0)
+            preprocessor.channel_conversion,
+            divisor=1,
+            pad_value=0,
+        )
         self.model = model
         self.align_corners = model.decode_head.align_corners
 
     def forward(self, image):
         x = self.preprocess(image)
         logits = self.model.decode_head(self.model.extract_feat(x))
-        return F.interpolate(logits, size=image.shape[2:], mode='bilinear',
-                             align_corners=self.align_corners)
+        return F.interpolate(
+            logits,
+            size=image.shape[2:],
+            mode='bilinear',
+            align_corners=self.align_corners,
+        )

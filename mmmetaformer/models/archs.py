@@ -18,10 +18,21 @@ Arch dict keys (``ARCH_KEYS``):
     mlp_channels_last: bool or list of four; run the MLP as Linear on
         channels-last tokens (attention stages, for exact reference parity).
 """
-ARCH_KEYS = ('depths', 'dims', 'token_mixer_cfg', 'norm_cfg', 'mlp_act_cfg',
-             'mlp_ratio', 'mlp_bias', 'stem_norm_cfg', 'downsample_norm_cfg',
-             'layer_scale_init_value', 'res_scale_init_value',
-             'mlp_channels_last')
+
+ARCH_KEYS = (
+    'depths',
+    'dims',
+    'token_mixer_cfg',
+    'norm_cfg',
+    'mlp_act_cfg',
+    'mlp_ratio',
+    'mlp_bias',
+    'stem_norm_cfg',
+    'downsample_norm_cfg',
+    'layer_scale_init_value',
+    'res_scale_init_value',
+    'mlp_channels_last',
+)
 REQUIRED_ARCH_KEYS = ('depths', 'dims', 'token_mixer_cfg', 'norm_cfg')
 
 # Defaults of any arch dict (the generic MetaFormer's family).
@@ -33,7 +44,8 @@ GENERIC_DEFAULTS = dict(
     downsample_norm_cfg=None,
     layer_scale_init_value=None,
     res_scale_init_value=None,
-    mlp_channels_last=False)
+    mlp_channels_last=False,
+)
 
 POOLFORMER_SIZES = dict(
     s12=dict(depths=[2, 2, 6, 2], dims=[64, 128, 320, 512]),
@@ -59,7 +71,8 @@ _BASELINE = dict(
     mlp_act_cfg=dict(type='StarReLU'),
     mlp_bias=False,
     layer_scale_init_value=None,
-    res_scale_init_value=[None, None, 1.0, 1.0])
+    res_scale_init_value=[None, None, 1.0, 1.0],
+)
 _POOL = dict(type='Pooling', pool_size=3)
 _SEPCONV = dict(type='SepConv')
 
@@ -72,31 +85,36 @@ FAMILIES = dict(
         stem_norm_cfg=None,
         downsample_norm_cfg=None,
         layer_scale_init_value=1e-5,
-        res_scale_init_value=None),
+        res_scale_init_value=None,
+    ),
     poolformerv2=dict(_BASELINE, token_mixer_cfg=_POOL, norm_cfg=_GLOBAL_GN),
     identityformer=dict(
         _BASELINE,
         token_mixer_cfg=dict(type='IdentityMixer'),
-        norm_cfg=_GLOBAL_GN),
+        norm_cfg=_GLOBAL_GN,
+    ),
     randformer=dict(
         _BASELINE,
         token_mixer_cfg=[
             dict(type='IdentityMixer'),
             dict(type='IdentityMixer'),
             dict(type='RandomMixing', num_tokens=196),
-            dict(type='RandomMixing', num_tokens=49)
+            dict(type='RandomMixing', num_tokens=49),
         ],
-        norm_cfg=_GLOBAL_GN),
+        norm_cfg=_GLOBAL_GN,
+    ),
     convformer=dict(_BASELINE, token_mixer_cfg=_SEPCONV, norm_cfg=_CHANNEL_LN),
     caformer=dict(
         _BASELINE,
         token_mixer_cfg=[
-            _SEPCONV, _SEPCONV,
+            _SEPCONV,
+            _SEPCONV,
             dict(type='Attention', head_dim=32),
-            dict(type='Attention', head_dim=32)
+            dict(type='Attention', head_dim=32),
         ],
         norm_cfg=_CHANNEL_LN,
-        mlp_channels_last=[False, False, True, True]),
+        mlp_channels_last=[False, False, True, True],
+    ),
 )
 
 FAMILY_SIZES = dict(
@@ -105,8 +123,10 @@ FAMILY_SIZES = dict(
         # v1 uses a smaller layer-scale init for its deeper models.
         **{
             k: dict(v, layer_scale_init_value=1e-6)
-            for k, v in POOLFORMER_SIZES.items() if k in ('s36', 'm36', 'm48')
-        }),
+            for k, v in POOLFORMER_SIZES.items()
+            if k in ('s36', 'm36', 'm48')
+        },
+    ),
     poolformerv2=POOLFORMER_SIZES,
     identityformer=POOLFORMER_SIZES,
     randformer=POOLFORMER_SIZES,
@@ -115,31 +135,52 @@ FAMILY_SIZES = dict(
 )
 
 METAFORMER_ARCHS = {
-    family: {size: dict(FAMILIES[family], **spec)
-             for size, spec in sizes.items()}
+    family: {
+        size: dict(FAMILIES[family], **spec) for size, spec in sizes.items()
+    }
     for family, sizes in FAMILY_SIZES.items()
 }
 
 # ConvMixer: dim, depth, depthwise kernel k, patch size p, activation.
-CONVMIXER_ARCH_KEYS = ('dim', 'depth', 'kernel_size', 'patch_size',
-                       'act_cfg')
+CONVMIXER_ARCH_KEYS = ('dim', 'depth', 'kernel_size', 'patch_size', 'act_cfg')
 CONVMIXER_ARCHS = {
-    '768/32': dict(dim=768, depth=32, kernel_size=7, patch_size=7,
-                   act_cfg=dict(type='ReLU')),
-    '1024/20': dict(dim=1024, depth=20, kernel_size=9, patch_size=14,
-                    act_cfg=dict(type='GELU')),
-    '1536/20': dict(dim=1536, depth=20, kernel_size=9, patch_size=7,
-                    act_cfg=dict(type='GELU')),
+    '768/32': dict(
+        dim=768,
+        depth=32,
+        kernel_size=7,
+        patch_size=7,
+        act_cfg=dict(type='ReLU'),
+    ),
+    '1024/20': dict(
+        dim=1024,
+        depth=20,
+        kernel_size=9,
+        patch_size=14,
+        act_cfg=dict(type='GELU'),
+    ),
+    '1536/20': dict(
+        dim=1536,
+        depth=20,
+        kernel_size=9,
+        patch_size=7,
+        act_cfg=dict(type='GELU'),
+    ),
 }
 
 # Official ImageNet weights (the authors' READMEs: sail-sg/poolformer,
 # sail-sg/metaformer, and ConvMixer's releases).
-_V1_URL = ('https://github.com/sail-sg/poolformer/releases/download/v1.0/'
-           'poolformer_{size}.pth.tar')
-_BASELINE_URL = ('https://huggingface.co/sail/dl/resolve/main/{family}/'
-                 '{family}_{size}{suffix}.pth')
-_CONVMIXER_URL = ('https://github.com/tmp-iclr/convmixer/releases/download/'
-                  'timm-v1.0/convmixer_{name}.pth.tar')
+_V1_URL = (
+    'https://github.com/sail-sg/poolformer/releases/download/v1.0/'
+    'poolformer_{size}.pth.tar'
+)
+_BASELINE_URL = (
+    'https://huggingface.co/sail/dl/resolve/main/{family}/'
+    '{family}_{size}{suffix}.pth'
+)
+_CONVMIXER_URL = (
+    'https://github.com/tmp-iclr/convmixer/releases/download/'
+    'timm-v1.0/convmixer_{name}.pth.tar'
+)
 
 # Published weight variants besides the default (ImageNet-1K at 224x224),
 # as the file-name suffix, per family. All are in the metaformer_baselines
@@ -173,29 +214,39 @@ def pretrained_url(family, arch, variant=None):
     Raises:
         ValueError: unknown family, arch or variant (listing valid ones).
     """
-    sizes = (CONVMIXER_ARCHS if family == 'convmixer' else
-             METAFORMER_ARCHS.get(family))
+    sizes = (
+        CONVMIXER_ARCHS
+        if family == 'convmixer'
+        else METAFORMER_ARCHS.get(family)
+    )
     if sizes is None:
         valid = list(METAFORMER_ARCHS) + ['convmixer']
-        raise ValueError(f"Unknown family '{family}'; valid: "
-                         f"{', '.join(valid)}")
+        raise ValueError(
+            f"Unknown family '{family}'; valid: {', '.join(valid)}"
+        )
     if arch not in sizes:
-        raise ValueError(f"Unknown arch '{arch}' for {family}; valid: "
-                         f"{', '.join(sizes)}")
+        raise ValueError(
+            f"Unknown arch '{arch}' for {family}; valid: {', '.join(sizes)}"
+        )
     if variant is not None and variant not in WEIGHT_VARIANTS.get(family, ()):
         valid = WEIGHT_VARIANTS.get(family)
         raise ValueError(
             f"No '{variant}' weights are published for {family}; valid "
-            f"variants: {', '.join(('None', ) + valid) if valid else 'None'}")
+            f'variants: {", ".join(("None",) + valid) if valid else "None"}'
+        )
     if family == 'poolformer':
         return _V1_URL.format(size=arch)
     if family == 'convmixer':
         return _CONVMIXER_URL.format(
-            name={'768/32': '768_32_ks7_p7_relu',
-                  '1024/20': '1024_20_ks9_p14',
-                  '1536/20': '1536_20_ks9_p7'}[arch])
-    return _BASELINE_URL.format(family=family, size=arch,
-                                suffix=f'_{variant}' if variant else '')
+            name={
+                '768/32': '768_32_ks7_p7_relu',
+                '1024/20': '1024_20_ks9_p14',
+                '1536/20': '1536_20_ks9_p7',
+            }[arch]
+        )
+    return _BASELINE_URL.format(
+        family=family, size=arch, suffix=f'_{variant}' if variant else ''
+    )
 
 
 # The same weights as Hugging Face Hub ids (``hf-hub:``, see
@@ -205,12 +256,18 @@ def pretrained_url(family, arch, variant=None):
 # ``default_cfgs``, ``hf_hub_id='timm/'``), keyed by our variant names.
 # IdentityFormer and RandFormer are not in timm: their id is the authors'
 # Hub file itself.
-_TIMM_TAGS = {None: 'sail_in1k', '384': 'sail_in1k_384',
-              'in21ft1k': 'sail_in22k_ft_in1k',
-              '384_in21ft1k': 'sail_in22k_ft_in1k_384', 'in21k': 'sail_in22k'}
-_TIMM_CONVMIXER = {'768/32': 'convmixer_768_32.in1k',
-                   '1024/20': 'convmixer_1024_20_ks9_p14.in1k',
-                   '1536/20': 'convmixer_1536_20.in1k'}
+_TIMM_TAGS = {
+    None: 'sail_in1k',
+    '384': 'sail_in1k_384',
+    'in21ft1k': 'sail_in22k_ft_in1k',
+    '384_in21ft1k': 'sail_in22k_ft_in1k_384',
+    'in21k': 'sail_in22k',
+}
+_TIMM_CONVMIXER = {
+    '768/32': 'convmixer_768_32.in1k',
+    '1024/20': 'convmixer_1024_20_ks9_p14.in1k',
+    '1536/20': 'convmixer_1536_20.in1k',
+}
 _TIMM_FAMILIES = ('poolformer', 'poolformerv2', 'convformer', 'caformer')
 
 
@@ -235,10 +292,14 @@ def published_weights():
     """``{url: hub_id}`` of every official ImageNet checkpoint."""
     table = {}
     for family in list(METAFORMER_ARCHS) + ['convmixer']:
-        sizes = CONVMIXER_ARCHS if family == 'convmixer' else \
-            METAFORMER_ARCHS[family]
+        sizes = (
+            CONVMIXER_ARCHS
+            if family == 'convmixer'
+            else METAFORMER_ARCHS[family]
+        )
         for arch in sizes:
-            for variant in (None, ) + WEIGHT_VARIANTS.get(family, ()):
-                table[pretrained_url(family, arch, variant)] = \
+            for variant in (None,) + WEIGHT_VARIANTS.get(family, ()):
+                table[pretrained_url(family, arch, variant)] = (
                     pretrained_hub_id(family, arch, variant)
+                )
     return table

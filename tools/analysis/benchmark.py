@@ -26,7 +26,7 @@ Reported:
 * median ms per batch of ``test_step``;
 * peak MB: the extra tensor memory of one more (untimed) ``test_step``
   on top of the model's weights, see
-  ``mmmetaformer.utils.measure.peak_step_memory``; and the process's peak
+  ``mmmetaformer_tools.measure.peak_step_memory``; and the process's peak
   resident memory.
 
 ``--backend onnxruntime`` times a file from ``tools/export_onnx.py``
@@ -41,6 +41,7 @@ Without CHECKPOINT the weights are the model's own random initialisation
 boxes pass the score threshold, so a trained checkpoint can time
 differently.
 """
+
 import argparse
 import os.path as osp
 import resource
@@ -48,48 +49,82 @@ import statistics
 import sys
 import time
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(
-    __file__)))))
+# this clone's package, and the tools' own modules (mmmetaformer_tools)
+TOOLS = osp.dirname(osp.dirname(osp.abspath(__file__)))
+sys.path[:0] = [osp.dirname(TOOLS), TOOLS]
 
-import torch  # noqa: E402
-from mmengine.config import DictAction  # noqa: E402
+import torch
+from mmengine.config import DictAction
 
-from mmmetaformer.utils.launch import (LaunchError,  # noqa: E402
-                                       check_data_roots, check_ops_for,
-                                       explain_data_errors, load_config,
-                                       run_tool)
-from mmmetaformer.utils.measure import (machine_summary,  # noqa: E402
-                                        parse_hw, peak_step_memory,
-                                        prepare_device, synchronize)
+from mmmetaformer_tools.launch import (
+    LaunchError,
+    check_data_roots,
+    check_ops_for,
+    explain_data_errors,
+    load_config,
+    run_tool,
+)
+from mmmetaformer_tools.measure import (
+    machine_summary,
+    parse_hw,
+    peak_step_memory,
+    prepare_device,
+    synchronize,
+)
 
 # The in-memory loader that replaces LoadImageFromFile for --image-size.
-NDARRAY_LOADERS = dict(mmdet='mmdet.LoadImageFromNDArray',
-                       mmseg='mmseg.LoadImageFromNDArray')
+NDARRAY_LOADERS = dict(
+    mmdet='mmdet.LoadImageFromNDArray', mmseg='mmseg.LoadImageFromNDArray'
+)
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description='Images per second and peak memory of a detection or '
-        'segmentation config at inference')
+        'segmentation config at inference'
+    )
     parser.add_argument('config', help='config file')
-    parser.add_argument('checkpoint', nargs='?',
-                        help='checkpoint (default: random weights)')
-    parser.add_argument('--num-images', type=int, default=20,
-                        help='timed images (default: %(default)s)')
-    parser.add_argument('--warmup', type=int, default=5,
-                        help='untimed batches first (default: %(default)s)')
-    parser.add_argument('--device', choices=('cpu', 'cuda'),
-                        default='cuda' if torch.cuda.is_available() else 'cpu')
-    parser.add_argument('--image-size', metavar='HxW',
-                        help='random images of this size through the test '
-                        'pipeline instead of the dataset')
-    parser.add_argument('--threads', type=int,
-                        help="torch intra-op threads (default: torch's)")
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='override config keys')
-    parser.add_argument('--backend', choices=('pytorch', 'onnxruntime'),
-                        default='pytorch', help='onnxruntime: CHECKPOINT '
-                        'is a file from tools/export_onnx.py')
+    parser.add_argument(
+        'checkpoint', nargs='?', help='checkpoint (default: random weights)'
+    )
+    parser.add_argument(
+        '--num-images',
+        type=int,
+        default=20,
+        help='timed images (default: %(default)s)',
+    )
+    parser.add_argument(
+        '--warmup',
+        type=int,
+        default=5,
+        help='untimed batches first (default: %(default)s)',
+    )
+    parser.add_argument(
+        '--device',
+        choices=('cpu', 'cuda'),
+        default='cuda' if torch.cuda.is_available() else 'cpu',
+    )
+    parser.add_argument(
+        '--image-size',
+        metavar='HxW',
+        help='random images of this size through the test '
+        'pipeline instead of the dataset',
+    )
+    parser.add_argument(
+        '--threads', type=int, help="torch intra-op threads (default: torch's)"
+    )
+    parser.add_argument(
+        '--cfg-options',
+        nargs='+',
+        action=DictAction,
+        help='override config keys',
+    )
+    parser.add_argument(
+        '--backend',
+        choices=('pytorch', 'onnxruntime'),
+        default='pytorch',
+        help='onnxruntime: CHECKPOINT is a file from tools/export_onnx.py',
+    )
     return parser.parse_args(argv)
 
 
@@ -99,6 +134,7 @@ def build_model(cfg, checkpoint, device):
 
     import mmmetaformer  # noqa: F401  (registers our modules)
     from mmmetaformer.checkpoint import load_model_strictly
+
     if cfg.model.get('backbone', {}).get('init_cfg') is not None:
         cfg.model.backbone.init_cfg = None  # no ImageNet download
     model = MODELS.build(cfg.model)
@@ -115,6 +151,7 @@ def random_image_batches(cfg, scope, size):
     """Endless batches of one random ``size`` image, test pipeline applied."""
     import numpy as np
     from mmengine.dataset import Compose, pseudo_collate
+
     pipeline = []
     for transform in cfg.test_dataloader.dataset.pipeline:
         kind = transform['type'].split('.')[-1]
@@ -125,7 +162,8 @@ def random_image_batches(cfg, scope, size):
         pipeline.append(transform)
     pipeline = Compose(pipeline)
     image = np.random.default_rng(0).integers(
-        0, 256, (*size, 3), dtype=np.uint8)
+        0, 256, (*size, 3), dtype=np.uint8
+    )
     while True:
         yield pseudo_collate([pipeline(dict(img=image.copy(), img_id=0))])
 
@@ -137,7 +175,8 @@ def dataset_batches(cfg):
     names it.
     """
     from mmengine.runner import Runner
-    with explain_data_errors(cfg, ('test_dataloader', )):
+
+    with explain_data_errors(cfg, ('test_dataloader',)):
         loader = Runner.build_dataloader(cfg.test_dataloader)
         while True:
             yield from loader
@@ -145,42 +184,57 @@ def dataset_batches(cfg):
 
 def batch_size_of(data):
     inputs = data['inputs']
-    return len(inputs) if isinstance(inputs, (list, tuple)) else \
-        inputs.shape[0]
+    return (
+        len(inputs) if isinstance(inputs, (list, tuple)) else inputs.shape[0]
+    )
 
 
 def main(argv=None):
     args = parse_args(argv)
     if args.num_images < 1 or args.warmup < 0:
-        raise LaunchError(f'--num-images must be >= 1 (got '
-                          f'{args.num_images}) and --warmup >= 0 (got '
-                          f'{args.warmup})')
+        raise LaunchError(
+            f'--num-images must be >= 1 (got '
+            f'{args.num_images}) and --warmup >= 0 (got '
+            f'{args.warmup})'
+        )
     prepare_device(args.device, args.threads)
-    size = parse_hw(args.image_size,
-                    '--image-size') if args.image_size else None
+    size = (
+        parse_hw(args.image_size, '--image-size') if args.image_size else None
+    )
     cfg, scope = load_config(args.config, args.cfg_options)
     check_ops_for(scope)
     if size is None:
-        check_data_roots(cfg, scope, ('test_dataloader', ))
+        check_data_roots(cfg, scope, ('test_dataloader',))
     if args.checkpoint is not None and not osp.isfile(args.checkpoint):
         raise LaunchError(f'Checkpoint file not found: {args.checkpoint}')
 
     from mmengine.registry import init_default_scope
+
     init_default_scope(scope)
     if args.backend == 'onnxruntime':
         if not str(args.checkpoint).endswith('.onnx'):
-            raise LaunchError(f'--backend onnxruntime times an exported '
-                              f'file: give the .onnx from '
-                              f'tools/export_onnx.py as CHECKPOINT, not '
-                              f'{args.checkpoint}')
+            raise LaunchError(
+                f'--backend onnxruntime times an exported '
+                f'file: give the .onnx from '
+                f'tools/export_onnx.py as CHECKPOINT, not '
+                f'{args.checkpoint}'
+            )
         from mmmetaformer.export.runtime import OnnxModel, bind
+
         # the PyTorch model only post-processes (segmentation: resize back)
-        model = bind(build_model(cfg, None, 'cpu'), OnnxModel(
-            args.checkpoint, threads=args.threads, device=args.device))
+        model = bind(
+            build_model(cfg, None, 'cpu'),
+            OnnxModel(
+                args.checkpoint, threads=args.threads, device=args.device
+            ),
+        )
     else:
         model = build_model(cfg, args.checkpoint, args.device)
-    batches = (random_image_batches(cfg, scope, size) if size else
-               dataset_batches(cfg))
+    batches = (
+        random_image_batches(cfg, scope, size)
+        if size
+        else dataset_batches(cfg)
+    )
 
     def step(data):
         with torch.no_grad():
@@ -208,24 +262,35 @@ def main(argv=None):
     sys.stderr.write('\n')
     elapsed = time.perf_counter() - start
     data = next(batches)
-    peak = 'n/a' if args.backend == 'onnxruntime' else '%.0f' % (
-        peak_step_memory(lambda: step(data), args.device) / 2**20)
+    peak = (
+        'n/a'
+        if args.backend == 'onnxruntime'
+        else '%.0f'
+        % (peak_step_memory(lambda: step(data), args.device) / 2**20)
+    )
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
 
-    source = (f'random {size[0]}x{size[1]} images' if size else
-              'the test dataset')
+    source = (
+        f'random {size[0]}x{size[1]} images' if size else 'the test dataset'
+    )
     print(f'## Inference benchmark: {args.config}')
-    print(machine_summary(args.device, packages=(scope, )))
-    print(f'- {images} images from {source} after {args.warmup} warmup '
-          f'batch(es); weights: {args.checkpoint or "random"}; backend: '
-          f'{args.backend}\n')
-    print('| config | device | images | model img/s | overall img/s | '
-          'median ms/batch | peak tensor MB | peak RSS MB |')
+    print(machine_summary(args.device, packages=(scope,)))
+    print(
+        f'- {images} images from {source} after {args.warmup} warmup '
+        f'batch(es); weights: {args.checkpoint or "random"}; backend: '
+        f'{args.backend}\n'
+    )
+    print(
+        '| config | device | images | model img/s | overall img/s | '
+        'median ms/batch | peak tensor MB | peak RSS MB |'
+    )
     print('|---|---|---|---|---|---|---|---|')
-    print(f'| {osp.basename(args.config)} | {args.device} | {images} | '
-          f'{images / sum(step_times):.2f} | {images / elapsed:.2f} | '
-          f'{statistics.median(step_times) * 1e3:.1f} | {peak} | '
-          f'{rss:.0f} |')
+    print(
+        f'| {osp.basename(args.config)} | {args.device} | {images} | '
+        f'{images / sum(step_times):.2f} | {images / elapsed:.2f} | '
+        f'{statistics.median(step_times) * 1e3:.1f} | {peak} | '
+        f'{rss:.0f} |'
+    )
 
 
 if __name__ == '__main__':

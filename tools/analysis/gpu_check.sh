@@ -59,7 +59,7 @@ compiled=("$python" "$root/tools/analysis/benchmark_backbone.py" --device cuda
 trt_dir="${TMPDIR:-/tmp}/mmmetaformer_trt"
 trt_export=("$python" -c "
 import sys; sys.path.insert(0, '$root')
-from mmmetaformer.utils.launch import load_config
+from mmmetaformer_tools.launch import load_config
 from mmmetaformer.export.exporter import export_model
 for name in ('retinanet_poolformer_s12_toy_coco', 'mask_rcnn_poolformer_s12_toy_coco'):
     cfg, scope = load_config('$root/configs/toy/' + name + '.py')

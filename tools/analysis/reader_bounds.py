@@ -9,6 +9,7 @@ second, traced read), as multiples of the file size.
 
     python tools/analysis/reader_bounds.py --sizes 10000 1000000 10000000
 """
+
 import argparse
 import io
 import json
@@ -35,15 +36,19 @@ def _zip(members, deflated=()):
             if name in deflated:
                 info.compress_type = zipfile.ZIP_DEFLATED
             with archive.open(info, 'w', force_zip64=True) as member:
-                for chunk in ([content] if isinstance(content, bytes)
-                              else content):
+                for chunk in (
+                    [content] if isinstance(content, bytes) else content
+                ):
                     member.write(chunk)
     return buffer.getvalue()
 
 
 def _pickle_zip(pickle_bytes, records=0):
-    members = [(MEMBER, pickle_bytes), ('archive/version', b'3\n'),
-               ('archive/byteorder', b'little')]
+    members = [
+        (MEMBER, pickle_bytes),
+        ('archive/version', b'3\n'),
+        ('archive/byteorder', b'little'),
+    ]
     members += [(f'archive/data/{i}', b'') for i in range(records)]
     return _zip(members)
 
@@ -62,8 +67,13 @@ def pickle_bomb(size):
     (at most 1 GiB)."""
     expanded = min(1000 * size, 1 << 30)
     head = b'\x80\x02X' + struct.pack('<I', expanded)
-    return _zip([(MEMBER, iter([head, *_zeros(expanded), b'.'])),
-                 ('archive/version', b'3\n')], deflated={MEMBER})
+    return _zip(
+        [
+            (MEMBER, iter([head, *_zeros(expanded), b'.'])),
+            ('archive/version', b'3\n'),
+        ],
+        deflated={MEMBER},
+    )
 
 
 def record_bomb(size):
@@ -78,7 +88,8 @@ def record_bomb(size):
     record = next(n for n in members if '/data/' in n)
     # the storage's numel (K\x01) and the tensor's size (K\x01) -> numel
     members[data_pkl] = members[data_pkl].replace(
-        b'K\x01', b'J' + struct.pack('<i', numel))
+        b'K\x01', b'J' + struct.pack('<i', numel)
+    )
     members[record] = _zeros(numel)
     return _zip(members.items(), deflated={record})
 
@@ -88,8 +99,10 @@ def many_tiny_tensors(size):
     most tensor records, and so the largest opcode budget, per byte."""
     count = max(1, size // 230)
     buffer = io.BytesIO()
-    torch.save({str(i): torch.zeros(1, dtype=torch.uint8)
-                for i in range(count)}, buffer)
+    torch.save(
+        {str(i): torch.zeros(1, dtype=torch.uint8) for i in range(count)},
+        buffer,
+    )
     return buffer.getvalue()
 
 
@@ -98,6 +111,7 @@ def records_and_dicts(size):
     empty dicts in one tuple, as many as the budget allows: the most Python
     objects a file of this size may ask torch to build."""
     from mmmetaformer.checkpoint import reader
+
     records = size // 2 // 160  # a record costs ~150 bytes of the zip
     budget = reader.PICKLE_OPS_BASE + reader.PICKLE_OPS_PER_RECORD * records
     dicts = min(budget - 4, size // 2)
@@ -109,21 +123,25 @@ KINDS = {
     'record zip bomb (x1000)': record_bomb,
     'memo GET flood': lambda s: _pickle_zip(_flood(GET0 + b'a', s)),
     'memo PUT far slot': lambda s: _pickle_zip(
-        b'\x80\x02N' + b'r' + struct.pack('<I', 1 << 28) + b'.' + bytes(s)),
+        b'\x80\x02N' + b'r' + struct.pack('<I', 1 << 28) + b'.' + bytes(s)
+    ),
     'MARK flood (deep stack)': lambda s: _pickle_zip(_flood(b'(', s)),
     'nested tuples (long stack)': lambda s: _pickle_zip(
-        _flood(b'\x85', s, head=b'\x80\x02)')),
+        _flood(b'\x85', s, head=b'\x80\x02)')
+    ),
     'empty dicts in a tuple': lambda s: _pickle_zip(
-        _flood(b'}', s, head=b'\x80\x02(', tail=b't.')),
+        _flood(b'}', s, head=b'\x80\x02(', tail=b't.')
+    ),
     'GLOBAL flood': lambda s: _pickle_zip(_flood(b'cfoo\nbar\n', s)),
-    'OrderedDict() REDUCE flood': lambda s: _pickle_zip(_flood(
-        b'h\x00)R', s, head=b'\x80\x02ccollections\nOrderedDict\nq\x00')),
+    'OrderedDict() REDUCE flood': lambda s: _pickle_zip(
+        _flood(b'h\x00)R', s, head=b'\x80\x02ccollections\nOrderedDict\nq\x00')
+    ),
     'legacy memo GET flood': lambda s: _flood(GET0 + b'a', s),
     'many tiny tensors (legitimate)': many_tiny_tensors,
     'empty records + dicts budget': records_and_dicts,
 }
 
-_CHILD = r'''
+_CHILD = r"""
 import gc, json, sys, time, tracemalloc
 from mmmetaformer.checkpoint import CheckpointError
 from mmmetaformer.checkpoint.reader import torch_load_safely
@@ -158,22 +176,29 @@ for traced in (False, True):
 peak = tracemalloc.get_traced_memory()[1]
 print(json.dumps({'outcome': outcome, 'seconds': timed,
                   'rss_bytes': rss * 1024, 'traced_peak_bytes': peak}))
-'''
+"""
 
 
 def measure(path):
     """Outcome, seconds and peak memory of one read in a fresh process."""
-    out = subprocess.run([sys.executable, '-c', _CHILD, path], check=True,
-                         capture_output=True, text=True, timeout=600).stdout
+    out = subprocess.run(
+        [sys.executable, '-c', _CHILD, path],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    ).stdout
     return json.loads(out.splitlines()[-1])
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--sizes', type=int, nargs='+',
-                        default=[10_000, 1_000_000, 10_000_000])
-    parser.add_argument('--kinds', nargs='+', choices=list(KINDS),
-                        default=list(KINDS))
+    parser.add_argument(
+        '--sizes', type=int, nargs='+', default=[10_000, 1_000_000, 10_000_000]
+    )
+    parser.add_argument(
+        '--kinds', nargs='+', choices=list(KINDS), default=list(KINDS)
+    )
     parser.add_argument('--workdir', default='/tmp')
     args = parser.parse_args()
     print('| file | size | outcome | s | peak RSS added | traced peak |')
@@ -188,12 +213,14 @@ def main():
                 row = measure(path)
             finally:
                 os.remove(path)
-            print(f"| {kind} | {len(data)} B | {row['outcome'][:110]} | "
-                  f"{row['seconds']:.3f} | "
-                  f"{row['rss_bytes'] / len(data):.1f}x "
-                  f"({row['rss_bytes'] / 2**20:.1f} MiB) | "
-                  f"{row['traced_peak_bytes'] / len(data):.1f}x |",
-                  flush=True)
+            print(
+                f'| {kind} | {len(data)} B | {row["outcome"][:110]} | '
+                f'{row["seconds"]:.3f} | '
+                f'{row["rss_bytes"] / len(data):.1f}x '
+                f'({row["rss_bytes"] / 2**20:.1f} MiB) | '
+                f'{row["traced_peak_bytes"] / len(data):.1f}x |',
+                flush=True,
+            )
 
 
 if __name__ == '__main__':

@@ -29,6 +29,7 @@ Usage::
 
 Exit status 0 when the index agrees, 1 with one line per problem otherwise.
 """
+
 import argparse
 import importlib.util
 import re
@@ -37,8 +38,10 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONFIG_GLOBS = ('configs/*.py', 'configs/examples/*.py')
-COMPLEXITY = re.compile(r'python tools/analysis/get_flops\.py --backbone '
-                        r'(\w+) --arch (\S+)')
+COMPLEXITY = re.compile(
+    r'python tools/analysis/get_flops\.py --backbone '
+    r'(\w+) --arch (\S+)'
+)
 
 
 def load_get_flops(root=REPO_ROOT):
@@ -54,6 +57,7 @@ def load_get_flops(root=REPO_ROOT):
 def read_index(root):
     """``(model_index, [(metafile path, metafile dict)])``."""
     import yaml
+
     root = Path(root)
     with open(root / 'model-index.yml') as f:
         model_index = yaml.safe_load(f) or {}
@@ -92,8 +96,9 @@ def check_structure(root):
     models, collections = [], set()
     for path, data in metafiles:
         if data is None:
-            problems.append(f'model-index.yml imports {path.name}, which '
-                            'does not exist')
+            problems.append(
+                f'model-index.yml imports {path.name}, which does not exist'
+            )
             continue
         collections |= {c['Name'] for c in data.get('Collections', [])}
         models += data.get('Models', [])
@@ -108,17 +113,23 @@ def check_structure(root):
         if not config or not (Path(root) / config).is_file():
             problems.append(f'{name}: its config {config} does not exist')
         if model.get('In Collection') not in collections:
-            problems.append(f"{name}: collection {model.get('In Collection')}"
-                            f' is not one of {sorted(collections)}')
+            problems.append(
+                f'{name}: collection {model.get("In Collection")}'
+                f' is not one of {sorted(collections)}'
+            )
         meta = model.get('Metadata', {})
         if backbone_of(model) is None:
-            problems.append(f'{name}: Complexity must be "python tools/'
-                            'analysis/get_flops.py --backbone TYPE --arch '
-                            f'ARCH", got {meta.get("Complexity")!r}')
+            problems.append(
+                f'{name}: Complexity must be "python tools/'
+                'analysis/get_flops.py --backbone TYPE --arch '
+                f'ARCH", got {meta.get("Complexity")!r}'
+            )
         for key in ('Parameters', 'FLOPs'):
             if not isinstance(meta.get(key), int) or meta[key] <= 0:
-                problems.append(f'{name}: {key} must be a positive integer, '
-                                f'got {meta.get(key)!r}')
+                problems.append(
+                    f'{name}: {key} must be a positive integer, '
+                    f'got {meta.get(key)!r}'
+                )
     for config in config_paths(root):
         if config not in listed:
             problems.append(f'{config}: not listed in the metafile')
@@ -129,23 +140,27 @@ def check_pretrained(models):
     """Problems where ``Pretrained`` is not a published checkpoint or
     ``Pretrained Hub`` is not its Hub id."""
     from mmmetaformer.models.archs import published_weights
+
     published = published_weights()
     problems = []
     for model in models:
         meta = model.get('Metadata', {})
         url, hub_id = meta.get('Pretrained'), meta.get('Pretrained Hub')
         if url not in published:
-            problems.append(f"{model['Name']}: Pretrained {url} is not an "
-                            'official checkpoint (pretrained_url)')
+            problems.append(
+                f'{model["Name"]}: Pretrained {url} is not an '
+                'official checkpoint (pretrained_url)'
+            )
         elif hub_id != published[url]:
-            problems.append(f"{model['Name']}: Pretrained Hub {hub_id} but "
-                            f'{url} is on the Hub as {published[url]} '
-                            f'(write Pretrained Hub: {published[url]})')
+            problems.append(
+                f'{model["Name"]}: Pretrained Hub {hub_id} but '
+                f'{url} is on the Hub as {published[url]} '
+                f'(write Pretrained Hub: {published[url]})'
+            )
     return problems
 
 
-def check_complexity(models, get_flops, flops=True, only=None,
-                     progress=False):
+def check_complexity(models, get_flops, flops=True, only=None, progress=False):
     """Problems where an entry's Parameters/FLOPs differ from the count.
 
     Args:
@@ -157,11 +172,15 @@ def check_complexity(models, get_flops, flops=True, only=None,
     import torch
     from mmengine.utils import ProgressBar
 
-    from mmmetaformer.utils.complexity import count_backbone, count_params
+    from mmmetaformer_tools.complexity import count_backbone, count_params
+
     problems, counted = [], {}
     keys = {backbone_of(m) for m in models} - {None}
-    bar = ProgressBar(len(keys if only is None else keys & set(only))) \
-        if progress else None
+    bar = (
+        ProgressBar(len(keys if only is None else keys & set(only)))
+        if progress
+        else None
+    )
     for model in models:
         key = backbone_of(model)
         if key is None or (only is not None and key not in only):
@@ -169,10 +188,12 @@ def check_complexity(models, get_flops, flops=True, only=None,
         if key not in counted:
             if flops:
                 torch.manual_seed(0)
-                result = count_backbone(get_flops.build_backbone(*key),
-                                        (224, 224))
-                counted[key] = dict(Parameters=result['params'],
-                                    FLOPs=result['macs'])
+                result = count_backbone(
+                    get_flops.build_backbone(*key), (224, 224)
+                )
+                counted[key] = dict(
+                    Parameters=result['params'], FLOPs=result['macs']
+                )
             else:
                 with torch.device('meta'):
                     backbone = get_flops.build_backbone(*key)
@@ -183,9 +204,10 @@ def check_complexity(models, get_flops, flops=True, only=None,
             stored = model['Metadata'].get(field)
             if stored != value:
                 problems.append(
-                    f"{model['Name']}: {field} {stored} but "
+                    f'{model["Name"]}: {field} {stored} but '
                     f'get_flops.py --backbone {key[0]} --arch {key[1]} '
-                    f'counts {value}')
+                    f'counts {value}'
+                )
     return problems
 
 
@@ -193,6 +215,7 @@ def check_configs(models, root, names=None):
     """Problems where the entry's backbone is not the config's, or the
     config's ``init_cfg`` checkpoint is not the entry's Pretrained Hub."""
     from mmengine.config import Config
+
     problems = []
     for model in models:
         if names is not None and model['Name'] not in names:
@@ -201,27 +224,38 @@ def check_configs(models, root, names=None):
         backbone = cfg.model.backbone
         built = (backbone.type, str(backbone.arch))
         if backbone_of(model) != built:
-            problems.append(f"{model['Name']}: the entry says "
-                            f'{backbone_of(model)}, {model["Config"]} builds '
-                            f'{built}')
+            problems.append(
+                f'{model["Name"]}: the entry says '
+                f'{backbone_of(model)}, {model["Config"]} builds '
+                f'{built}'
+            )
         init_cfg = backbone.get('init_cfg') or {}
         hub_id = model.get('Metadata', {}).get('Pretrained Hub')
         if init_cfg.get('checkpoint') != hub_id:
-            problems.append(f"{model['Name']}: {model['Config']} starts from "
-                            f"{init_cfg.get('checkpoint')}, the entry's "
-                            f'Pretrained Hub is {hub_id}')
+            problems.append(
+                f'{model["Name"]}: {model["Config"]} starts from '
+                f"{init_cfg.get('checkpoint')}, the entry's "
+                f'Pretrained Hub is {hub_id}'
+            )
     return problems
 
 
-def validate(root=REPO_ROOT, flops=True, configs=False, only=None,
-             config_names=None, progress=False):
+def validate(
+    root=REPO_ROOT,
+    flops=True,
+    configs=False,
+    only=None,
+    config_names=None,
+    progress=False,
+):
     """Every problem found, one line each (empty: the index agrees)."""
     problems, models = check_structure(root)
     if problems:
         return problems  # figures of a broken index would only add noise
     problems += check_pretrained(models)
-    problems += check_complexity(models, load_get_flops(root), flops=flops,
-                                 only=only, progress=progress)
+    problems += check_complexity(
+        models, load_get_flops(root), flops=flops, only=only, progress=progress
+    )
     if configs or config_names:
         problems += check_configs(models, root, config_names)
     return problems
@@ -229,17 +263,28 @@ def validate(root=REPO_ROOT, flops=True, configs=False, only=None,
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--root', default=str(REPO_ROOT),
-                        help='repository root to check (default: this one)')
-    parser.add_argument('--no-flops', action='store_true',
-                        help='check parameters only (no traced forward)')
-    parser.add_argument('--configs', action='store_true',
-                        help="also check each entry's backbone against its "
-                        'config (parses every config)')
+    parser.add_argument(
+        '--root',
+        default=str(REPO_ROOT),
+        help='repository root to check (default: this one)',
+    )
+    parser.add_argument(
+        '--no-flops',
+        action='store_true',
+        help='check parameters only (no traced forward)',
+    )
+    parser.add_argument(
+        '--configs',
+        action='store_true',
+        help="also check each entry's backbone against its "
+        'config (parses every config)',
+    )
     args = parser.parse_args(argv)
-    sys.path.insert(0, str(REPO_ROOT))
-    problems = validate(args.root, flops=not args.no_flops,
-                        configs=args.configs, progress=True)
+    # this clone's package, and the tools' own modules (mmmetaformer_tools)
+    sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / 'tools')]
+    problems = validate(
+        args.root, flops=not args.no_flops, configs=args.configs, progress=True
+    )
     for line in problems:
         print(line, file=sys.stderr)
     if problems:

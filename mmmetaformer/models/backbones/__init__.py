@@ -1,16 +1,23 @@
 from .convmixer import ConvMixer
 from .metaformer import (
-                         FAMILY_CLASSES,
-                         CAFormer,
-                         ConvFormer,
-                         IdentityFormer,
-                         MetaFormer,
-                         PoolFormer,
-                         PoolFormerV2,
-                         RandFormer,
+    FAMILY_CLASSES,
+    CAFormer,
+    ConvFormer,
+    IdentityFormer,
+    MetaFormer,
+    PoolFormer,
+    PoolFormerV2,
+    RandFormer,
 )
 
 __all__ = [
-    'CAFormer', 'ConvFormer', 'ConvMixer', 'FAMILY_CLASSES', 'IdentityFormer',
-    'MetaFormer', 'PoolFormer', 'PoolFormerV2', 'RandFormer'
+    'CAFormer',
+    'ConvFormer',
+    'ConvMixer',
+    'FAMILY_CLASSES',
+    'IdentityFormer',
+    'MetaFormer',
+    'PoolFormer',
+    'PoolFormerV2',
+    'RandFormer',
 ]

@@ -14,13 +14,14 @@ making up stage ``i``, which ``frozen_stages`` freezes) and
 ``forward_outputs(x, indices)`` (the NCHW outputs of the given stages, in
 order, before the output norms).
 """
+
 import copy
 
 import torch.nn as nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ...checkpoint import FORMATS, load_pretrained
-from ..layers import build_norm
+from ..registration import build_norm
 
 NUM_STAGES = 4
 PRETRAINED_KEYS = ('type', 'checkpoint', 'prefix', 'format')
@@ -38,18 +39,23 @@ def resolve_arch(owner, arch, zoo, valid_keys, required_keys, defaults=None):
         if name not in zoo:
             raise ValueError(
                 f"Unknown arch '{arch}' for {owner}. Valid archs: "
-                f"{', '.join(zoo)}; or pass a dict with keys "
-                f"{', '.join(valid_keys)}.")
+                f'{", ".join(zoo)}; or pass a dict with keys '
+                f'{", ".join(valid_keys)}.'
+            )
         spec = zoo[name]
     elif isinstance(arch, dict):
         spec = arch
     else:
-        raise TypeError(f'{owner} arch must be a name or a dict, got '
-                        f'{type(arch).__name__}: {arch!r}')
+        raise TypeError(
+            f'{owner} arch must be a name or a dict, got '
+            f'{type(arch).__name__}: {arch!r}'
+        )
     unknown = sorted(set(spec) - set(valid_keys))
     if unknown:
-        raise ValueError(f'Unknown arch keys {unknown} for {owner}; valid '
-                         f"keys: {', '.join(valid_keys)}")
+        raise ValueError(
+            f'Unknown arch keys {unknown} for {owner}; valid '
+            f'keys: {", ".join(valid_keys)}'
+        )
     full = dict(defaults or {}, **copy.deepcopy(dict(spec)))
     missing = [k for k in required_keys if k not in full]
     if missing:
@@ -61,19 +67,24 @@ def reject_unknown_kwargs(owner, unknown, signature_owner):
     """Raise a TypeError naming unknown keyword args and the valid ones."""
     if unknown:
         import inspect
+
         valid = [
-            p for p in inspect.signature(signature_owner).parameters
+            p
+            for p in inspect.signature(signature_owner).parameters
             if p not in ('self', 'unknown_kwargs')
         ]
-        raise TypeError(f'{owner} got unknown arguments '
-                        f'{sorted(unknown)}; valid arguments: '
-                        f"{', '.join(valid)}")
+        raise TypeError(
+            f'{owner} got unknown arguments '
+            f'{sorted(unknown)}; valid arguments: '
+            f'{", ".join(valid)}'
+        )
 
 
 def check_flag(owner, name, value):
     if not isinstance(value, bool):
-        raise ValueError(f'{owner} {name}={value!r} is invalid; valid: '
-                         'True, False')
+        raise ValueError(
+            f'{owner} {name}={value!r} is invalid; valid: True, False'
+        )
 
 
 def reject_pretrained(owner, pretrained):
@@ -93,12 +104,13 @@ def reject_pretrained(owner, pretrained):
     raise ValueError(
         f"{owner} got pretrained={pretrained!r}. mmseg's EncoderDecoder "
         f"passes the config's model.pretrained to the backbone, and the "
-        f'base config set it for the backbone it was written for (mmseg\'s '
+        f"base config set it for the backbone it was written for (mmseg's "
         f'ResNet bases name a ResNet checkpoint): it is not a {owner} '
         f'checkpoint. Set model.pretrained=None in your config (or '
         f'--cfg-options model.pretrained=None) and load {owner} weights '
         f"through model.backbone.init_cfg=dict(type='Pretrained', "
-        f'checkpoint=PATH_OR_URL).')
+        f'checkpoint=PATH_OR_URL).'
+    )
 
 
 class DenseBackboneMixin:
@@ -108,10 +120,18 @@ class DenseBackboneMixin:
     """
 
     # State-dict prefixes of layers that ImageNet checkpoints do not have.
-    new_layer_prefixes = ('out_norms.', )
+    new_layer_prefixes = ('out_norms.',)
 
-    def _setup_outputs(self, dims, out_indices, out_norm_cfg, frozen_stages,
-                       norm_eval, with_cp, init_cfg):
+    def _setup_outputs(
+        self,
+        dims,
+        out_indices,
+        out_norm_cfg,
+        frozen_stages,
+        norm_eval,
+        with_cp,
+        init_cfg,
+    ):
         """Validate the common arguments and build the output norms.
 
         Args:
@@ -119,21 +139,26 @@ class DenseBackboneMixin:
         """
         name = type(self).__name__
         if isinstance(out_indices, int):
-            out_indices = (out_indices, )
+            out_indices = (out_indices,)
         out_indices = tuple(out_indices)
-        bad = [i for i in out_indices
-               if not isinstance(i, int) or not 0 <= i < NUM_STAGES]
-        if bad or not out_indices or len(set(out_indices)) != len(
-                out_indices):
+        bad = [
+            i
+            for i in out_indices
+            if not isinstance(i, int) or not 0 <= i < NUM_STAGES
+        ]
+        if bad or not out_indices or len(set(out_indices)) != len(out_indices):
             raise ValueError(
                 f'{name} out_indices {out_indices} must be distinct stage '
-                f'indices in 0..{NUM_STAGES - 1} (at least one)')
+                f'indices in 0..{NUM_STAGES - 1} (at least one)'
+            )
         if not isinstance(frozen_stages, int) or not (
-                -1 <= frozen_stages <= NUM_STAGES):
+            -1 <= frozen_stages <= NUM_STAGES
+        ):
             raise ValueError(
                 f'{name} frozen_stages={frozen_stages!r} must be an int in '
                 f'-1..{NUM_STAGES} (-1 freezes nothing, k freezes the stem '
-                f'and stages 0..k-1)')
+                f'and stages 0..k-1)'
+            )
         if init_cfg is not None:
             init_cfg = self._check_init_cfg(init_cfg)
         self.out_indices = tuple(sorted(out_indices))
@@ -144,11 +169,14 @@ class DenseBackboneMixin:
         self.out_channels = tuple(dims[i] for i in self.out_indices)
         self.out_strides = tuple(4 * 2**i for i in self.out_indices)
         # Only emitted outputs get a norm: an unused one breaks DDP.
-        self.out_norms = nn.ModuleDict({
-            str(i): build_norm(out_norm_cfg, dims[i])
-            if out_norm_cfg is not None else nn.Identity()
-            for i in self.out_indices
-        })
+        self.out_norms = nn.ModuleDict(
+            {
+                str(i): build_norm(out_norm_cfg, dims[i])
+                if out_norm_cfg is not None
+                else nn.Identity()
+                for i in self.out_indices
+            }
+        )
         self.set_with_cp(with_cp)
         for module in self.idle_modules():
             module.requires_grad_(False)
@@ -162,7 +190,8 @@ class DenseBackboneMixin:
         DDP rejects parameters that get no gradient.
         """
         return [
-            module for i in range(self.out_indices[-1] + 1, NUM_STAGES)
+            module
+            for i in range(self.out_indices[-1] + 1, NUM_STAGES)
             for module in self.stage_modules(i)
         ]
 
@@ -174,24 +203,33 @@ class DenseBackboneMixin:
             return init_cfg
         unknown = sorted(set(init_cfg) - set(PRETRAINED_KEYS))
         if unknown:
-            raise ValueError(f'{name} init_cfg has unknown keys {unknown}; '
-                             f"valid keys: {', '.join(PRETRAINED_KEYS)}")
+            raise ValueError(
+                f'{name} init_cfg has unknown keys {unknown}; '
+                f'valid keys: {", ".join(PRETRAINED_KEYS)}'
+            )
         if not init_cfg.get('checkpoint'):
-            raise ValueError(f"{name} init_cfg type='Pretrained' needs "
-                             f'checkpoint=PATH_OR_URL')
+            raise ValueError(
+                f"{name} init_cfg type='Pretrained' needs "
+                f'checkpoint=PATH_OR_URL'
+            )
         fmt = init_cfg.get('format', 'auto')
         if fmt != 'auto' and fmt not in FORMATS:
-            raise ValueError(f"{name} init_cfg format '{fmt}' is unknown; "
-                             f"valid formats: auto, {', '.join(FORMATS)}")
+            raise ValueError(
+                f"{name} init_cfg format '{fmt}' is unknown; "
+                f'valid formats: auto, {", ".join(FORMATS)}'
+            )
         return init_cfg
 
     def init_weights(self):
         """Load ``init_cfg`` Pretrained weights strictly (any format)."""
         cfg = self.init_cfg
         if isinstance(cfg, dict) and cfg.get('type') == 'Pretrained':
-            load_pretrained(self, cfg['checkpoint'],
-                            fmt=cfg.get('format', 'auto'),
-                            prefix=cfg.get('prefix'))
+            load_pretrained(
+                self,
+                cfg['checkpoint'],
+                fmt=cfg.get('format', 'auto'),
+                prefix=cfg.get('prefix'),
+            )
             self._is_init = True
         else:
             super().init_weights()
@@ -224,5 +262,7 @@ class DenseBackboneMixin:
         as PSANet's ``view`` their input).
         """
         feats = self.forward_outputs(x, self.out_indices)
-        return tuple(self.out_norms[str(i)](feat).contiguous()
-                     for i, feat in zip(self.out_indices, feats))
+        return tuple(
+            self.out_norms[str(i)](feat).contiguous()
+            for i, feat in zip(self.out_indices, feats)
+        )

@@ -8,6 +8,7 @@ and family layer defaults, so ``PoolFormer(arch='s12')`` and
 ``MetaFormer(arch='poolformer_s12')`` are the same network, and an arch dict
 passed to a family class only needs what differs from the family.
 """
+
 from functools import partial
 
 from mmengine.model import BaseModule
@@ -22,7 +23,7 @@ from ..archs import (
 )
 from ..core import MetaFormerTrunk
 from ..core.metaformer import per_stage
-from ..layers import build_norm
+from ..registration import build_norm
 from .base import (
     DenseBackboneMixin,
     check_flag,
@@ -47,12 +48,15 @@ def mixer_factory(cfg, where='arch token_mixer_cfg'):
     head size that does not divide ``dim``) raises a ValueError naming
     ``where`` (the arch key), the value and ``dim``.
     """
+
     def build(dim):
         try:
             return MODELS.build(dict(cfg, dim=dim))
         except Exception as exc:
-            raise ValueError(f'{where}={cfg!r} cannot build a token mixer '
-                             f'of dim {dim}: {exc}') from exc
+            raise ValueError(
+                f'{where}={cfg!r} cannot build a token mixer '
+                f'of dim {dim}: {exc}'
+            ) from exc
 
     return build
 
@@ -61,10 +65,15 @@ def check_stage_sizes(owner, spec):
     """Every entry of ``depths`` and ``dims`` must be a positive int."""
     for key in ('depths', 'dims'):
         for i, value in enumerate(spec[key]):
-            if isinstance(value, bool) or not isinstance(value, int) or \
-                    value <= 0:
-                raise ValueError(f'{owner} arch {key}[{i}]={value!r} must be '
-                                 f'a positive int ({key}={spec[key]})')
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int)
+                or value <= 0
+            ):
+                raise ValueError(
+                    f'{owner} arch {key}[{i}]={value!r} must be '
+                    f'a positive int ({key}={spec[key]})'
+                )
 
 
 @register_public
@@ -110,34 +119,45 @@ class MetaFormer(DenseBackboneMixin, MetaFormerTrunk, BaseModule):
     family_defaults = GENERIC_DEFAULTS
     family = None  # the presets below set theirs
 
-    def __init__(self,
-                 arch,
-                 in_channels=3,
-                 out_indices=(0, 1, 2, 3),
-                 # read, never modified (mmdet's convention for cfg defaults)
-                 out_norm_cfg=dict(type='GN', num_groups=1),  # noqa: B006
-                 frozen_stages=-1,
-                 norm_eval=False,
-                 with_cp=False,
-                 drop_path_rate=0.0,
-                 init_cfg=None,
-                 channels_last=None,
-                 deploy=False,
-                 pretrained=None,
-                 **unknown_kwargs):
+    def __init__(
+        self,
+        arch,
+        in_channels=3,
+        out_indices=(0, 1, 2, 3),
+        # read, never modified (mmdet's convention for cfg defaults)
+        out_norm_cfg=dict(type='GN', num_groups=1),  # noqa: B006
+        frozen_stages=-1,
+        norm_eval=False,
+        with_cp=False,
+        drop_path_rate=0.0,
+        init_cfg=None,
+        channels_last=None,
+        deploy=False,
+        pretrained=None,
+        **unknown_kwargs,
+    ):
         owner = type(self).__name__
         reject_unknown_kwargs(owner, unknown_kwargs, MetaFormer.__init__)
         check_flag(owner, 'deploy', deploy)
         reject_pretrained(owner, pretrained)
         if not 0.0 <= drop_path_rate < 1.0:
-            raise ValueError(f'{owner} drop_path_rate={drop_path_rate} must '
-                             'be in [0, 1)')
-        spec = resolve_arch(owner, arch, self.arch_zoo, ARCH_KEYS,
-                            REQUIRED_ARCH_KEYS, self.family_defaults)
+            raise ValueError(
+                f'{owner} drop_path_rate={drop_path_rate} must be in [0, 1)'
+            )
+        spec = resolve_arch(
+            owner,
+            arch,
+            self.arch_zoo,
+            ARCH_KEYS,
+            REQUIRED_ARCH_KEYS,
+            self.family_defaults,
+        )
         self.arch_settings = spec
         if len(spec['depths']) != 4 or len(spec['dims']) != 4:
-            raise ValueError(f'{owner} arch needs 4 depths and 4 dims, got '
-                             f"{spec['depths']} and {spec['dims']}")
+            raise ValueError(
+                f'{owner} arch needs 4 depths and 4 dims, got '
+                f'{spec["depths"]} and {spec["dims"]}'
+            )
         check_stage_sizes(owner, spec)
         mixer_cfgs = spec['token_mixer_cfg']
         mlp_act_cfg = spec['mlp_act_cfg']
@@ -145,15 +165,24 @@ class MetaFormer(DenseBackboneMixin, MetaFormerTrunk, BaseModule):
             depths=spec['depths'],
             dims=spec['dims'],
             token_mixers=[
-                mixer_factory(c, f'{owner} arch token_mixer_cfg' + (
-                    f'[{i}]' if isinstance(mixer_cfgs, (list, tuple)) else
-                    ''))
-                for i, c in enumerate(per_stage(
-                    mixer_cfgs, f'{owner} arch token_mixer_cfg', 4))
+                mixer_factory(
+                    c,
+                    f'{owner} arch token_mixer_cfg'
+                    + (
+                        f'[{i}]'
+                        if isinstance(mixer_cfgs, (list, tuple))
+                        else ''
+                    ),
+                )
+                for i, c in enumerate(
+                    per_stage(mixer_cfgs, f'{owner} arch token_mixer_cfg', 4)
+                )
             ],
             norm_layers=[
-                norm_factory(c) for c in per_stage(
-                    spec['norm_cfg'], f'{owner} arch norm_cfg', 4)
+                norm_factory(c)
+                for c in per_stage(
+                    spec['norm_cfg'], f'{owner} arch norm_cfg', 4
+                )
             ],
             mlp_act_layer=partial(MODELS.build, mlp_act_cfg),
             mlp_ratio=spec['mlp_ratio'],
@@ -166,9 +195,17 @@ class MetaFormer(DenseBackboneMixin, MetaFormerTrunk, BaseModule):
             drop_path_rate=drop_path_rate,
             in_channels=in_channels,
             channels_last=channels_last,
-            deploy=deploy)
-        self._setup_outputs(spec['dims'], out_indices, out_norm_cfg,
-                            frozen_stages, norm_eval, with_cp, init_cfg)
+            deploy=deploy,
+        )
+        self._setup_outputs(
+            spec['dims'],
+            out_indices,
+            out_norm_cfg,
+            frozen_stages,
+            norm_eval,
+            with_cp,
+            init_cfg,
+        )
 
     def stage_modules(self, i):
         return [self.stages[i]]
@@ -181,16 +218,18 @@ class MetaFormer(DenseBackboneMixin, MetaFormerTrunk, BaseModule):
 def _family(name, family):
     """A registered preset class over ``MetaFormer`` for one family."""
     cls = type(
-        name, (MetaFormer, ), {
-            '__doc__':
-            f'{name}: ``MetaFormer`` with the {family} layers. Archs: '
-            f"{', '.join(METAFORMER_ARCHS[family])}; a dict arch overrides "
-            f'the family defaults.',
+        name,
+        (MetaFormer,),
+        {
+            '__doc__': f'{name}: ``MetaFormer`` with the {family} layers. '
+            f'Archs: {", ".join(METAFORMER_ARCHS[family])}; a dict arch '
+            'overrides the family defaults.',
             'arch_zoo': METAFORMER_ARCHS[family],
             'family_defaults': dict(GENERIC_DEFAULTS, **FAMILIES[family]),
             'family': family,
             '__module__': __name__,
-        })
+        },
+    )
     return register_public(cls)
 
 
@@ -204,8 +243,16 @@ CAFormer = _family('CAFormer', 'caformer')
 # family (as in arch names and config file names) -> registered type name,
 # for tools and tests; every family of the arch tables, in their order.
 FAMILY_CLASSES = {
-    **{cls.family: cls.__name__
-       for cls in (PoolFormer, PoolFormerV2, IdentityFormer, RandFormer,
-                   ConvFormer, CAFormer)},
+    **{
+        cls.family: cls.__name__
+        for cls in (
+            PoolFormer,
+            PoolFormerV2,
+            IdentityFormer,
+            RandFormer,
+            ConvFormer,
+            CAFormer,
+        )
+    },
     ConvMixer.family: ConvMixer.__name__,
 }

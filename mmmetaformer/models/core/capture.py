@@ -5,15 +5,19 @@ memory, a CPU kernel, a layout change) take the plain PyTorch path while a
 graph is being captured, so that tracers, compilers and exporters see
 standard ops only.
 """
+
 import torch
 
 
 def capturing_graph():
     """True under ``torch.jit`` tracing or scripting, ``torch.compile``
     (dynamo) or ``torch.onnx.export``."""
-    return (torch.jit.is_tracing() or torch.jit.is_scripting()
-            or torch.compiler.is_compiling()
-            or torch.onnx.is_in_onnx_export())
+    return (
+        torch.jit.is_tracing()
+        or torch.jit.is_scripting()
+        or torch.compiler.is_compiling()
+        or torch.onnx.is_in_onnx_export()
+    )
 
 
 def sizes_are_symbolic():

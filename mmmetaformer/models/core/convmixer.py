@@ -17,9 +17,9 @@ with a 1x1 conv *before* resampling (cheaper at the fine levels), then
 applies ``norm -> GELU -> 3x3 conv``. The adapter is new (in no ImageNet
 checkpoint) and always trainable.
 """
+
 import torch.nn as nn
 
-from ..resample import resample_to
 from . import fuse
 from .layers import DepthwiseConv2d, PointwiseConv2d
 from .metaformer import (
@@ -28,6 +28,7 @@ from .metaformer import (
     stage_output_sizes,
     to_layout,
 )
+from .resample import resample_to
 
 
 class Residual(nn.Module):
@@ -56,25 +57,43 @@ class ConvMixerTrunk(nn.Module):
         deploy (bool): build folded (``switch_to_deploy``).
     """
 
-    def __init__(self, dim, depth, kernel_size, patch_size,
-                 act_layer=nn.GELU, in_channels=3, channels_last=None,
-                 deploy=False):
+    def __init__(
+        self,
+        dim,
+        depth,
+        kernel_size,
+        patch_size,
+        act_layer=nn.GELU,
+        in_channels=3,
+        channels_last=None,
+        deploy=False,
+    ):
         super().__init__()
         check_channels_last(channels_last)
         self.channels_last = channels_last
         self.patch_size = patch_size
         self.stem = nn.Sequential(
             nn.Conv2d(in_channels, dim, patch_size, stride=patch_size),
-            act_layer(), nn.BatchNorm2d(dim))
-        self.blocks = nn.Sequential(*[
-            nn.Sequential(
-                Residual(
-                    nn.Sequential(
-                        DepthwiseConv2d(dim, kernel_size, padding='same'),
-                        act_layer(),
-                        nn.BatchNorm2d(dim))), PointwiseConv2d(dim, dim),
-                act_layer(), nn.BatchNorm2d(dim)) for _ in range(depth)
-        ])
+            act_layer(),
+            nn.BatchNorm2d(dim),
+        )
+        self.blocks = nn.Sequential(
+            *[
+                nn.Sequential(
+                    Residual(
+                        nn.Sequential(
+                            DepthwiseConv2d(dim, kernel_size, padding='same'),
+                            act_layer(),
+                            nn.BatchNorm2d(dim),
+                        )
+                    ),
+                    PointwiseConv2d(dim, dim),
+                    act_layer(),
+                    nn.BatchNorm2d(dim),
+                )
+                for _ in range(depth)
+            ]
+        )
         self.with_cp = False
         self.deploy = False
         if deploy:
@@ -111,15 +130,19 @@ class SimplePyramidAdapter(nn.Module):
     def __init__(self, in_channels, out_channels, norm_layer):
         super().__init__()
         self.projs = nn.ModuleList(
-            nn.Conv2d(in_channels, c, 1, bias=False) for c in out_channels)
+            nn.Conv2d(in_channels, c, 1, bias=False) for c in out_channels
+        )
         self.refines = nn.ModuleList(
-            nn.Sequential(norm_layer(c), nn.GELU(),
-                          nn.Conv2d(c, c, 3, padding=1))
-            for c in out_channels)
+            nn.Sequential(
+                norm_layer(c), nn.GELU(), nn.Conv2d(c, c, 3, padding=1)
+            )
+            for c in out_channels
+        )
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode='fan_out',
-                                        nonlinearity='relu')
+                nn.init.kaiming_normal_(
+                    module.weight, mode='fan_out', nonlinearity='relu'
+                )
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
 

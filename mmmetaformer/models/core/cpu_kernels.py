@@ -28,6 +28,7 @@ of this off; the model is then exactly the plain one on CPU too. Values
 agree either way (forward bit for bit, gradients to rounding; see
 ``tests/test_fast_paths.py``).
 """
+
 import contextlib
 
 import torch
@@ -69,17 +70,25 @@ def applies(x):
 def applies_to_training(x, *params):
     """``applies(x)`` and autograd records the call (``x`` or one of the
     tensors ``params`` needs a gradient)."""
-    return applies(x) and torch.is_grad_enabled() and (
-        x.requires_grad or any(p is not None and p.requires_grad
-                               for p in params))
+    return (
+        applies(x)
+        and torch.is_grad_enabled()
+        and (
+            x.requires_grad
+            or any(p is not None and p.requires_grad for p in params)
+        )
+    )
 
 
 # --- layouts --------------------------------------------------------------
 
 
 def _channels_last(x):
-    return (x.dim() == 4 and not x.is_contiguous()
-            and x.is_contiguous(memory_format=torch.channels_last))
+    return (
+        x.dim() == 4
+        and not x.is_contiguous()
+        and x.is_contiguous(memory_format=torch.channels_last)
+    )
 
 
 def match_layout(t, ref):
@@ -90,8 +99,9 @@ def match_layout(t, ref):
     """
     if not applies(t) or t.stride() == ref.stride():
         return t
-    fmt = torch.channels_last if _channels_last(ref) else \
-        torch.contiguous_format
+    fmt = (
+        torch.channels_last if _channels_last(ref) else torch.contiguous_format
+    )
     return t.contiguous(memory_format=fmt)
 
 
@@ -112,7 +122,8 @@ def _gelu_backward(grad, x):
     flat, undo = _flat_layout(x)
     if flat is not x:
         grad = grad.contiguous(memory_format=torch.channels_last).permute(
-            0, 2, 3, 1)
+            0, 2, 3, 1
+        )
     return undo(torch.ops.aten.gelu_backward(grad, flat))
 
 
@@ -147,14 +158,33 @@ def _conv1x1_backward(grad, x, weight, has_bias, needs):
     grad_rows, x_rows = _nhwc_rows(grad), _nhwc_rows(x)
     if grad_rows is None or x_rows is None:
         return torch.ops.aten.convolution_backward(
-            grad, x, weight, [weight.shape[0]] if has_bias else None,
-            [1, 1], [0, 0], [1, 1], False, [0, 0], 1,
-            [need_x, need_w, need_b])
+            grad,
+            x,
+            weight,
+            [weight.shape[0]] if has_bias else None,
+            [1, 1],
+            [0, 0],
+            [1, 1],
+            False,
+            [0, 0],
+            1,
+            [need_x, need_w, need_b],
+        )
     grad_x = grad_w = grad_b = None
     if need_x:
         grad_x = torch.ops.aten.convolution_backward(
-            grad, x, weight, None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1,
-            [True, False, False])[0]
+            grad,
+            x,
+            weight,
+            None,
+            [1, 1],
+            [0, 0],
+            [1, 1],
+            False,
+            [0, 0],
+            1,
+            [True, False, False],
+        )[0]
     if need_w:
         grad_w = torch.mm(grad_rows.t(), x_rows).view(weight.shape)
     if need_b:
@@ -169,8 +199,10 @@ def _record_params(ctx, weight, bias):
 
 def _param_grads(ctx, grad_w, grad_b):
     """The weight and bias gradients in the parameters' dtypes."""
-    return (None if grad_w is None else grad_w.to(ctx.param_dtypes[0]),
-            None if grad_b is None else grad_b.to(ctx.param_dtypes[1]))
+    return (
+        None if grad_w is None else grad_w.to(ctx.param_dtypes[0]),
+        None if grad_b is None else grad_b.to(ctx.param_dtypes[1]),
+    )
 
 
 def _save_conv(ctx, x, weight, bias, padding=0, groups=1):
@@ -205,19 +237,32 @@ class _DepthwiseConvFunction(torch.autograd.Function):
         grad_x = grad_w = grad_b = None
         if need_x:
             grad_x = torch.ops.aten.convolution_backward(
-                grad, x, weight, None, [1, 1], list(ctx.padding), [1, 1],
-                False, [0, 0], channels, [True, False, False])[0]
+                grad,
+                x,
+                weight,
+                None,
+                [1, 1],
+                list(ctx.padding),
+                [1, 1],
+                False,
+                [0, 0],
+                channels,
+                [True, False, False],
+            )[0]
         if need_w:
             batch, _, height, width = x.shape
             pad_h, pad_w = ctx.padding
             # [1, B*C, H+2p, W+2q] (*) [B*C, 1, Ho, Wo] -> [1, B*C, kh, kw]
-            padded = x.new_zeros(1, batch * channels, height + 2 * pad_h,
-                                 width + 2 * pad_w)
-            padded[0, :, pad_h:pad_h + height, pad_w:pad_w + width].copy_(
-                x.reshape(batch * channels, height, width))
+            padded = x.new_zeros(
+                1, batch * channels, height + 2 * pad_h, width + 2 * pad_w
+            )
+            padded[0, :, pad_h : pad_h + height, pad_w : pad_w + width].copy_(
+                x.reshape(batch * channels, height, width)
+            )
             kernel = grad.reshape(batch * channels, 1, *grad.shape[2:])
-            grad_w = F.conv2d(padded, kernel.contiguous(),
-                              groups=batch * channels)
+            grad_w = F.conv2d(
+                padded, kernel.contiguous(), groups=batch * channels
+            )
             grad_w = grad_w.view(batch, channels, *weight.shape[2:]).sum(0)
             grad_w = grad_w.unsqueeze(1)
         if need_b and ctx.has_bias:
@@ -244,9 +289,9 @@ class _PointwiseConvFunction(torch.autograd.Function):
     def backward(ctx, grad):
         x, weight = ctx.saved_tensors
         grad = match_layout(grad.to(x.dtype), x)
-        grad_x, grad_w, grad_b = _conv1x1_backward(grad, x, weight,
-                                                   ctx.has_bias,
-                                                   ctx.needs_input_grad)
+        grad_x, grad_w, grad_b = _conv1x1_backward(
+            grad, x, weight, ctx.has_bias, ctx.needs_input_grad
+        )
         return (grad_x, *_param_grads(ctx, grad_w, grad_b))
 
 
@@ -285,14 +330,22 @@ class _GeluPointwiseFunction(torch.autograd.Function):
         need_h, need_w, need_b = ctx.needs_input_grad
         dtype = ctx.conv_dtype
         grad_g, grad_w, grad_b = _conv1x1_backward(
-            grad.to(dtype), gelu(h).to(dtype), weight.to(dtype),
-            ctx.has_bias, (need_h, need_w, need_b))
-        grad_h = (_gelu_backward(grad_g.to(h.dtype), h) if need_h else None)
+            grad.to(dtype),
+            gelu(h).to(dtype),
+            weight.to(dtype),
+            ctx.has_bias,
+            (need_h, need_w, need_b),
+        )
+        grad_h = _gelu_backward(grad_g.to(h.dtype), h) if need_h else None
         return (grad_h, *_param_grads(ctx, grad_w, grad_b))
 
 
-_HOOK_DICTS = ('_forward_hooks', '_forward_pre_hooks', '_backward_hooks',
-               '_backward_pre_hooks')
+_HOOK_DICTS = (
+    '_forward_hooks',
+    '_forward_pre_hooks',
+    '_backward_hooks',
+    '_backward_pre_hooks',
+)
 
 
 def has_hooks(*modules):
@@ -305,9 +358,12 @@ def has_hooks(*modules):
     global) are read directly.
     """
     glob = nn.modules.module
-    if (glob._global_forward_hooks or glob._global_forward_pre_hooks
-            or glob._global_backward_hooks
-            or glob._global_backward_pre_hooks):
+    if (
+        glob._global_forward_hooks
+        or glob._global_forward_pre_hooks
+        or glob._global_backward_hooks
+        or glob._global_backward_pre_hooks
+    ):
         return True
     return any(getattr(m, name) for m in modules for name in _HOOK_DICTS)
 

@@ -16,8 +16,8 @@ Each fold rewrites the module's own parameters in place so that the same
 ``forward`` computes the same function with fewer multiplies: per-channel
 affine maps next to a linear map are folded into its weights and the affine
 modules become ``nn.Identity`` (or lose their weights). The module tree
-keeps its shape, so a model built with ``deploy=True`` has exactly the keys of a
-folded one and loads its checkpoint. A user's token mixer without a
+keeps its shape, so a model built with ``deploy=True`` has exactly the keys
+of a folded one and loads its checkpoint. A user's token mixer without a
 ``fold_branch`` runs unfused (one log line says so).
 
 Identities the folds rely on (``n`` a ``[B, C, H, W]`` map, ``g``/``b``
@@ -67,6 +67,7 @@ fp32 and bf16; under fp16 autocast the folded MLP squares before
 StarReLU's scale (which now sits in ``fc2``), so it can overflow where
 the unfused StarReLU does not: use bf16 or the unfused model for fp16.
 """
+
 import logging
 
 import torch
@@ -86,8 +87,9 @@ def norm_affine(norm):
     """
     if isinstance(norm, nn.Identity):
         return None, None
-    if (isinstance(norm, nn.GroupNorm) and norm.num_groups == 1) or \
-            isinstance(norm, LayerNorm2d):
+    if (isinstance(norm, nn.GroupNorm) and norm.num_groups == 1) or isinstance(
+        norm, LayerNorm2d
+    ):
         return norm.weight, norm.bias
     return None
 
@@ -169,8 +171,10 @@ def deploy_branch(fn, norm, layer_scale):
     runs unfused, with a log line."""
     fold = getattr(fn, 'fold_branch', None)
     if fold is None:
-        logger.warning('%s has no fold_branch(norm, layer_scale); it '
-                       'runs unfused', type(fn).__name__)
+        logger.warning(
+            '%s has no fold_branch(norm, layer_scale); it runs unfused',
+            type(fn).__name__,
+        )
         return norm, layer_scale
     return fold(norm, layer_scale)
 
@@ -180,8 +184,13 @@ def fold_downsampling(norm, conv):
     """Fold a bias-free known norm's weight into the zero-padded ``conv``
     after it; a norm bias stays (not exact at the borders)."""
     affine = norm_affine(norm)
-    if affine is None or affine[1] is not None or affine[0] is None or \
-            conv.padding_mode != 'zeros' or conv.groups != 1:
+    if (
+        affine is None
+        or affine[1] is not None
+        or affine[0] is None
+        or conv.padding_mode != 'zeros'
+        or conv.groups != 1
+    ):
         return
     conv.weight.mul_(affine[0].detach().view(1, -1, 1, 1))
     norm.weight = None
@@ -207,9 +216,11 @@ def fold_block(block):
     """A ``MetaFormerBlock``: each branch's norm affine and layer scale
     into its token mixer and MLP; drop path goes."""
     block.norm1, block.layer_scale1 = deploy_branch(
-        block.token_mixer, block.norm1, block.layer_scale1)
+        block.token_mixer, block.norm1, block.layer_scale1
+    )
     block.norm2, block.layer_scale2 = deploy_branch(
-        block.mlp, block.norm2, block.layer_scale2)
+        block.mlp, block.norm2, block.layer_scale2
+    )
     block.drop_path1 = nn.Identity()
     block.drop_path2 = nn.Identity()
 
@@ -241,11 +252,15 @@ def fold_sepconv(mixer, norm, layer_scale):
     stays); layer scale -> ``pwconv2``."""
     fold_norm_into(mixer.pwconv1, norm)
     act = mixer.act1
-    if (type(act) is StarReLU and mixer.dwconv.padding_mode == 'zeros'
-            and float(act.scale) != 0.0):
+    if (
+        type(act) is StarReLU
+        and mixer.dwconv.padding_mode == 'zeros'
+        and float(act.scale) != 0.0
+    ):
         mixer.dwconv.weight.mul_(act.scale)
-        mixer.act1 = frozen_star_relu(1.0, float(act.bias / act.scale),
-                                      act.scale)
+        mixer.act1 = frozen_star_relu(
+            1.0, float(act.bias / act.scale), act.scale
+        )
     fold_output_scale(mixer.pwconv2, scale_vector(layer_scale))
     return norm, nn.Identity()
 

@@ -10,6 +10,7 @@ No module writes into a tensor it was given or that another module
 returned (forward hooks see final values); in-place arithmetic only runs
 on a fresh intermediate of the module's own ``forward``.
 """
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -75,13 +76,21 @@ class StarReLU(nn.Module):
     same rounding.
     """
 
-    def __init__(self, scale_value=1.0, bias_value=0.0, scale_learnable=True,
-                 bias_learnable=True, inplace=False):
+    def __init__(
+        self,
+        scale_value=1.0,
+        bias_value=0.0,
+        scale_learnable=True,
+        bias_learnable=True,
+        inplace=False,
+    ):
         super().__init__()
-        self.scale = nn.Parameter(torch.full((1, ), float(scale_value)),
-                                  requires_grad=scale_learnable)
-        self.bias = nn.Parameter(torch.full((1, ), float(bias_value)),
-                                 requires_grad=bias_learnable)
+        self.scale = nn.Parameter(
+            torch.full((1,), float(scale_value)), requires_grad=scale_learnable
+        )
+        self.bias = nn.Parameter(
+            torch.full((1,), float(bias_value)), requires_grad=bias_learnable
+        )
 
     def forward(self, x):
         if capturing_graph():
@@ -96,7 +105,7 @@ class Scale(nn.Module):
 
     def __init__(self, dim, init_value=1.0):
         super().__init__()
-        self.scale = nn.Parameter(torch.full((dim, ), float(init_value)))
+        self.scale = nn.Parameter(torch.full((dim,), float(init_value)))
 
     def forward(self, x):
         return x * self.scale.view(-1, 1, 1)
@@ -133,8 +142,9 @@ class LayerNorm2d(nn.LayerNorm):
 
     def forward(self, x):
         x = x.permute(0, 2, 3, 1)
-        x = F.layer_norm(x, self.normalized_shape, self.weight, self.bias,
-                         self.eps)
+        x = F.layer_norm(
+            x, self.normalized_shape, self.weight, self.bias, self.eps
+        )
         return x.permute(0, 3, 1, 2)
 
 
@@ -149,7 +159,7 @@ class DropPath(nn.Module):
         if self.drop_prob == 0.0 or not self.training:
             return x
         keep = 1.0 - self.drop_prob
-        mask = x.new_empty((x.shape[0], ) + (1, ) * (x.dim() - 1))
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1))
         return x * mask.bernoulli_(keep).div_(keep)
 
     def extra_repr(self):
@@ -165,8 +175,10 @@ class GELU(nn.GELU):
 
     def __init__(self, approximate='none', inplace=False):
         if approximate != 'none':
-            raise ValueError(f"GELU here is the exact one (approximate="
-                             f"'none'), got approximate={approximate!r}")
+            raise ValueError(
+                f'GELU here is the exact one (approximate='
+                f"'none'), got approximate={approximate!r}"
+            )
         super().__init__()
 
     def forward(self, x):
@@ -184,8 +196,15 @@ class DepthwiseConv2d(nn.Conv2d):
     """
 
     def __init__(self, channels, kernel_size, padding=0, bias=True, **kwargs):
-        super().__init__(channels, channels, kernel_size, padding=padding,
-                         groups=channels, bias=bias, **kwargs)
+        super().__init__(
+            channels,
+            channels,
+            kernel_size,
+            padding=padding,
+            groups=channels,
+            bias=bias,
+            **kwargs,
+        )
 
     def _symmetric_padding(self):
         """``(ph, pw)``, or ``None`` where it is not symmetric."""
@@ -196,13 +215,18 @@ class DepthwiseConv2d(nn.Conv2d):
         return None
 
     def forward(self, x):
-        if (cpu_kernels.applies_to_training(x, self.weight, self.bias)
-                and x.dim() == 4 and self.padding_mode == 'zeros'
-                and self.stride == (1, 1) and self.dilation == (1, 1)):
+        if (
+            cpu_kernels.applies_to_training(x, self.weight, self.bias)
+            and x.dim() == 4
+            and self.padding_mode == 'zeros'
+            and self.stride == (1, 1)
+            and self.dilation == (1, 1)
+        ):
             padding = self._symmetric_padding()
             if padding is not None:
-                return cpu_kernels.depthwise_conv2d(x, self.weight,
-                                                    self.bias, padding)
+                return cpu_kernels.depthwise_conv2d(
+                    x, self.weight, self.bias, padding
+                )
         return super().forward(x)
 
 
@@ -218,11 +242,18 @@ class PointwiseConv2d(nn.Conv2d):
 
     def plain(self):
         """Stride 1, no padding, one group: a per-pixel matrix product."""
-        return (self.stride == (1, 1) and self.padding == (0, 0)
-                and self.groups == 1 and self.padding_mode == 'zeros')
+        return (
+            self.stride == (1, 1)
+            and self.padding == (0, 0)
+            and self.groups == 1
+            and self.padding_mode == 'zeros'
+        )
 
     def forward(self, x):
-        if (cpu_kernels.applies_to_training(x, self.weight, self.bias)
-                and x.dim() == 4 and self.plain()):
+        if (
+            cpu_kernels.applies_to_training(x, self.weight, self.bias)
+            and x.dim() == 4
+            and self.plain()
+        ):
             return cpu_kernels.pointwise_conv2d(x, self.weight, self.bias)
         return super().forward(x)

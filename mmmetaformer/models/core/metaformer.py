@@ -18,6 +18,7 @@ Parts a model does not have are ``nn.Identity``, so ``forward`` has no
 channels-last (``True``), NCHW-contiguous (``False``) or per device
 (``None``, ``CHANNELS_LAST_BY_DEVICE``). Shapes are NCHW either way.
 """
+
 from functools import partial
 
 import torch
@@ -65,18 +66,23 @@ class Mlp(nn.Module):
         self.fc2 = PointwiseConv2d(hidden_dim, dim, bias=bias)
 
     def _recomputes_gelu(self, h):
-        return (type(self.act) in (nn.GELU, GELU)
-                and self.act.approximate == 'none'
-                and type(self.fc2) is PointwiseConv2d and self.fc2.plain()
-                and cpu_kernels.applies_to_training(h, self.fc2.weight,
-                                                    self.fc2.bias)
-                and not cpu_kernels.has_hooks(self.act, self.fc2))
+        return (
+            type(self.act) in (nn.GELU, GELU)
+            and self.act.approximate == 'none'
+            and type(self.fc2) is PointwiseConv2d
+            and self.fc2.plain()
+            and cpu_kernels.applies_to_training(
+                h, self.fc2.weight, self.fc2.bias
+            )
+            and not cpu_kernels.has_hooks(self.act, self.fc2)
+        )
 
     def forward(self, x):
         h = self.fc1(x)
         if self._recomputes_gelu(h):
-            return cpu_kernels.gelu_pointwise(h, self.fc2.weight,
-                                              self.fc2.bias)
+            return cpu_kernels.gelu_pointwise(
+                h, self.fc2.weight, self.fc2.bias
+            )
         return self.fc2(self.act(h))
 
     def fold_branch(self, norm, layer_scale):
@@ -99,8 +105,9 @@ class Stem(nn.Module):
 
     def __init__(self, in_channels, out_channels, norm_layer=None):
         super().__init__()
-        self.conv = nn.Conv2d(in_channels, out_channels, 7, stride=4,
-                              padding=2)
+        self.conv = nn.Conv2d(
+            in_channels, out_channels, 7, stride=4, padding=2
+        )
         self.norm = norm_layer(out_channels) if norm_layer else nn.Identity()
 
     def forward(self, x):
@@ -113,8 +120,9 @@ class Downsampling(nn.Module):
     def __init__(self, in_channels, out_channels, norm_layer=None):
         super().__init__()
         self.norm = norm_layer(in_channels) if norm_layer else nn.Identity()
-        self.conv = nn.Conv2d(in_channels, out_channels, 3, stride=2,
-                              padding=1)
+        self.conv = nn.Conv2d(
+            in_channels, out_channels, 3, stride=2, padding=1
+        )
 
     def forward(self, x):
         return self.conv(self.norm(x))
@@ -138,15 +146,28 @@ class MetaFormerBlock(nn.Module):
             shortcut (baselines, stages 3-4); ``None`` for none.
     """
 
-    def __init__(self, dim, token_mixer, mlp_layer, norm_layer,
-                 drop_path=0.0, layer_scale_init_value=None,
-                 res_scale_init_value=None):
+    def __init__(
+        self,
+        dim,
+        token_mixer,
+        mlp_layer,
+        norm_layer,
+        drop_path=0.0,
+        layer_scale_init_value=None,
+        res_scale_init_value=None,
+    ):
         super().__init__()
         identity = nn.Identity
-        layer_scale = (partial(Scale, dim, layer_scale_init_value)
-                       if layer_scale_init_value is not None else identity)
-        res_scale = (partial(Scale, dim, res_scale_init_value)
-                     if res_scale_init_value is not None else identity)
+        layer_scale = (
+            partial(Scale, dim, layer_scale_init_value)
+            if layer_scale_init_value is not None
+            else identity
+        )
+        res_scale = (
+            partial(Scale, dim, res_scale_init_value)
+            if res_scale_init_value is not None
+            else identity
+        )
         self.norm1 = norm_layer(dim)
         self.token_mixer = token_mixer(dim)
         self.drop_path1 = DropPath(drop_path) if drop_path > 0 else identity()
@@ -161,9 +182,11 @@ class MetaFormerBlock(nn.Module):
     def forward(self, x):
         # out of place: hooks and callers may hold both operands
         x = self.res_scale1(x) + self.layer_scale1(
-            self.drop_path1(self.token_mixer(self.norm1(x))))
+            self.drop_path1(self.token_mixer(self.norm1(x)))
+        )
         x = self.res_scale2(x) + self.layer_scale2(
-            self.drop_path2(self.mlp(self.norm2(x))))
+            self.drop_path2(self.mlp(self.norm2(x)))
+        )
         return x
 
     def switch_to_deploy(self):
@@ -191,21 +214,37 @@ class MetaFormerStage(nn.Module):
     from the channels, so strides always match ``feature_info``.
     """
 
-    def __init__(self, in_channels, out_channels, depth, downsample_norm,
-                 drop_path_rates, with_cp=False, downsample=True,
-                 **block_kwargs):
+    def __init__(
+        self,
+        in_channels,
+        out_channels,
+        depth,
+        downsample_norm,
+        drop_path_rates,
+        with_cp=False,
+        downsample=True,
+        **block_kwargs,
+    ):
         super().__init__()
         if not downsample and in_channels != out_channels:
-            raise ValueError(f'A stage without downsampling keeps its '
-                             f'channels, got {in_channels} -> '
-                             f'{out_channels}')
-        self.downsample = (Downsampling(in_channels, out_channels,
-                                        downsample_norm)
-                           if downsample else nn.Identity())
-        self.blocks = nn.Sequential(*[
-            MetaFormerBlock(out_channels, drop_path=drop_path_rates[j],
-                            **block_kwargs) for j in range(depth)
-        ])
+            raise ValueError(
+                f'A stage without downsampling keeps its '
+                f'channels, got {in_channels} -> '
+                f'{out_channels}'
+            )
+        self.downsample = (
+            Downsampling(in_channels, out_channels, downsample_norm)
+            if downsample
+            else nn.Identity()
+        )
+        self.blocks = nn.Sequential(
+            *[
+                MetaFormerBlock(
+                    out_channels, drop_path=drop_path_rates[j], **block_kwargs
+                )
+                for j in range(depth)
+            ]
+        )
         self.with_cp = with_cp
 
     def forward(self, x):
@@ -216,8 +255,10 @@ def per_stage(value, name, num_stages):
     """Expand one value to a list of ``num_stages``, or check a given list."""
     if isinstance(value, (list, tuple)):
         if len(value) != num_stages:
-            raise ValueError(f'{name} has {len(value)} entries but there are '
-                             f'{num_stages} stages: {value}')
+            raise ValueError(
+                f'{name} has {len(value)} entries but there are '
+                f'{num_stages} stages: {value}'
+            )
         return list(value)
     return [value] * num_stages
 
@@ -252,27 +293,46 @@ class MetaFormerTrunk(nn.Module):
     ``num_chs`` and ``reduction``.
     """
 
-    def __init__(self, depths, dims, token_mixers, norm_layers,
-                 mlp_act_layer=nn.GELU, mlp_ratio=4, mlp_bias=False,
-                 stem_norm=None, downsample_norm=None,
-                 layer_scale_init_values=None, res_scale_init_values=None,
-                 mlp_channels_last=False, drop_path_rate=0.0, in_channels=3,
-                 with_cp=False, channels_last=None, deploy=False):
+    def __init__(
+        self,
+        depths,
+        dims,
+        token_mixers,
+        norm_layers,
+        mlp_act_layer=nn.GELU,
+        mlp_ratio=4,
+        mlp_bias=False,
+        stem_norm=None,
+        downsample_norm=None,
+        layer_scale_init_values=None,
+        res_scale_init_values=None,
+        mlp_channels_last=False,
+        drop_path_rate=0.0,
+        in_channels=3,
+        with_cp=False,
+        channels_last=None,
+        deploy=False,
+    ):
         super().__init__()
         check_channels_last(channels_last)
         self.channels_last = channels_last
         num_stages = len(depths)
         if len(dims) != num_stages:
-            raise ValueError(f'depths {list(depths)} and dims {list(dims)} '
-                             'must have the same length')
+            raise ValueError(
+                f'depths {list(depths)} and dims {list(dims)} '
+                'must have the same length'
+            )
         token_mixers = per_stage(token_mixers, 'token_mixers', num_stages)
         norm_layers = per_stage(norm_layers, 'norm_layers', num_stages)
-        layer_scales = per_stage(layer_scale_init_values,
-                                 'layer_scale_init_values', num_stages)
-        res_scales = per_stage(res_scale_init_values,
-                               'res_scale_init_values', num_stages)
-        mlp_layouts = per_stage(mlp_channels_last, 'mlp_channels_last',
-                                num_stages)
+        layer_scales = per_stage(
+            layer_scale_init_values, 'layer_scale_init_values', num_stages
+        )
+        res_scales = per_stage(
+            res_scale_init_values, 'res_scale_init_values', num_stages
+        )
+        mlp_layouts = per_stage(
+            mlp_channels_last, 'mlp_channels_last', num_stages
+        )
         total = sum(depths)
         rates = [drop_path_rate * i / max(total - 1, 1) for i in range(total)]
 
@@ -285,21 +345,31 @@ class MetaFormerTrunk(nn.Module):
                 reduction *= 2
             self.stages.append(
                 MetaFormerStage(
-                    prev_dim, dims[i], depths[i], downsample_norm,
-                    rates[first_block:first_block + depths[i]],
+                    prev_dim,
+                    dims[i],
+                    depths[i],
+                    downsample_norm,
+                    rates[first_block : first_block + depths[i]],
                     with_cp=with_cp,
                     downsample=i > 0,  # stage 0 works at the stem's H/4
                     token_mixer=token_mixers[i],
-                    mlp_layer=partial(_mlp, mlp_ratio=mlp_ratio,
-                                      act_layer=mlp_act_layer,
-                                      bias=mlp_bias,
-                                      channels_last=mlp_layouts[i]),
+                    mlp_layer=partial(
+                        _mlp,
+                        mlp_ratio=mlp_ratio,
+                        act_layer=mlp_act_layer,
+                        bias=mlp_bias,
+                        channels_last=mlp_layouts[i],
+                    ),
                     norm_layer=norm_layers[i],
                     layer_scale_init_value=layer_scales[i],
-                    res_scale_init_value=res_scales[i]))
+                    res_scale_init_value=res_scales[i],
+                )
+            )
             self.feature_info.append(
-                dict(num_chs=dims[i], reduction=reduction,
-                     module=f'stages.{i}'))
+                dict(
+                    num_chs=dims[i], reduction=reduction, module=f'stages.{i}'
+                )
+            )
             prev_dim = dims[i]
             first_block += depths[i]
         self.apply(_init_weights)
@@ -334,9 +404,12 @@ def check_channels_last(value):
     """``channels_last`` must be ``None`` (per device), ``True`` or
     ``False`` (``1 == True`` in Python, so ints are refused by type)."""
     if value not in (None, True, False) or (
-            isinstance(value, int) and not isinstance(value, bool)):
-        raise ValueError(f'channels_last={value!r} is invalid; valid: None '
-                         '(per device), True, False')
+        isinstance(value, int) and not isinstance(value, bool)
+    ):
+        raise ValueError(
+            f'channels_last={value!r} is invalid; valid: None '
+            '(per device), True, False'
+        )
 
 
 def to_layout(x, channels_last=None):
@@ -348,8 +421,9 @@ def to_layout(x, channels_last=None):
     slower on channels-last maps, docs/benchmarks.md).
     """
     if channels_last is None:
-        if capturing_graph() or (x.device.type == 'cpu'
-                                 and not cpu_kernels.enabled()):
+        if capturing_graph() or (
+            x.device.type == 'cpu' and not cpu_kernels.enabled()
+        ):
             return x
         channels_last = CHANNELS_LAST_BY_DEVICE.get(x.device.type)
         if channels_last is None:

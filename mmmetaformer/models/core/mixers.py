@@ -10,16 +10,17 @@ shape; anything with that contract can be one (register it in
 ``switch_to_deploy()`` calls it. A mixer without it runs unfused in a
 deployed model.
 """
+
 import math
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..resample import mix_resampled, resampled_matrix
 from . import fuse
 from .capture import capturing_graph, sizes_are_symbolic
 from .layers import DepthwiseConv2d, PointwiseConv2d, StarReLU
+from .resample import mix_resampled, resampled_matrix
 
 
 class IdentityMixer(nn.Module):
@@ -36,8 +37,9 @@ class IdentityMixer(nn.Module):
 
 
 def _pool_minus_input(x, pool_size):
-    pooled = F.avg_pool2d(x, pool_size, 1, pool_size // 2,
-                          count_include_pad=False)
+    pooled = F.avg_pool2d(
+        x, pool_size, 1, pool_size // 2, count_include_pad=False
+    )
     return pooled.sub_(x)
 
 
@@ -59,8 +61,8 @@ class _PoolMinusInputFunction(torch.autograd.Function):
     def backward(ctx, grad):
         k = ctx.pool_size
         grad_x = torch.ops.aten.avg_pool2d_backward(
-            grad, grad, [k, k], [1, 1], [k // 2, k // 2], False, False,
-            None)
+            grad, grad, [k, k], [1, 1], [k // 2, k // 2], False, False, None
+        )
         return grad_x.sub_(grad), None
 
 
@@ -76,13 +78,18 @@ class Pooling(nn.Module):
     def __init__(self, dim, pool_size=3):
         super().__init__()
         if pool_size % 2 != 1:
-            raise ValueError(f'Pooling pool_size must be odd (a centred '
-                             f'window keeps the size), got {pool_size}')
+            raise ValueError(
+                f'Pooling pool_size must be odd (a centred '
+                f'window keeps the size), got {pool_size}'
+            )
         self.pool_size = pool_size
 
     def forward(self, x):
-        if (torch.is_grad_enabled() and x.requires_grad
-                and not capturing_graph()):
+        if (
+            torch.is_grad_enabled()
+            and x.requires_grad
+            and not capturing_graph()
+        ):
             return _PoolMinusInputFunction.apply(x, self.pool_size)
         return _pool_minus_input(x, self.pool_size)
 
@@ -97,14 +104,21 @@ class SepConv(nn.Module):
     depthwise ``kernel_size`` conv and ``pwconv2`` (1x1 back to ``dim``).
     """
 
-    def __init__(self, dim, expansion_ratio=2, kernel_size=7, bias=False,
-                 act_layer=StarReLU):
+    def __init__(
+        self,
+        dim,
+        expansion_ratio=2,
+        kernel_size=7,
+        bias=False,
+        act_layer=StarReLU,
+    ):
         super().__init__()
         mid = int(expansion_ratio * dim)
         self.pwconv1 = PointwiseConv2d(dim, mid, bias=bias)
         self.act1 = act_layer()
-        self.dwconv = DepthwiseConv2d(mid, kernel_size,
-                                      padding=kernel_size // 2, bias=bias)
+        self.dwconv = DepthwiseConv2d(
+            mid, kernel_size, padding=kernel_size // 2, bias=bias
+        )
         self.pwconv2 = PointwiseConv2d(mid, dim, bias=bias)
 
     def forward(self, x):
@@ -121,12 +135,14 @@ class Attention(nn.Module):
     ``F.scaled_dot_product_attention`` (fused kernels where available).
     """
 
-    def __init__(self, dim, head_dim=32, qkv_bias=False, proj_bias=False,
-                 attn_drop=0.0):
+    def __init__(
+        self, dim, head_dim=32, qkv_bias=False, proj_bias=False, attn_drop=0.0
+    ):
         super().__init__()
         if dim % head_dim != 0:
-            raise ValueError(f'Attention dim {dim} is not divisible by '
-                             f'head_dim {head_dim}')
+            raise ValueError(
+                f'Attention dim {dim} is not divisible by head_dim {head_dim}'
+            )
         self.head_dim = head_dim
         self.num_heads = dim // head_dim
         self.attn_drop = attn_drop
@@ -136,11 +152,17 @@ class Attention(nn.Module):
     def forward(self, x):
         B, C, H, W = x.shape
         tokens = x.flatten(2).transpose(1, 2)  # [B, N, C]
-        qkv = self.qkv(tokens).view(B, H * W, 3, self.num_heads,
-                                    self.head_dim).permute(2, 0, 3, 1, 4)
+        qkv = (
+            self.qkv(tokens)
+            .view(B, H * W, 3, self.num_heads, self.head_dim)
+            .permute(2, 0, 3, 1, 4)
+        )
         out = F.scaled_dot_product_attention(
-            qkv[0], qkv[1], qkv[2],
-            dropout_p=self.attn_drop if self.training else 0.0)
+            qkv[0],
+            qkv[1],
+            qkv[2],
+            dropout_p=self.attn_drop if self.training else 0.0,
+        )
         out = self.proj(out.transpose(1, 2).reshape(B, H * W, C))
         return out.transpose(1, 2).reshape(B, C, H, W)
 
@@ -156,19 +178,22 @@ class RandomMixing(nn.Module):
     (14x14) in stage 3 and 49 (7x7) in stage 4 at 224x224. It is a
     persistent buffer: loaded with the weights (the model depends on *its*
     draw), never trained. Other grids (dense prediction) resample it
-    (``mix_resampled`` in ``models/resample.py``).
+    (``mix_resampled`` in ``models/core/resample.py``).
     """
 
     def __init__(self, dim, num_tokens=196):
         super().__init__()
         side = math.isqrt(num_tokens)
         if side * side != num_tokens:
-            raise ValueError(f'RandomMixing num_tokens must be a square '
-                             f'grid (e.g. 196 or 49), got {num_tokens}')
+            raise ValueError(
+                f'RandomMixing num_tokens must be a square '
+                f'grid (e.g. 196 or 49), got {num_tokens}'
+            )
         self.base_grid = (side, side)
         self.register_buffer(
             'random_matrix',
-            torch.softmax(torch.rand(num_tokens, num_tokens), dim=-1))
+            torch.softmax(torch.rand(num_tokens, num_tokens), dim=-1),
+        )
 
     def forward(self, x):
         B, C, H, W = x.shape
@@ -177,15 +202,17 @@ class RandomMixing(nn.Module):
         matrix = self.random_matrix.to(x.dtype)
         # out[b, c, m] = sum_n M0[m, n] x[b, c, n]
         return torch.matmul(x.reshape(B, C, H * W), matrix.t()).view(
-            B, C, H, W)
+            B, C, H, W
+        )
 
     @torch.no_grad()
     def resampled_matrix(self, grid):
         """The dense ``[h*w, h*w]`` mixing matrix on ``grid``."""
         if tuple(grid) == self.base_grid:
             return self.random_matrix
-        return resampled_matrix(self.random_matrix, self.base_grid,
-                                tuple(grid))
+        return resampled_matrix(
+            self.random_matrix, self.base_grid, tuple(grid)
+        )
 
     def fold_branch(self, norm, layer_scale):
         """Nothing exact to fold (see ``fuse.py``)."""

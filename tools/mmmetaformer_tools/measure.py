@@ -16,6 +16,7 @@ comparable:
 * ``eval_step`` / ``train_step`` are the timed calls (optionally under
   autocast) and ``check_outputs`` the equality check that precedes timing.
 """
+
 import contextlib
 import gc
 import os
@@ -44,16 +45,19 @@ def parse_hw(text, option, allow_square=False):
         h = int(match.group(1))
         w = int(match.group(2) or h)
     if not match or min(h, w) < 32:
-        raise LaunchError(f"{option} '{text}' is not HxW with both sides "
-                          '>= 32 (e.g. 512x512)')
+        raise LaunchError(
+            f"{option} '{text}' is not HxW with both sides "
+            '>= 32 (e.g. 512x512)'
+        )
     return h, w
 
 
 def prepare_device(device, threads=None):
     """Check a benchmark's ``--device`` and apply its ``--threads``."""
     if device == 'cuda' and not torch.cuda.is_available():
-        raise LaunchError('--device cuda but CUDA is not available; use '
-                          '--device cpu')
+        raise LaunchError(
+            '--device cuda but CUDA is not available; use --device cpu'
+        )
     if threads is not None:
         if threads < 1:
             raise LaunchError(f'--threads must be >= 1, got {threads}')
@@ -91,8 +95,9 @@ def time_steps(steps, device, runs, warmup, clock=time.perf_counter):
             step()
     times = [[] for _ in steps]
     for i in range(runs):
-        order = range(len(steps)) if i % 2 == 0 else reversed(
-            range(len(steps)))
+        order = (
+            range(len(steps)) if i % 2 == 0 else reversed(range(len(steps)))
+        )
         for k in order:
             synchronize(device)
             start = clock()
@@ -128,14 +133,16 @@ def max_abs_diff(outputs, reference):
     """
     outputs, reference = list(outputs), list(reference)
     if len(outputs) != len(reference):
-        raise ValueError(f'{len(outputs)} outputs vs {len(reference)} in '
-                         'the reference')
+        raise ValueError(
+            f'{len(outputs)} outputs vs {len(reference)} in the reference'
+        )
     diff = scale = 0.0
     for a, b in zip(outputs, reference):
         a, b = torch.as_tensor(a), torch.as_tensor(b)
         if a.shape != b.shape:
-            raise ValueError(f'output shape {tuple(a.shape)} vs reference '
-                             f'{tuple(b.shape)}')
+            raise ValueError(
+                f'output shape {tuple(a.shape)} vs reference {tuple(b.shape)}'
+            )
         diff = max(diff, (a.float() - b.float()).abs().max().item())
         scale = max(scale, b.abs().max().item())
     return diff, scale
@@ -183,13 +190,19 @@ def peak_step_memory(step, device):
         torch.cuda.synchronize()
         return torch.cuda.max_memory_allocated() - base
     from torch.profiler import ProfilerActivity, profile
-    with _native_stderr_silenced(), profile(
-            activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+
+    with (
+        _native_stderr_silenced(),
+        profile(
+            activities=[ProfilerActivity.CPU], profile_memory=True
+        ) as prof,
+    ):
         step()
     events = sorted(
         (e.start_ns(), i, e.nbytes())
         for i, e in enumerate(prof.profiler.kineto_results.events())
-        if e.name() == '[memory]' and e.device_type().name == 'CPU')
+        if e.name() == '[memory]' and e.device_type().name == 'CPU'
+    )
     current = peak = 0
     for _, _, nbytes in events:
         current += nbytes
@@ -206,6 +219,7 @@ def machine_summary(device, packages=()):
             ``__version__`` is listed next to torch's.
     """
     import importlib
+
     cpu = platform.processor() or 'unknown CPU'
     try:
         with open('/proc/cpuinfo') as f:
@@ -216,17 +230,23 @@ def machine_summary(device, packages=()):
     except OSError:
         pass
     versions = [f'torch {torch.__version__}']
-    versions += [f'{name} {importlib.import_module(name).__version__}'
-                 for name in packages]
+    versions += [
+        f'{name} {importlib.import_module(name).__version__}'
+        for name in packages
+    ]
     versions.append(f'Python {platform.python_version()}')
     wait = os.environ.get('OMP_WAIT_POLICY')
     lines = [
         f'- CPU: {cpu}',
-        f'- torch threads: {torch.get_num_threads()}' +
-        (f' (OMP_WAIT_POLICY={wait})' if wait else ''),
+        f'- torch threads: {torch.get_num_threads()}'
+        + (f' (OMP_WAIT_POLICY={wait})' if wait else ''),
         '- ' + ', '.join(versions),
-        '- device: ' + (torch.cuda.get_device_name()
-                        if str(device).startswith('cuda') else 'cpu'),
+        '- device: '
+        + (
+            torch.cuda.get_device_name()
+            if str(device).startswith('cuda')
+            else 'cpu'
+        ),
     ]
     return '\n'.join(lines)
 
@@ -240,9 +260,11 @@ def autocast(device, dtype):
 
 def eval_step(run, x, amp_dtype=None):
     """``step()``: one no-grad call of ``run`` on ``x``."""
+
     def step():
         with torch.no_grad(), autocast(x.device, amp_dtype):
             return run(x)
+
     return step
 
 
@@ -256,12 +278,12 @@ def train_step(model, x, amp_dtype=None):
         with autocast(x.device, amp_dtype):
             outs = model(x)
         sum(o.float().sum() for o in outs).backward()
+
     step.model = model
     return step
 
 
-def check_outputs(runners, reference, x, tolerances, device,
-                  report=print):
+def check_outputs(runners, reference, x, tolerances, device, report=print):
     """Run every runner once on ``x`` and compare with ``reference``'s.
 
     Args:
@@ -287,8 +309,10 @@ def check_outputs(runners, reference, x, tolerances, device,
             continue
         diff, scale = max_abs_diff(outs, outputs[reference])
         ok = diff <= tolerances[name] * max(scale, 1.0)
-        report(f'{name} vs {reference}: max abs diff {diff:.3g} (max '
-               f"|output| {scale:.3g}) {'OK' if ok else 'MISMATCH'}")
+        report(
+            f'{name} vs {reference}: max abs diff {diff:.3g} (max '
+            f'|output| {scale:.3g}) {"OK" if ok else "MISMATCH"}'
+        )
         if not ok:
             failed.append(name)
     return first, failed

@@ -5,6 +5,7 @@ The tools accept detection and segmentation configs alike and dispatch on
 ``LaunchError`` whose message names the bad value and the valid choices;
 the tools print it without a traceback.
 """
+
 import contextlib
 import difflib
 import importlib
@@ -17,7 +18,7 @@ import sys
 from mmengine.config import Config
 from mmengine.logging import print_log
 
-from .images import ImageError
+from mmmetaformer.datasets.images import ImageError
 
 # default_scope -> (package to import, what it is for, toy generator kind)
 SCOPES = {
@@ -32,8 +33,9 @@ class LaunchError(Exception):
 
 
 def _closest(name, choices):
-    match = difflib.get_close_matches(str(name), [str(c) for c in choices],
-                                      n=1, cutoff=0.75)
+    match = difflib.get_close_matches(
+        str(name), [str(c) for c in choices], n=1, cutoff=0.75
+    )
     return match[0] if match else None
 
 
@@ -55,7 +57,8 @@ def validate_cfg_options(cfg, options):
                     raise LaunchError(
                         f"--cfg-options key '{full_key}': "
                         f"'{'.'.join(path) or '<root>'}' is a list of "
-                        f'{len(node)}; {part!r} is not a valid index')
+                        f'{len(node)}; {part!r} is not a valid index'
+                    )
                 node = node[int(part)]
             elif isinstance(node, dict):
                 if part not in node:
@@ -65,19 +68,22 @@ def validate_cfg_options(cfg, options):
                         raise LaunchError(
                             f"--cfg-options key '{full_key}': no key "
                             f"'{part}' under {where}; did you mean "
-                            f"'{guess}'? Keys there: {sorted(node.keys())}")
+                            f"'{guess}'? Keys there: {sorted(node.keys())}"
+                        )
                     if not is_leaf:
                         raise LaunchError(
                             f"--cfg-options key '{full_key}': no key "
                             f"'{part}' under {where}; keys there: "
-                            f'{sorted(node.keys())}')
+                            f'{sorted(node.keys())}'
+                        )
                     break  # a genuinely new leaf key
                 node = node[part]
             else:
                 raise LaunchError(
                     f"--cfg-options key '{full_key}': "
                     f"'{'.'.join(path)}' is a {type(node).__name__}, not a "
-                    'dict or list')
+                    'dict or list'
+                )
             path.append(part)
 
 
@@ -91,32 +97,40 @@ def load_config(path, cfg_options=None):
         hint = ''
         repo_configs = osp.join(
             osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))),
-            'configs')
+            'configs',
+        )
         if osp.isdir(repo_configs):
-            guess = _closest(osp.basename(path), sorted(
-                f for f in os.listdir(repo_configs)
-                if f.endswith('.py')))
+            guess = _closest(
+                osp.basename(path),
+                sorted(
+                    f for f in os.listdir(repo_configs) if f.endswith('.py')
+                ),
+            )
             if guess:
                 hint = f' Did you mean configs/{guess}?'
         raise LaunchError(f'Config file not found: {path}.{hint}')
     try:
         cfg = Config.fromfile(path)
     except Exception as exc:
-        raise LaunchError(f'Cannot load config {path}: '
-                          f'{type(exc).__name__}: {exc}') from exc
+        raise LaunchError(
+            f'Cannot load config {path}: {type(exc).__name__}: {exc}'
+        ) from exc
     scope = cfg.get('default_scope')
     if scope not in SCOPES:
         raise LaunchError(
             f'Config {path} has default_scope={scope!r}; these tools run '
             f"detection (default_scope='mmdet') and segmentation "
-            f"(default_scope='mmseg') configs.")
+            f"(default_scope='mmseg') configs."
+        )
     package = SCOPES[scope][0]
     try:
         importlib.import_module(package)
     except ImportError as exc:
-        raise LaunchError(f'Config {path} needs {package} for '
-                          f'{SCOPES[scope][1]}, which does not import: '
-                          f'{exc}. Run `make env`.') from exc
+        raise LaunchError(
+            f'Config {path} needs {package} for '
+            f'{SCOPES[scope][1]}, which does not import: '
+            f'{exc}. Run `make env`.'
+        ) from exc
     if cfg_options:
         validate_cfg_options(cfg, cfg_options)
         cfg.merge_from_dict(cfg_options)
@@ -128,8 +142,9 @@ def set_work_dir(cfg, work_dir, config_path):
     if work_dir is not None:
         cfg.work_dir = work_dir
     elif cfg.get('work_dir') is None:
-        cfg.work_dir = osp.join('./work_dirs',
-                                osp.splitext(osp.basename(config_path))[0])
+        cfg.work_dir = osp.join(
+            './work_dirs', osp.splitext(osp.basename(config_path))[0]
+        )
 
 
 def check_data_roots(cfg, scope, dataloader_keys):
@@ -143,35 +158,41 @@ def check_data_roots(cfg, scope, dataloader_keys):
                 f"{key}: data_root '{root}' does not exist. Point "
                 f'--cfg-options {key}.dataset.data_root=... at your dataset,'
                 f' or make a small synthetic one there: {TOY_GENERATOR} '
-                f'{kind} {root}')
+                f'{kind} {root}'
+            )
         if ann_file and not osp.isabs(ann_file):
             ann_file = osp.join(root, ann_file)
         if ann_file and not osp.exists(ann_file):
             raise LaunchError(
                 f"{key}: annotation file '{ann_file}' does not exist under "
                 f"data_root '{root}'. Make a synthetic dataset with: "
-                f'{TOY_GENERATOR} {kind} {root}')
+                f'{TOY_GENERATOR} {kind} {root}'
+            )
 
 
 def prepare_for_device(cfg, launcher):
     """CPU adaptations: BN instead of SyncBN, gloo for distributed runs."""
     import torch
 
-    from ..engine import setup_cpu_distributed, sync_bn_to_bn
+    from mmmetaformer.engine import setup_cpu_distributed, sync_bn_to_bn
+
     if not torch.cuda.is_available():
         replaced = sync_bn_to_bn(cfg.model)
         if replaced:
-            print_log(f'No GPU: replaced {replaced} SyncBN norm(s) by BN',
-                      logger='current')
+            print_log(
+                f'No GPU: replaced {replaced} SyncBN norm(s) by BN',
+                logger='current',
+            )
     cfg.launcher = launcher
     setup_cpu_distributed(cfg, launcher)
 
 
 def check_ops_for(scope):
-    """mmdet needs mmcv's compiled ops; fail with the fix if they are absent."""
+    """mmdet needs mmcv's compiled ops; fail with the fix if absent."""
     if scope != 'mmdet':
         return
     from .env_check import MMCVOpsMissingError, check_mmcv_ops
+
     try:
         check_mmcv_ops()
     except MMCVOpsMissingError as exc:
@@ -188,17 +209,22 @@ def check_backbone_builds(cfg):
     """
     import torch
 
-    from ..registry import MODELS
+    from mmmetaformer.registry import MODELS
+
     backbone = cfg.get('model', {}).get('backbone')
     name = backbone.get('type') if isinstance(backbone, dict) else None
     if not isinstance(name, str) or name.split('.')[0] not in (
-            name, 'mmmetaformer'):
+        name,
+        'mmmetaformer',
+    ):
         return  # a class object, or another package's scope
     cls = MODELS.get(name)
     if cls is None or not cls.__module__.startswith('mmmetaformer.'):
         return
-    if cfg.get('default_scope') == 'mmseg' and cfg.model.get(
-            'pretrained') is not None:
+    if (
+        cfg.get('default_scope') == 'mmseg'
+        and cfg.model.get('pretrained') is not None
+    ):
         # as mmseg's EncoderDecoder passes it on (our backbones refuse it)
         backbone = dict(backbone, pretrained=cfg.model.pretrained)
     try:
@@ -221,6 +247,7 @@ def build_runner(cfg):
     from mmengine.runner import Runner
 
     import mmmetaformer  # noqa: F401  (registers our modules)
+
     check_backbone_builds(cfg)
     if 'runner_type' in cfg:
         return RUNNERS.build(cfg)
@@ -239,6 +266,20 @@ def _dataset_cfgs(cfg, dataloader_keys):
         yield key, dataset
 
 
+def name_image_loader_for_inferencers(cfg):
+    """``cfg`` with its test image loader named ``LoadImageFromFile``.
+
+    mmdet's and mmseg's inferencers find the loader by that exact name and
+    put their own (file or array) in its place; a scoped or checked one
+    (``mmcv.LoadImageFromFile``, ``LoadCheckedImageFromFile``) would stay
+    and fail on arrays. Returns ``cfg``.
+    """
+    for transform in cfg.test_dataloader.dataset.pipeline:
+        if transform.type.split('.')[-1].endswith('ImageFromFile'):
+            transform.type = 'LoadImageFromFile'
+    return cfg
+
+
 def check_images_when_loading(cfg, dataloader_keys):
     """Load the datasets' images through ``LoadCheckedImageFromFile``.
 
@@ -251,11 +292,12 @@ def check_images_when_loading(cfg, dataloader_keys):
     """
     for _, dataset in _dataset_cfgs(cfg, dataloader_keys):
         for transform in dataset.get('pipeline', None) or []:
-            if (transform.get('type') in ('LoadImageFromFile',
-                                          'mmcv.LoadImageFromFile')
-                    and transform.get('imdecode_backend', 'cv2') == 'cv2'):
+            if (
+                transform.get('type')
+                in ('LoadImageFromFile', 'mmcv.LoadImageFromFile')
+                and transform.get('imdecode_backend', 'cv2') == 'cv2'
+            ):
                 transform['type'] = 'LoadCheckedImageFromFile'
-
 
 
 def check_dataset_contents(cfg, scope, dataloader_keys, strict=False):
@@ -267,11 +309,17 @@ def check_dataset_contents(cfg, scope, dataloader_keys, strict=False):
     loader that checks each label map's values (see
     ``mmmetaformer/datasets/checks.py`` for what is checked when).
     """
-    from ..datasets.checks import DataCheckError, check_datasets
+    from mmmetaformer.datasets.checks import DataCheckError, check_datasets
+
+    if scope == 'mmseg':
+        # registers the checked label-map loader the check swaps in (it
+        # imports mmseg, so the package does not import it by itself)
+        import mmmetaformer.datasets.seg_transforms  # noqa: F401
     try:
         check_datasets(cfg, scope, dataloader_keys, strict=strict)
     except (DataCheckError, ImageError) as exc:
         raise LaunchError(str(exc)) from None
+
 
 def _annotation_files(cfg, dataloader_keys):
     """``(config key, path)`` of the datasets' and metrics' annotations."""
@@ -353,23 +401,28 @@ def explain_data_errors(cfg, dataloader_keys):
         # from a worker: 'Caught ImageError in DataLoader worker process 0.
         # Original Traceback ... ImageError: <message>'
         lines = str(exc).strip().splitlines()
-        raise LaunchError(lines[-1].split(': ', 1)[-1] if len(lines) > 1
-                          else lines[0]) from exc
+        raise LaunchError(
+            lines[-1].split(': ', 1)[-1] if len(lines) > 1 else lines[0]
+        ) from exc
     except json.JSONDecodeError as exc:
         bad = _unparsable_json(cfg, dataloader_keys)
         if bad is None:
             raise
         key, ann_file, error = bad
-        raise LaunchError(f'{key}: annotation file {ann_file} is not valid '
-                          f'JSON ({error}). Fix or regenerate it') from exc
+        raise LaunchError(
+            f'{key}: annotation file {ann_file} is not valid '
+            f'JSON ({error}). Fix or regenerate it'
+        ) from exc
     except FileNotFoundError as exc:
         sample = _failing_sample_file(exc)
         if sample is not None:
             raise LaunchError(
                 f'{sample[1]} {exc.filename or sample[0]} does not exist '
-                '(the dataset lists it)') from exc
-        raise LaunchError(f'{exc.filename} does not exist' if exc.filename
-                          else str(exc)) from exc
+                '(the dataset lists it)'
+            ) from exc
+        raise LaunchError(
+            f'{exc.filename} does not exist' if exc.filename else str(exc)
+        ) from exc
     except (AssertionError, OSError, ValueError) as exc:
         # OSError covers PIL.UnidentifiedImageError and truncated files.
         sample = _failing_sample_file(exc)
@@ -379,8 +432,10 @@ def explain_data_errors(cfg, dataloader_keys):
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         # Pillow names the in-memory buffer, not the file
         reason = re.sub(r' <[^>]*BytesIO[^>]*>', '', reason)
-        raise LaunchError(f'cannot decode {what} {path}: it is corrupt or '
-                          f'not an image ({reason})') from exc
+        raise LaunchError(
+            f'cannot decode {what} {path}: it is corrupt or '
+            f'not an image ({reason})'
+        ) from exc
 
 
 def run_tool(main):
@@ -393,18 +448,27 @@ def run_tool(main):
     Any other exception is a defect of ours: its traceback is printed,
     then a last line saying so, and the exit status is 1.
     """
-    from ..checkpoint import CheckpointError
-    from ..engine import NonFiniteTrainingError, OutputWriteError
+    from mmmetaformer.checkpoint import CheckpointError
+    from mmmetaformer.engine import NonFiniteTrainingError, OutputWriteError
+
     try:
         return main()
-    except (LaunchError, CheckpointError, NonFiniteTrainingError,
-            OutputWriteError) as exc:
+    except (
+        LaunchError,
+        CheckpointError,
+        NonFiniteTrainingError,
+        OutputWriteError,
+    ) as exc:
         lines = [line.strip() for line in str(exc).splitlines()]
-        print(f"error: {'; '.join(filter(None, lines))}", file=sys.stderr)
+        print(f'error: {"; ".join(filter(None, lines))}', file=sys.stderr)
         sys.exit(2)
     except Exception:
         import traceback
+
         traceback.print_exc()
-        print('this is a defect in mmmetaformer; please report it with the '
-              'traceback above', file=sys.stderr)
+        print(
+            'this is a defect in mmmetaformer; please report it with the '
+            'traceback above',
+            file=sys.stderr,
+        )
         sys.exit(1)

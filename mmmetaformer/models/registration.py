@@ -12,6 +12,7 @@ The backbones build token mixers and activations with ``MODELS.build``
 and norms with ``build_norm``: both look a plain name up in mmmetaformer's
 registry first.
 """
+
 from mmcv.cnn import build_norm_layer
 
 from ..registry import MODELS, register_public, scoped_cfg
@@ -28,8 +29,16 @@ from .core import (
 )
 
 register_public(StarReLU)
-for _layer in (GELU, GroupNorm1, LayerNorm2d, IdentityMixer, Pooling, SepConv,
-               Attention, RandomMixing):
+for _layer in (
+    GELU,
+    GroupNorm1,
+    LayerNorm2d,
+    IdentityMixer,
+    Pooling,
+    SepConv,
+    Attention,
+    RandomMixing,
+):
     MODELS.register_module(module=_layer)
 
 

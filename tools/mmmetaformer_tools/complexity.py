@@ -41,6 +41,7 @@ every registered backbone); at 224x224 the counts match the published
 classification figures (``REFERENCE``) within 3% once the classifier head,
 which a backbone lacks, is added back (``head_macs``/``head_params``).
 """
+
 import warnings
 from collections import Counter
 
@@ -50,8 +51,14 @@ from mmengine.analysis import FlopAnalyzer
 from mmengine.analysis.jit_handles import elementwise_flop_counter, get_shape
 
 __all__ = [
-    'EXTRA_HANDLES', 'IGNORED_OPS', 'REFERENCE', 'count_backbone',
-    'count_macs', 'count_params', 'head_macs', 'head_params'
+    'EXTRA_HANDLES',
+    'IGNORED_OPS',
+    'REFERENCE',
+    'count_backbone',
+    'count_macs',
+    'count_params',
+    'head_macs',
+    'head_params',
 ]
 
 
@@ -115,14 +122,39 @@ EXTRA_HANDLES = {
 
 # Seen in these models and deliberately not counted (see the module doc).
 IGNORED_OPS = (
-    'aten::add', 'aten::sub', 'aten::rsub', 'aten::div', 'aten::neg',
-    'aten::relu', 'aten::relu_', 'aten::gelu', 'aten::silu', 'aten::sigmoid',
-    'aten::softmax', 'aten::max_pool2d', 'aten::mean', 'aten::sum',
-    'aten::bernoulli_', 'aten::div_', 'aten::add_', 'aten::sub_',
-    'aten::unflatten', 'aten::pad', 'aten::new_empty', 'aten::masked_fill',
-    'aten::sqrt', 'aten::exp', 'aten::log', 'aten::abs', 'aten::hardswish',
-    'aten::hardsigmoid', 'aten::tanh', 'aten::erf', 'aten::feature_dropout',
-    'aten::alpha_dropout')
+    'aten::add',
+    'aten::sub',
+    'aten::rsub',
+    'aten::div',
+    'aten::neg',
+    'aten::relu',
+    'aten::relu_',
+    'aten::gelu',
+    'aten::silu',
+    'aten::sigmoid',
+    'aten::softmax',
+    'aten::max_pool2d',
+    'aten::mean',
+    'aten::sum',
+    'aten::bernoulli_',
+    'aten::div_',
+    'aten::add_',
+    'aten::sub_',
+    'aten::unflatten',
+    'aten::pad',
+    'aten::new_empty',
+    'aten::masked_fill',
+    'aten::sqrt',
+    'aten::exp',
+    'aten::log',
+    'aten::abs',
+    'aten::hardswish',
+    'aten::hardsigmoid',
+    'aten::tanh',
+    'aten::erf',
+    'aten::feature_dropout',
+    'aten::alpha_dropout',
+)
 
 # ImageNet-1K classifiers at 224x224 as the papers publish them ("MetaFormer
 # Is Actually What You Need for Vision", "MetaFormer Baselines for Vision"):
@@ -162,8 +194,9 @@ def head_params(family, dim, num_classes=1000):
     norm = 2 * dim
     if family in MLP_HEAD_FAMILIES:
         hidden = 4 * dim
-        return norm + (dim + 1) * hidden + 2 * hidden + (hidden +
-                                                         1) * num_classes
+        return (
+            norm + (dim + 1) * hidden + 2 * hidden + (hidden + 1) * num_classes
+        )
     return norm + (dim + 1) * num_classes
 
 
@@ -202,7 +235,7 @@ def flop_analyzer(model, inputs, handles=None):
             ``EXTRA_HANDLES`` (a ``None`` handle ignores the op).
     """
     if isinstance(inputs, torch.Tensor):
-        inputs = (inputs, )
+        inputs = (inputs,)
     analyzer = FlopAnalyzer(model, tuple(inputs))
     analyzer.set_op_handle(**{op: None for op in IGNORED_OPS})
     analyzer.set_op_handle(**dict(EXTRA_HANDLES, **(handles or {})))
@@ -231,15 +264,16 @@ def count_macs(model, inputs, fn=None, handles=None):
             macs = analyzer.total()
         return dict(
             macs=int(macs),
-            by_operator={k: int(v)
-                         for k, v in analyzer.by_operator().items()},
-            unsupported=dict(analyzer.unsupported_ops()))
+            by_operator={k: int(v) for k, v in analyzer.by_operator().items()},
+            unsupported=dict(analyzer.unsupported_ops()),
+        )
     finally:
         model.train(was_training)
 
 
-def count_backbone(model, shape=(224, 224), batch_size=1, in_channels=None,
-                   handles=None):
+def count_backbone(
+    model, shape=(224, 224), batch_size=1, in_channels=None, handles=None
+):
     """Parameters and MACs of a backbone on one ``[B, C, H, W]`` input.
 
     Args:

@@ -26,7 +26,7 @@ Figures:
   would be counted (the tool sets ``OMP_WAIT_POLICY=PASSIVE`` for the same
   reason before torch is imported).
 * the MAC-bound floor: the backbone's multiply-accumulates (counted as
-  ``tools/analysis/get_flops.py`` does, ``mmmetaformer.utils.complexity``)
+  ``tools/analysis/get_flops.py`` does, ``mmmetaformer_tools.complexity``)
   over the machine's fp32 GEMM rate (``2 * MACs / rate``). The rate is
   measured with the same threads and clock at the start, before each
   later model and at the end. A square product need not reach the CPU's
@@ -40,7 +40,7 @@ Figures:
   reset to ``None`` first), ours (eager, unfused) against timm (eager), on
   copies of the models (BatchNorm statistics the steps update stay there);
   peak memory is the extra tensor memory of one step
-  (``mmmetaformer.utils.measure.peak_step_memory``); also given for the
+  (``mmmetaformer_tools.measure.peak_step_memory``); also given for the
   eager inference columns.
 * ``amp`` ``bf16``/``fp16`` times every column and the training step under
   autocast (the equality checks run in fp32 first); ``channels_last``
@@ -53,6 +53,7 @@ Figures:
 ``figures`` gathers every figure (times, memory, MACs, floors, ratios to
 timm) and ``format_tables`` writes them as markdown tables.
 """
+
 import copy
 import dataclasses
 import gc
@@ -78,21 +79,35 @@ from .measure import (
     train_step,
 )
 
-DEFAULT_MODELS = ('poolformer_s12', 'poolformerv2_s12', 'convformer_s18',
-                  'caformer_s18')
-DEFAULT_SIZES = dict(cpu=('512x512', '800x1216'),
-                     cuda=('224x224@128', '800x1216@2'))
+DEFAULT_MODELS = (
+    'poolformer_s12',
+    'poolformerv2_s12',
+    'convformer_s18',
+    'caformer_s18',
+)
+DEFAULT_SIZES = dict(
+    cpu=('512x512', '800x1216'), cuda=('224x224@128', '800x1216@2')
+)
 AMP_DTYPES = dict(none=None, bf16=torch.bfloat16, fp16=torch.float16)
 LAYOUTS = dict(auto=None, on=True, off=False)
 MODES = ('eval', 'train')
-TITLES = dict(eager='ours eager', fused='ours fused',
-              compiled='ours compiled', fused_compiled='ours fused+compiled',
-              onnx='onnxruntime', timm='timm eager',
-              timm_compiled='timm compiled')
+TITLES = dict(
+    eager='ours eager',
+    fused='ours fused',
+    compiled='ours compiled',
+    fused_compiled='ours fused+compiled',
+    onnx='onnxruntime',
+    timm='timm eager',
+    timm_compiled='timm compiled',
+)
 # ratio columns: (ours, timm reference)
-RATIOS = (('eager', 'timm'), ('fused', 'timm'),
-          ('compiled', 'timm_compiled'), ('fused_compiled', 'timm_compiled'),
-          ('onnx', 'timm'))
+RATIOS = (
+    ('eager', 'timm'),
+    ('fused', 'timm'),
+    ('compiled', 'timm_compiled'),
+    ('fused_compiled', 'timm_compiled'),
+    ('onnx', 'timm'),
+)
 MEMORY_COLUMNS = ('eager', 'fused', 'timm')  # eager PyTorch modules
 # Outputs must agree to this, relative to max(max |reference|, 1): PyTorch's
 # own kernels to 1e-4; compiled graphs and onnxruntime reduce in another
@@ -116,6 +131,7 @@ class Settings:
     The columns and modes are kept in table order. Combinations that cannot
     be measured raise ``LaunchError``.
     """
+
     device: str = 'cpu'
     columns: tuple = COLUMNS
     modes: tuple = MODES
@@ -133,19 +149,26 @@ class Settings:
         self.columns = tuple(c for c in COLUMNS if c in self.columns)
         self.modes = tuple(m for m in MODES if m in self.modes)
         if self.clock == 'cpu' and self.device != 'cpu':
-            raise LaunchError('--clock cpu measures CPU time; use it with '
-                              '--device cpu')
+            raise LaunchError(
+                '--clock cpu measures CPU time; use it with --device cpu'
+            )
         if self.amp != 'none' and 'onnx' in self.columns:
-            raise LaunchError("--amp times PyTorch under autocast; leave "
-                              "'onnx' out of --columns")
+            raise LaunchError(
+                '--amp times PyTorch under autocast; leave '
+                "'onnx' out of --columns"
+            )
         if self.runs < 1 or self.warmup < 0 or self.batch_size < 1:
-            raise LaunchError(f'--runs ({self.runs}) and --batch-size '
-                              f'({self.batch_size}) must be >= 1 and '
-                              f'--warmup ({self.warmup}) >= 0')
+            raise LaunchError(
+                f'--runs ({self.runs}) and --batch-size '
+                f'({self.batch_size}) must be >= 1 and '
+                f'--warmup ({self.warmup}) >= 0'
+            )
         if 'onnx' in self.columns and self.device != 'cpu':
-            raise LaunchError("the 'onnx' column runs onnxruntime on CPU; "
-                              "use --device cpu or leave 'onnx' out of "
-                              '--columns')
+            raise LaunchError(
+                "the 'onnx' column runs onnxruntime on CPU; "
+                "use --device cpu or leave 'onnx' out of "
+                '--columns'
+            )
 
     def size_label(self, h, w, batch):
         """``'64x96'``, with ``@B`` when the batch is not the default."""
@@ -158,14 +181,15 @@ def parse_size(text, batch_size):
     h, w = parse_hw(hw, '--sizes entry', allow_square=True)
     if batch:
         if not batch.isdigit() or int(batch) < 1:
-            raise LaunchError(f"--sizes entry '{text}': the batch after @ "
-                              'must be an int >= 1')
+            raise LaunchError(
+                f"--sizes entry '{text}': the batch after @ "
+                'must be an int >= 1'
+            )
         batch_size = int(batch)
     return h, w, batch_size
 
 
-def check_columns(name, size, runners, reference_column, x, device,
-                  log=print):
+def check_columns(name, size, runners, reference_column, x, device, log=print):
     """Run every column once (compiling it) in fp32 and compare with the
     reference, logging one line per column; returns ``{column: seconds of
     that first call}``.
@@ -173,14 +197,25 @@ def check_columns(name, size, runners, reference_column, x, device,
     Raises:
         OutputMismatch: a column's outputs differ beyond its tolerance.
     """
-    tolerances = {c: REL_TOLERANCE if c in ('eager', 'fused', 'timm') else
-                  OTHER_RUNTIME_TOLERANCE for c in runners}
+    tolerances = {
+        c: REL_TOLERANCE
+        if c in ('eager', 'fused', 'timm')
+        else OTHER_RUNTIME_TOLERANCE
+        for c in runners
+    }
     first, failed = check_outputs(
-        runners, reference_column, x, tolerances, device,
-        report=lambda line: log(f'check {name} {size} {line}'))
+        runners,
+        reference_column,
+        x,
+        tolerances,
+        device,
+        report=lambda line: log(f'check {name} {size} {line}'),
+    )
     if failed:
-        raise OutputMismatch(f'{name} {failed[0]} outputs differ from '
-                             f'{reference_column} at {size}; not timing')
+        raise OutputMismatch(
+            f'{name} {failed[0]} outputs differ from '
+            f'{reference_column} at {size}; not timing'
+        )
     return first
 
 
@@ -195,7 +230,8 @@ def train_peak_mb(step, device):
 
 
 def count_macs(model, size, batch_size):
-    from mmmetaformer.utils.complexity import count_backbone
+    from mmmetaformer_tools.complexity import count_backbone
+
     return count_backbone(model, shape=size, batch_size=batch_size)['macs']
 
 
@@ -217,11 +253,16 @@ def benchmark_model(name, sizes, settings, clock, rate, workdir, log=print):
         size = settings.size_label(h, w, batch)
         x = torch.randn(batch, 3, h, w, device=device)
         if layout is not None:
-            x = x.contiguous(memory_format=torch.channels_last
-                             if layout else torch.contiguous_format)
+            x = x.contiguous(
+                memory_format=torch.channels_last
+                if layout
+                else torch.contiguous_format
+            )
         macs = count_macs(ours, (h, w), batch)
-        log(f'{name} {size}: {macs / 1e9:.2f} GMACs, MAC floor '
-            f'{floor_ms(macs, rate):.1f} ms at {rate:.1f} GFLOP/s')
+        log(
+            f'{name} {size}: {macs / 1e9:.2f} GMACs, MAC floor '
+            f'{floor_ms(macs, rate):.1f} ms at {rate:.1f} GFLOP/s'
+        )
         if 'eval' in settings.modes:
             for model in (ours, reference):
                 if model is not None:
@@ -231,45 +272,82 @@ def benchmark_model(name, sizes, settings, clock, rate, workdir, log=print):
                 columns = list(settings.columns)
                 if reference_column not in columns:
                     columns.append(reference_column)
-                runners = build_runners(columns, ours, reference, x,
-                                        settings, workdir)
-            first = check_columns(name, size, runners, reference_column, x,
-                                  device, log)
+                runners = build_runners(
+                    columns, ours, reference, x, settings, workdir
+                )
+            first = check_columns(
+                name, size, runners, reference_column, x, device, log
+            )
             for column in runners:
                 if 'compiled' in column or column == 'onnx':
-                    log(f'  {name} {size} {column}: first call (compile '
-                        f'or export) {first[column]:.1f} s')
+                    log(
+                        f'  {name} {size} {column}: first call (compile '
+                        f'or export) {first[column]:.1f} s'
+                    )
             timed = [c for c in settings.columns if c in runners]
-            ms = dict(zip(timed, time_steps(
-                [eval_step(runners[c], x, amp) for c in timed], device,
-                settings.runs, settings.warmup, clock)))
-            mb = {c: eager_peak_mb(runners[c], x, device, amp)
-                  for c in MEMORY_COLUMNS if c in timed}
-            rows.append(dict(model=name, size=size, macs=macs,
-                             floor_factor=1, ms=ms, mb=mb,
-                             reference=TITLES[reference_column]))
-            log(f'  {name} {size} eval: ' + ', '.join(
-                f'{TITLES[c]} {ms[c]:.1f} ms' for c in timed))
+            ms = dict(
+                zip(
+                    timed,
+                    time_steps(
+                        [eval_step(runners[c], x, amp) for c in timed],
+                        device,
+                        settings.runs,
+                        settings.warmup,
+                        clock,
+                    ),
+                )
+            )
+            mb = {
+                c: eager_peak_mb(runners[c], x, device, amp)
+                for c in MEMORY_COLUMNS
+                if c in timed
+            }
+            rows.append(
+                dict(
+                    model=name,
+                    size=size,
+                    macs=macs,
+                    floor_factor=1,
+                    ms=ms,
+                    mb=mb,
+                    reference=TITLES[reference_column],
+                )
+            )
+            log(
+                f'  {name} {size} eval: '
+                + ', '.join(f'{TITLES[c]} {ms[c]:.1f} ms' for c in timed)
+            )
         if 'train' in settings.modes:
             # On copies: the steps update BatchNorm's running statistics,
             # which the inference columns of the next size must not see
             # (the fused and onnx ones keep those of the first size).
-            models = [copy.deepcopy(m) for m in (ours, reference)
-                      if m is not None]
+            models = [
+                copy.deepcopy(m) for m in (ours, reference) if m is not None
+            ]
             steps = [train_step(m, x, amp) for m in models]
-            times = time_steps(steps, device, settings.runs, settings.warmup,
-                               clock)
+            times = time_steps(
+                steps, device, settings.runs, settings.warmup, clock
+            )
             mems = [train_peak_mb(s, device) for s in steps]
             del steps, models
             if reference is None:
                 times.append(None)
                 mems.append(None)
-            train_rows.append(dict(model=name, size=size, macs=macs,
-                                   floor_factor=TRAIN_MAC_FACTOR, ms=times,
-                                   mb=mems))
-            log(f'  {name} {size} train: ours {times[0]:.1f} ms, timm '
+            train_rows.append(
+                dict(
+                    model=name,
+                    size=size,
+                    macs=macs,
+                    floor_factor=TRAIN_MAC_FACTOR,
+                    ms=times,
+                    mb=mems,
+                )
+            )
+            log(
+                f'  {name} {size} train: ours {times[0]:.1f} ms, timm '
                 f'{fmt(times[1])} ms; peak ours {mems[0]:.0f} MB, timm '
-                f'{fmt(mems[1], 0)} MB')
+                f'{fmt(mems[1], 0)} MB'
+            )
         del x
     del runners, ours, reference
     torch._dynamo.reset()
@@ -290,8 +368,9 @@ def benchmark_models(names, sizes, settings, clock, first_rate, log=print):
         for i, name in enumerate(names):
             if i:
                 rates.append(gemm_rate(settings.device, clock))
-            r, t = benchmark_model(name, sizes, settings, clock, rates[-1],
-                                   workdir, log)
+            r, t = benchmark_model(
+                name, sizes, settings, clock, rates[-1], workdir, log
+            )
             rows += r
             train_rows += t
     rates.append(gemm_rate(settings.device, clock))
@@ -302,8 +381,9 @@ def achieved_rates(rows):
     """GFLOP/s each timed cell reached: ``2 * floor_factor * MACs`` over
     its time."""
     for row in rows:
-        times = row['ms'].values() if isinstance(row['ms'], dict) \
-            else row['ms']
+        times = (
+            row['ms'].values() if isinstance(row['ms'], dict) else row['ms']
+        )
         for ms in times:
             if ms:
                 yield 2 * row['floor_factor'] * row['macs'] / (ms * 1e6)
@@ -317,24 +397,36 @@ def figures(rows, train_rows, rates, command=()):
     rate = max([probe, *achieved_rates(rows), *achieved_rates(train_rows)])
 
     def ratios(ms):
-        return {f'{a}/{b}': ms[a] / ms[b] for a, b in RATIOS
-                if ms.get(a) is not None and ms.get(b)}
+        return {
+            f'{a}/{b}': ms[a] / ms[b]
+            for a, b in RATIOS
+            if ms.get(a) is not None and ms.get(b)
+        }
 
     def with_floor(row):
-        return dict(row, floor=row['floor_factor'] *
-                    floor_ms(row['macs'], rate))
+        return dict(
+            row, floor=row['floor_factor'] * floor_ms(row['macs'], rate)
+        )
 
     return dict(
-        command=list(command), gemm_rates=list(rates), floor_rate=rate,
+        command=list(command),
+        gemm_rates=list(rates),
+        floor_rate=rate,
         floor_rate_from='GEMM probe' if rate == probe else 'a timed cell',
-        inference=[dict(with_floor(row), ratios=ratios(row['ms']))
-                   for row in rows],
-        training=[dict(with_floor(row),
-                       ratio=(row['ms'][0] / row['ms'][1]
-                              if row['ms'][1] else None),
-                       memory_ratio=(row['mb'][0] / row['mb'][1]
-                                     if row['mb'][1] else None))
-                  for row in train_rows])
+        inference=[
+            dict(with_floor(row), ratios=ratios(row['ms'])) for row in rows
+        ],
+        training=[
+            dict(
+                with_floor(row),
+                ratio=(row['ms'][0] / row['ms'][1] if row['ms'][1] else None),
+                memory_ratio=(
+                    row['mb'][0] / row['mb'][1] if row['mb'][1] else None
+                ),
+            )
+            for row in train_rows
+        ],
+    )
 
 
 def fmt(value, digits=1):
@@ -351,52 +443,75 @@ def format_tables(columns, result):
     rows, train_rows = result['inference'], result['training']
     if rows:
         lines += [
-            '', '**Inference**, ms per batch (eval, no_grad); floor = MACs '
+            '',
+            '**Inference**, ms per batch (eval, no_grad); floor = MACs '
             'at the highest rate measured '
-            f"({result['floor_rate']:.0f} GFLOP/s, by "
-            f"{result.get('floor_rate_from', 'GEMM probe')}):", '',
-            '| model | size | checked vs | MAC floor | ' +
-            ' | '.join(TITLES[c] for c in columns) + ' |',
-            '| --- | --- | --- | ---: | ' +
-            ' | '.join('---:' for _ in columns) + ' |']
-        lines += [f"| {row['model']} | {row['size']} | {row['reference']} | "
-                  f"{fmt(row['floor'])} | " +
-                  ' | '.join(fmt(row['ms'].get(c)) for c in columns) + ' |'
-                  for row in rows]
+            f'({result["floor_rate"]:.0f} GFLOP/s, by '
+            f'{result.get("floor_rate_from", "GEMM probe")}):',
+            '',
+            '| model | size | checked vs | MAC floor | '
+            + ' | '.join(TITLES[c] for c in columns)
+            + ' |',
+            '| --- | --- | --- | ---: | '
+            + ' | '.join('---:' for _ in columns)
+            + ' |',
+        ]
+        lines += [
+            f'| {row["model"]} | {row["size"]} | {row["reference"]} | '
+            f'{fmt(row["floor"])} | '
+            + ' | '.join(fmt(row['ms'].get(c)) for c in columns)
+            + ' |'
+            for row in rows
+        ]
         ratios = [(a, b) for a, b in RATIOS if a in columns and b in columns]
         mem_columns = [c for c in MEMORY_COLUMNS if c in columns]
         lines += [
-            '', '**Against timm** (time ratios; x floor = best of ours over '
-            'the MAC floor) and peak inference memory, MB:', '',
-            '| model | size | ' +
-            ' | '.join(f'{TITLES[a]} / {TITLES[b]}' for a, b in ratios) +
-            ' | best of ours / floor | ' +
-            ' | '.join(f'{TITLES[c]} MB' for c in mem_columns) + ' |',
-            '| --- | --- | ' + ' | '.join('---:' for _ in ratios) +
-            ' | ---: | ' + ' | '.join('---:' for _ in mem_columns) + ' |']
+            '',
+            '**Against timm** (time ratios; x floor = best of ours over '
+            'the MAC floor) and peak inference memory, MB:',
+            '',
+            '| model | size | '
+            + ' | '.join(f'{TITLES[a]} / {TITLES[b]}' for a, b in ratios)
+            + ' | best of ours / floor | '
+            + ' | '.join(f'{TITLES[c]} MB' for c in mem_columns)
+            + ' |',
+            '| --- | --- | '
+            + ' | '.join('---:' for _ in ratios)
+            + ' | ---: | '
+            + ' | '.join('---:' for _ in mem_columns)
+            + ' |',
+        ]
         for row in rows:
             ms = row['ms']
-            ours = [ms[c] for c in COLUMNS
-                    if c not in TIMM_COLUMNS and ms.get(c) is not None]
+            ours = [
+                ms[c]
+                for c in COLUMNS
+                if c not in TIMM_COLUMNS and ms.get(c) is not None
+            ]
             best = min(ours) if ours else None
             lines.append(
-                f"| {row['model']} | {row['size']} | " +
-                ' | '.join(ratio(ms.get(a), ms.get(b)) for a, b in ratios) +
-                f" | {ratio(best, row['floor'])} | " +
-                ' | '.join(fmt(row['mb'].get(c), 0) for c in mem_columns) +
-                ' |')
+                f'| {row["model"]} | {row["size"]} | '
+                + ' | '.join(ratio(ms.get(a), ms.get(b)) for a, b in ratios)
+                + f' | {ratio(best, row["floor"])} | '
+                + ' | '.join(fmt(row['mb'].get(c), 0) for c in mem_columns)
+                + ' |'
+            )
     if train_rows:
         lines += [
-            '', '**Training step** (forward + backward, eager), ms and peak '
+            '',
+            '**Training step** (forward + backward, eager), ms and peak '
             f'MB; floor = {TRAIN_MAC_FACTOR}x the forward MACs at the same '
-            'GEMM rate:', '',
+            'GEMM rate:',
+            '',
             '| model | size | MAC floor | ours ms | timm ms | ours / timm '
             '| ours peak MB | timm peak MB | ours / timm |',
-            '| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |']
+            '| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |',
+        ]
         for row in train_rows:
             ms, mb = row['ms'], row['mb']
             lines.append(
-                f"| {row['model']} | {row['size']} | {fmt(row['floor'])} | "
+                f'| {row["model"]} | {row["size"]} | {fmt(row["floor"])} | '
                 f'{fmt(ms[0])} | {fmt(ms[1])} | {ratio(*ms)} | '
-                f'{fmt(mb[0], 0)} | {fmt(mb[1], 0)} | {ratio(*mb)} |')
+                f'{fmt(mb[0], 0)} | {fmt(mb[1], 0)} | {ratio(*mb)} |'
+            )
     return '\n'.join(lines)

@@ -37,6 +37,7 @@ palette PNG gives its indices. ``read_image_header`` checks a file's header
 alone, from its first bytes: cheap enough for every file of a dataset at
 startup (``mmmetaformer/datasets/checks.py``).
 """
+
 import contextlib
 import io
 import os
@@ -62,7 +63,8 @@ _JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 # come with files that decode whole)
 _LIBJPEG_CORRUPT = re.compile(
     r'Corrupt JPEG data(?!: \d+ extraneous bytes)|Premature end of JPEG '
-    r'file')
+    r'file'
+)
 # The header of a file is read from its first bytes (startup checks of
 # whole datasets); a JPEG with a large EXIF block is read further.
 _HEADER_BYTES = 65536
@@ -97,11 +99,11 @@ def _jpeg_size(data):
         if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # no length field
             pos += 2
             continue
-        (length, ) = struct.unpack('>H', data[pos + 2:pos + 4])
+        (length,) = struct.unpack('>H', data[pos + 2 : pos + 4])
         if marker in _JPEG_SOF:
             if pos + 9 > len(data):
                 return None
-            height, width = struct.unpack('>HH', data[pos + 5:pos + 9])
+            height, width = struct.unpack('>HH', data[pos + 5 : pos + 9])
             return width, height
         if marker == 0xDA or length < 2:  # a scan before any frame header
             return None
@@ -112,6 +114,7 @@ def _jpeg_size(data):
 def _pillow_size(data):
     """(width, height) from Pillow's header read (no pixel is decoded)."""
     from PIL import Image
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter('ignore')  # DecompressionBombWarning
@@ -158,19 +161,23 @@ def _check_size(kind, width, height, name, max_pixels):
         raise ImageError(
             f'{name}: the {kind} header declares {width}x{height} = '
             f'{width * height} pixels, more than max_pixels={max_pixels}; '
-            f'not decoded (raise max_pixels if you trust the file)')
-    if min(width, height) == 0 or \
-            max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+            f'not decoded (raise max_pixels if you trust the file)'
+        )
+    if min(width, height) == 0 or max(width, height) > MAX_ASPECT_RATIO * min(
+        width, height
+    ):
         raise ImageError(
             f'{name}: degenerate image size {width}x{height} (each side must '
             f'be at least 1/{MAX_ASPECT_RATIO} of the other, so a resize '
-            f'keeps both sides)')
+            f'keeps both sides)'
+        )
 
 
 def _unreadable(kind, data, name):
     return UnreadableImageError(
         f'{name}: not a readable image (no {kind} header giving its size;'
-        f' first bytes {bytes(data[:8])!r})')
+        f' first bytes {bytes(data[:8])!r})'
+    )
 
 
 def check_image_header(data, name, max_pixels=DEFAULT_MAX_PIXELS):
@@ -211,8 +218,9 @@ def read_image_header(path, max_pixels=DEFAULT_MAX_PIXELS):
                 data += f.read()
                 kind, *size = _declared_size(data, path)
     except OSError as exc:
-        raise ImageError(f'{path}: cannot read the file '
-                         f'({exc.strerror or exc})') from None
+        raise ImageError(
+            f'{path}: cannot read the file ({exc.strerror or exc})'
+        ) from None
     if size == [None]:
         raise _unreadable(kind, data, path)
     _check_size(kind, *size, path, max_pixels)
@@ -266,8 +274,13 @@ def _corrupt_jpeg_line(stderr_text):
     return corrupt
 
 
-def decode_image(data, name, max_pixels=DEFAULT_MAX_PIXELS,
-                 channel_order='bgr', flag='color'):
+def decode_image(
+    data,
+    name,
+    max_pixels=DEFAULT_MAX_PIXELS,
+    channel_order='bgr',
+    flag='color',
+):
     """Decode encoded image ``data`` after ``check_image_header``.
 
     Args:
@@ -282,41 +295,56 @@ def decode_image(data, name, max_pixels=DEFAULT_MAX_PIXELS,
         np.ndarray: HxWx3 (color), HxW (grayscale) or as stored.
     """
     import cv2
+
     if channel_order not in CHANNEL_ORDERS:
-        raise ValueError(f'channel_order={channel_order!r}; valid: '
-                         f'{", ".join(CHANNEL_ORDERS)}')
+        raise ValueError(
+            f'channel_order={channel_order!r}; valid: '
+            f'{", ".join(CHANNEL_ORDERS)}'
+        )
     if flag not in FLAGS:
         raise ValueError(f'flag={flag!r}; valid: {", ".join(FLAGS)}')
     width, height = check_image_header(data, name, max_pixels)
-    cv_flag = dict(color=cv2.IMREAD_COLOR, grayscale=cv2.IMREAD_GRAYSCALE,
-                   unchanged=cv2.IMREAD_UNCHANGED)[flag]
+    cv_flag = dict(
+        color=cv2.IMREAD_COLOR,
+        grayscale=cv2.IMREAD_GRAYSCALE,
+        unchanged=cv2.IMREAD_UNCHANGED,
+    )[flag]
     is_jpeg = data.startswith(b'\xff\xd8')
-    with (_stderr_of_native_code() if is_jpeg else
-          contextlib.nullcontext([''])) as stderr_text:
+    with (
+        _stderr_of_native_code() if is_jpeg else contextlib.nullcontext([''])
+    ) as stderr_text:
         try:
             image = cv2.imdecode(np.frombuffer(data, np.uint8), cv_flag)
         except cv2.error as exc:
             reason = str(exc).strip().splitlines()[-1]
-            raise ImageError(f'{name}: OpenCV cannot decode it ({reason})') \
-                from None
+            raise ImageError(
+                f'{name}: OpenCV cannot decode it ({reason})'
+            ) from None
     corrupt = _corrupt_jpeg_line(''.join(stderr_text)) if is_jpeg else None
     if corrupt:
         raise ImageError(
             f'{name}: corrupt JPEG data (libjpeg: "{corrupt}"); part of the '
             'picture would be grey. Re-encode the file from its source or '
-            'remove it from the dataset')
+            'remove it from the dataset'
+        )
     if image is None or image.size == 0:
-        raise ImageError(f'{name}: undecodable image data (corrupt, '
-                         f'truncated or not an image)')
-    if (image.shape[1], image.shape[0]) not in ((width, height),
-                                                 (height, width)):
+        raise ImageError(
+            f'{name}: undecodable image data (corrupt, '
+            f'truncated or not an image)'
+        )
+    if (image.shape[1], image.shape[0]) not in (
+        (width, height),
+        (height, width),
+    ):
         # (height, width): OpenCV applies a JPEG's EXIF rotation
         raise ImageError(
             f'{name}: decoded size {image.shape[1]}x{image.shape[0]} differs '
-            f'from the declared {width}x{height}; the file is damaged')
+            f'from the declared {width}x{height}; the file is damaged'
+        )
     if channel_order == 'rgb' and image.ndim == 3:
-        code = cv2.COLOR_BGRA2RGBA if image.shape[2] == 4 else \
-            cv2.COLOR_BGR2RGB
+        code = (
+            cv2.COLOR_BGRA2RGBA if image.shape[2] == 4 else cv2.COLOR_BGR2RGB
+        )
         image = cv2.cvtColor(image, code)
     return image
 
@@ -324,8 +352,9 @@ def decode_image(data, name, max_pixels=DEFAULT_MAX_PIXELS,
 LABEL_BACKENDS = ('pillow', 'cv2')
 
 
-def decode_label_map(data, name, max_pixels=DEFAULT_MAX_PIXELS,
-                     backend='pillow'):
+def decode_label_map(
+    data, name, max_pixels=DEFAULT_MAX_PIXELS, backend='pillow'
+):
     """Decode a label map as mmseg's ``LoadAnnotations`` does, after the
     checks of ``check_image_header`` (pixel limit before decoding).
 
@@ -344,11 +373,13 @@ def decode_label_map(data, name, max_pixels=DEFAULT_MAX_PIXELS,
         HxWxC (channels BGR first) for a colour file.
     """
     if backend not in LABEL_BACKENDS:
-        raise ValueError(f'backend={backend!r}; valid: '
-                         f'{", ".join(LABEL_BACKENDS)}')
+        raise ValueError(
+            f'backend={backend!r}; valid: {", ".join(LABEL_BACKENDS)}'
+        )
     if backend == 'cv2':
         return decode_image(data, name, max_pixels, 'bgr', 'unchanged')
     from PIL import Image
+
     width, height = check_image_header(data, name, max_pixels)
     try:
         with warnings.catch_warnings():
@@ -356,16 +387,19 @@ def decode_label_map(data, name, max_pixels=DEFAULT_MAX_PIXELS,
             with Image.open(io.BytesIO(data)) as image:
                 label = np.array(image)
     except Exception as exc:  # noqa: BLE001  Pillow raises many types
-        reason = re.sub(r' <[^>]*BytesIO[^>]*>', '', str(exc)) or \
-            type(exc).__name__
-        raise ImageError(f'{name}: Pillow cannot decode it ({reason})') \
-            from None
+        reason = (
+            re.sub(r' <[^>]*BytesIO[^>]*>', '', str(exc)) or type(exc).__name__
+        )
+        raise ImageError(
+            f'{name}: Pillow cannot decode it ({reason})'
+        ) from None
     if label.ndim == 3 and label.shape[2] >= 3:
         label[..., :3] = label[..., 2::-1]  # RGB to BGR, as mmcv
     if label.shape[:2] != (height, width):
         raise ImageError(
             f'{name}: decoded size {label.shape[1]}x{label.shape[0]} differs '
-            f'from the declared {width}x{height}; the file is damaged')
+            f'from the declared {width}x{height}; the file is damaged'
+        )
     return label
 
 
@@ -382,14 +416,22 @@ def read_image(path, max_pixels=DEFAULT_MAX_PIXELS, channel_order='bgr'):
         with open(path, 'rb') as f:
             data = f.read()
     except OSError as exc:
-        raise ImageError(f'{path}: cannot read the file '
-                         f'({exc.strerror or exc})') from None
+        raise ImageError(
+            f'{path}: cannot read the file ({exc.strerror or exc})'
+        ) from None
     return decode_image(data, path, max_pixels, channel_order)
 
 
 __all__ = [
-    'CHANNEL_ORDERS', 'DEFAULT_MAX_PIXELS', 'LABEL_BACKENDS',
-    'MAX_ASPECT_RATIO', 'ImageError', 'UnreadableImageError',
-    'check_image_header', 'decode_image', 'decode_label_map', 'read_image',
-    'read_image_header'
+    'CHANNEL_ORDERS',
+    'DEFAULT_MAX_PIXELS',
+    'LABEL_BACKENDS',
+    'MAX_ASPECT_RATIO',
+    'ImageError',
+    'UnreadableImageError',
+    'check_image_header',
+    'decode_image',
+    'decode_label_map',
+    'read_image',
+    'read_image_header',
 ]

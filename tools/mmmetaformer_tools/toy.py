@@ -22,6 +22,7 @@ outdoor or indoor scenes of 10 real classes (``ADE_LABELS``: label k is
 class index k - 1); 0, ignored under ``reduce_zero_label``, marks the 2 px
 seams between regions.
 """
+
 import colorsys
 import json
 import math
@@ -37,27 +38,47 @@ _TAGS = {'coco': 0, 'ade20k': 1, 'train': 0, 'val': 1}
 
 # The 80 COCO detection classes in mmdet's CocoDataset order; their ids are
 # 1..90 without the ten ids COCO never used.
-COCO_NAMES = tuple((
-    'person,bicycle,car,motorcycle,airplane,bus,train,truck,boat,traffic '
-    'light,fire hydrant,stop sign,parking meter,bench,bird,cat,dog,horse,'
-    'sheep,cow,elephant,bear,zebra,giraffe,backpack,umbrella,handbag,tie,'
-    'suitcase,frisbee,skis,snowboard,sports ball,kite,baseball bat,baseball '
-    'glove,skateboard,surfboard,tennis racket,bottle,wine glass,cup,fork,'
-    'knife,spoon,bowl,banana,apple,sandwich,orange,broccoli,carrot,hot dog,'
-    'pizza,donut,cake,chair,couch,potted plant,bed,dining table,toilet,tv,'
-    'laptop,mouse,remote,keyboard,cell phone,microwave,oven,toaster,sink,'
-    'refrigerator,book,clock,vase,scissors,teddy bear,hair drier,toothbrush'
-).split(','))
-COCO_IDS = tuple(i for i in range(1, 91)
-                 if i not in (12, 26, 29, 30, 45, 66, 68, 69, 71, 83))
+COCO_NAMES = tuple(
+    (
+        'person,bicycle,car,motorcycle,airplane,bus,train,truck,boat,traffic '
+        'light,fire hydrant,stop sign,parking meter,bench,bird,cat,dog,horse,'
+        'sheep,cow,elephant,bear,zebra,giraffe,backpack,umbrella,handbag,tie,'
+        'suitcase,frisbee,skis,snowboard,sports ball,kite,baseball bat,'
+        'baseball glove,skateboard,surfboard,tennis racket,bottle,wine glass,'
+        'cup,fork,knife,spoon,bowl,banana,apple,sandwich,orange,broccoli,'
+        'carrot,hot dog,pizza,donut,cake,chair,couch,potted plant,bed,'
+        'dining table,toilet,tv,laptop,mouse,remote,keyboard,cell phone,'
+        'microwave,oven,toaster,sink,refrigerator,book,clock,vase,scissors,'
+        'teddy bear,hair drier,toothbrush'
+    ).split(',')
+)
+COCO_IDS = tuple(
+    i
+    for i in range(1, 91)
+    if i not in (12, 26, 29, 30, 45, 66, 68, 69, 71, 83)
+)
 # Supercategories cover consecutive ids: (first id, name).
-_SUPERCATEGORIES = ((1, 'person'), (2, 'vehicle'), (10, 'outdoor'),
-                    (16, 'animal'), (27, 'accessory'), (34, 'sports'),
-                    (44, 'kitchen'), (52, 'food'), (62, 'furniture'),
-                    (72, 'electronic'), (78, 'appliance'), (84, 'indoor'))
-SHAPE_CATEGORY = {'circle': 'sports ball', 'rectangle': 'tv',
-                  'triangle': 'kite', 'cross': 'airplane',
-                  'bar': 'baseball bat'}
+_SUPERCATEGORIES = (
+    (1, 'person'),
+    (2, 'vehicle'),
+    (10, 'outdoor'),
+    (16, 'animal'),
+    (27, 'accessory'),
+    (34, 'sports'),
+    (44, 'kitchen'),
+    (52, 'food'),
+    (62, 'furniture'),
+    (72, 'electronic'),
+    (78, 'appliance'),
+    (84, 'indoor'),
+)
+SHAPE_CATEGORY = {
+    'circle': 'sports ball',
+    'rectangle': 'tv',
+    'triangle': 'kite',
+    'cross': 'airplane',
+    'bar': 'baseball bat',
+}
 SHAPE_SIZES = (0.25, 0.45)  # extent / shorter image side; bars: x 1.25
 MAX_TILT = 15  # degrees
 # Bumped whenever the same arguments draw different COCO images, so that
@@ -65,31 +86,46 @@ MAX_TILT = 15  # degrees
 COCO_VERSION = 2
 
 # ADE20K label values (class index + 1) of the classes in the toy scenes.
-ADE_LABELS = {'wall': 1, 'building': 2, 'sky': 3, 'floor': 4, 'tree': 5,
-              'road': 7, 'grass': 10, 'person': 13, 'car': 21,
-              'painting': 23}
+ADE_LABELS = {
+    'wall': 1,
+    'building': 2,
+    'sky': 3,
+    'floor': 4,
+    'tree': 5,
+    'road': 7,
+    'grass': 10,
+    'person': 13,
+    'car': 21,
+    'painting': 23,
+}
 # Region classes: RGB, colour jitter, blotch amplitude, per-pixel grain.
-ADE_STYLES = {'wall': ((215, 205, 185), 20, 8, 3),
-              'building': ((150, 125, 115), 25, 10, 5),
-              'sky': ((120, 170, 235), 25, 25, 2),
-              'floor': ((150, 100, 60), 20, 10, 6),
-              'tree': ((40, 105, 40), 15, 20, 20),
-              'road': ((85, 85, 90), 12, 6, 10),
-              'grass': ((85, 160, 60), 15, 10, 8)}
+ADE_STYLES = {
+    'wall': ((215, 205, 185), 20, 8, 3),
+    'building': ((150, 125, 115), 25, 10, 5),
+    'sky': ((120, 170, 235), 25, 25, 2),
+    'floor': ((150, 100, 60), 20, 10, 6),
+    'tree': ((40, 105, 40), 15, 20, 20),
+    'road': ((85, 85, 90), 12, 6, 10),
+    'grass': ((85, 160, 60), 15, 10, 8),
+}
 
 
 # --------------------------------------------------------------- shared --
+
 
 def _size(img_size):
     """``(width, height)`` from an int or one or two ints (W H)."""
     sizes = [int(v) for v in np.atleast_1d(img_size)]
     if len(sizes) > 2:
-        raise ValueError(f'img_size must be one value or two (W H), got '
-                         f'{sizes}')
+        raise ValueError(
+            f'img_size must be one value or two (W H), got {sizes}'
+        )
     width, height = sizes if len(sizes) == 2 else sizes * 2
     if min(width, height) < MIN_IMG_SIZE:
-        raise ValueError(f'img_size must be at least {MIN_IMG_SIZE} pixels, '
-                         f'got {width}x{height}')
+        raise ValueError(
+            f'img_size must be at least {MIN_IMG_SIZE} pixels, '
+            f'got {width}x{height}'
+        )
     return width, height
 
 
@@ -111,7 +147,8 @@ def _prepare(out_dir, managed, overwrite):
         if not overwrite:
             raise FileExistsError(
                 f"output directory '{out}' exists and is not empty; use "
-                '--overwrite (overwrite=True) to replace the toy dataset')
+                '--overwrite (overwrite=True) to replace the toy dataset'
+            )
         for name in managed:
             shutil.rmtree(out / name, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
@@ -120,32 +157,42 @@ def _prepare(out_dir, managed, overwrite):
 
 def _rng(seed, dataset, split, index):
     return np.random.default_rng(
-        [int(seed), _TAGS[dataset], _TAGS[split], int(index)])
+        [int(seed), _TAGS[dataset], _TAGS[split], int(index)]
+    )
 
 
 def _colour(rng, vivid):
     """RGB (float32, 0..255): vivid (saturated) or muted (greyish)."""
     saturation = rng.uniform(0.6, 1.0) if vivid else rng.uniform(0.0, 0.25)
     value = rng.uniform(0.55, 1.0) if vivid else rng.uniform(0.25, 0.85)
-    return np.float32(colorsys.hsv_to_rgb(rng.random(), saturation,
-                                          value)) * 255
+    return (
+        np.float32(colorsys.hsv_to_rgb(rng.random(), saturation, value)) * 255
+    )
 
 
 def _smooth_noise(rng, height, width, cell, amplitude):
     """Low-frequency noise in [-amplitude, amplitude], shape (H, W, 1)."""
     coarse = rng.uniform(-1, 1, (height // cell + 2, width // cell + 2))
-    return cv2.resize(coarse.astype(np.float32), (width, height),
-                      interpolation=cv2.INTER_CUBIC)[..., None] * amplitude
+    return (
+        cv2.resize(
+            coarse.astype(np.float32),
+            (width, height),
+            interpolation=cv2.INTER_CUBIC,
+        )[..., None]
+        * amplitude
+    )
 
 
 def _write_jpg(path, rgb):
     bgr = np.clip(np.rint(rgb), 0, 255).astype(np.uint8)[..., ::-1]
-    if not cv2.imwrite(str(path), np.ascontiguousarray(bgr),
-                       [cv2.IMWRITE_JPEG_QUALITY, 90]):
+    if not cv2.imwrite(
+        str(path), np.ascontiguousarray(bgr), [cv2.IMWRITE_JPEG_QUALITY, 90]
+    ):
         raise OSError(f'could not write {path}')
 
 
 # ----------------------------------------------------------------- COCO --
+
 
 def _rotate(points, angle):
     c, s = math.cos(angle), math.sin(angle)
@@ -158,8 +205,12 @@ def _ellipse(rx, ry, num=40):
 
 
 def _box(half_width, half_height):
-    return [[-half_width, -half_height], [half_width, -half_height],
-            [half_width, half_height], [-half_width, half_height]]
+    return [
+        [-half_width, -half_height],
+        [half_width, -half_height],
+        [half_width, half_height],
+        [-half_width, half_height],
+    ]
 
 
 def shape_outline(shape, size, rng):
@@ -177,13 +228,15 @@ def shape_outline(shape, size, rng):
     if shape == 'cross':  # a plus sign: 12 corners
         a, t = size / 2, size * rng.uniform(0.16, 0.2)
         arm = [[t, t], [a, t], [a, -t], [t, -t]]
-        return np.concatenate([_rotate(arm, tilt + k * math.pi / 2)
-                               for k in range(4)])
+        return np.concatenate(
+            [_rotate(arm, tilt + k * math.pi / 2) for k in range(4)]
+        )
     if shape == 'bar':
         stick = _box(size / 2, size * rng.uniform(0.08, 0.11))
         return _rotate(stick, tilt + math.pi / 2 * int(rng.integers(2)))
-    raise ValueError(f'unknown shape {shape!r}; valid: '
-                     f'{", ".join(SHAPE_CATEGORY)}')
+    raise ValueError(
+        f'unknown shape {shape!r}; valid: {", ".join(SHAPE_CATEGORY)}'
+    )
 
 
 def place_objects(rng, width, height, max_objects, attempts=30):
@@ -196,13 +249,19 @@ def place_objects(rng, width, height, max_objects, attempts=30):
         for _ in range(attempts):
             shape = list(SHAPE_CATEGORY)[int(rng.integers(5))]
             size = rng.uniform(*SHAPE_SIZES) * min(width, height)
-            outline = shape_outline(shape, size * (1.25 if shape == 'bar'
-                                                   else 1), rng)
+            outline = shape_outline(
+                shape, size * (1.25 if shape == 'bar' else 1), rng
+            )
             low, high = outline.min(0), outline.max(0)
-            outline = np.round(outline + rng.uniform(-low, np.array(
-                [width, height]) - high), 2)
-            mask = mask_utils.decode(mask_utils.frPyObjects(
-                [outline.ravel().tolist()], height, width))[..., 0]
+            outline = np.round(
+                outline + rng.uniform(-low, np.array([width, height]) - high),
+                2,
+            )
+            mask = mask_utils.decode(
+                mask_utils.frPyObjects(
+                    [outline.ravel().tolist()], height, width
+                )
+            )[..., 0]
             if mask.sum() >= 16 and not (mask & taken).any():
                 objects.append((shape, outline, mask))
                 taken |= cv2.dilate(mask, np.ones((5, 5), np.uint8))
@@ -227,28 +286,48 @@ def _annotation(shape, outline, mask, image_id, ann_id):
     ys, xs = np.nonzero(mask)
     x0, y0 = int(xs.min()), int(ys.min())
     return {
-        'id': ann_id, 'image_id': image_id, 'iscrowd': 0,
+        'id': ann_id,
+        'image_id': image_id,
+        'iscrowd': 0,
         'category_id': COCO_IDS[COCO_NAMES.index(SHAPE_CATEGORY[shape])],
         'segmentation': [outline.ravel().tolist()],
         'area': float(len(xs)),
-        'bbox': [float(x0), float(y0), float(xs.max() - x0 + 1),
-                 float(ys.max() - y0 + 1)]}
+        'bbox': [
+            float(x0),
+            float(y0),
+            float(xs.max() - x0 + 1),
+            float(ys.max() - y0 + 1),
+        ],
+    }
 
 
-def make_coco(out_dir, num_train=64, num_val=16, img_size=320, seed=0,
-              max_objects=4, overwrite=False, verbose=False):
+def make_coco(
+    out_dir,
+    num_train=64,
+    num_val=16,
+    img_size=320,
+    seed=0,
+    max_objects=4,
+    overwrite=False,
+    verbose=False,
+):
     """Write a toy COCO instance dataset; return ``out_dir`` as a Path."""
-    _check(seed, num_train=num_train, num_val=num_val,
-           max_objects=max_objects)
+    _check(seed, num_train=num_train, num_val=num_val, max_objects=max_objects)
     width, height = _size(img_size)
-    out = _prepare(out_dir, ['annotations', 'train2017', 'val2017'],
-                   overwrite)
+    out = _prepare(out_dir, ['annotations', 'train2017', 'val2017'], overwrite)
     (out / 'annotations').mkdir(exist_ok=True)
     if verbose:
         print(f'toy COCO dataset in {out}:', flush=True)
-    categories = [{'id': i, 'name': name, 'supercategory':
-                   [s for first, s in _SUPERCATEGORIES if first <= i][-1]}
-                  for i, name in zip(COCO_IDS, COCO_NAMES)]
+    categories = [
+        {
+            'id': i,
+            'name': name,
+            'supercategory': [
+                s for first, s in _SUPERCATEGORIES if first <= i
+            ][-1],
+        }
+        for i, name in zip(COCO_IDS, COCO_NAMES)
+    ]
     for split, count in (('train', num_train), ('val', num_val)):
         (out / f'{split}2017').mkdir(exist_ok=True)
         images, annotations = [], []
@@ -257,26 +336,47 @@ def make_coco(out_dir, num_train=64, num_val=16, img_size=320, seed=0,
             image_id = _TAGS[split] * 1_000_000 + index + 1
             name = f'{image_id:012d}.jpg'
             objects = place_objects(rng, width, height, max_objects)
-            _write_jpg(out / f'{split}2017' / name,
-                       _coco_image(rng, width, height, objects))
-            images.append({'id': image_id, 'file_name': name,
-                           'width': width, 'height': height})
+            _write_jpg(
+                out / f'{split}2017' / name,
+                _coco_image(rng, width, height, objects),
+            )
+            images.append(
+                {
+                    'id': image_id,
+                    'file_name': name,
+                    'width': width,
+                    'height': height,
+                }
+            )
             annotations += [
                 _annotation(*obj, image_id, len(annotations) + k + 1)
-                for k, obj in enumerate(objects)]
+                for k, obj in enumerate(objects)
+            ]
         path = out / 'annotations' / f'instances_{split}2017.json'
-        path.write_text(json.dumps({
-            'info': {'description': f'mmmetaformer toy COCO, seed {seed}',
-                     'version': COCO_VERSION},
-            'images': images, 'annotations': annotations,
-            'categories': categories}))
+        path.write_text(
+            json.dumps(
+                {
+                    'info': {
+                        'description': f'mmmetaformer toy COCO, seed {seed}',
+                        'version': COCO_VERSION,
+                    },
+                    'images': images,
+                    'annotations': annotations,
+                    'categories': categories,
+                }
+            )
+        )
         if verbose:
-            print(f'  {split}2017: {count} images, {len(annotations)} '
-                  f'objects -> {path}', flush=True)
+            print(
+                f'  {split}2017: {count} images, {len(annotations)} '
+                f'objects -> {path}',
+                flush=True,
+            )
     return out
 
 
 # --------------------------------------------------------------- ADE20K --
+
 
 class _Scene:
     """An RGB float image and its label map, painted back to front."""
@@ -291,31 +391,46 @@ class _Scene:
         (lightly textured) or an (H, W, 3) picture there."""
         look = ADE_STYLES[name] if look is None else look
         if getattr(look, 'ndim', 1) < 3:
-            rgb, jitter, blotch, grain = look if len(look) == 4 else \
-                (look, 10, 4, 4)
-            look = (np.float32(rgb) + self.rng.uniform(-jitter, jitter, 3) +
-                    _smooth_noise(self.rng, self.height, self.width, 24,
-                                  blotch) +
-                    self.rng.normal(0, grain, (self.height, self.width, 1)))
+            rgb, jitter, blotch, grain = (
+                look if len(look) == 4 else (look, 10, 4, 4)
+            )
+            look = (
+                np.float32(rgb)
+                + self.rng.uniform(-jitter, jitter, 3)
+                + _smooth_noise(self.rng, self.height, self.width, 24, blotch)
+                + self.rng.normal(0, grain, (self.height, self.width, 1))
+            )
         self.image[mask] = look[mask]
         self.labels[mask] = ADE_LABELS[name]
 
     def rect(self, x0, y0, x1, y1):
-        return cv2.rectangle(np.zeros(self.labels.shape, np.uint8),
-                             (int(x0), int(y0)), (int(x1), int(y1)), 1,
-                             -1).astype(bool)
+        return cv2.rectangle(
+            np.zeros(self.labels.shape, np.uint8),
+            (int(x0), int(y0)),
+            (int(x1), int(y1)),
+            1,
+            -1,
+        ).astype(bool)
 
     def disc(self, x, y, radius, ry=None):
         axes = (max(2, int(radius)), max(2, int(ry or radius)))
-        return cv2.ellipse(np.zeros(self.labels.shape, np.uint8),
-                           (int(x), int(y)), axes, 0, 0, 360, 1,
-                           -1).astype(bool)
+        return cv2.ellipse(
+            np.zeros(self.labels.shape, np.uint8),
+            (int(x), int(y)),
+            axes,
+            0,
+            0,
+            360,
+            1,
+            -1,
+        ).astype(bool)
 
     def below(self, y0, amplitude):
         """Rows below a gentle wave around ``y0``."""
         xs = np.arange(self.width) / self.width
-        wave = y0 + amplitude * np.sin(xs * self.rng.uniform(3, 9) +
-                                       self.rng.uniform(0, 7))
+        wave = y0 + amplitude * np.sin(
+            xs * self.rng.uniform(3, 9) + self.rng.uniform(0, 7)
+        )
         return np.arange(self.height)[:, None] >= wave
 
 
@@ -329,59 +444,105 @@ def ade_scene(rng, width, height):
         s.paint(np.ones((h, w), bool), 'sky')
         for _ in count(0, 4):
             x = u(-0.1, 0.9) * w
-            s.paint(s.rect(x, ground - u(0.2, 0.45) * h,
-                           x + u(0.12, 0.3) * w, ground), 'building')
+            s.paint(
+                s.rect(
+                    x, ground - u(0.2, 0.45) * h, x + u(0.12, 0.3) * w, ground
+                ),
+                'building',
+            )
         lawn = rng.random() < 0.5
         s.paint(s.below(ground, u(0, 0.03) * h), 'grass' if lawn else 'road')
         if lawn and rng.random() < 0.5:  # a road across the lawn
             top = u(ground + 0.05 * h, 0.9 * h)
-            s.paint(s.below(top, 0.02 * h) &
-                    ~s.below(top + u(0.1, 0.2) * h, 0), 'road')
+            s.paint(
+                s.below(top, 0.02 * h) & ~s.below(top + u(0.1, 0.2) * h, 0),
+                'road',
+            )
         for _ in count(1, 4):  # trees: trunk and a canopy of discs
             x, r = u(0.05, 0.95) * w, u(0.06, 0.11) * h
             top = ground - r * u(0.8, 1.5)
-            s.paint(s.rect(x - 0.15 * r, top, x + 0.15 * r, ground), 'tree',
-                    (95, 65, 40))
-            s.paint(np.any([s.disc(x + dx * r, top - (0.7 - dy) * r,
-                                   r * u(0.6, 1)) for dx, dy in
-                            u(-0.8, 0.8, (int(rng.integers(3, 6)), 2))], 0),
-                    'tree')
+            s.paint(
+                s.rect(x - 0.15 * r, top, x + 0.15 * r, ground),
+                'tree',
+                (95, 65, 40),
+            )
+            s.paint(
+                np.any(
+                    [
+                        s.disc(x + dx * r, top - (0.7 - dy) * r, r * u(0.6, 1))
+                        for dx, dy in u(
+                            -0.8, 0.8, (int(rng.integers(3, 6)), 2)
+                        )
+                    ],
+                    0,
+                ),
+                'tree',
+            )
         for _ in count(0, 3):  # cars: body and cabin, dark wheels
             x, length = u(-0.05, 0.85) * w, u(0.18, 0.3) * w
             y = u(ground + 0.12 * h, h) - 0.1 * length
-            s.paint(s.rect(x, y - 0.3 * length, x + length, y) |
-                    s.rect(x + 0.2 * length, y - 0.55 * length,
-                           x + 0.75 * length, y), 'car', _colour(rng, True))
-            s.paint(s.disc(x + 0.22 * length, y, 0.1 * length) |
-                    s.disc(x + 0.78 * length, y, 0.1 * length), 'car',
-                    (25, 25, 25))
+            s.paint(
+                s.rect(x, y - 0.3 * length, x + length, y)
+                | s.rect(
+                    x + 0.2 * length, y - 0.55 * length, x + 0.75 * length, y
+                ),
+                'car',
+                _colour(rng, True),
+            )
+            s.paint(
+                s.disc(x + 0.22 * length, y, 0.1 * length)
+                | s.disc(x + 0.78 * length, y, 0.1 * length),
+                'car',
+                (25, 25, 25),
+            )
     else:
         s.paint(np.ones((h, w), bool), 'wall')
         tilt = u(-0.05, 0.05) * h * (2 * np.arange(w) / w - 1)
         s.paint(np.arange(h)[:, None] >= ground + tilt, 'floor')
         for _ in count(1, 3):  # paintings: blocks of colour
-            x, y, half = u(0.15, 0.85) * w, u(0.2, 0.5) * ground, u(
-                0.08, 0.15) * w
-            art = cv2.resize(u(0, 255, (4, 4, 3)).astype(np.float32), (w, h),
-                             interpolation=cv2.INTER_NEAREST)
+            x, y, half = (
+                u(0.15, 0.85) * w,
+                u(0.2, 0.5) * ground,
+                u(0.08, 0.15) * w,
+            )
+            art = cv2.resize(
+                u(0, 255, (4, 4, 3)).astype(np.float32),
+                (w, h),
+                interpolation=cv2.INTER_NEAREST,
+            )
             tall = half * u(0.6, 1.2)
-            s.paint(s.rect(x - half, y - tall, x + half, y + tall),
-                    'painting', art)
+            s.paint(
+                s.rect(x - half, y - tall, x + half, y + tall), 'painting', art
+            )
     for _ in count(0, 3):  # people: body and head
-        x, y, tall = u(0.05, 0.95) * w, u(ground + 0.05 * h, h), u(
-            0.2, 0.35) * h
-        s.paint(s.disc(x, y - 0.4 * tall, tall * u(0.13, 0.18), 0.4 * tall),
-                'person', _colour(rng, True))
-        s.paint(s.disc(x, y - 0.89 * tall, 0.11 * tall), 'person',
-                (225, 185, 150))
+        x, y, tall = (
+            u(0.05, 0.95) * w,
+            u(ground + 0.05 * h, h),
+            u(0.2, 0.35) * h,
+        )
+        s.paint(
+            s.disc(x, y - 0.4 * tall, tall * u(0.13, 0.18), 0.4 * tall),
+            'person',
+            _colour(rng, True),
+        )
+        s.paint(
+            s.disc(x, y - 0.89 * tall, 0.11 * tall), 'person', (225, 185, 150)
+        )
     kernel = np.ones((3, 3), np.uint8)  # 2 px seams between regions: 0
     labels = s.labels
     labels[cv2.dilate(labels, kernel) != cv2.erode(labels, kernel)] = 0
     return s.image + rng.normal(0, 3, s.image.shape), labels
 
 
-def make_ade20k(out_dir, num_train=64, num_val=16, img_size=256, seed=0,
-                overwrite=False, verbose=False):
+def make_ade20k(
+    out_dir,
+    num_train=64,
+    num_val=16,
+    img_size=256,
+    seed=0,
+    overwrite=False,
+    verbose=False,
+):
     """Write a toy ADE20K semantic segmentation set; return ``out_dir``."""
     _check(seed, num_train=num_train, num_val=num_val)
     width, height = _size(img_size)
@@ -393,12 +554,14 @@ def make_ade20k(out_dir, num_train=64, num_val=16, img_size=256, seed=0,
         for sub in ('images', 'annotations'):
             (out / sub / folder).mkdir(parents=True, exist_ok=True)
         for index in range(count):
-            image, labels = ade_scene(_rng(seed, 'ade20k', split, index),
-                                      width, height)
+            image, labels = ade_scene(
+                _rng(seed, 'ade20k', split, index), width, height
+            )
             stem = f'ADE_{split}_{index + 1:08d}'
             _write_jpg(out / 'images' / folder / f'{stem}.jpg', image)
-            if not cv2.imwrite(str(out / 'annotations' / folder /
-                                   f'{stem}.png'), labels):
+            if not cv2.imwrite(
+                str(out / 'annotations' / folder / f'{stem}.png'), labels
+            ):
                 raise OSError(f'could not write the label map of {stem}')
         if verbose:
             print(f'  {folder}: {count} images and label maps', flush=True)

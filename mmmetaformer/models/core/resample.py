@@ -19,10 +19,11 @@ is written as two matrix products with ``resample_weights`` (mode chosen in
 the graph): the exported model is right for every input size and equals
 the eager ops up to float rounding.
 """
+
 import torch
 import torch.nn.functional as F
 
-from .core.capture import sizes_are_symbolic
+from .capture import sizes_are_symbolic
 
 
 def _enlarges(in_size, out_size):
@@ -33,8 +34,9 @@ def _enlarges(in_size, out_size):
     return (out_size[0] >= in_size[0]) & (out_size[1] >= in_size[1])
 
 
-def resample_weights(in_size, out_size, enlarge, dtype=torch.float32,
-                     device=None):
+def resample_weights(
+    in_size, out_size, enlarge, dtype=torch.float32, device=None
+):
     """``[out_size, in_size]`` matrix of ``resample_to`` along one axis.
 
     Both modes are separable, so resampling ``[.., h, w]`` to ``(H, W)`` is
@@ -53,9 +55,12 @@ def resample_weights(in_size, out_size, enlarge, dtype=torch.float32,
     """
     # sizes as 0-dim tensors: traced ones stay in the graph, ints are
     # constants
-    n_in, n_out = (size if torch.is_tensor(size) else torch.full(
-        (), size, dtype=torch.long, device=device)
-                   for size in (in_size, out_size))
+    n_in, n_out = (
+        size
+        if torch.is_tensor(size)
+        else torch.full((), size, dtype=torch.long, device=device)
+        for size in (in_size, out_size)
+    )
     dst = torch.arange(out_size, device=device)
     src_pos = torch.arange(in_size, device=device)
 
@@ -68,13 +73,15 @@ def resample_weights(in_size, out_size, enlarge, dtype=torch.float32,
         frac = (src - first).clamp(0, 1)
         second = torch.minimum(first + 1, last)
         pos = src_pos.float()
-        return ((pos == first[:, None]).float() * (1 - frac)[:, None] +
-                (pos == second[:, None]).float() * frac[:, None])
+        return (pos == first[:, None]).float() * (1 - frac)[:, None] + (
+            pos == second[:, None]
+        ).float() * frac[:, None]
 
     def area():
         start = torch.div(dst * n_in, n_out, rounding_mode='floor')
-        end = torch.div((dst + 1) * n_in + n_out - 1, n_out,
-                        rounding_mode='floor')
+        end = torch.div(
+            (dst + 1) * n_in + n_out - 1, n_out, rounding_mode='floor'
+        )
         inside = (src_pos >= start[:, None]) & (src_pos < end[:, None])
         return inside.float() / (end - start).float()[:, None]
 
@@ -95,16 +102,19 @@ def resample_to(x, size):
     in_size = x.shape[-2:]
     if sizes_are_symbolic():
         enlarge = _enlarges(in_size, size)
-        rows = resample_weights(in_size[0], size[0], enlarge, x.dtype,
-                                x.device)
-        cols = resample_weights(in_size[1], size[1], enlarge, x.dtype,
-                                x.device)
+        rows = resample_weights(
+            in_size[0], size[0], enlarge, x.dtype, x.device
+        )
+        cols = resample_weights(
+            in_size[1], size[1], enlarge, x.dtype, x.device
+        )
         return torch.matmul(rows, torch.matmul(x, cols.t()))
     if tuple(in_size) == tuple(size):
         return x
     if _enlarges(in_size, size):
-        return F.interpolate(x, size=size, mode='bilinear',
-                             align_corners=False)
+        return F.interpolate(
+            x, size=size, mode='bilinear', align_corners=False
+        )
     return F.adaptive_avg_pool2d(x, size)
 
 
@@ -136,7 +146,8 @@ def grid_weights(base_grid, grid, device=None):
     enlarge = _enlarges(base_grid, grid)
     return tuple(
         resample_weights(base, size, enlarge, device=device)
-        for base, size in zip(base_grid, grid))
+        for base, size in zip(base_grid, grid)
+    )
 
 
 def resampled_matrix(matrix, base_grid, grid):
