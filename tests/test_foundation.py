@@ -270,6 +270,11 @@ def test_cfg_options_accepts_new_and_existing_keys():
     )
     with pytest.raises(Exception, match='not a valid index'):
         validate_cfg_options(cfg, {'a.items.5.c': 1})
+    # a Runner argument the config leaves out may be new whole; a typo of
+    # one is no Runner argument and stays refused
+    validate_cfg_options(cfg, {'compile.backend': 'eager'})
+    with pytest.raises(Exception, match="no key 'compiel'"):
+        validate_cfg_options(cfg, {'compiel.backend': 'eager'})
 
 
 def test_env_setup_has_nothing_to_do_the_second_time():

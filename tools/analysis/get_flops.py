@@ -267,11 +267,14 @@ def main_config(args):
         )
         try:
             result = count_macs(model, x, fn=lambda m, x: m._forward(x))
-        except TypeError as exc:
+        except (TypeError, AssertionError, AttributeError) as exc:
+            # heads whose tensor path reads data samples (two-stage
+            # detectors, DINO, Mask2Former) fail without them, each its way
             raise LaunchError(
                 f'{type(model).__name__}._forward needs data samples '
-                f'({exc}); two-stage detectors are not supported with '
-                '--with-heads, drop it to count backbone + neck'
+                f'({type(exc).__name__}: {exc}); its heads cannot be counted '
+                'from an image tensor alone: drop --with-heads to count '
+                'backbone + neck'
             ) from exc
     else:
         counted = [

@@ -39,17 +39,33 @@ def _closest(name, choices):
     return match[0] if match else None
 
 
+def _runner_arguments():
+    """A config's top-level keys mmengine's ``Runner`` reads: its keyword
+    arguments, and ``compile``, which ``Runner.train`` reads from the
+    config itself."""
+    import inspect
+
+    from mmengine.runner import Runner
+
+    arguments = set(inspect.signature(Runner.__init__).parameters)
+    return arguments - {'self'} | {'compile'}
+
+
 def validate_cfg_options(cfg, options):
     """Reject ``--cfg-options`` keys that are likely typos.
 
     mmengine silently adds unknown keys, so ``optim_wrapper.optimizer.lrr``
     would be ignored. Every key's parents must exist; a leaf may be new
     unless it is a near-miss of an existing sibling (then it is a typo).
+    A top-level argument of mmengine's ``Runner`` the config leaves out
+    (``compile.backend=eager``, ``randomness.seed=0``) may be new whole.
     """
     root = cfg.to_dict() if isinstance(cfg, Config) else cfg
     for full_key in options:
         node, path = root, []
         parts = full_key.split('.')
+        if parts[0] not in root and parts[0] in _runner_arguments():
+            continue
         for depth, part in enumerate(parts):
             is_leaf = depth == len(parts) - 1
             if isinstance(node, (list, tuple)):
