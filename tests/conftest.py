@@ -33,32 +33,39 @@ if os.environ.get('PYTEST_XDIST_WORKER'):
     torch.set_num_threads(1)
 
 
-# Seconds each file takes in a two-worker run on 2 idle cores (pytest
+# Seconds each file takes in a two-worker run on 2 cores (pytest
 # --durations=0; the run is in docs/benchmarks.md). xdist hands whole
 # files to whichever worker is free in collection order, so the longest go
 # first: otherwise a long file collected last keeps one worker busy while
 # the other idles.
 FILE_SECONDS = {
-    'test_det_configs.py': 153,
-    'test_seg_configs.py': 90,
-    'test_demo.py': 69,
-    'test_benchmark_tool.py': 65,
-    'test_checkpoints.py': 60,
-    'test_foundation.py': 60,
-    'test_cross_stack.py': 58,
-    'test_ecosystem.py': 48,
-    'test_safe_loading.py': 42,
-    'test_backbones.py': 38,
-    'test_recipes.py': 38,
-    'test_convert_and_infer.py': 37,
-    'test_resume.py': 28,
-    'test_compile_hooks_amp.py': 24,
+    'test_det_configs.py': 204,
+    'test_seg_configs.py': 115,
+    'test_demo.py': 109,
+    'test_foundation.py': 101,
+    'test_benchmark_tool.py': 94,
+    'test_checkpoints.py': 81,
+    'test_modern_heads.py': 80,
+    'test_export.py': 77,
+    'test_cross_stack.py': 76,
+    'test_ecosystem.py': 72,
+    'test_safe_loading.py': 64,
+    'test_convert_and_infer.py': 59,
+    'test_backbones.py': 54,
+    'test_recipes.py': 53,
+    'test_resume.py': 35,
+    'test_training_guards.py': 30,
+    'test_compile_hooks_amp.py': 29,
+    'test_complexity.py': 28,
+    'test_registry.py': 25,
+    'test_hub.py': 25,
+    'test_fast_paths.py': 21,
+    'test_tool_outputs.py': 21,
+    'test_data_checks.py': 20,
     'test_broken_inputs.py': 20,
-    'test_training_guards.py': 20,
-    'test_complexity.py': 18,
-    'test_registry.py': 18,
-    'test_fast_paths.py': 12,
-    'test_model_index.py': 10,
+    'test_model_index.py': 17,
+    'test_dense_checkpoints.py': 14,
+    'test_reader_bounds.py': 10,
 }
 
 

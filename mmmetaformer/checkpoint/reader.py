@@ -379,7 +379,7 @@ def _refuse_bound(name, what, allowed, rule):
 
 def _damaged(name, why):
     raise CorruptCheckpointError(
-        f'{name} is not a readable checkpoint: {why}. If a run was killed '
+        f'{name} is truncated or damaged: {why}. If a run was killed '
         f'while writing it, use an earlier checkpoint'
     )
 
@@ -530,7 +530,7 @@ def _storage_claims(data, name):
         unpickler.load()
     except Exception as exc:  # noqa: BLE001  a malformed pickle
         raise CorruptCheckpointError(
-            f'{name} is not a readable checkpoint: its pickle is damaged '
+            f'{name} is truncated or damaged: its pickle is damaged '
             f'({type(exc).__name__}: {exc})'
         ) from None
     return unpickler.claims
