@@ -340,3 +340,32 @@ def test_cpu_amp_optim_wrapper_trains_under_autocast(dtype):
                 optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
             )
         )
+
+
+def test_compile_config_trains_through_the_train_tool(tmp_path):
+    """mmengine's ``compile`` key (``torch.compile`` of ``train_step``)
+    trains through ``tools/train.py``: the tool adds
+    ``EagerOptimizerStepHook``, so dynamo does not trace the optimizer
+    step, which it cannot (one failing iteration before)."""
+    from mmmetaformer_tools.toy import make_coco
+
+    from .helpers import REPO_ROOT, run_tool
+
+    make_coco(
+        tmp_path / 'data' / 'toy_coco', num_train=2, num_val=1, img_size=64
+    )
+    proc = run_tool(
+        'train.py',
+        REPO_ROOT / 'configs/toy/retinanet_poolformer_s12_toy_coco.py',
+        '--work-dir',
+        tmp_path / 'work',
+        '--cfg-options',
+        'compile.backend=eager',
+        'train_cfg.max_epochs=1',
+        'train_cfg.val_interval=2',
+        'train_dataloader.batch_size=2',
+        cwd=tmp_path,
+    )
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-3000:]
+    assert 'Epoch(train) [1][1/1]' in log

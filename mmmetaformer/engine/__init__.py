@@ -12,6 +12,7 @@ from .checkpoint_hooks import (
     StrictLoadHook,
     atomic_output,
 )
+from .compile import EagerOptimizerStepHook
 from .cpu import (
     CPUDistributedDataParallel,
     setup_cpu_distributed,
@@ -32,6 +33,7 @@ __all__ = [
     'StrictLoadHook',
     'CPUAmpOptimWrapper',
     'CPUDistributedDataParallel',
+    'EagerOptimizerStepHook',
     'MetaFormerLayerDecayConstructor',
     'setup_cpu_distributed',
     'sync_bn_to_bn',

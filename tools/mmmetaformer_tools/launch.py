@@ -265,6 +265,12 @@ def build_runner(cfg):
     import mmmetaformer  # noqa: F401  (registers our modules)
 
     check_backbone_builds(cfg)
+    if cfg.get('compile'):
+        # mmengine would compile the optimizer step too, which dynamo
+        # cannot trace (mmmetaformer/engine/compile.py)
+        hooks = list(cfg.get('custom_hooks', []))
+        if not any(h.get('type') == 'EagerOptimizerStepHook' for h in hooks):
+            cfg.custom_hooks = hooks + [dict(type='EagerOptimizerStepHook')]
     if 'runner_type' in cfg:
         return RUNNERS.build(cfg)
     return Runner.from_cfg(cfg)
