@@ -197,26 +197,54 @@ def model_score_thr(test_cfg):
     return None, None
 
 
-def predict_detection(cfg, args, images):
-    from mmdet.apis import DetInferencer
-
+def lower_score_thr(cfg, score_thr):
+    """Lower the detector's own score threshold to ``score_thr`` where it
+    is higher; returns the note the summary lines carry."""
     holder, key = model_score_thr(cfg.model.get('test_cfg'))
-    note = ''
-    if holder is not None and args.score_thr < holder[key]:
+    if holder is None:
+        return ''
+    if score_thr < holder[key]:
         note = (
             f" (the model's own threshold {holder[key]} lowered to "
-            f'{args.score_thr})'
+            f'{score_thr})'
         )
-        holder[key] = args.score_thr
-    elif holder is not None:
-        note = f" (the model's own threshold: {holder[key]})"
-    inferencer = DetInferencer(
-        model=cfg,
-        weights=args.checkpoint,
-        device=args.device,
-        show_progress=False,
+        holder[key] = score_thr
+        return note
+    return f" (the model's own threshold: {holder[key]})"
+
+
+def build_inferencer(cfg, args, scope):
+    """mmdet's ``DetInferencer`` or mmseg's ``MMSegInferencer`` of ``cfg``
+    with the checkpoint's weights (an exact fit, checked), or predicting
+    through an exported ``.onnx`` file in onnxruntime. Returns
+    ``(inferencer, note on the score threshold)``."""
+    exported = args.checkpoint.endswith('.onnx')  # tools/export_onnx.py's
+    if scope == 'mmdet':
+        from mmdet.apis import DetInferencer as Inferencer
+    else:
+        from mmseg.apis import MMSegInferencer as Inferencer
+    extra = dict(show_progress=False) if scope == 'mmdet' else {}
+    if exported:
+        from mmmetaformer.export.runtime import attach, open_exported
+
+        onnx_model = open_exported(args.checkpoint, scope, args.device)
+        inferencer = attach(
+            Inferencer(model=cfg, weights=None, device='cpu', **extra),
+            onnx_model,
+        )
+        return (
+            inferencer,
+            f" (the file's own threshold: {onnx_model.score_thr})",
+        )
+    note = lower_score_thr(cfg, args.score_thr) if scope == 'mmdet' else ''
+    inferencer = Inferencer(
+        model=cfg, weights=args.checkpoint, device=args.device, **extra
     )
     require_exact_fit(inferencer.model, args.checkpoint, args.allow_nonfinite)
+    return inferencer, note
+
+
+def predict_detection(inferencer, note, args, images):
     results = inferencer(
         images,
         out_dir=args.out_dir,
@@ -235,14 +263,9 @@ def predict_detection(cfg, args, images):
     )
 
 
-def predict_segmentation(cfg, args, images):
+def predict_segmentation(inferencer, note, args, images):
     import numpy as np
-    from mmseg.apis import MMSegInferencer
 
-    inferencer = MMSegInferencer(
-        model=cfg, weights=args.checkpoint, device=args.device
-    )
-    require_exact_fit(inferencer.model, args.checkpoint, args.allow_nonfinite)
     summaries = []
     for path in images:
         result = inferencer(
@@ -324,7 +347,7 @@ def check_outputs(args, images):
 OUTPUT_FOLDERS = ('vis', 'preds', 'pred')
 
 
-def predict_atomically(predict, cfg, args, images):
+def predict_atomically(predict, cfg, args, images, scope):
     """Run ``predict`` with the inferencers writing into a hidden staging
     folder inside ``--out-dir``, then move each file into place with
     ``atomic_output``: a kill or a full disk never leaves a half-written
@@ -342,7 +365,10 @@ def predict_atomically(predict, cfg, args, images):
     args.out_dir = tempfile.mkdtemp(prefix='.partial-', dir=out_dir)
     try:
         try:
-            summaries, vis_dir, pred_dir = predict(cfg, args, images)
+            inferencer, note = build_inferencer(cfg, args, scope)
+            summaries, vis_dir, pred_dir = predict(
+                inferencer, note, args, images
+            )
         except OSError as exc:  # a picture or JSON the inferencer wrote
             raise OutputWriteError(
                 f'Could not write the predictions into {out_dir}: '
@@ -394,15 +420,9 @@ def main(argv=None):
     name_image_loader_for_inferencers(cfg)  # images were checked above
     init_default_scope(scope)
     predict = predict_detection if scope == 'mmdet' else predict_segmentation
-    if args.checkpoint.endswith('.onnx'):  # tools/export_onnx.py's file
-        from functools import partial
-
-        from mmmetaformer.export.runtime import predict_with_onnx
-
-        predict = partial(predict_with_onnx, scope=scope)
     try:
         summaries, vis_dir, pred_dir = predict_atomically(
-            predict, cfg, args, images
+            predict, cfg, args, images, scope
         )
     except ExportedFileError as exc:
         raise LaunchError(str(exc)) from None

@@ -132,69 +132,15 @@ def bind(model, onnx_model):
     return model
 
 
-def predict_with_onnx(cfg, args, images, scope):
-    """``tools/infer.py``'s prediction with an exported file
-    (``args.checkpoint``): the inferencers of mmdet / mmseg built from the
-    config (pipeline, visualiser), predicting in onnxruntime.
-
-    Returns:
-        tuple: ``(summary line per image, pictures dir, predictions dir)``.
-    """
-    import os.path as osp
-
-    onnx_model = OnnxModel(args.checkpoint, device=args.device)
+def open_exported(path, scope, device='cpu'):
+    """``OnnxModel`` of ``path``, refused in one line unless it holds a
+    model of the config's task (``scope``: 'mmdet' or 'mmseg')."""
+    onnx_model = OnnxModel(path, device=device)
     expected = 'detection' if scope == 'mmdet' else 'segmentation'
     if onnx_model.task != expected:
         raise ExportedFileError(
-            f'{args.checkpoint} holds a {onnx_model.task or "non-exported"}'
-            f' model (no mmmetaformer metadata), the config a {expected} '
-            'model; export it with tools/export_onnx.py from this config'
+            f'{path} holds a {onnx_model.task or "non-exported"} model (no '
+            f'mmmetaformer metadata), the config a {expected} model; export '
+            'it with tools/export_onnx.py from this config'
         )
-    if scope == 'mmdet':
-        from mmdet.apis import DetInferencer
-
-        inferencer = attach(
-            DetInferencer(
-                model=cfg, weights=None, device='cpu', show_progress=False
-            ),
-            onnx_model,
-        )
-        results = inferencer(
-            images,
-            out_dir=args.out_dir,
-            no_save_pred=False,
-            pred_score_thr=args.score_thr,
-        )
-        note = f" (the file's own threshold: {onnx_model.score_thr})"
-        return (
-            [
-                f'{sum(s >= args.score_thr for s in pred["scores"])} '
-                f'detections scoring >= {args.score_thr}{note}'
-                for pred in results['predictions']
-            ],
-            osp.join(args.out_dir, 'vis'),
-            osp.join(args.out_dir, 'preds'),
-        )
-    from mmseg.apis import MMSegInferencer
-
-    inferencer = attach(
-        MMSegInferencer(model=cfg, weights=None, device='cpu'), onnx_model
-    )
-    summaries = []
-    for path in images:
-        result = inferencer(
-            path,
-            out_dir=args.out_dir,
-            opacity=args.opacity,
-            with_labels=False,
-            return_datasamples=True,
-        )
-        if isinstance(result, list):
-            result = result[0]
-        classes = np.unique(result.pred_sem_seg.data.cpu().numpy())
-        summaries.append(f'{len(classes)} classes predicted')
-    return (
-        summaries,
-        osp.join(args.out_dir, 'vis'),
-        osp.join(args.out_dir, 'pred'),
-    )
+    return onnx_model
