@@ -23,6 +23,7 @@ from mmengine.config import DictAction
 
 from mmmetaformer_tools.launch import (
     LaunchError,
+    add_data_and_launcher_options,
     build_runner,
     check_data_roots,
     check_dataset_contents,
@@ -63,20 +64,7 @@ def parse_args(argv=None):
         help='evaluate weights holding nan or inf (refused '
         'by default, naming the first such tensor)',
     )
-    parser.add_argument(
-        '--strict-data',
-        action='store_true',
-        help='refuse an annotation file with boxes mmdet would drop (nan, '
-        'negative or under 1 px wide or high); by default they are counted '
-        'in a warning',
-    )
-    parser.add_argument(
-        '--launcher',
-        choices=['none', 'pytorch', 'slurm', 'mpi'],
-        default='none',
-        help='job launcher',
-    )
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    add_data_and_launcher_options(parser)
     return parser.parse_args(argv)
 
 

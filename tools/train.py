@@ -28,6 +28,7 @@ from mmengine.config import DictAction
 
 from mmmetaformer_tools.launch import (
     LaunchError,
+    add_data_and_launcher_options,
     build_runner,
     built_error,
     check_data_roots,
@@ -75,21 +76,7 @@ def parse_args(argv=None):
         help='override config keys, e.g. train_cfg.max_epochs=1; a key that '
         'looks like a typo of an existing one is an error',
     )
-    parser.add_argument(
-        '--strict-data',
-        action='store_true',
-        help='refuse an annotation file with boxes mmdet would drop (nan, '
-        'negative or under 1 px wide or high); by default they are counted '
-        'in a warning',
-    )
-    parser.add_argument(
-        '--launcher',
-        choices=['none', 'pytorch', 'slurm', 'mpi'],
-        default='none',
-        help='job launcher',
-    )
-    # torch.distributed.launch passes --local-rank; torchrun sets LOCAL_RANK.
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    add_data_and_launcher_options(parser)
     return parser.parse_args(argv)
 
 

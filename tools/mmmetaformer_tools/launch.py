@@ -39,6 +39,26 @@ def _closest(name, choices):
     return match[0] if match else None
 
 
+def add_data_and_launcher_options(parser):
+    """The options ``train.py`` and ``test.py`` share: ``--strict-data``
+    and mmengine's launchers (``--launcher``, ``--local-rank``)."""
+    parser.add_argument(
+        '--strict-data',
+        action='store_true',
+        help='refuse an annotation file with boxes mmdet would drop (nan, '
+        'negative or under 1 px wide or high); by default they are counted '
+        'in a warning',
+    )
+    parser.add_argument(
+        '--launcher',
+        choices=['none', 'pytorch', 'slurm', 'mpi'],
+        default='none',
+        help='job launcher',
+    )
+    # torch.distributed.launch passes --local-rank; torchrun sets LOCAL_RANK.
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+
+
 def _runner_arguments():
     """A config's top-level keys mmengine's ``Runner`` reads: its keyword
     arguments, and ``compile``, which ``Runner.train`` reads from the
