@@ -1,6 +1,7 @@
-"""DINO 4-scale (COCO) and Mask2Former (ADE20K) for ConvFormer and CAFormer.
+"""DINO 4-scale (COCO), Mask2Former (ADE20K semantic, COCO instance) for
+ConvFormer and CAFormer.
 
-- Every leaf (2 heads x 2 families x S18..B36) is its base plus what it
+- Every leaf (3 recipes x 2 families x S18..B36) is its base plus what it
   sets itself (read without resolving the mmdet/mmseg chain): the backbone
   type, arch, ImageNet weights and drop path, the neck's or pixel
   decoder's ``in_channels`` equal to what that backbone emits (built on
@@ -8,8 +9,9 @@
   in full and equals that merge.
 - Each base carries the head's own mmdet/mmseg recipe, with the layer-decay
   constructor in place of the flat backbone lr_mult.
-- The head's share of the parameters equals mmdet's DINO R-50 and mmseg's
-  Mask2Former R-50 configs, tensor by tensor: only the input projections
+- The head's share of the parameters equals mmdet's DINO R-50, mmseg's
+  Mask2Former R-50 and mmdet's Mask2Former R-50 instance configs, tensor
+  by tensor: only the input projections
   that read the backbone differ, and only in their input channels.
 - Toy DINO and toy Mask2Former train 4 iterations on one repeated batch
   through tools/train.py (loss lower at the end, the constructor's groups
@@ -53,6 +55,16 @@ HEADS = dict(
         'mask2former_ade20k.py',
         'mmseg',
     ),
+    mask2former_coco=(
+        'mask2former_{}_{}_coco.py',
+        'mask2former_coco.py',
+        'mmdet',
+    ),
+)
+# where each Mask2Former recipe keeps its head (mmseg: a decode head;
+# mmdet: the panoptic head, here with stuff classes off)
+MASK2FORMER_HEAD = dict(
+    mask2former='decode_head', mask2former_coco='panoptic_head'
 )
 LEAVES = [
     (head, family, size)
@@ -62,7 +74,8 @@ LEAVES = [
 ]
 LEAF_IDS = [f'{h}-{f}-{s}' for h, f, s in LEAVES]
 # size -> (drop path, decay rate, num_layers), from the Cascade Mask R-CNN
-# (DINO) and UperNet (Mask2Former) leaves of the same backbone.
+# (DINO) and UperNet (Mask2Former, ADE20K and COCO alike) leaves of the
+# same backbone.
 DINO = dict(
     s18=(0.4, 0.7 ** (7 / 19), 18),
     s36=(0.6, 0.7 ** (13 / 37), 36),
@@ -113,10 +126,17 @@ def build(model_cfg, scope, device='meta'):
 # ---------------------------------------------------------------------------
 
 
-def test_sixteen_leaves():
-    found = sorted(
-        p.name for p in CONFIGS.glob('dino_4scale_*_coco.py')
-    ) + sorted(p.name for p in CONFIGS.glob('mask2former_*_ade20k.py'))
+def test_every_leaf_is_listed():
+    found = [
+        p.name
+        for pattern in (
+            'dino_4scale_*_coco.py',
+            'mask2former_*_ade20k.py',
+            'mask2former_*_coco.py',
+        )
+        for p in CONFIGS.glob(pattern)
+    ]
+    assert len(found) == 24
     assert sorted(found) == sorted(leaf_path(*leaf).name for leaf in LEAVES)
 
 
@@ -184,6 +204,59 @@ def test_mask2former_base_is_mmseg_recipe():
     assert optim.paramwise_cfg == dict(decay_rate=0.9, decay_type='stage_wise')
 
 
+def test_mask2former_coco_base_is_mmdet_instance_recipe():
+    cfg = base_of('mask2former_coco')
+    assert cfg.default_scope == 'mmdet'
+    assert cfg.custom_imports == dict(
+        imports=['mmmetaformer'], allow_failed_imports=False
+    )
+    assert cfg.default_hooks.checkpoint.type == 'AtomicCheckpointHook'
+    assert [h['type'] for h in cfg.custom_hooks] == [
+        'ExactResumeHook',
+        'NaNGuardHook',
+    ]
+    model = cfg.model
+    assert model.type == 'Mask2Former'
+    assert model.backbone == dict(type=None)  # all four stages by default
+    head = model.panoptic_head
+    assert (
+        head.type,
+        head.num_queries,
+        head.num_things_classes,
+        head.num_stuff_classes,
+        head.feat_channels,
+    ) == ('Mask2FormerHead', 100, 80, 0, 256)
+    assert head.in_channels is None  # every leaf sets it
+    assert head.pixel_decoder.encoder.num_layers == 6
+    assert head.transformer_decoder.num_layers == 9
+    assert model.train_cfg.num_points == 12544
+    # instance segmentation only, as the recipe
+    assert (model.test_cfg.panoptic_on, model.test_cfg.instance_on) == (
+        False,
+        True,
+    )
+    assert cfg.val_evaluator.type == 'CocoMetric'
+    assert list(cfg.val_evaluator.metric) == ['bbox', 'segm']
+    (crop,) = [
+        t for t in cfg.train_pipeline if t['type'] == 'RandomCrop'
+    ]  # large-scale jittering
+    assert tuple(crop['crop_size']) == (1024, 1024)
+    assert cfg.train_cfg.max_iters == 368750
+    steps = cfg.param_scheduler  # one scheduler, not a list
+    assert (steps.type, list(steps.milestones)) == (
+        'MultiStepLR',
+        [327778, 355092],
+    )
+    assert cfg.train_dataloader.batch_size == 2  # x 8 GPUs
+    optim = cfg.optim_wrapper
+    assert optim.optimizer == dict(
+        type='AdamW', lr=1e-4, weight_decay=0.05, eps=1e-8, betas=(0.9, 0.999)
+    )
+    assert optim.clip_grad == dict(max_norm=0.01, norm_type=2)
+    assert optim.constructor == 'MetaFormerLayerDecayConstructor'
+    assert optim.paramwise_cfg == dict(decay_rate=0.9, decay_type='stage_wise')
+
+
 @pytest.mark.parametrize('head,family,size', LEAVES, ids=LEAF_IDS)
 def test_leaf_settings_and_meta_build(head, family, size):
     """What the leaf sets, and its heads take its backbone's channels."""
@@ -212,8 +285,9 @@ def test_leaf_settings_and_meta_build(head, family, size):
         assert paramwise['decay_rate'] == pytest.approx(rate, rel=1e-12)
         assert paramwise['num_layers'] == num_layers
     else:
-        assert set(own['model']) == {'backbone', 'decode_head'}
-        assert own['model']['decode_head'] == dict(in_channels=dims)
+        head_key = MASK2FORMER_HEAD[head]
+        assert set(own['model']) == {'backbone', head_key}
+        assert own['model'][head_key] == dict(in_channels=dims)
         assert paramwise == dict(num_layers=num_layers)
 
     # Built on meta: no memory, no arithmetic; in_channels must match
@@ -256,6 +330,10 @@ INPUT_PROJECTIONS = dict(
         'decode_head.pixel_decoder.input_convs.',
         'decode_head.pixel_decoder.lateral_convs.',
     ),
+    mask2former_coco=(
+        'panoptic_head.pixel_decoder.input_convs.',
+        'panoptic_head.pixel_decoder.lateral_convs.',
+    ),
 )
 REFERENCE = dict(
     dino=('mmdet', 'dino/dino-4scale_r50_8xb2-12e_coco.py'),
@@ -263,6 +341,16 @@ REFERENCE = dict(
         'mmseg',
         'mask2former/mask2former_r50_8xb2-160k_ade20k-512x512.py',
     ),
+    mask2former_coco=(
+        'mmdet',
+        'mask2former/mask2former_r50_8xb2-lsj-50e_coco.py',
+    ),
+)
+# the leaf compared with the R-50 config, one per recipe
+SHARE_LEAF = dict(
+    dino=('convformer', 'b36'),
+    mask2former=('caformer', 'm36'),
+    mask2former_coco=('convformer', 's36'),
 )
 
 
@@ -292,9 +380,7 @@ def head_tensors(model):
 
 @pytest.mark.parametrize('head', list(HEADS))
 def test_head_share_equals_reference_recipe(head):
-    family, size = (
-        ('convformer', 'b36') if head == 'dino' else ('caformer', 'm36')
-    )
+    family, size = SHARE_LEAF[head]
     ours_cfg = load(leaf_path(head, family, size))
     ours = build(ours_cfg.model.to_dict(), HEADS[head][2])
     ref_cfg = load(reference_config(head))
@@ -395,7 +481,7 @@ def losses_by_iteration(work_dir):
     return [row['loss'] for row in rows if 'loss' in row]
 
 
-@pytest.fixture(scope='module', params=list(HEADS))
+@pytest.fixture(scope='module', params=list(TOY))
 def toy_run(request, toy_data, tmp_path_factory):
     head = request.param
     work_dir = tmp_path_factory.mktemp(f'{head}_work')

@@ -1,6 +1,7 @@
 """What an installed mmmetaformer gives a user: the wheel's contents and
 dependencies, and inheriting our configs the way mmengine allows."""
 
+import os
 import shutil
 import subprocess
 import sys
@@ -145,3 +146,35 @@ def test_wheel_depends_on_what_the_package_imports(wheel):
     )
     # ranges, not pins that would downgrade another environment
     assert not [r for r in requires if '==' in r.split(';')[0]]
+
+
+def test_wheel_holds_the_library_and_no_tool_only_module(wheel):
+    """Importable packages: ``mmmetaformer`` only. What only the tools use
+    travels as mim's copy of ``tools/`` (data beside ``train.py``)."""
+    names = wheel.namelist()
+    top = {n.split('/')[0] for n in names if n.endswith('.py')}
+    assert top == {'mmmetaformer'}, top
+    library = [n for n in names if n.endswith('.py') and '/.mim/' not in n]
+    assert not [n for n in library if 'mmmetaformer_tools' in n]
+    for module in ('launch', 'toy', 'measure', 'complexity'):
+        assert not [n for n in library if n.endswith(f'/{module}.py')]
+    assert 'mmmetaformer/.mim/tools/mmmetaformer_tools/launch.py' in names
+
+
+def test_importing_the_library_imports_no_tool_module():
+    code = (
+        'import sys, mmmetaformer, mmmetaformer.export, '
+        'mmmetaformer.datasets.checks\n'
+        "print(sorted(m for m in sys.modules if 'mmmetaformer_tools' in m"
+        " or m.endswith('.toy')))"
+    )
+    env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
+    proc = subprocess.run(
+        [sys.executable, '-c', code],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == '[]'

@@ -1,0 +1,70 @@
+# Mask2Former on COCO instance segmentation, 50 epochs (368750
+# iterations): mmdet's own recipe
+# (mmdet::mask2former/mask2former_r50_8xb2-lsj-50e_coco.py) with a
+# MetaFormer backbone. Shared by every
+# ``configs/mask2former_<family>_<arch>_coco.py``; a leaf fills in the
+# backbone (with its drop path), the head's ``in_channels`` and the layer
+# decay's ``num_layers``, as the ADE20K leaves
+# (configs/_base_/mask2former_ade20k.py). No trained numbers exist for
+# these configs.
+#
+# Inherited unchanged from the mmdet config:
+#   - Mask2FormerHead (``panoptic_head``; instance only: 80 thing classes,
+#     no stuff, ``panoptic_on=False``): MSDeformAttn pixel decoder (6
+#     encoder layers on the stride 8/16/32 levels, FPN-style fusion down to
+#     stride 4, 256 channels), 9 masked-attention decoder layers, 100
+#     queries; cross-entropy (weight 2, no-object 0.1), mask BCE and dice
+#     (weight 5 each) on 12544 sampled points; Hungarian matching; 100
+#     instances per image;
+#   - data: large-scale jittering (flip, resize 0.1..2.0 of 1024x1024, a
+#     1024x1024 crop, padded to 1024x1024); batch 2 per GPU x 8 GPUs = 16;
+#     test at 1333x800; COCO box and mask AP;
+#   - AdamW lr 1e-4, weight decay 0.05, eps 1e-8, gradient clipping at norm
+#     0.01; 368750 iterations, lr x0.1 at 327778 and 355092, no warmup;
+#     validation and a checkpoint every 5k iterations (the last 3 kept).
+_base_ = ['mmdet::mask2former/mask2former_r50_8xb2-lsj-50e_coco.py']
+
+# Registers the MetaFormer backbones, so every leaf also builds in mmdet's
+# own tools and inferencers, which never import mmmetaformer themselves.
+custom_imports = dict(imports=['mmmetaformer'], allow_failed_imports=False)
+# Checkpoints are written atomically (a kill or a full disk mid-save never
+# leaves a truncated iter_N.pth or a broken last_checkpoint) and carry the
+# random state, so `--resume` continues a killed run exactly (both hooks in
+# mmmetaformer/engine/checkpoint_hooks.py; the recipe's interval is kept).
+default_hooks = dict(checkpoint=dict(type='AtomicCheckpointHook'))
+# A non-finite loss (possible with --amp) skips the step, up to 10 in a
+# row, then stops (NaNGuardHook, mmmetaformer/engine/nan_guard.py).
+custom_hooks = [
+    dict(type='ExactResumeHook'),
+    dict(type='NaNGuardHook', action='skip'),
+]
+
+model = dict(
+    # Placeholder, filled by each leaf: type, arch, drop_path_rate,
+    # init_cfg. Building the base alone fails on purpose. All four stages
+    # (strides 4..32) are emitted, as the recipe's ResNet, each with the
+    # project's GroupNorm(1) output norm (new layers, top lr): the pixel
+    # decoder reads stride 4 in its fusion and 8..32 in its encoder.
+    backbone=dict(_delete_=True, type=None),
+    panoptic_head=dict(in_channels=None),
+)  # the leaf's four stage dims
+
+# Stage-wise lr decay 0.9 with MetaFormerLayerDecayConstructor instead of
+# the recipe's flat lr_mult=0.1 on the backbone, as the ADE20K Mask2Former
+# leaves (configs/_base_/mask2former_ade20k.py): the stem is layer 0, stage
+# i layer i + 1, the pixel decoder and the transformer decoder layer
+# num_layers + 1 (the leaf sets num_layers: 6 for S18, 12 for the 36-block
+# sizes, as ConvNeXt-T / -S,B).
+# Weight decay 0.05 as the recipe, none on 1-D parameters (norms, scales,
+# biases, as the recipe's norm_decay_mult=0 and
+# configs/_base_/metaformer_paramwise.py). The constructor has one rule
+# for all: the 2-D query and level embeddings (query_embed, query_feat,
+# level_embed), which the recipe exempts, decay here.
+# fp32 as the recipe; add --amp to tools/train.py on GPUs.
+optim_wrapper = dict(
+    constructor='MetaFormerLayerDecayConstructor',
+    paramwise_cfg=dict(_delete_=True, decay_rate=0.9, decay_type='stage_wise'),
+)
+
+# lr 1e-4 is for 16 images per iteration; --auto-scale-lr rescales it.
+auto_scale_lr = dict(enable=False, base_batch_size=16)
