@@ -32,6 +32,10 @@ from .preprocess import UnsupportedModel
 SCORE_TOLERANCE = 1e-3  # detection: per matched box
 BOX_IOU_MIN = 0.99
 MASK_IOU_MIN = 0.99
+# Mask pixels whose exported probability lies this close to the threshold
+# are decided by float rounding (RoiAlign, the mask head and the paste sum
+# in another order), not by the model: they count for neither side.
+MASK_PROB_AMBIGUITY = 1e-3
 TOP_DETECTIONS = 20
 LOGIT_RTOL = 1e-4  # segmentation: max |diff| / max |logit|
 LABEL_AGREEMENT = 0.999
@@ -144,7 +148,10 @@ def _iou(box, boxes):
     return inter / np.maximum(area + areas - inter, 1e-12)
 
 
-def _mask_iou(a, b):
+def _mask_iou(a, b, decided=None):
+    """IoU of two boolean masks over the ``decided`` pixels (all if None)."""
+    if decided is not None:
+        a, b = a[decided], b[decided]
     union = np.logical_or(a, b).sum()
     return 1.0 if union == 0 else np.logical_and(a, b).sum() / union
 
@@ -169,8 +176,16 @@ def _unmatched(ref, got, top):
         )[0]
         why = ''
         if len(candidates) and 'masks' in ref:
+            decided = ref.get('decided', got.get('decided'))
             ious = [
-                _mask_iou(ref['masks'][i], got['masks'][j]) for j in candidates
+                _mask_iou(
+                    ref['masks'][i],
+                    got['masks'][j],
+                    decided[i if 'decided' in ref else j]
+                    if decided is not None
+                    else None,
+                )
+                for j in candidates
             ]
             why = f' (mask IoU {max(ious):.3f})'
             candidates = [
@@ -216,7 +231,9 @@ def compare(reference, onnx_outputs, scope, mask_thr=0.5):
     for i, ref in enumerate(reference):
         got = {name: onnx_outputs[k][i] for k, name in enumerate(names)}
         if 'masks' in got:
-            got['masks'] = got['masks'] >= mask_thr
+            probs = got['masks']
+            got['decided'] = np.abs(probs - mask_thr) > MASK_PROB_AMBIGUITY
+            got['masks'] = probs >= mask_thr
         keep = got['scores'] > 0
         got = {k: v[keep] for k, v in got.items()}
         compared += min(TOP_DETECTIONS, int((ref['scores'] > 0).sum()))
