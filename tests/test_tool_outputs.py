@@ -649,6 +649,94 @@ def test_infer_refuses_non_finite_weights(in_toy, nan_checkpoint):
 
 
 # --------------------------------------------------------------------------
+# tools/infer.py on a segmentor: pictures and label maps, named by the image
+# --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope='module')
+def classes_only_checkpoint(toy, training_state):
+    """The toy's weights with classes in their meta but no palette."""
+    classes = training_state['meta']['dataset_meta']['classes']
+    path = toy[0] / 'classes_only.pth'
+    torch.save(
+        {
+            'meta': {'dataset_meta': {'classes': classes}},
+            'state_dict': training_state['state_dict'],
+        },
+        path,
+    )
+    return path, len(classes)
+
+
+def test_infer_writes_segmentation_pictures_and_label_maps(
+    in_toy, classes_only_checkpoint, tmp_path
+):
+    """Classes without a palette get fixed colours; every image has its
+    picture in vis/ and its label map (class indices) in pred/<name>.png,
+    and nothing partial or staged is left."""
+    import numpy as np
+    from PIL import Image
+
+    checkpoint, num_classes = classes_only_checkpoint
+    images = tmp_path / 'images'
+    images.mkdir()
+    for i, scene in enumerate(
+        sorted((in_toy[0] / 'data/toy_ade20k/images').rglob('*.jpg'))[:2]
+    ):
+        (images / f'scene_{i}.jpg').write_bytes(scene.read_bytes())
+    out = tmp_path / 'out'
+    status, err = tool_stderr(
+        lambda: TOOLS['infer'].main(
+            [str(images), CONFIG, str(checkpoint), '--out-dir', str(out)]
+            + ['--device', 'cpu']
+        )
+    )
+    assert status is None, err[-3000:]
+    assert sorted(p.name for p in out.iterdir()) == ['pred', 'vis']
+    assert sorted(p.name for p in (out / 'vis').iterdir()) == [
+        'scene_0.jpg',
+        'scene_1.jpg',
+    ]
+    assert sorted(p.name for p in (out / 'pred').iterdir()) == [
+        'scene_0.png',
+        'scene_1.png',
+    ]
+    for i in range(2):
+        labels = np.asarray(Image.open(out / 'pred' / f'scene_{i}.png'))
+        size = Image.open(images / f'scene_{i}.jpg').size
+        assert labels.shape == size[::-1]
+        assert labels.dtype == np.uint8 and labels.max() < num_classes
+
+
+def test_infer_refuses_a_palette_that_does_not_fit_the_classes(
+    in_toy, training_state, tmp_path
+):
+    classes = training_state['meta']['dataset_meta']['classes']
+    path = tmp_path / 'two_colours.pth'
+    torch.save(
+        {
+            'meta': {
+                'dataset_meta': {
+                    'classes': classes,
+                    'palette': [[0, 0, 0], [255, 255, 255]],
+                }
+            },
+            'state_dict': training_state['state_dict'],
+        },
+        path,
+    )
+    image = sorted((in_toy[0] / 'data/toy_ade20k/images').rglob('*.jpg'))[0]
+    line = one_error_line(
+        'infer', image, CONFIG, path, '--out-dir', tmp_path / 'out'
+    )
+    assert line == (
+        f'error: {path}: its meta has {len(classes)} classes but 2 palette '
+        'colours; give one colour per class or none'
+    )
+    assert list((tmp_path / 'out').iterdir()) == []
+
+
+# --------------------------------------------------------------------------
 # tools/infer.py: options and outputs checked before any work
 # --------------------------------------------------------------------------
 

@@ -10,7 +10,7 @@ one image path per line. Predictions come from mmdet's ``DetInferencer``
 demos: the drawn pictures in ``DIR/vis/`` and the predictions in
 ``DIR/preds/`` (detection: one JSON per image with ``labels``, ``scores``
 and ``bboxes``, and masks for instance segmentation; segmentation: one
-label PNG per image in ``DIR/pred/``). ``--out FILE`` also writes the
+label PNG per image, ``DIR/pred/<name>.png``). ``--out FILE`` also writes the
 picture of a single image to FILE. Outputs are named by the image's file
 name, so two inputs of the same name (extension aside) are refused rather
 than one overwriting the other; every output appears whole or not at all
@@ -76,7 +76,8 @@ def parse_args(argv=None):
         '--out-dir',
         default='outputs',
         help='pictures go to OUT_DIR/vis, predictions to '
-        'OUT_DIR/preds (default: outputs)',
+        'OUT_DIR/preds (segmentation: label PNGs in OUT_DIR/pred) '
+        '(default: outputs)',
     )
     parser.add_argument(
         '--out',
@@ -241,7 +242,37 @@ def build_inferencer(cfg, args, scope):
         model=cfg, weights=args.checkpoint, device=args.device, **extra
     )
     require_exact_fit(inferencer.model, args.checkpoint, args.allow_nonfinite)
+    if scope == 'mmseg':
+        complete_palette(inferencer.model, args.checkpoint)
     return inferencer, note
+
+
+def complete_palette(model, checkpoint):
+    """Give a segmentor whose checkpoint names its classes but no palette
+    one colour per class (mmseg's visualizer asserts a palette as long as
+    the classes, and falls back to Cityscapes' 19 colours without one):
+    the fixed colours an exported ``.onnx`` file without a palette gets
+    (``mmmetaformer.export.runtime.attach``). A palette of another length
+    than the classes is refused."""
+    import numpy as np
+
+    meta = model.dataset_meta or {}
+    classes, palette = meta.get('classes'), meta.get('palette')
+    if not classes:
+        return
+    if not palette:
+        model.dataset_meta = dict(
+            meta,
+            palette=np.random.RandomState(0)
+            .randint(0, 256, (len(classes), 3))
+            .tolist(),
+        )
+    elif len(palette) != len(classes):
+        raise LaunchError(
+            f'{checkpoint}: its meta has {len(classes)} classes but '
+            f'{len(palette)} palette colours; give one colour per class '
+            'or none'
+        )
 
 
 def predict_detection(inferencer, note, args, images):
@@ -264,8 +295,18 @@ def predict_detection(inferencer, note, args, images):
 
 
 def predict_segmentation(inferencer, note, args, images):
+    """Draw each image into ``vis/`` and write its label map (class index
+    per pixel; 8-bit PNG, 16-bit past 256 classes) to
+    ``pred/<name>.png``. MMSegInferencer saves no label map when asked
+    for the data samples, and numbers the ones it saves (``00000000_pred.png``)
+    rather than naming them by the image, so they are written here."""
     import numpy as np
+    from PIL import Image
 
+    from mmmetaformer.engine.checkpoint_hooks import atomic_output
+
+    pred_dir = osp.join(args.out_dir, 'pred')
+    os.makedirs(pred_dir, exist_ok=True)
     summaries = []
     for path in images:
         result = inferencer(
@@ -277,8 +318,13 @@ def predict_segmentation(inferencer, note, args, images):
         )
         if isinstance(result, list):
             result = result[0]
-        classes = np.unique(result.pred_sem_seg.data.cpu().numpy())
-        summaries.append(f'{len(classes)} classes predicted')
+        labels = result.pred_sem_seg.data[0].cpu().numpy()
+        name = osp.splitext(osp.basename(path))[0] + '.png'
+        with atomic_output(osp.join(pred_dir, name)) as partial:
+            Image.fromarray(
+                labels.astype(np.uint8 if labels.max() < 256 else np.uint16)
+            ).save(partial, format='PNG')
+        summaries.append(f'{len(np.unique(labels))} classes predicted')
     return (
         summaries,
         osp.join(args.out_dir, 'vis'),
