@@ -27,7 +27,7 @@ from mmmetaformer.engine.checkpoint_hooks import (
 )
 from mmmetaformer.registry import MODELS
 from mmmetaformer_tools.launch import run_tool
-from mmmetaformer_tools.toy import make_ade20k
+from mmmetaformer_tools.toy import make_ade20k, make_coco
 
 from .helpers import REPO_ROOT
 
@@ -646,6 +646,185 @@ def test_infer_refuses_non_finite_weights(in_toy, nan_checkpoint):
     )
     assert 'tensor backbone.stem.conv.weight holds 2352 non-finite' in line
     assert not (in_toy[0] / 'infer_out' / 'vis').exists()
+
+
+# --------------------------------------------------------------------------
+# tools/test.py: --out and --show-dir files whole or not at all
+# --------------------------------------------------------------------------
+
+
+def written_files(folder):
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob('*'))
+
+
+@pytest.fixture(scope='module')
+def toy_detector(tmp_path_factory):
+    """The toy COCO (two 64 px images) and the toy RetinaNet with a
+    one-block-per-stage PoolFormer of dims 16..128 (its own random
+    weights), flattened; returns ``(folder, config, checkpoint)``."""
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+
+    root = tmp_path_factory.mktemp('test_tool_det')
+    make_coco(root / 'data' / 'toy_coco', num_train=1, num_val=2, img_size=64)
+    tiny = root / 'tiny.py'
+    base = REPO_ROOT / 'configs/toy/retinanet_poolformer_s12_toy_coco.py'
+    tiny.write_text(
+        f'_base_ = [{str(base)!r}]\n'
+        'model = dict(\n'
+        '    backbone=dict(arch=dict(_delete_=True, depths=[1, 1, 1, 1],\n'
+        f'                            dims={TINY_DIMS})),\n'
+        f'    neck=dict(in_channels={TINY_DIMS[1:]}))\n'
+    )
+    cfg = Config.fromfile(str(tiny))
+    config = root / 'tiny_flat.py'
+    cfg.dump(str(config))
+    init_default_scope('mmdet')
+    from mmdet.registry import MODELS as DET_MODELS
+
+    checkpoint = root / 'tiny.pth'
+    torch.save(
+        {'state_dict': DET_MODELS.build(cfg.model).state_dict()}, checkpoint
+    )
+    return root, str(config), checkpoint
+
+
+def test_test_writes_detection_results_whole_or_not_at_all(
+    toy_detector, monkeypatch
+):
+    """--out is mmdet's results pickle, complete; --show-dir one picture
+    per image. On a full disk: one line, exit 2, no results file and no
+    partial file."""
+    from mmengine.fileio import load
+
+    root, config, checkpoint = toy_detector
+    monkeypatch.chdir(root)
+
+    def test(out, *options):
+        # stdout kept in memory: pytest's capture file is under the limit too
+        with contextlib.redirect_stdout(io.StringIO()):
+            return tool_stderr(
+                lambda: TOOLS['test'].main(
+                    [config, str(checkpoint), '--work-dir', 'work']
+                    + ['--out', str(out), *options, '--cfg-options']
+                    # every box the head returns, up to max_per_img
+                    + ['model.test_cfg.score_thr=0']
+                    + [f'experiment_name=det_{out.stem}']
+                )
+            )
+
+    out, pictures = root / 'results' / 'det.pkl', root / 'pictures'
+    metrics, err = test(out, '--show-dir', str(pictures))
+    assert 'coco/bbox_mAP' in metrics, err[-3000:]
+    results = load(out)
+    images = sorted(p.name for p in (root / 'data/toy_coco/val2017').iterdir())
+    assert sorted(r['img_path'].rsplit('/', 1)[1] for r in results) == images
+    for result in results:
+        assert len(result['pred_instances']['scores']) == 100
+        assert result['pred_instances']['bboxes'].shape == (100, 4)
+    assert written_files(pictures) == images
+    assert written_files(out.parent) == ['det.pkl']
+
+    # a limit every log and config file stays under, the pickle does not
+    others = max(
+        p.stat().st_size for p in (root / 'work').rglob('*') if p.is_file()
+    )
+    assert out.stat().st_size > 2 * others, (out.stat().st_size, others)
+    full = root / 'results' / 'full.pkl'
+    with FileSizeLimit(out.stat().st_size // 2):
+        line = error_line(*test(full))
+    assert line == (
+        f'error: Could not write {full}: File too large (OSError); the '
+        'partial file was removed and full.pkl was left as it was'
+    )
+    assert written_files(out.parent) == ['det.pkl']
+
+
+def test_test_writes_segmentation_label_maps_and_pictures(in_toy, tmp_path):
+    """--out: each image's label map, as mmseg's IoUMetric(output_dir)
+    writes it; --show-dir: each image's picture. Nothing partial."""
+    import numpy as np
+    from PIL import Image
+
+    root, state, _ = in_toy
+    maps, pictures = tmp_path / 'maps', tmp_path / 'pictures'
+    metrics, err = tool_stderr(
+        lambda: TOOLS['test'].main(
+            [CONFIG, str(state), '--work-dir', 'work', '--out', str(maps)]
+            + ['--show-dir', str(pictures), '--cfg-options']
+            + ['experiment_name=tool_outputs_seg_out']
+        )
+    )
+    assert 'mIoU' in metrics, err[-3000:]
+    images = sorted((root / 'data/toy_ade20k/images/validation').iterdir())
+    assert written_files(maps) == [f'{p.stem}.png' for p in images]
+    for image in images:
+        labels = np.asarray(Image.open(maps / f'{image.stem}.png'))
+        assert labels.shape == Image.open(image).size[::-1]
+        assert labels.dtype == np.uint8 and labels.max() < 150
+    drawn = [
+        p for p in written_files(pictures) if p.startswith('vis_data/vis_')
+    ]
+    assert drawn == ['vis_data/vis_image'] + [
+        f'vis_data/vis_image/test_{p.name}_0.png' for p in images
+    ]
+    assert not [p for p in written_files(tmp_path) if 'partial' in p]
+
+
+def test_pictures_are_written_whole_or_not_at_all(tmp_path):
+    """test.py's --show-dir writers: mmdet's visualizer drawing to a file
+    (``AtomicPictureFiles`` mixed in) and the backend mmseg's pictures go
+    to (``AtomicLocalVisBackend``). On a full disk: one line each, no
+    picture, no partial file; with room, the whole picture."""
+    import cv2
+    import numpy as np
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+
+    from mmmetaformer_tools.result_files import write_pictures_atomically
+
+    init_default_scope('mmdet')
+    from mmdet.registry import VISUALIZERS
+
+    cfg = Config(
+        dict(
+            visualizer=dict(
+                type='DetLocalVisualizer',
+                vis_backends=[dict(type='LocalVisBackend')],
+                name='tool_outputs_pictures',
+                save_dir=str(tmp_path / 'backend'),
+            )
+        )
+    )
+    write_pictures_atomically(cfg, 'mmdet')
+    visualizer = VISUALIZERS.build(cfg.visualizer)
+    # noise: PNG cannot compress it below its 192 KiB
+    picture = np.random.RandomState(0).randint(0, 256, (256, 256, 3), np.uint8)
+    out_file = tmp_path / 'show' / 'scene.png'
+    out_file.parent.mkdir()
+    backend_file = tmp_path / 'backend/vis_data/vis_image/scene_3.png'
+
+    def draw():
+        visualizer.add_datasample(
+            'scene', picture, None, draw_pred=False, out_file=str(out_file)
+        )
+
+    def record():
+        visualizer.add_image('scene', picture, step=3)
+
+    for write, path in ((draw, out_file), (record, backend_file)):
+        with FileSizeLimit(2**16), pytest.raises(OutputWriteError) as error:
+            write()
+        assert str(error.value) == (
+            f'Could not write {path}: File too large (OSError); the partial '
+            f'file was removed and {path.name} was left as it was'
+        )
+        assert written_files(path.parent) == []
+        write()
+        assert written_files(path.parent) == [path.name]
+        np.testing.assert_array_equal(
+            cv2.imread(str(path))[..., ::-1], picture
+        )
 
 
 # --------------------------------------------------------------------------

@@ -69,6 +69,10 @@ def parse_args(argv=None):
 
 
 def enable_visualization(cfg, scope, show_dir):
+    """Draw the predictions into ``show_dir`` as mmdet's and mmseg's test
+    tools do, each picture written whole or not at all."""
+    from mmmetaformer_tools.result_files import write_pictures_atomically
+
     hook = cfg.default_hooks.get('visualization')
     if hook is None:
         raise LaunchError(
@@ -79,6 +83,9 @@ def enable_visualization(cfg, scope, show_dir):
         hook['test_out_dir'] = show_dir
     else:
         cfg.visualizer['save_dir'] = show_dir
+        # every prediction, as mmdet's hook draws; mmseg's draws every 50th
+        hook.setdefault('interval', 1)
+    write_pictures_atomically(cfg, scope)
 
 
 def main(argv=None):
@@ -96,9 +103,6 @@ def main(argv=None):
     cfg.load_from = args.checkpoint
     if args.show_dir:
         enable_visualization(cfg, scope, args.show_dir)
-    if args.out and scope == 'mmseg':
-        cfg.test_evaluator['output_dir'] = args.out
-        cfg.test_evaluator['keep_results'] = True
     if (
         args.out
         and scope == 'mmdet'
@@ -113,11 +117,18 @@ def main(argv=None):
     from mmmetaformer.engine import StrictLoadHook
 
     runner.register_hook(StrictLoadHook(allow_nonfinite=args.allow_nonfinite))
-    if args.out and scope == 'mmdet':
-        from mmdet.evaluation import DumpDetResults
+    if args.out:
+        # mmdet's results pickle, mmseg's label maps (what their own test
+        # tools write for --out), each file through atomic_output
+        from mmmetaformer_tools.result_files import (
+            SegLabelMapWriter,
+            det_results_dump,
+        )
 
         runner.test_evaluator.metrics.append(
-            DumpDetResults(out_file_path=args.out)
+            det_results_dump(args.out)
+            if scope == 'mmdet'
+            else SegLabelMapWriter(args.out)
         )
     with explain_data_errors(cfg, ('test_dataloader',)):
         return runner.test()

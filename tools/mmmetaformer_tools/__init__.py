@@ -6,6 +6,8 @@ only as part of ``mmmetaformer/.mim/tools/``, the tools mim runs, never as
 an importable package: ``import mmmetaformer`` never imports it.
 
 * ``launch``: the tools' config loading, checks and one-line errors;
+* ``result_files``: ``test.py``'s ``--out`` and ``--show-dir`` files,
+  written through ``atomic_output``;
 * ``measure``, ``backbone_runners``, ``backbone_benchmark``: the
   benchmarks; ``complexity``: MAC counting (``get_flops.py``, the model
   index); ``env_check``: the environment check;
