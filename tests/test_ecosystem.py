@@ -116,18 +116,25 @@ def _assigned(tree):
     return out
 
 
-def _custom_imports_in_chain(path, seen=()):
-    """``custom_imports`` of ``path`` or of its local bases (depth first)."""
+def _custom_imports_in_chain(path, seen=(), key='custom_imports'):
+    """``custom_imports`` of ``path`` or of its local bases (depth first).
+    A value ``_base_.NAME`` (the recipe bases take it from
+    configs/_base_/metaformer_runtime.py) is NAME in the local bases."""
     values = _assigned(ast.parse(path.read_text()))
-    if 'custom_imports' in values:
-        return values['custom_imports']
+    if key in values:
+        value = values[key]
+        if isinstance(value, str) and value.startswith('_base_.'):
+            return _custom_imports_in_chain(
+                path, seen, key=value.removeprefix('_base_.')
+            )
+        return value
     bases = values.get('_base_', [])
     for base in [bases] if isinstance(bases, str) else bases:
         if '::' in base:
             continue
         base_path = (path.parent / base).resolve()
         if base_path not in seen:
-            found = _custom_imports_in_chain(base_path, seen + (path,))
+            found = _custom_imports_in_chain(base_path, seen + (path,), key)
             if found is not None:
                 return found
     return None

@@ -17,17 +17,20 @@
 #     batch 2 per GPU x 8 GPUs = 16; test at 1333x800;
 #   - AdamW lr 1e-4, weight decay 1e-4, gradient clipping at norm 0.1;
 #     12 epochs, lr x0.1 at epoch 11 (no warmup).
-_base_ = ['mmdet::dino/dino-4scale_r50_8xb2-12e_coco.py']
+_base_ = [
+    'mmdet::dino/dino-4scale_r50_8xb2-12e_coco.py',
+    './metaformer_runtime.py',
+]
 
-# Registers the MetaFormer backbones, so every leaf also builds in mmdet's
-# own tools and inferencers, which never import mmmetaformer themselves.
-custom_imports = dict(imports=['mmmetaformer'], allow_failed_imports=False)
-# Checkpoints are written whole or not at all (a kill or a full disk never
-# leaves a truncated one; mmmetaformer/engine/checkpoint_hooks.py).
-default_hooks = dict(checkpoint=dict(type='AtomicCheckpointHook'))
-# A non-finite loss (possible with --amp) skips the step, up to 10 in a
-# row, then stops (NaNGuardHook, mmmetaformer/engine/nan_guard.py).
-custom_hooks = [dict(type='NaNGuardHook', action='skip')]
+# mmmetaformer's import and hooks (see metaformer_runtime.py): atomic
+# checkpoints with the recipe's interval, exact resume. A non-finite loss
+# (possible with --amp) skips the step, up to 10 in a row, then stops.
+custom_imports = _base_.metaformer_custom_imports
+default_hooks = dict(checkpoint=_base_.metaformer_checkpoint_hook)
+custom_hooks = [
+    _base_.metaformer_exact_resume_hook,
+    dict(_base_.metaformer_nan_guard_hook, action='skip'),
+]
 
 model = dict(
     # Placeholder, filled by each leaf: type, arch, drop_path_rate,

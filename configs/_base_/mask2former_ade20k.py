@@ -18,19 +18,23 @@
 #   - AdamW lr 1e-4, weight decay 0.05, eps 1e-8, gradient clipping at norm
 #     0.01; poly decay (power 0.9) over 160k iterations, no warmup;
 #     validation and a checkpoint every 5k iterations (the best mIoU kept).
-_base_ = ['mmseg::mask2former/mask2former_r50_8xb2-160k_ade20k-512x512.py']
+_base_ = [
+    'mmseg::mask2former/mask2former_r50_8xb2-160k_ade20k-512x512.py',
+    './metaformer_runtime.py',
+]
 
-# Registers the MetaFormer backbones, so every leaf also builds in mmseg's
-# own tools and inferencers. (The base imports mmdet.models for the head's
-# losses and matcher; mmseg's Mask2FormerHead imports them itself, and the
-# 'mmdet.' scoped names import mmdet's registries on first use.)
-custom_imports = dict(imports=['mmmetaformer'], allow_failed_imports=False)
-# Checkpoints are written whole or not at all (a kill or a full disk never
-# leaves a truncated one; mmmetaformer/engine/checkpoint_hooks.py).
-default_hooks = dict(checkpoint=dict(type='AtomicCheckpointHook'))
-# A non-finite loss (possible with --amp) skips the step, up to 10 in a
-# row, then stops (NaNGuardHook, mmmetaformer/engine/nan_guard.py).
-custom_hooks = [dict(type='NaNGuardHook', action='skip')]
+# mmmetaformer's import and hooks (see metaformer_runtime.py). The import
+# replaces the base's mmdet.models (the head's losses and matcher):
+# mmseg's Mask2FormerHead imports them itself, and the 'mmdet.' scoped
+# names import mmdet's registries on first use. Atomic checkpoints with
+# the recipe's interval, exact resume. A non-finite loss (possible with
+# --amp) skips the step, up to 10 in a row, then stops.
+custom_imports = _base_.metaformer_custom_imports
+default_hooks = dict(checkpoint=_base_.metaformer_checkpoint_hook)
+custom_hooks = [
+    _base_.metaformer_exact_resume_hook,
+    dict(_base_.metaformer_nan_guard_hook, action='skip'),
+]
 
 model = dict(
     # Placeholder, filled by each leaf: type, arch, drop_path_rate,

@@ -22,21 +22,19 @@
 #   - AdamW lr 1e-4, weight decay 0.05, eps 1e-8, gradient clipping at norm
 #     0.01; 368750 iterations, lr x0.1 at 327778 and 355092, no warmup;
 #     validation and a checkpoint every 5k iterations (the last 3 kept).
-_base_ = ['mmdet::mask2former/mask2former_r50_8xb2-lsj-50e_coco.py']
+_base_ = [
+    'mmdet::mask2former/mask2former_r50_8xb2-lsj-50e_coco.py',
+    './metaformer_runtime.py',
+]
 
-# Registers the MetaFormer backbones, so every leaf also builds in mmdet's
-# own tools and inferencers, which never import mmmetaformer themselves.
-custom_imports = dict(imports=['mmmetaformer'], allow_failed_imports=False)
-# Checkpoints are written atomically (a kill or a full disk mid-save never
-# leaves a truncated iter_N.pth or a broken last_checkpoint) and carry the
-# random state, so `--resume` continues a killed run exactly (both hooks in
-# mmmetaformer/engine/checkpoint_hooks.py; the recipe's interval is kept).
-default_hooks = dict(checkpoint=dict(type='AtomicCheckpointHook'))
-# A non-finite loss (possible with --amp) skips the step, up to 10 in a
-# row, then stops (NaNGuardHook, mmmetaformer/engine/nan_guard.py).
+# mmmetaformer's import and hooks (see metaformer_runtime.py): atomic
+# checkpoints with the recipe's interval, exact resume. A non-finite loss
+# (possible with --amp) skips the step, up to 10 in a row, then stops.
+custom_imports = _base_.metaformer_custom_imports
+default_hooks = dict(checkpoint=_base_.metaformer_checkpoint_hook)
 custom_hooks = [
-    dict(type='ExactResumeHook'),
-    dict(type='NaNGuardHook', action='skip'),
+    _base_.metaformer_exact_resume_hook,
+    dict(_base_.metaformer_nan_guard_hook, action='skip'),
 ]
 
 model = dict(

@@ -33,21 +33,18 @@ _base_ = [
     'mmdet::_base_/schedules/schedule_1x.py',
     'mmdet::_base_/default_runtime.py',
     './metaformer_paramwise.py',
+    './metaformer_runtime.py',
 ]
 
-# Registers the MetaFormer backbones, so every leaf also builds in mmdet's
-# and mmseg's own tools (tools/train.py, tools/test.py, mim, inferencers),
-# which never import mmmetaformer themselves.
-custom_imports = dict(imports=['mmmetaformer'], allow_failed_imports=False)
-
-# Checkpoints are written atomically (a kill mid-save never leaves a broken
-# last_checkpoint) and carry the random state, so `--resume` continues a
-# killed run exactly as if it had not stopped (both hooks are in
-# mmmetaformer/engine/checkpoint_hooks.py; mmengine's CheckpointHook options
-# all apply).
-default_hooks = dict(checkpoint=dict(type='AtomicCheckpointHook'))
-# NaNGuardHook (mmmetaformer/engine/nan_guard.py) stops at a non-finite loss.
-custom_hooks = [dict(type='ExactResumeHook'), dict(type='NaNGuardHook')]
+# mmmetaformer's import and hooks (see metaformer_runtime.py): atomic
+# checkpoints, exact resume, and a stop at the first non-finite loss
+# (the recipe trains in fp32).
+custom_imports = _base_.metaformer_custom_imports
+default_hooks = dict(checkpoint=_base_.metaformer_checkpoint_hook)
+custom_hooks = [
+    _base_.metaformer_exact_resume_hook,
+    _base_.metaformer_nan_guard_hook,
+]
 
 model = dict(
     # Placeholder, filled by each leaf: type, arch, init_cfg and the

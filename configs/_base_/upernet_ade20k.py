@@ -21,21 +21,19 @@
 #     1e-6 x lr, then poly decay with power 1.0 to 0; validation and a
 #     checkpoint every 16k iterations.
 _base_ = [
-    'mmseg::convnext/convnext-tiny_upernet_8xb2-amp-160k_ade20k-512x512.py'
+    'mmseg::convnext/convnext-tiny_upernet_8xb2-amp-160k_ade20k-512x512.py',
+    './metaformer_runtime.py',
 ]
 
-# The base imports mmpretrain for its ConvNeXt; the leaves use ours.
-custom_imports = dict(imports=['mmmetaformer'], allow_failed_imports=False)
-# Checkpoints are written atomically (a kill or a full disk mid-save never
-# leaves a truncated iter_N.pth or a broken last_checkpoint) and carry the
-# random state, so `--resume` continues a killed run exactly (both hooks in
-# mmmetaformer/engine/checkpoint_hooks.py; the recipe's interval is kept).
-default_hooks = dict(checkpoint=dict(type='AtomicCheckpointHook'))
-# AMP: skip up to 10 consecutive steps with a non-finite loss, then stop
-# (NaNGuardHook, mmmetaformer/engine/nan_guard.py).
+# mmmetaformer's import (in place of the base's mmpretrain, for its
+# ConvNeXt) and hooks (see metaformer_runtime.py): atomic checkpoints with
+# the recipe's interval, exact resume. The recipe trains with AMP: skip up
+# to 10 consecutive steps with a non-finite loss, then stop.
+custom_imports = _base_.metaformer_custom_imports
+default_hooks = dict(checkpoint=_base_.metaformer_checkpoint_hook)
 custom_hooks = [
-    dict(type='ExactResumeHook'),
-    dict(type='NaNGuardHook', action='skip'),
+    _base_.metaformer_exact_resume_hook,
+    dict(_base_.metaformer_nan_guard_hook, action='skip'),
 ]
 
 model = dict(
