@@ -778,6 +778,15 @@ def test_test_writes_segmentation_label_maps_and_pictures(in_toy, tmp_path):
     assert not [p for p in written_files(tmp_path) if 'partial' in p]
 
 
+def test_test_refuses_a_label_map_folder_that_is_a_file(in_toy):
+    root, state, _ = in_toy
+    line = one_error_line('test', CONFIG, state, '--out', state)
+    assert line == (
+        f'error: --out {state} is a file; segmentation writes a label map '
+        'per image into a folder: give a folder (created if needed)'
+    )
+
+
 def test_pictures_are_written_whole_or_not_at_all(tmp_path):
     """test.py's --show-dir writers: mmdet's visualizer drawing to a file
     (``AtomicPictureFiles`` mixed in) and the backend mmseg's pictures go

@@ -9,6 +9,11 @@ The checkpoint is read without running pickled code and must hold exactly
 the model's tensors (``StrictLoadHook``): a file that leaves weights
 unloaded, or brings others, is an error (exit 2) and no metric is printed;
 so are weights holding nan or inf (``--allow-nonfinite`` evaluates them).
+
+``--out`` and ``--show-dir`` write what mmdet's and mmseg's own test tools
+write (the results pickle, or one label-map PNG per image; the drawn
+pictures, of every image), each file whole or not at all
+(``mmmetaformer_tools.result_files``).
 """
 
 import argparse
@@ -111,26 +116,32 @@ def main(argv=None):
         raise LaunchError(
             f'--out must be a .pkl file for detection, got {args.out}'
         )
+    if args.out and scope == 'mmseg' and osp.isfile(args.out):
+        raise LaunchError(
+            f'--out {args.out} is a file; segmentation writes a label map '
+            'per image into a folder: give a folder (created if needed)'
+        )
 
     prepare_for_device(cfg, args.launcher)
     runner = build_runner(cfg)
     from mmmetaformer.engine import StrictLoadHook
 
     runner.register_hook(StrictLoadHook(allow_nonfinite=args.allow_nonfinite))
-    if args.out:
-        # mmdet's results pickle, mmseg's label maps (what their own test
-        # tools write for --out), each file through atomic_output
-        from mmmetaformer_tools.result_files import (
-            SegLabelMapWriter,
-            det_results_dump,
-        )
-
-        runner.test_evaluator.metrics.append(
-            det_results_dump(args.out)
-            if scope == 'mmdet'
-            else SegLabelMapWriter(args.out)
-        )
     with explain_data_errors(cfg, ('test_dataloader',)):
+        if args.out:
+            # mmdet's results pickle, mmseg's label maps (what their own
+            # test tools write for --out), each file through atomic_output;
+            # test_evaluator builds the dataset
+            from mmmetaformer_tools.result_files import (
+                SegLabelMapWriter,
+                det_results_dump,
+            )
+
+            runner.test_evaluator.metrics.append(
+                det_results_dump(args.out)
+                if scope == 'mmdet'
+                else SegLabelMapWriter(args.out)
+            )
         return runner.test()
 
 

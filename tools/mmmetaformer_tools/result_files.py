@@ -24,6 +24,7 @@ import os.path as osp
 
 import cv2
 import numpy as np
+from mmengine.dist import master_only
 from mmengine.evaluator import BaseMetric
 from mmengine.logging import print_log
 from mmengine.registry import VISBACKENDS
@@ -95,8 +96,10 @@ class AtomicPictureFiles:
     picture ``add_datasample`` draws to ``out_file`` goes through
     ``atomic_output``. The visualizers encode by the file's extension
     (``mmcv.imwrite``), so the picture is drawn to the partial file's name
-    plus that extension, then renamed to the partial file."""
+    plus that extension, then renamed to the partial file. Only the main
+    process draws, as in the visualizers."""
 
+    @master_only
     def add_datasample(self, name, image, *args, out_file=None, **kwargs):
         if out_file is None:
             return super().add_datasample(name, image, *args, **kwargs)
