@@ -123,11 +123,12 @@ def _shorten(keys, limit=20):
 
 
 def load_pretrained(model, checkpoint, fmt='auto', prefix=None):
-    """Load ``checkpoint`` (path or URL) into ``model`` strictly.
+    """Load ``checkpoint`` into ``model`` strictly.
 
     Args:
         model (nn.Module): a backbone with ``new_layer_prefixes``.
-        checkpoint (str): file path or URL.
+        checkpoint (str | dict): file path or URL, or a checkpoint already
+            in memory (a state dict, or a dict holding one, as read).
         fmt (str): checkpoint format, or ``'auto'``.
         prefix (str | None): take only keys under this prefix (stripped)
             before conversion, as in mmengine's ``Pretrained``.
@@ -136,7 +137,10 @@ def load_pretrained(model, checkpoint, fmt='auto', prefix=None):
         dict: ``loaded``, ``format``, ``classifier_leftovers``,
         ``new_layers_missing``, ``new_layers_unused``, ``other_model_parts``.
     """
-    raw = read_checkpoint(checkpoint)
+    if isinstance(checkpoint, dict):
+        raw, checkpoint = checkpoint, 'a checkpoint in memory'
+    else:
+        raw = read_checkpoint(checkpoint)
     if prefix:
         state_dict, _ = unwrap_checkpoint(raw)
         raw, _ = split_prefix(state_dict, prefix)
