@@ -257,6 +257,9 @@ def seg_config(data_root, iters):
         cfg.train_cfg.val_interval = max(1, iters // 6)
         scheduler(cfg, 'PolyLR').end = iters
         cfg.default_hooks.checkpoint.interval = iters
+    # Weights only: the checkpoints feed the detector's backbone and the
+    # pictures; nothing resumes them, and optimizer state would triple them.
+    cfg.default_hooks.checkpoint.save_optimizer = False
     return cfg
 
 
@@ -283,6 +286,7 @@ def det_config(data_root, img_size, epochs, backbone_from=None):
         cosine = scheduler(cfg, 'CosineAnnealingLR')
         cosine.T_max = cosine.end = epochs
         cfg.default_hooks.checkpoint.interval = epochs
+    cfg.default_hooks.checkpoint.save_optimizer = False  # as seg_config
     return cfg
 
 
