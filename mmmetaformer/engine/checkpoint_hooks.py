@@ -1,10 +1,10 @@
 """Hooks for checkpoints that are never half-written, exact resumes, and
 evaluation that refuses weights that did not load.
 
-``configs/_base_/{retinanet_coco,mask_rcnn_coco,cascade_mask_rcnn_coco,
-semantic_fpn_ade20k,upernet_ade20k}.py`` set ``default_hooks.checkpoint``
-to ``AtomicCheckpointHook`` and add ``ExactResumeHook`` to
-``custom_hooks``, so every leaf config gets both in our tools and in
+Every recipe base in ``configs/_base_/`` takes from
+``metaformer_runtime.py`` ``AtomicCheckpointHook`` as
+``default_hooks.checkpoint`` and ``ExactResumeHook`` in ``custom_hooks``,
+so every leaf config gets both in our tools and in
 mmdet's and mmseg's own ones. ``tools/test.py`` adds
 ``StrictLoadHook``. ``atomic_output`` is the one writer of every file the
 tools write. They are registered in mmengine's root ``HOOKS``, which
