@@ -19,11 +19,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+from mmmetaformer_tools.toy import make_ade20k
+
 import numpy as np
 import pytest
 import torch
-
-from mmmetaformer_tools.toy import make_ade20k
 
 from .helpers import REPO_ROOT, built_stack, run_tool
 

@@ -8,13 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+from mmmetaformer_tools import toy
+
 import cv2
 import numpy as np
 import pytest
 import torch
 from pycocotools.coco import COCO
-
-from mmmetaformer_tools import toy
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = REPO_ROOT / 'tools' / 'misc' / 'make_toy_dataset.py'

@@ -44,6 +44,8 @@ import sys
 TOOLS = osp.dirname(osp.abspath(__file__))
 sys.path[:0] = [osp.dirname(TOOLS), TOOLS]
 
+import mmmetaformer_tools  # noqa: F401  (quiets the frameworks' imports)
+
 from mmmetaformer.checkpoint import (
     FORMATS,
     NATIVE_META_KEY,

@@ -38,16 +38,12 @@ import re
 import subprocess
 import sys
 import time
-import warnings
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-# mmengine 0.10.7 imports pkg_resources, and setuptools warns about that on
-# every import: nothing for a demo user to act on.
-warnings.filterwarnings(
-    'ignore', message='pkg_resources is deprecated', category=UserWarning
-)
 # this clone's package, and the tools' own modules (mmmetaformer_tools)
 sys.path[:0] = [ROOT, osp.join(ROOT, 'tools')]
+
+import mmmetaformer_tools  # noqa: E402,F401  (quiets the frameworks' imports)
 
 DET_CONFIG = 'configs/toy/retinanet_poolformer_s12_toy_coco.py'
 SEG_CONFIG = 'configs/toy/semantic_fpn_poolformer_s12_toy_ade20k.py'
@@ -406,9 +402,9 @@ def tile(images, columns):
 
 def for_inferencer(config):
     """``config`` loaded for mmdet's and mmseg's inferencers."""
-    from mmengine.config import Config
-
     from mmmetaformer_tools.launch import name_image_loader_for_inferencers
+
+    from mmengine.config import Config
 
     return name_image_loader_for_inferencers(Config.fromfile(config))
 
@@ -452,9 +448,9 @@ def det_inferencer(config, checkpoint):
     picture labels a box with both ("airplane (cross)"): a cross labelled
     "kite (triangle)" then reads as the confusion it is.
     """
-    from mmdet.apis import DetInferencer
-
     from mmmetaformer_tools.toy import SHAPE_CATEGORY
+
+    from mmdet.apis import DetInferencer
 
     shapes = {category: shape for shape, category in SHAPE_CATEGORY.items()}
     cfg = for_inferencer(config)
@@ -606,9 +602,9 @@ def main(argv=None):
     os.makedirs(args.work_dir, exist_ok=True)
 
     print('== 0/4 machine', flush=True)
-    import torch
-
     from mmmetaformer_tools.measure import gemm_rate
+
+    import torch
 
     rate = gemm_rate('cpu')
     seg_iters, det_epochs, estimate = plan_schedule(rate, args.budget)

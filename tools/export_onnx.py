@@ -33,13 +33,13 @@ import sys
 TOOLS = osp.dirname(osp.abspath(__file__))
 sys.path[:0] = [osp.dirname(TOOLS), TOOLS]
 
-from mmengine.config import DictAction
-
 from mmmetaformer_tools.launch import (
     LaunchError,
     load_config,
     run_tool,
 )
+
+from mmengine.config import DictAction
 
 
 def parse_args(argv=None):

@@ -43,15 +43,16 @@ import sys
 TOOLS = osp.dirname(osp.abspath(__file__))
 sys.path[:0] = [osp.dirname(TOOLS), TOOLS]
 
-from mmengine.config import DictAction
-
-from mmmetaformer.export.runtime import ExportedFileError
 from mmmetaformer_tools.launch import (
     LaunchError,
     load_config,
     name_image_loader_for_inferencers,
     run_tool,
 )
+
+from mmengine.config import DictAction
+
+from mmmetaformer.export.runtime import ExportedFileError
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp')
 

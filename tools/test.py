@@ -24,8 +24,6 @@ import sys
 TOOLS = osp.dirname(osp.abspath(__file__))
 sys.path[:0] = [osp.dirname(TOOLS), TOOLS]
 
-from mmengine.config import DictAction
-
 from mmmetaformer_tools.launch import (
     LaunchError,
     add_data_and_launcher_options,
@@ -40,6 +38,8 @@ from mmmetaformer_tools.launch import (
     run_tool,
     set_work_dir,
 )
+
+from mmengine.config import DictAction
 
 
 def parse_args(argv=None):

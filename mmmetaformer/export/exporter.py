@@ -22,6 +22,7 @@ import os
 import os.path as osp
 import tempfile
 import time
+import warnings
 
 import numpy as np
 import torch
@@ -336,7 +337,14 @@ def export_model(
     os.close(fd)
     try:
         start = time.perf_counter()
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            # The tracer's notices (a tensor read as a Python bool, slices
+            # it cannot fold) concern how general the trace is, which the
+            # verification at a second size checks; not a user's to act on.
+            warnings.filterwarnings('ignore', category=torch.jit.TracerWarning)
+            warnings.filterwarnings(
+                'ignore', message='Constant folding', category=UserWarning
+            )
             torch.onnx.export(
                 graph,
                 (example,),

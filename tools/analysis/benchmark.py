@@ -53,9 +53,6 @@ import time
 TOOLS = osp.dirname(osp.dirname(osp.abspath(__file__)))
 sys.path[:0] = [osp.dirname(TOOLS), TOOLS]
 
-import torch
-from mmengine.config import DictAction
-
 from mmmetaformer_tools.launch import (
     LaunchError,
     check_data_roots,
@@ -71,6 +68,9 @@ from mmmetaformer_tools.measure import (
     prepare_device,
     synchronize,
 )
+
+import torch
+from mmengine.config import DictAction
 
 # The in-memory loader that replaces LoadImageFromFile for --image-size.
 NDARRAY_LOADERS = dict(

@@ -57,8 +57,6 @@ if __name__ == '__main__':
 TOOLS = osp.dirname(osp.dirname(osp.abspath(__file__)))
 sys.path[:0] = [osp.dirname(TOOLS), TOOLS]
 
-import torch
-
 from mmmetaformer_tools import backbone_benchmark as bench
 from mmmetaformer_tools.backbone_runners import model_table, resolve_model
 from mmmetaformer_tools.launch import run_tool
@@ -68,6 +66,8 @@ from mmmetaformer_tools.measure import (
     machine_summary,
     prepare_device,
 )
+
+import torch
 
 
 def parse_args(argv=None):

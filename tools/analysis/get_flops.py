@@ -28,9 +28,9 @@ import time
 TOOLS = osp.dirname(osp.dirname(osp.abspath(__file__)))
 sys.path[:0] = [osp.dirname(TOOLS), TOOLS]
 
-import torch
-
 from mmmetaformer_tools.launch import LaunchError, load_config, run_tool
+
+import torch
 
 DEFAULT_CONFIG_SHAPES = dict(mmdet=(800, 1216), mmseg=(512, 512))
 
@@ -171,13 +171,14 @@ def all_rows(only=None):
 
 
 def main_all(args):
-    from mmmetaformer.registry import MODELS
     from mmmetaformer_tools.complexity import (
         REFERENCE,
         count_backbone,
         head_macs,
         head_params,
     )
+
+    from mmmetaformer.registry import MODELS
 
     shape = _shape(args, (224, 224))
     rows = all_rows(args.only)
@@ -230,9 +231,9 @@ def main_all(args):
 
 
 def main_config(args):
-    from mmengine.registry import init_default_scope
-
     from mmmetaformer_tools.complexity import count_macs, count_params
+
+    from mmengine.registry import init_default_scope
 
     cfg, scope = load_config(args.config)
     init_default_scope(cfg.default_scope)

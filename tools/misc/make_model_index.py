@@ -169,10 +169,10 @@ def check_complexity(models, get_flops, flops=True, only=None, progress=False):
         only (set | None): ``(type, arch)`` pairs to check; default all.
         progress (bool): show mmengine's progress bar over the backbones.
     """
+    from mmmetaformer_tools.complexity import count_backbone, count_params
+
     import torch
     from mmengine.utils import ProgressBar
-
-    from mmmetaformer_tools.complexity import count_backbone, count_params
 
     problems, counted = [], {}
     keys = {backbone_of(m) for m in models} - {None}

@@ -13,3 +13,14 @@ an importable package: ``import mmmetaformer`` never imports it.
   index); ``env_check``: the environment check;
 * ``toy``: the synthetic COCO and ADE20K sets of the demo and the tests.
 """
+
+import warnings
+
+# mmengine 0.10.7 imports setuptools' pkg_resources, which setuptools >=
+# 80.9 answers with a UserWarning on every import (four of them): nothing
+# for a tool's user to act on, and it would open every tool's output. The
+# tools import this package before any framework (pyproject.toml's isort
+# sections), so the filter is in place first.
+warnings.filterwarnings(
+    'ignore', message='pkg_resources is deprecated', category=UserWarning
+)
