@@ -26,6 +26,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from mmmetaformer_tools.toy import make_ade20k, make_coco
+
 import pytest
 import torch
 from mmengine.config import Config
@@ -41,7 +43,6 @@ from mmmetaformer.models.archs import (
 )
 from mmmetaformer.models.backbones.metaformer import FAMILY_CLASSES
 from mmmetaformer.registry import MODELS
-from mmmetaformer_tools.toy import make_ade20k, make_coco
 from tests.helpers import REPO_ROOT, pretrained_checkpoint
 from tests.test_dense_checkpoints import as_published_file, convert, randomise
 
@@ -208,10 +209,15 @@ def det_run(toy_coco, tmp_path_factory):
             'train_cfg.val_interval=2',
             'train_dataloader.batch_size=2',
             'default_hooks.logger.interval=1',
+            # the checkpoint feeds the converter and the inferencer only
+            'default_hooks.checkpoint.save_optimizer=False',
         ],
         cwd=work,
     )
-    return work, output
+    yield work, output
+    (work / 'epoch_1.pth').unlink(
+        missing_ok=True
+    )  # read by the tests below (~50 MB)
 
 
 def test_stock_mmdet_train(det_run):
@@ -237,7 +243,9 @@ def det_converted(det_run):
         convert(work / 'retinanet_authors_layout.pth', work / 'converted.pth')
         == 0
     )
-    return work / 'converted.pth'
+    (work / 'retinanet_authors_layout.pth').unlink()  # consumed
+    yield work / 'converted.pth'
+    (work / 'converted.pth').unlink()  # read by the tests below
 
 
 def test_stock_mmdet_test_with_converted_checkpoint(
@@ -302,12 +310,17 @@ def seg_run(toy_ade, tmp_path_factory):
             'train_cfg.max_iters=2',
             'train_cfg.val_interval=2',
             'default_hooks.checkpoint.interval=2',
+            # the checkpoint feeds the converter and the inferencer only
+            'default_hooks.checkpoint.save_optimizer=False',
             'default_hooks.logger.interval=1',
             'train_dataloader.batch_size=2',
         ],
         cwd=work,
     )
-    return work, output
+    yield work, output
+    (work / 'iter_2.pth').unlink(
+        missing_ok=True
+    )  # read by the tests below (~50 MB)
 
 
 def test_stock_mmseg_train(seg_run):
@@ -336,7 +349,9 @@ def seg_converted(seg_run):
     assert 'backbone.norm0.weight' in published['state_dict']
     torch.save(published, work / 'fpn_zoo_layout.pth')
     assert convert(work / 'fpn_zoo_layout.pth', work / 'converted.pth') == 0
-    return work / 'converted.pth'
+    (work / 'fpn_zoo_layout.pth').unlink()  # consumed
+    yield work / 'converted.pth'
+    (work / 'converted.pth').unlink()  # read by the tests below
 
 
 def test_stock_mmseg_test_with_converted_checkpoint(
@@ -661,6 +676,7 @@ def test_in21k_weights_in_their_layout_load(family, variant, tmp_path):
     assert src.stat().st_size < 1.1 * backbone_bytes
     dst = tmp_path / f'{family}_s18_{variant}_converted.pth'
     assert convert(src, dst) == 0
+    src.unlink()  # consumed (~90 MB)
     x = torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(8))
     with torch.no_grad():
         expected = source(x)
@@ -674,6 +690,7 @@ def test_in21k_weights_in_their_layout_load(family, variant, tmp_path):
         )
     )
     model.init_weights()
+    dst.unlink()  # read (~90 MB)
     with torch.no_grad():
         for got, want in zip(model.eval()(x), expected):
             torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
