@@ -39,51 +39,107 @@ FEWER_ROIS = {
     'model.test_cfg.rpn.max_per_img': 50,
     'model.test_cfg.rcnn.max_per_img': 20,
 }
+# The exported graph does not depend on widths or block counts: every case
+# runs its family's mixers in a narrow, shallow backbone and narrow RoI
+# heads (CAFormer's attention needs stage dims divisible by its head_dim,
+# 32), so its checkpoint and .onnx are a few MB instead of 100-260 each.
+SMALL_DIMS = [32, 64, 128, 256]
+SMALL_ARCH = dict(depths=[1, 1, 2, 1], dims=SMALL_DIMS)
+
+
+def small_backbone(neck_in=SMALL_DIMS):
+    """--cfg-options that swap the config's named arch for ``SMALL_ARCH``
+    (``_delete_``: a dict replaces the arch name instead of merging) and
+    give the FPN (if any) the dims of the stages it reads (RetinaNet's
+    backbone emits stages 1-3)."""
+    options = {'model.backbone.arch': dict(_delete_=True, **SMALL_ARCH)}
+    if neck_in:
+        options['model.neck.in_channels'] = neck_in
+    return options
+
+
+def narrow_roi_heads(stages=None):
+    """--cfg-options for 64-channel box heads (one, or one per cascade
+    stage) and mask head convs: the recipe's 1024-channel fc layers hold
+    most of a two-stage detector's weights."""
+    prefixes = ['model.roi_head.bbox_head']
+    if stages:
+        prefixes = [f'model.roi_head.bbox_head.{i}' for i in range(stages)]
+    options = {'model.roi_head.mask_head.conv_out_channels': 64}
+    for prefix in prefixes:
+        options[f'{prefix}.fc_out_channels'] = 64
+        if stages:  # the cascade's 4conv1fc heads
+            options[f'{prefix}.conv_out_channels'] = 64
+    return options
+
+
 # name: (config, --cfg-options, export size, second size)
 CASES = {
     'retinanet_poolformer': (
         'toy/retinanet_poolformer_s12_toy_coco.py',
-        {},
+        small_backbone(SMALL_DIMS[1:]),
         (64, 96),
         (91, 59),
     ),
     'mask_rcnn_poolformer': (
         'toy/mask_rcnn_poolformer_s12_toy_coco.py',
-        FEWER_ROIS,
+        {**small_backbone(), **FEWER_ROIS, **narrow_roi_heads()},
         (64, 64),
         (59, 91),
     ),
-    'cascade_poolformer': (  # the CAFormer leaf with PoolFormer-S12 (same
-        # stage widths): a smaller graph
+    'cascade_poolformer': (  # the CAFormer leaf with a PoolFormer backbone
         'cascade_mask_rcnn_caformer_s18_coco.py',
         {
             'model.backbone.init_cfg': None,
             'model.backbone.type': 'PoolFormer',
-            'model.backbone.arch': 's12',
+            **small_backbone(),
             **FEWER_ROIS,
+            **narrow_roi_heads(stages=3),
         },
         (64, 64),
         (91, 59),
     ),
     'semantic_fpn_poolformer': (
         'toy/semantic_fpn_poolformer_s12_toy_ade20k.py',
-        {},
+        small_backbone(),
         (64, 96),
         (96, 64),
     ),
     'upernet_caformer': (
         'toy/upernet_convformer_s18_toy_ade20k.py',
-        {'model.backbone.type': 'CAFormer'},
+        {
+            'model.backbone.type': 'CAFormer',
+            **small_backbone(neck_in=None),
+            'model.decode_head.in_channels': SMALL_DIMS,
+            'model.decode_head.channels': 64,  # recipe: 512
+            'model.auxiliary_head.in_channels': SMALL_DIMS[2],
+            'model.auxiliary_head.channels': 32,  # recipe: 256
+        },
         (96, 96),
         (64, 160),
     ),
 }
 
 
+def small_config(name, directory, neck_in=SMALL_DIMS[1:]):
+    """A config file for the tools: the RetinaNet ``name`` with
+    ``small_backbone(neck_in)``."""
+    path = directory / f'small_{name.replace("/", "_")}'
+    path.write_text(
+        f'_base_ = [{str(CONFIGS / name)!r}]\n'
+        'model = dict(\n'
+        f'    backbone=dict(arch=dict(_delete_=True, **{SMALL_ARCH!r})),\n'
+        f'    neck=dict(in_channels={neck_in!r}),\n'
+        ')\n'
+    )
+    return path
+
+
 def load(name, options=None):
     from mmmetaformer_tools.launch import load_config
 
-    return load_config(str(CONFIGS / name), options or None)
+    # a copy: merging pops ``_delete_`` from the options' dicts
+    return load_config(str(CONFIGS / name), copy.deepcopy(options) or None)
 
 
 def spread_scores(model):
@@ -134,6 +190,7 @@ def export_case(name, tmp_path, options=None, verify=True):
         check_shape=check,
         log=lines.append,
     )
+    ckpt.unlink()  # read by the exporter; the tests check the .onnx
     return out, lines
 
 
@@ -145,7 +202,8 @@ def retinanet(tmp_path_factory):
 
     root = tmp_path_factory.mktemp('retinanet')
     config, own, shape, check = CASES['retinanet_poolformer']
-    cfg, scope = load(config, own)
+    config = small_config(config, root)  # for infer.py too
+    cfg, scope = load(config)
     ckpt = save_checkpoint(cfg, scope, root / 'toy.pth', TOY_CLASSES)
     out, lines = root / 'toy.onnx', []
     export_model(
@@ -157,9 +215,7 @@ def retinanet(tmp_path_factory):
         check_shape=check,
         log=lines.append,
     )
-    return SimpleNamespace(
-        config=CONFIGS / config, ckpt=ckpt, onnx=out, lines=lines
-    )
+    return SimpleNamespace(config=config, ckpt=ckpt, onnx=out, lines=lines)
 
 
 @pytest.mark.parametrize('name', sorted(CASES))
@@ -328,11 +384,9 @@ def test_infer_with_the_onnx_file_writes_the_same_json(retinanet, tmp_path):
 
 
 def test_an_unsupported_head_is_refused_in_one_line(tmp_path):
-    config = CONFIGS / CASES['retinanet_poolformer'][0]
+    config = small_config(CASES['retinanet_poolformer'][0], tmp_path)
     ckpt = tmp_path / 'atss.pth'
-    cfg, scope = load(
-        CASES['retinanet_poolformer'][0], {'model.bbox_head.type': 'ATSSHead'}
-    )
+    cfg, scope = load(config, {'model.bbox_head.type': 'ATSSHead'})
     save_checkpoint(cfg, scope, ckpt)
     out = tmp_path / 'atss.onnx'
     proc = run_forked(
@@ -351,3 +405,4 @@ def test_an_unsupported_head_is_refused_in_one_line(tmp_path):
     assert lines[-1].startswith('error: cannot export bbox_head (ATSSHead)')
     assert 'Traceback' not in proc.output
     assert not out.exists() and not list(tmp_path.glob('*.part'))
+    ckpt.unlink()  # read by the tool
