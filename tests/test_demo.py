@@ -223,10 +223,10 @@ def toy_detector(tmp_path_factory):
     checkpoints of it: one written by the Runner (its ``meta`` names the
     classes) and the same weights without ``meta``. Label 0 (airplane)
     scores ~1 on every anchor, so every drawn box carries it."""
-    import torch
-
     from mmmetaformer_tools import toy
     from mmmetaformer_tools.launch import build_runner
+
+    import torch
 
     demo = demo_module()
     root = tmp_path_factory.mktemp('toy_detector')
@@ -263,9 +263,9 @@ def test_detection_picture_names_the_toy_classes(
     with the shape each stands for, whether or not the checkpoint carries
     them (without, DetInferencer's fallback, the 80 COCO names, would draw
     label 0 as "person")."""
-    from mmdet.visualization import DetLocalVisualizer
-
     from mmmetaformer_tools import toy
+
+    from mmdet.visualization import DetLocalVisualizer
 
     demo, config, root, val, annotations = toy_detector
     ann_file = annotations / 'instances_val2017.json'
