@@ -10,7 +10,8 @@
 - Real loss + backward and predict forwards for S18 leaves (the bigger
   leaves differ only in arch, channels and numbers the first test
   checks); Cascade's RoI counts are cut for CPU time.
-- A toy UperNet run of 2 iterations through tools/train.py with the
+- A toy UperNet run (ConvFormer-S18's depths, narrow widths) of 2
+  iterations through tools/train.py with the
   constructor on: its groups are logged and their lr ratios survive the
   Runner's schedulers into the checkpoint.
 """
@@ -18,6 +19,8 @@
 import copy
 import functools
 import math
+
+from mmmetaformer_tools.toy import make_ade20k
 
 import pytest
 import torch
@@ -28,7 +31,6 @@ from mmengine.registry import init_default_scope
 import mmmetaformer  # noqa: F401
 from mmmetaformer.engine import sync_bn_to_bn
 from mmmetaformer.models.archs import CONVFORMER_SIZES, pretrained_url
-from mmmetaformer_tools.toy import make_ade20k
 from tests.helpers import REPO_ROOT, pretrained_checkpoint, run_tool
 
 CONFIGS = REPO_ROOT / 'configs'
@@ -374,14 +376,29 @@ def test_cascade_convformer_s18_loss_and_predict():
 # --------------------------------------------------------------------------
 
 
+TOY_UPERNET = CONFIGS / 'toy' / 'upernet_convformer_s18_toy_ade20k.py'
+
+
 def test_toy_upernet_run_with_layer_decay(tmp_path):
     data = make_ade20k(
         tmp_path / 'toy_ade20k', num_train=4, num_val=2, img_size=96
     )
     work_dir = tmp_path / 'work'
+    # ConvFormer-S18's depths (the stages the decay groups follow) at narrow
+    # widths, and narrow heads: the saved optimizer state is what is read,
+    # and the recipe's widths would make it 600 MB.
+    config = tmp_path / 'upernet_convformer_s18_narrow_toy_ade20k.py'
+    config.write_text(
+        f'_base_ = [{str(TOY_UPERNET)!r}]\n'
+        'model = dict(\n'
+        '    backbone=dict(arch=dict(_delete_=True, depths=[3, 3, 9, 3],\n'
+        '                            dims=[16, 32, 64, 64])),\n'
+        '    decode_head=dict(in_channels=[16, 32, 64, 64], channels=32),\n'
+        '    auxiliary_head=dict(in_channels=64, channels=32))\n'
+    )
     proc = run_tool(
         'train.py',
-        CONFIGS / 'toy' / 'upernet_convformer_s18_toy_ade20k.py',
+        config,
         '--work-dir',
         work_dir,
         '--cfg-options',
@@ -413,9 +430,7 @@ def test_toy_upernet_run_with_layer_decay(tmp_path):
     )
     groups = state['optimizer']['param_groups']
     assert sorted({g['layer_id'] for g in groups}) == [0, 1, 2, 3, 4, 7]
-    base_lr = Config.fromfile(
-        CONFIGS / 'toy' / 'upernet_convformer_s18_toy_ade20k.py'
-    ).optim_wrapper.optimizer.lr
+    base_lr = Config.fromfile(TOY_UPERNET).optim_wrapper.optimizer.lr
     factor = groups[0]['lr'] / groups[0]['initial_lr']
     assert 0 < factor < 1  # in warmup
     for group in groups:

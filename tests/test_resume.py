@@ -10,7 +10,10 @@ logged loss is that iteration's own), although validation ran between the
 last save and the next iteration in the reference only. The segmentation
 run is killed while it writes a checkpoint, with ``max_keep_ckpts=1``. The
 runs are forked from one process that imported the stack once
-(``forked_tools``).
+(``forked_tools``). The detection runs use a one-block-per-stage backbone
+and narrow heads (what is checked is the resume, not the width); the
+segmentation runs keep the toy network, whose save takes long enough to be
+killed in.
 """
 
 import json
@@ -18,15 +21,27 @@ import signal
 import time
 from pathlib import Path
 
+from mmmetaformer_tools.toy import make_ade20k, make_coco
+
 import pytest
 
 from mmmetaformer.checkpoint import read_checkpoint
-from mmmetaformer_tools.toy import make_ade20k, make_coco
 
 from .forked_tools import ForkedTool
 from .helpers import REPO_ROOT
 
 DET_CONFIG = REPO_ROOT / 'configs/toy/retinanet_poolformer_s12_toy_coco.py'
+# The toy RetinaNet with a tiny backbone (stages 1..3 feed the FPN) and a
+# 64-channel FPN and head (toy: 128; the head's GroupNorm(32) needs 2
+# channels a group at the 1x1 levels).
+TINY_DET = (
+    f'_base_ = [{str(DET_CONFIG)!r}]\n'
+    'model = dict(\n'
+    '    backbone=dict(arch=dict(_delete_=True, depths=[1, 1, 1, 1],\n'
+    '                            dims=[16, 32, 64, 64])),\n'
+    '    neck=dict(in_channels=[32, 64, 64], out_channels=64),\n'
+    '    bbox_head=dict(in_channels=64, feat_channels=64))\n'
+)
 SEG_CONFIG = (
     REPO_ROOT / 'configs/toy/semantic_fpn_poolformer_s12_toy_ade20k.py'
 )
@@ -81,6 +96,7 @@ def toy_cwd(tmp_path_factory):
         img_size=128,
         seed=0,
     )
+    (cwd / 'retinanet_tiny_toy_coco.py').write_text(TINY_DET)
     return cwd
 
 
@@ -142,8 +158,9 @@ def resumed_losses_equal_reference(resumed, reference, resumed_at, last):
 def det_runs(toy_cwd):
     """(reference dir, killed-and-resumed dir, resume log, resumed iter)."""
     reference, killed = toy_cwd / 'det_reference', toy_cwd / 'det_killed'
-    ref_proc = start_training(toy_cwd, DET_CONFIG, reference, DET_RUN)
-    proc = start_training(toy_cwd, DET_CONFIG, killed, DET_RUN)
+    config = toy_cwd / 'retinanet_tiny_toy_coco.py'
+    ref_proc = start_training(toy_cwd, config, reference, DET_RUN)
+    proc = start_training(toy_cwd, config, killed, DET_RUN)
     # Killed right after its first checkpoint is complete, wherever it is.
     kill_when(
         proc, (killed / 'last_checkpoint').exists, 'the first checkpoint'
@@ -151,9 +168,7 @@ def det_runs(toy_cwd):
     finish(ref_proc)
     resumed_from = (killed / 'last_checkpoint').read_text().strip()
     resumed_iter = read_checkpoint(resumed_from)['meta']['iter']
-    out = finish(
-        start_training(toy_cwd, DET_CONFIG, killed, DET_RUN, '--resume')
-    )
+    out = finish(start_training(toy_cwd, config, killed, DET_RUN, '--resume'))
     return reference, killed, out, resumed_from, resumed_iter
 
 
