@@ -28,6 +28,8 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Tuple  # noqa: UP035  (TorchScript reads typing.Tuple)
 
+from mmmetaformer_tools.toy import make_coco
+
 import mmdet
 import numpy as np
 import pytest
@@ -49,7 +51,6 @@ from mmmetaformer.checkpoint import (
 )
 from mmmetaformer.checkpoint.reader import TORCH_LOAD_IS_SAFE
 from mmmetaformer.registry import MODELS
-from mmmetaformer_tools.toy import make_coco
 
 from .forked_tools import ForkedTool
 from .helpers import REPO_ROOT
@@ -482,6 +483,7 @@ def test_converted_safetensors_are_recognised_as_ours(tmp_path):
         )
         == 0
     )
+    (tmp_path / 'timm_style.pth').unlink()  # consumed (~47 MB)
     loaded = read_checkpoint(tmp_path / 'ours.safetensors')
     assert loaded['meta']['mmmetaformer_format'] == '1'
     _, fmt, _ = to_native(loaded)
@@ -756,7 +758,14 @@ def tool_results(toy_cwd, toy_checkpoints, hostile_checkpoints):
             ],
         ),
     )
-    return run_forked_pairs(toy_cwd, runs)
+    results = run_forked_pairs(toy_cwd, runs)
+    # the tools have read them; the tests check outputs only (~50 MB each)
+    for path in (
+        exact,
+        *(hostile_checkpoints[k] for k in ('outside', 'int_entry')),
+    ):
+        path.unlink()
+    return results
 
 
 EVIL_RUNS = [
