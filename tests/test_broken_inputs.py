@@ -9,13 +9,14 @@ image, and a decompression bomb (refused from its header).
 
 import shutil
 
+from mmmetaformer_tools.toy import make_ade20k, make_coco
+
 import pytest
 import torch
 
 import mmmetaformer  # noqa: F401
 from mmmetaformer.checkpoint import CorruptCheckpointError, read_checkpoint
 from mmmetaformer.registry import MODELS
-from mmmetaformer_tools.toy import make_ade20k, make_coco
 
 from .forked_tools import ForkedTool
 from .helpers import REPO_ROOT
@@ -173,6 +174,7 @@ def cases(tmp_path_factory):
         ]
         for name, run in started:
             results[name] = run.wait()
+    checkpoint.unlink()  # read by the runs (~50 MB)
     found['truncated'] = truncated
     return results, found
 

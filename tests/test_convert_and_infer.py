@@ -19,7 +19,8 @@ def caformer_timm_file(tmp_path_factory):
     torch.save(
         timm.create_model('caformer_s18', pretrained=False).state_dict(), path
     )
-    return path
+    yield path
+    path.unlink()  # ~100 MB, read by the tests below
 
 
 def test_weights_converted_in_the_wrong_format_are_refused(
@@ -49,6 +50,7 @@ def test_converted_weights_name_the_arch_they_fit(
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert 'they fit caformer_s18' in proc.stdout
     assert dst.is_file()
+    dst.unlink()  # ~100 MB, checked by the converter itself
 
 
 def test_check_config_accepts_a_backbone_conversion(tmp_path):
@@ -77,16 +79,19 @@ def test_check_config_accepts_a_backbone_conversion(tmp_path):
     )
     assert proc.returncode == 2
     assert 'fit no backbone' in proc.stderr
+    for path in (src, dst):  # ~47 MB each, checked by the converter
+        path.unlink()
 
 
 @pytest.fixture(scope='module')
 def toy_detector(tmp_path_factory):
     """A toy RetinaNet checkpoint (its own random weights) and 3 images."""
+    from mmmetaformer_tools import toy
+
     from mmengine.config import Config
     from mmengine.registry import init_default_scope
 
     import mmmetaformer  # noqa: F401
-    from mmmetaformer_tools import toy
 
     root = tmp_path_factory.mktemp('infer')
     toy.make_coco(root / 'toy_coco', num_train=1, num_val=3, img_size=64)
@@ -104,7 +109,8 @@ def toy_detector(tmp_path_factory):
         },
         ckpt,
     )
-    return config, ckpt, root / 'toy_coco' / 'val2017'
+    yield config, ckpt, root / 'toy_coco' / 'val2017'
+    ckpt.unlink()  # ~50 MB, read by the tests below
 
 
 def test_infer_a_folder_writes_pictures_and_json(toy_detector, tmp_path):

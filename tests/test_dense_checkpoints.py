@@ -142,10 +142,12 @@ def test_zoo_semantic_fpn_converts_and_gives_the_same_logits(
     } <= zoo_keys
     config = CONFIGS / 'semantic_fpn_poolformer_s12_ade20k.py'
     assert convert(src, dst, '--check-config', config) == 0
+    src.unlink()  # read (~60 MB)
 
     ours = build(config, 'mmseg').eval()
     # mmengine's own loader, as load_from / tools/test.py use it; strict.
     checkpoint = load_checkpoint(ours, str(dst), strict=True)
+    dst.unlink()  # read (~60 MB)
     assert checkpoint['meta']['dataset_meta']['classes'][0] == 'wall'
     assert checkpoint['meta']['model'] == 'semantic_fpn'
     assert len(checkpoint['state_dict']) == len(zoo_keys)
@@ -245,10 +247,12 @@ def test_authors_retinanet_converts_to_our_layout(retinanet, tmp_path, capsys):
     src, dst = tmp_path / 'retinanet_mmdet2.pth', tmp_path / 'ours.pth'
     torch.save(source, src)
     assert convert(src, dst) == 0
+    src.unlink()  # read (~80 MB)
     assert 'whole retinanet' in capsys.readouterr().out
 
     fresh = build(CONFIGS / 'retinanet_poolformer_s12_coco.py', 'mmdet').eval()
     load_checkpoint(fresh, str(dst), strict=True)
+    dst.unlink()  # read (~80 MB)
     x = torch.randn(1, 3, 96, 64, generator=torch.Generator().manual_seed(3))
     for got, want in zip(
         flatten(head_outputs(fresh, x)), flatten(head_outputs(retinanet, x))
@@ -292,8 +296,10 @@ def test_authors_mask_rcnn_converts_to_our_layout(mask_rcnn, tmp_path):
     src, dst = tmp_path / 'mask_rcnn_mmdet2.pth', tmp_path / 'ours.pth'
     torch.save(source, src)
     assert convert(src, dst) == 0
+    src.unlink()  # read (~120 MB)
     fresh = build(CONFIGS / 'mask_rcnn_poolformer_s12_coco.py', 'mmdet').eval()
     checkpoint = load_checkpoint(fresh, str(dst), strict=True)
+    dst.unlink()  # read (~120 MB)
     assert checkpoint['meta']['dataset_meta']['classes'] == COCO_CLASSES
     for key, value in mask_rcnn.state_dict().items():
         assert torch.equal(fresh.state_dict()[key], value), key
@@ -333,6 +339,8 @@ def test_wrong_config_is_named_with_the_mismatching_keys(
         CONFIGS / 'retinanet_poolformer_s12_coco.py',
     )
     assert status == 1
+    src.unlink()  # read (~120 MB)
+    assert not dst.exists()
     err = capsys.readouterr().err
     assert 'missing in the checkpoint' in err and 'not in the model' in err
     assert 'roi_head.mask_head' in err and 'bbox_head.retina_cls' in err
