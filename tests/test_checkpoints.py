@@ -181,6 +181,7 @@ def test_timm_features_only_parity_and_safetensors(tmp_path):
     path = tmp_path / 'caformer_s18.safetensors'
     save_file({k: v.contiguous() for k, v in full.state_dict().items()}, path)
     model = ours('CAFormer', 's18', checkpoint=path)
+    path.unlink()  # read (~100 MB)
     x = torch.randn(2, 3, 64, 96)
     with torch.no_grad():
         assert_features_equal(model(x), features(x))
@@ -200,6 +201,7 @@ def test_identityformer_parity_with_timm_generic_metaformer(tmp_path):
     path = tmp_path / 'identityformer_s12_timm.pth'
     torch.save(reference.state_dict(), path)
     model = ours('IdentityFormer', 's12', checkpoint=path)
+    path.unlink()  # read (~45 MB)
     x = torch.randn(1, 3, 97, 131)
     with torch.no_grad():
         assert_features_equal(
@@ -217,6 +219,7 @@ def test_convmixer_trunk_parity_with_timm(timm_name, arch, tmp_path):
     path = tmp_path / f'{timm_name}.pth'
     torch.save(reference.state_dict(), path)
     model = ours('ConvMixer', arch, checkpoint=path)
+    path.unlink()  # read (~90 MB)
     x = torch.randn(1, 3, 64, 96)
     with torch.no_grad():
         trunk = ConvMixerTrunk.forward(model, x)
@@ -247,6 +250,7 @@ def test_poolformer_v1_parity_with_mmpretrain(tmp_path):
         )
     )
     model.init_weights()
+    path.unlink()  # read (~50 MB)
     x = torch.randn(1, 3, 97, 131)
     with torch.no_grad():
         assert_features_equal(model.eval()(x), reference(x))
@@ -285,8 +289,10 @@ def test_authors_poolformer_v1_pth_tar(poolformer_reference, tmp_path):
     assert detect_format(state) == 'poolformer_v1'
     path = tmp_path / 'poolformer_s12.pth.tar'
     torch.save(state, path)
+    model = ours('PoolFormer', 's12', path)
+    path.unlink()  # read (~50 MB)
     with torch.no_grad():
-        assert_features_equal(ours('PoolFormer', 's12', path)(x), feats)
+        assert_features_equal(model(x), feats)
 
 
 def test_authors_metaformer_baselines_pth(caformer_reference, tmp_path):
@@ -298,8 +304,10 @@ def test_authors_metaformer_baselines_pth(caformer_reference, tmp_path):
     assert state['stages.0.0.mlp.fc1.weight'].dim() == 2
     path = tmp_path / 'caformer_s18.pth'
     torch.save(state, path)
+    model = ours('CAFormer', 's18', path)
+    path.unlink()  # read (~100 MB)
     with torch.no_grad():
-        assert_features_equal(ours('CAFormer', 's18', path)(x), feats)
+        assert_features_equal(model(x), feats)
 
 
 def test_randformer_baselines_format_round_trip(tmp_path):
@@ -314,6 +322,7 @@ def test_randformer_baselines_format_round_trip(tmp_path):
     torch.save(with_classifier(state, 512, baselines=True), path)
     torch.manual_seed(99)  # a different random draw before loading
     model = ours('RandFormer', 's12', path)
+    path.unlink()  # read (~50 MB)
     x = torch.randn(1, 3, 224, 224)
     with torch.no_grad():
         assert_features_equal(model(x), source(x))
@@ -330,6 +339,7 @@ def test_our_format_from_the_converter_and_a_full_detector(
     torch.save(with_classifier(as_poolformer_v1(native), 512), src)
     dst = tmp_path / 'poolformer_s12_converted.pth'
     proc = run_tool('convert_checkpoint.py', src, dst)
+    src.unlink()  # read (~50 MB)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert 'poolformer_v1' in proc.stdout and 'classifier' in proc.stdout
     converted = torch.load(dst, weights_only=True)
@@ -337,16 +347,20 @@ def test_our_format_from_the_converter_and_a_full_detector(
     assert not any(
         k.startswith(('head.', 'norm.')) for k in converted['state_dict']
     )
+    model = ours('PoolFormer', 's12', dst)
+    dst.unlink()  # read (~50 MB)
     with torch.no_grad():
-        assert_features_equal(ours('PoolFormer', 's12', dst)(x), feats)
+        assert_features_equal(model(x), feats)
     # A whole mmdet checkpoint: backbone.* plus neck/head tensors.
     full = {f'backbone.{k}': v for k, v in native.items()}
     full['neck.lateral_convs.0.conv.weight'] = torch.zeros(256, 128, 1, 1)
     full['bbox_head.retina_cls.bias'] = torch.zeros(9)
     det = tmp_path / 'retinanet_epoch_12.pth'
     torch.save({'meta': {'epoch': 12}, 'state_dict': full}, det)
+    model = ours('PoolFormer', 's12', det)
+    det.unlink()  # read (~50 MB)
     with torch.no_grad():
-        assert_features_equal(ours('PoolFormer', 's12', det)(x), feats)
+        assert_features_equal(model(x), feats)
 
 
 def test_output_norms_load_from_our_format_and_are_new_otherwise(
@@ -373,6 +387,7 @@ def test_output_norms_load_from_our_format_and_are_new_otherwise(
         )
     )
     loaded.init_weights()
+    path.unlink()  # read (~50 MB)
     assert torch.all(loaded.out_norms['2'].weight == 3.0)
     # ImageNet weights have no output norms: they keep their init.
     path = tmp_path / 'imagenet.pth'
@@ -385,6 +400,7 @@ def test_output_norms_load_from_our_format_and_are_new_otherwise(
         )
     )
     fresh.init_weights()
+    path.unlink()  # read (~50 MB)
     assert torch.all(fresh.out_norms['2'].weight == 1.0)
 
 
@@ -409,6 +425,7 @@ def test_wrong_arch_lists_mismatched_keys(poolformer_reference, tmp_path):
         CheckpointMismatchError, match='shape or type mismatch'
     ):
         ours('PoolFormer', 'm36', path)
+    path.unlink()  # read twice (~50 MB)
 
 
 def test_unexpected_key_is_reported_not_hidden(poolformer_reference, tmp_path):
@@ -421,6 +438,7 @@ def test_unexpected_key_is_reported_not_hidden(poolformer_reference, tmp_path):
         CheckpointMismatchError, match=r'not in the model \(1\).*extra\.weight'
     ):
         ours('PoolFormer', 's12', path)
+    path.unlink()  # read (~50 MB)
 
 
 def test_pickled_objects_are_refused(poolformer_reference, tmp_path):
@@ -432,6 +450,7 @@ def test_pickled_objects_are_refused(poolformer_reference, tmp_path):
     torch.save({'state_dict': native, 'args': argparse.Namespace(lr=1)}, path)
     with pytest.raises(RuntimeError, match='refused'):
         ours('PoolFormer', 's12', path)
+    path.unlink()  # read (~50 MB)
 
 
 def test_unknown_layout_and_format_names():

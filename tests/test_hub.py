@@ -18,6 +18,8 @@ import os
 import socket
 import threading
 
+from mmmetaformer_tools.launch import LaunchError
+
 import pytest
 import timm
 import torch
@@ -42,7 +44,6 @@ from mmmetaformer.models.archs import (
     published_weights,
 )
 from mmmetaformer.registry import MODELS
-from mmmetaformer_tools.launch import LaunchError
 from tests.helpers import REPO_ROOT, run_tool
 
 
@@ -56,7 +57,9 @@ class HubCache:
     def put(self, repo_id, filename, source, revision='main'):
         """Place ``source`` (a file) as ``filename`` of ``repo_id`` at
         ``revision`` (a branch or tag: refs/REVISION holds a hash; a
-        40-hex commit: the snapshot folder itself). Returns the hash."""
+        40-hex commit: the snapshot folder itself). Returns the hash.
+        The cache's file is a hard link to ``source``: a real file in the
+        cache's layout, without a second copy of its bytes."""
         repo = self.cache / ('models--' + repo_id.replace('/', '--'))
         if len(revision) == 40:
             commit = revision
@@ -66,7 +69,8 @@ class HubCache:
             (repo / 'refs' / revision).write_text(commit)
         target = repo / 'snapshots' / commit / filename
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(source.read_bytes())
+        target.unlink(missing_ok=True)
+        os.link(source, target)
         return commit
 
     def env(self):
@@ -547,6 +551,7 @@ def test_tools_take_hub_ids_and_exit_2_with_one_line(hub, tmp_path):
         == 0
     )
     assert read_checkpoint(dst)['meta']['source_format'] == 'timm'
+    dst.unlink()  # read (~50 MB)
 
     absent = run_tool(
         'convert_checkpoint.py',
