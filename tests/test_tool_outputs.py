@@ -16,6 +16,9 @@ import io
 import resource
 import signal
 
+from mmmetaformer_tools.launch import run_tool
+from mmmetaformer_tools.toy import make_ade20k, make_coco
+
 import pytest
 import torch
 
@@ -26,8 +29,6 @@ from mmmetaformer.engine.checkpoint_hooks import (
     atomic_output,
 )
 from mmmetaformer.registry import MODELS
-from mmmetaformer_tools.launch import run_tool
-from mmmetaformer_tools.toy import make_ade20k, make_coco
 
 from .helpers import REPO_ROOT
 
@@ -263,11 +264,13 @@ def test_the_train_tool_makes_a_plain_checkpoint_hook_atomic():
 @pytest.fixture(scope='module')
 def s12_weights():
     """PoolFormer-S12 weights in our own format (zeros: only names, shapes
-    and dtypes matter to the converter)."""
+    and dtypes matter to the converter). Each tensor is a view of one zero
+    (stride 0), so a file of them is kilobytes, not 45 MB; the reader
+    takes any strides. ``.contiguous()`` gives the full-size tensors."""
     with torch.device('meta'):
         model = MODELS.build(dict(type='PoolFormer', arch='s12'))
     return {
-        k: torch.zeros(v.shape, dtype=v.dtype)
+        k: torch.zeros((), dtype=v.dtype).expand(v.shape)
         for k, v in model.state_dict().items()
     }
 
@@ -282,7 +285,10 @@ def test_in_place_conversion_onto_a_full_disk_keeps_the_source(
     """SRC = DST: the source is read whole, the output written aside; a
     write that fails leaves the source byte for byte, and no partial."""
     src = tmp_path / 'weights.pth'
-    torch.save(native(s12_weights), src)
+    # full size: the converted file must outgrow the 1 MB limit
+    torch.save(
+        native({k: v.contiguous() for k, v in s12_weights.items()}), src
+    )
     before = digest(src)
     with FileSizeLimit(2**20):
         line = convert_error_line(src, src, '--arch', 'poolformer_s12')
@@ -792,12 +798,12 @@ def test_pictures_are_written_whole_or_not_at_all(tmp_path):
     (``AtomicPictureFiles`` mixed in) and the backend mmseg's pictures go
     to (``AtomicLocalVisBackend``). On a full disk: one line each, no
     picture, no partial file; with room, the whole picture."""
+    from mmmetaformer_tools.result_files import write_pictures_atomically
+
     import cv2
     import numpy as np
     from mmengine.config import Config
     from mmengine.registry import init_default_scope
-
-    from mmmetaformer_tools.result_files import write_pictures_atomically
 
     init_default_scope('mmdet')
     from mmdet.registry import VISUALIZERS
