@@ -218,6 +218,8 @@ def test_timm_repo_gives_timms_features(hub, tmp_path):
 
     from_hub = ours('hf-hub:timm/caformer_s18.sail_in22k_ft_in1k')
     from_disk = ours(str(local))
+    for path in (local, *hub.cache.rglob('model.safetensors')):
+        path.unlink()  # read (~100 MB, one file with two names)
     x = torch.randn(1, 3, 64, 96, generator=gen)
     with torch.no_grad():
         hub_feats, disk_feats = from_hub(x), from_disk(x)
@@ -551,7 +553,12 @@ def test_tools_take_hub_ids_and_exit_2_with_one_line(hub, tmp_path):
         == 0
     )
     assert read_checkpoint(dst)['meta']['source_format'] == 'timm'
-    dst.unlink()  # read (~50 MB)
+    for path in (
+        dst,
+        tmp_path / 'p.safetensors',
+        *hub.cache.rglob('model.safetensors'),
+    ):
+        path.unlink()  # read (~50 MB each; the source has two names)
 
     absent = run_tool(
         'convert_checkpoint.py',
