@@ -10,10 +10,10 @@ import importlib.util
 import json
 import re
 
+from mmmetaformer_tools import backbone_benchmark as bench
+
 import pytest
 import torch
-
-from mmmetaformer_tools import backbone_benchmark as bench
 
 from .helpers import REPO_ROOT, benchmark_row, run_tool
 

@@ -8,13 +8,6 @@ or ConvFormer/CAFormer's MLP head, about 0.5M and 3.1M parameters for
 dims 512). Only the small archs are counted here (counting runs the model).
 """
 
-import pytest
-import torch
-import torch.nn as nn
-
-import mmmetaformer  # noqa: F401
-from mmmetaformer.models.backbones.metaformer import FAMILY_CLASSES
-from mmmetaformer.registry import MODELS
 from mmmetaformer_tools.complexity import (
     REFERENCE,
     count_backbone,
@@ -22,6 +15,14 @@ from mmmetaformer_tools.complexity import (
     head_macs,
     head_params,
 )
+
+import pytest
+import torch
+import torch.nn as nn
+
+import mmmetaformer  # noqa: F401
+from mmmetaformer.models.backbones.metaformer import FAMILY_CLASSES
+from mmmetaformer.registry import MODELS
 
 from .helpers import run_tool
 

@@ -13,6 +13,8 @@ import json
 import logging
 import os
 
+from mmmetaformer_tools.toy import make_ade20k, make_coco
+
 import cv2
 import numpy as np
 import pytest
@@ -30,7 +32,6 @@ from mmmetaformer.datasets.images import (
     decode_label_map,
     read_image,
 )
-from mmmetaformer_tools.toy import make_ade20k, make_coco
 
 from .forked_tools import ForkedTool
 from .helpers import REPO_ROOT

@@ -18,9 +18,9 @@ def test_every_stack_package_imports():
     the plugin declares (requirements/mminstall.txt)."""
     from importlib.metadata import version
 
-    from packaging.requirements import Requirement
-
     from mmmetaformer_tools.env_check import STACK_PACKAGES, stack_versions
+
+    from packaging.requirements import Requirement
 
     versions = stack_versions()
     assert set(versions) == {name for name, _ in STACK_PACKAGES}
@@ -44,10 +44,10 @@ def test_every_stack_package_imports():
 
 
 def test_mmcv_compiled_ops_on_cpu_tensors():
+    from mmmetaformer_tools.env_check import check_mmcv_ops
+
     import torch
     from mmcv.ops import RoIAlign, batched_nms, nms
-
-    from mmmetaformer_tools.env_check import check_mmcv_ops
 
     check_mmcv_ops()
     boxes = torch.tensor([[0.0, 0.0, 4.0, 4.0], [0.0, 0.0, 4.0, 4.2]])
@@ -260,9 +260,9 @@ def test_cfg_options_typo_is_a_clear_error(tmp_path):
 
 
 def test_cfg_options_accepts_new_and_existing_keys():
-    from mmengine.config import Config
-
     from mmmetaformer_tools.launch import validate_cfg_options
+
+    from mmengine.config import Config
 
     cfg = Config(dict(a=dict(b=1, items=[dict(c=2)]), model=dict()))
     validate_cfg_options(
