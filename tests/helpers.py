@@ -2,6 +2,7 @@
 
 import copy
 import functools
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -137,6 +138,17 @@ def built_stack(venv):
     ):
         return stack
     return None
+
+
+def load_tool(script):
+    """``tools/<script>`` (e.g. ``'analysis/benchmark_backbone.py'``)
+    imported as a module, so that its ``main`` and functions run in this
+    process."""
+    path = REPO_ROOT / 'tools' / script
+    spec = importlib.util.spec_from_file_location(f'tool_{path.stem}', path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def run_tool(script, *args, timeout=600, cwd=None, env=None):

@@ -6,7 +6,6 @@ are in the detection and segmentation config tests, next to the toy runs
 that make the checkpoints.
 """
 
-import importlib.util
 import json
 import re
 
@@ -15,16 +14,12 @@ from mmmetaformer_tools import backbone_benchmark as bench
 import pytest
 import torch
 
-from .helpers import REPO_ROOT, benchmark_row, run_tool
+from .helpers import REPO_ROOT, benchmark_row, load_tool, run_tool
 
 
 def load_backbone_tool():
     """``tools/analysis/benchmark_backbone.py`` as a module (no subprocess)."""
-    path = REPO_ROOT / 'tools' / 'analysis' / 'benchmark_backbone.py'
-    spec = importlib.util.spec_from_file_location('benchmark_backbone', path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool('analysis/benchmark_backbone.py')
 
 
 @pytest.fixture(scope='module')

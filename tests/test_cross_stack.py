@@ -27,7 +27,19 @@ import torch
 
 from .helpers import REPO_ROOT, built_stack, run_tool
 
-CONFIG = REPO_ROOT / 'configs/toy/semantic_fpn_poolformer_s12_toy_ade20k.py'
+TOY_CONFIG = (
+    REPO_ROOT / 'configs/toy' / 'semantic_fpn_poolformer_s12_toy_ade20k.py'
+)
+# The toy Semantic FPN with one narrow block per stage and a narrow neck and
+# head: what crosses the stacks is the checkpoint's pickle, not its widths.
+TINY = (
+    f'_base_ = [{str(TOY_CONFIG)!r}]\n'
+    'model = dict(\n'
+    '    backbone=dict(arch=dict(_delete_=True, depths=[1, 1, 1, 1],\n'
+    '                            dims=[16, 32, 64, 64])),\n'
+    '    neck=dict(in_channels=[16, 32, 64, 64], out_channels=32),\n'
+    '    decode_head=dict(in_channels=[32, 32, 32, 32], channels=32))\n'
+)
 # 2 iterations of 2 random 96x96 crops, a checkpoint at the end.
 OPTIONS = [
     'train_dataloader.batch_size=2',
@@ -36,6 +48,7 @@ OPTIONS = [
     'train_cfg.val_interval=100',
     'default_hooks.checkpoint.interval=2',
 ]
+CONFIG_NAME = 'semantic_fpn_tiny_toy_ade20k.py'  # in each test's folder
 NUMPY_MODULES = {1: b'numpy.core.multiarray', 2: b'numpy._core.multiarray'}
 MIOU = re.compile(r'mIoU: [\d.]+')
 
@@ -44,7 +57,7 @@ def train(cwd, work_dir, iters, *extra, python=sys.executable):
     cmd = [
         python,
         str(REPO_ROOT / 'tools' / 'train.py'),
-        str(CONFIG),
+        str(cwd / CONFIG_NAME),
         '--work-dir',
         str(work_dir),
         *extra,
@@ -84,6 +97,7 @@ def with_numpy_spelling(src, dst, numpy_major):
 @pytest.fixture(scope='module')
 def toy_cwd(tmp_path_factory):
     cwd = tmp_path_factory.mktemp('cross_stack')
+    (cwd / CONFIG_NAME).write_text(TINY)
     make_ade20k(
         cwd / 'data' / 'toy_ade20k',
         num_train=2,
@@ -107,7 +121,7 @@ def resume_and_evaluate(cwd, checkpoint, name):
     assert (cwd / f'resumed_{name}' / 'iter_4.pth').exists()
     proc = run_tool(
         'test.py',
-        CONFIG,
+        cwd / CONFIG_NAME,
         checkpoint,
         '--work-dir',
         cwd / f'test_{name}',

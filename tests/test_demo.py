@@ -9,7 +9,6 @@ floors under its measured runs (docs/benchmarks.md: box mAP 0.61-0.72, mIoU
 71.3-72.3 with the current schedules).
 """
 
-import importlib.util
 import json
 import os
 import re
@@ -20,7 +19,7 @@ import cv2
 import numpy as np
 import pytest
 
-from .helpers import REPO_ROOT
+from .helpers import REPO_ROOT, load_tool
 
 PICTURES = ('learning_curves.png', 'detections.jpg', 'segmentation.jpg')
 FIGURE = re.compile(
@@ -168,12 +167,7 @@ def test_demo_fails_below_its_floors(demo):
 
 
 def demo_module():
-    spec = importlib.util.spec_from_file_location(
-        'demo', REPO_ROOT / 'tools' / 'demo.py'
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool('demo.py')
 
 
 def test_schedule_fits_the_budget_where_the_machine_allows():

@@ -16,7 +16,6 @@
 
 import copy
 import functools
-import importlib.util
 import re
 from pathlib import Path
 
@@ -35,7 +34,7 @@ from mmmetaformer.checkpoint.formats import (
     dense_to_native,
 )
 from mmmetaformer.engine import sync_bn_to_bn
-from tests.helpers import REPO_ROOT
+from tests.helpers import REPO_ROOT, load_tool
 
 CONFIGS = REPO_ROOT / 'configs'
 # mmseg::poolformer/fpn_poolformer_s12_8xb4-40k_ade20k-512x512.py
@@ -51,12 +50,7 @@ COCO_CLASSES = tuple(f'class{i}' for i in range(80))
 
 @functools.cache
 def convert_tool():
-    spec = importlib.util.spec_from_file_location(
-        'convert_checkpoint', REPO_ROOT / 'tools' / 'convert_checkpoint.py'
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool('convert_checkpoint.py')
 
 
 def convert(src, dst, *options):

@@ -23,7 +23,6 @@
 
 import copy
 import functools
-import importlib.util
 import os
 import re
 import socket
@@ -44,6 +43,7 @@ from .helpers import (
     benchmark_row,
     check_leaf_settings,
     family_archs,
+    load_tool,
     merged_into,
     own_settings,
     pretrained_checkpoint,
@@ -572,19 +572,10 @@ def test_benchmark_detection_with_checkpoint(retinanet_run, toy_cwd, tiny):
     assert 'images from the test dataset' in out
 
 
-def load_tool(name):
-    spec = importlib.util.spec_from_file_location(
-        f'tool_{name}', REPO_ROOT / 'tools' / f'{name}.py'
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_infer_clear_errors(tmp_path):
     from mmmetaformer_tools.launch import LaunchError
 
-    infer = load_tool('infer')
+    infer = load_tool('infer.py')
     image = tmp_path / 'img.jpg'
     config = str(TOY['retinanet'])
     with pytest.raises(LaunchError, match='Image file not found: .*nope.jpg'):

@@ -12,7 +12,6 @@ environment variables.
 
 import hashlib
 import http.server
-import importlib.util
 import multiprocessing
 import os
 import socket
@@ -44,7 +43,7 @@ from mmmetaformer.models.archs import (
     published_weights,
 )
 from mmmetaformer.registry import MODELS
-from tests.helpers import REPO_ROOT, run_tool
+from tests.helpers import REPO_ROOT, load_tool, run_tool
 
 
 class HubCache:
@@ -518,16 +517,6 @@ def test_absent_file_offline_is_one_line_naming_repo_file_and_command(hub):
     assert issubclass(HubCheckpointError, CheckpointError)
 
 
-def tool_module(script):
-    """``tools/<script>`` imported as a module (its ``main`` runs here)."""
-    spec = importlib.util.spec_from_file_location(
-        script[:-3], REPO_ROOT / 'tools' / script
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_tools_take_hub_ids_and_exit_2_with_one_line(hub, tmp_path):
     """The converter converts a Hub id, and (in a process of its own, the
     Hub's settings read from the environment) refuses an absent one with
@@ -540,7 +529,7 @@ def test_tools_take_hub_ids_and_exit_2_with_one_line(hub, tmp_path):
         safetensors_file(tmp_path / 'p.safetensors', reference.state_dict()),
     )
     dst = tmp_path / 'converted.pth'
-    convert = tool_module('convert_checkpoint.py')
+    convert = load_tool('convert_checkpoint.py')
     assert (
         convert.main(
             [
@@ -574,7 +563,7 @@ def test_tools_take_hub_ids_and_exit_2_with_one_line(hub, tmp_path):
     assert str(hub.cache) in lines[0]  # HF_HOME from the environment
     assert not (tmp_path / 'x.pth').exists()
 
-    train = tool_module('train.py')
+    train = load_tool('train.py')
     with pytest.raises(LaunchError) as info:
         train.main(
             [

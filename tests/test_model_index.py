@@ -5,7 +5,6 @@ this repository and show that it catches each kind of drift on a temporary
 copy of the index and configs.
 """
 
-import importlib.util
 import shutil
 from pathlib import Path
 
@@ -13,17 +12,11 @@ import pytest
 import yaml
 from mmengine.utils import get_installed_path
 
-from tests.helpers import REPO_ROOT
+from tests.helpers import REPO_ROOT, load_tool
 
 
 def index_tool():
-    spec = importlib.util.spec_from_file_location(
-        'make_model_index',
-        REPO_ROOT / 'tools' / 'misc' / 'make_model_index.py',
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool('misc/make_model_index.py')
 
 
 @pytest.fixture(scope='module')

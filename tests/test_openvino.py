@@ -5,21 +5,16 @@ toy Mask R-CNN (NMS, RoiAlign and masks in the graph) and the toy UperNet
 (the exact adaptive pool; 64x160 has a 2x5 stage-4 map, which bins 3 and 6
 do not divide), each at two sizes other than the export size."""
 
-import importlib.util
 import re
 
 import pytest
 
-from .helpers import REPO_ROOT
+from .helpers import load_tool
 from .test_export import export_case
 
 
 def compare_runtimes():
-    path = REPO_ROOT / 'tools' / 'analysis' / 'compare_runtimes.py'
-    spec = importlib.util.spec_from_file_location('compare_runtimes', path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool('analysis/compare_runtimes.py')
 
 
 @pytest.mark.parametrize(

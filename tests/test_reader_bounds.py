@@ -11,7 +11,6 @@ exactly its opcode budget. ``tools/analysis/reader_bounds.py`` measures the
 same kinds up to 10 MB in fresh processes (docs/benchmarks.md).
 """
 
-import importlib.util
 import io
 import random
 import struct
@@ -32,13 +31,9 @@ from mmmetaformer.checkpoint import (
 )
 from mmmetaformer.checkpoint.reader import torch_load_safely
 
-from .helpers import REPO_ROOT
+from .helpers import load_tool
 
-spec = importlib.util.spec_from_file_location(
-    'reader_bounds', REPO_ROOT / 'tools/analysis/reader_bounds.py'
-)
-crafted = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(crafted)
+crafted = load_tool('analysis/reader_bounds.py')
 
 BUDGET = reader.PICKLE_OPS_BASE  # opcodes of a pickle with no records
 FLOOD_SIZE = 300_000  # bytes: three times the base budget of 1-byte ops

@@ -19,7 +19,6 @@ loaders that read ``torch.load(weights_only=True)`` plus a short allowlist
 import copy
 import functools
 import http.server
-import importlib.util
 import pickle
 import re
 import threading
@@ -53,7 +52,7 @@ from mmmetaformer.checkpoint.reader import TORCH_LOAD_IS_SAFE
 from mmmetaformer.registry import MODELS
 
 from .forked_tools import ForkedTool
-from .helpers import REPO_ROOT
+from .helpers import REPO_ROOT, load_tool
 
 DET_CONFIG = REPO_ROOT / 'configs/toy/retinanet_poolformer_s12_toy_coco.py'
 MMDET_TEST_TOOL = str(Path(mmdet.__file__).parent / '.mim/tools/test.py')
@@ -469,11 +468,7 @@ def test_converted_safetensors_are_recognised_as_ours(tmp_path):
         dict(type='PoolFormer', arch='s12', out_norm_cfg=None)
     )
     torch.save(backbone.state_dict(), tmp_path / 'timm_style.pth')
-    spec = importlib.util.spec_from_file_location(
-        'convert_checkpoint', REPO_ROOT / 'tools' / 'convert_checkpoint.py'
-    )
-    converter = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(converter)
+    converter = load_tool('convert_checkpoint.py')
     assert (
         converter.main(
             [
