@@ -149,9 +149,9 @@ def test_recipe_base_takes_import_and_hooks_from_the_fragment(name):
     path = BASES / f'{name}.py'
     assert './metaformer_runtime.py' in base_list(path)
     own = {k: ast.unparse(v) for k, v in assignments(path).items()}
-    guard = '_base_.metaformer_nan_guard_hook'
+    hooks = '_base_.metaformer_custom_hooks'
     if NAN_GUARD_ACTION[name] == 'skip':
-        guard = f"dict({guard}, action='skip')"
+        hooks += '_skip_nonfinite'
     assert (
         own['custom_imports'],
         own['default_hooks'],
@@ -159,7 +159,7 @@ def test_recipe_base_takes_import_and_hooks_from_the_fragment(name):
     ) == (
         '_base_.metaformer_custom_imports',
         'dict(checkpoint=_base_.metaformer_checkpoint_hook)',
-        f'[_base_.metaformer_exact_resume_hook, {guard}]',
+        hooks,
     )
 
     fragment = own_settings(FRAGMENT)

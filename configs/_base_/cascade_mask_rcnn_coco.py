@@ -30,10 +30,7 @@ _base_ = [
 # to 10 consecutive steps with a non-finite loss, then stop.
 custom_imports = _base_.metaformer_custom_imports
 default_hooks = dict(checkpoint=_base_.metaformer_checkpoint_hook)
-custom_hooks = [
-    _base_.metaformer_exact_resume_hook,
-    dict(_base_.metaformer_nan_guard_hook, action='skip'),
-]
+custom_hooks = _base_.metaformer_custom_hooks_skip_nonfinite
 
 model = dict(
     # Placeholder, filled by each leaf: type, arch, drop_path_rate,

@@ -27,10 +27,7 @@ _base_ = [
 # (possible with --amp) skips the step, up to 10 in a row, then stops.
 custom_imports = _base_.metaformer_custom_imports
 default_hooks = dict(checkpoint=_base_.metaformer_checkpoint_hook)
-custom_hooks = [
-    _base_.metaformer_exact_resume_hook,
-    dict(_base_.metaformer_nan_guard_hook, action='skip'),
-]
+custom_hooks = _base_.metaformer_custom_hooks_skip_nonfinite
 
 model = dict(
     # Placeholder, filled by each leaf: type, arch, drop_path_rate,

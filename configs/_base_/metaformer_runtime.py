@@ -4,10 +4,7 @@
 # file in ``_base_`` and sets three keys from these values:
 #     custom_imports = _base_.metaformer_custom_imports
 #     default_hooks = dict(checkpoint=_base_.metaformer_checkpoint_hook)
-#     custom_hooks = [
-#         _base_.metaformer_exact_resume_hook,
-#         _base_.metaformer_nan_guard_hook,
-#     ]
+#     custom_hooks = _base_.metaformer_custom_hooks  # or ..._skip_nonfinite
 # They are named values, not the keys themselves: mmengine refuses a key
 # that two bases define, and the mmdet/mmseg bases define ``default_hooks``
 # (default_runtime) and some ``custom_imports`` (the ConvNeXt recipes
@@ -45,3 +42,15 @@ metaformer_exact_resume_hook = dict(type='ExactResumeHook')
 # Recipes trained with AMP (or with --amp) set ``action='skip'``: skip up
 # to 10 consecutive such steps, then stop.
 metaformer_nan_guard_hook = dict(type='NaNGuardHook')
+
+# The custom hooks of a recipe base: exact resume, and the guard that stops
+# at a non-finite loss, or (recipes trained with AMP, or that allow --amp)
+# skips such steps, up to 10 in a row.
+metaformer_custom_hooks = [
+    metaformer_exact_resume_hook,
+    metaformer_nan_guard_hook,
+]
+metaformer_custom_hooks_skip_nonfinite = [
+    metaformer_exact_resume_hook,
+    dict(metaformer_nan_guard_hook, action='skip'),
+]

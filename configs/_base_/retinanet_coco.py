@@ -41,10 +41,7 @@ _base_ = [
 # (the recipe trains in fp32).
 custom_imports = _base_.metaformer_custom_imports
 default_hooks = dict(checkpoint=_base_.metaformer_checkpoint_hook)
-custom_hooks = [
-    _base_.metaformer_exact_resume_hook,
-    _base_.metaformer_nan_guard_hook,
-]
+custom_hooks = _base_.metaformer_custom_hooks
 
 model = dict(
     # Placeholder, filled by each leaf: type, arch, init_cfg and the

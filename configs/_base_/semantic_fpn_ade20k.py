@@ -30,10 +30,7 @@ _base_ = [
 # (the recipe trains in fp32).
 custom_imports = _base_.metaformer_custom_imports
 default_hooks = dict(checkpoint=_base_.metaformer_checkpoint_hook)
-custom_hooks = [
-    _base_.metaformer_exact_resume_hook,
-    _base_.metaformer_nan_guard_hook,
-]
+custom_hooks = _base_.metaformer_custom_hooks
 
 # Norms in the head: fpn_r50's SyncBN is kept for the 8-GPU recipe. Where
 # there is nothing to synchronise it is plain BN anyway: torch's
