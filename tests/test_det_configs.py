@@ -49,6 +49,7 @@ from .helpers import (
     pretrained_checkpoint,
     run_tool,
     smallest_archs,
+    tiny_config,
 )
 
 CONFIGS = REPO_ROOT / 'configs'
@@ -387,49 +388,6 @@ SMALL_RUN = [
     'default_hooks.checkpoint.interval=1',
     'default_hooks.logger.interval=1',
 ]
-
-
-# One block per stage, narrow stages; all four stages' widths, the last
-# three for RetinaNet (backbone out_indices 1..3).
-TINY_DIMS = [16, 32, 64, 64]
-# FPN and head width (toy: 128 RetinaNet, 256 Mask R-CNN); the RetinaNet
-# head's GroupNorm(32) needs 2 channels a group at the 1x1 levels.
-TINY_WIDTH = 64
-TINY_HEADS = dict(
-    retinanet=(
-        f'    neck=dict(in_channels={TINY_DIMS[1:]},\n'
-        f'              out_channels={TINY_WIDTH}),\n'
-        f'    bbox_head=dict(in_channels={TINY_WIDTH},\n'
-        f'                   feat_channels={TINY_WIDTH}))\n'
-    ),
-    mask_rcnn=(
-        f'    neck=dict(in_channels={TINY_DIMS}, out_channels={TINY_WIDTH}),\n'
-        f'    rpn_head=dict(in_channels={TINY_WIDTH},\n'
-        f'                  feat_channels={TINY_WIDTH}),\n'
-        '    roi_head=dict(\n'
-        f'        bbox_roi_extractor=dict(out_channels={TINY_WIDTH}),\n'
-        f'        bbox_head=dict(in_channels={TINY_WIDTH},\n'
-        f'                       fc_out_channels={2 * TINY_WIDTH}),\n'
-        f'        mask_roi_extractor=dict(out_channels={TINY_WIDTH}),\n'
-        f'        mask_head=dict(in_channels={TINY_WIDTH},\n'
-        f'                       conv_out_channels={TINY_WIDTH})))\n'
-    ),
-)
-
-
-def tiny_config(directory, det):
-    """The toy ``det`` config with a tiny backbone and heads, resolved
-    into one file without bases (the tools parse it faster)."""
-    tiny = directory / f'{det}_tiny_base.py'
-    tiny.write_text(
-        f'_base_ = [{str(TOY[det])!r}]\n'
-        'model = dict(\n'
-        '    backbone=dict(arch=dict(_delete_=True, depths=[1, 1, 1, 1],\n'
-        f'                            dims={TINY_DIMS})),\n' + TINY_HEADS[det]
-    )
-    flat = directory / f'{det}_tiny_toy_coco.py'
-    Config.fromfile(str(tiny)).dump(str(flat))
-    return flat
 
 
 @pytest.fixture(scope='module')

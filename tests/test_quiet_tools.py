@@ -8,8 +8,8 @@ import pytest
 
 from .helpers import run_tool
 
+# train.py and test.py: test_foundation.py's missing-config test
 MISSING_INPUT = {
-    'train.py': ('nope.py',),
     'convert_checkpoint.py': ('nope.pth', 'out.pth'),
     'export_onnx.py': ('nope.py', 'nope.pth', '--out', 'out.onnx'),
     'infer.py': ('nope.jpg', 'nope.py', 'nope.pth'),

@@ -28,20 +28,8 @@ import pytest
 from mmmetaformer.checkpoint import read_checkpoint
 
 from .forked_tools import ForkedTool
-from .helpers import REPO_ROOT
+from .helpers import REPO_ROOT, tiny_config
 
-DET_CONFIG = REPO_ROOT / 'configs/toy/retinanet_poolformer_s12_toy_coco.py'
-# The toy RetinaNet with a tiny backbone (stages 1..3 feed the FPN) and a
-# 64-channel FPN and head (toy: 128; the head's GroupNorm(32) needs 2
-# channels a group at the 1x1 levels).
-TINY_DET = (
-    f'_base_ = [{str(DET_CONFIG)!r}]\n'
-    'model = dict(\n'
-    '    backbone=dict(arch=dict(_delete_=True, depths=[1, 1, 1, 1],\n'
-    '                            dims=[16, 32, 64, 64])),\n'
-    '    neck=dict(in_channels=[32, 64, 64], out_channels=64),\n'
-    '    bbox_head=dict(in_channels=64, feat_channels=64))\n'
-)
 SEG_CONFIG = (
     REPO_ROOT / 'configs/toy/semantic_fpn_poolformer_s12_toy_ade20k.py'
 )
@@ -96,7 +84,7 @@ def toy_cwd(tmp_path_factory):
         img_size=128,
         seed=0,
     )
-    (cwd / 'retinanet_tiny_toy_coco.py').write_text(TINY_DET)
+    tiny_config(cwd, 'retinanet')  # cwd/retinanet_tiny_toy_coco.py
     return cwd
 
 
