@@ -253,21 +253,16 @@ def complete_palette(model, checkpoint):
     one colour per class (mmseg's visualizer asserts a palette as long as
     the classes, and falls back to Cityscapes' 19 colours without one):
     the fixed colours an exported ``.onnx`` file without a palette gets
-    (``mmmetaformer.export.runtime.attach``). A palette of another length
-    than the classes is refused."""
-    import numpy as np
+    (``mmmetaformer.export.runtime.fixed_palette``). A palette of another
+    length than the classes is refused."""
+    from mmmetaformer.export.runtime import fixed_palette
 
     meta = model.dataset_meta or {}
     classes, palette = meta.get('classes'), meta.get('palette')
     if not classes:
         return
     if not palette:
-        model.dataset_meta = dict(
-            meta,
-            palette=np.random.RandomState(0)
-            .randint(0, 256, (len(classes), 3))
-            .tolist(),
-        )
+        model.dataset_meta = dict(meta, palette=fixed_palette(len(classes)))
     elif len(palette) != len(classes):
         raise LaunchError(
             f'{checkpoint}: its meta has {len(classes)} classes but '
@@ -301,10 +296,9 @@ def predict_segmentation(inferencer, note, args, images):
     ``pred/<name>.png``. MMSegInferencer saves no label map when asked
     for the data samples, and numbers the ones it saves (``00000000_pred.png``)
     rather than naming them by the image, so they are written here."""
-    import numpy as np
-    from PIL import Image
+    from mmmetaformer_tools.result_files import write_label_map
 
-    from mmmetaformer.engine.checkpoint_hooks import atomic_output
+    import numpy as np
 
     pred_dir = osp.join(args.out_dir, 'pred')
     os.makedirs(pred_dir, exist_ok=True)
@@ -321,10 +315,7 @@ def predict_segmentation(inferencer, note, args, images):
             result = result[0]
         labels = result.pred_sem_seg.data[0].cpu().numpy()
         name = osp.splitext(osp.basename(path))[0] + '.png'
-        with atomic_output(osp.join(pred_dir, name)) as partial:
-            Image.fromarray(
-                labels.astype(np.uint8 if labels.max() < 256 else np.uint16)
-            ).save(partial, format='PNG')
+        write_label_map(osp.join(pred_dir, name), labels)
         summaries.append(f'{len(np.unique(labels))} classes predicted')
     return (
         summaries,

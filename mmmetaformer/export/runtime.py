@@ -101,6 +101,13 @@ class OnnxModel:
         return sample
 
 
+def fixed_palette(num_classes):
+    """One colour per class for a segmentor whose meta names its classes
+    but no palette (mmseg's visualizer needs one per class), the same on
+    every run: ``[[r, g, b], ...]``."""
+    return np.random.RandomState(0).randint(0, 256, (num_classes, 3)).tolist()
+
+
 def attach(inferencer, onnx_model):
     """Make an mmdet / mmseg inferencer (built from the config, no weights)
     predict with ``onnx_model``: its classes and palette, its outputs."""
@@ -111,11 +118,9 @@ def attach(inferencer, onnx_model):
         # has none (as the inferencers do with a checkpoint's meta)
         model.dataset_meta = dict(model.dataset_meta or {}, **meta)
         if onnx_model.task == 'segmentation':
-            if 'palette' not in meta:  # one colour per class, fixed
-                model.dataset_meta['palette'] = (
-                    np.random.RandomState(0)
-                    .randint(0, 256, (len(meta['classes']), 3))
-                    .tolist()
+            if 'palette' not in meta:
+                model.dataset_meta['palette'] = fixed_palette(
+                    len(meta['classes'])
                 )
         else:
             inferencer.visualizer.dataset_meta = model.dataset_meta

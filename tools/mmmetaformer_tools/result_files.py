@@ -8,6 +8,7 @@ through ``LocalVisBackend.add_image``, ``cv2.imwrite``). A full disk or a
 kill leaves a truncated file under its final name. Here each of them goes
 through ``atomic_output``, by the frameworks' public extension points:
 
+* ``write_label_map``: a label-map PNG (also ``tools/infer.py``'s);
 * ``det_results_dump``: ``DumpDetResults`` (the same pickle) writing it
   through ``atomic_output``;
 * ``SegLabelMapWriter``: a metric writing each image's label map as
@@ -36,6 +37,18 @@ from mmmetaformer.engine.checkpoint_hooks import (
 )
 
 
+def write_label_map(path, labels):
+    """Write ``labels`` (H x W class indices) to the PNG ``path`` through
+    ``atomic_output``: 8-bit as mmseg writes them, 16-bit where a class
+    index passes 255 (8 bits would wrap it)."""
+    from PIL import Image
+
+    with atomic_output(path) as partial:
+        Image.fromarray(
+            labels.astype(np.uint8 if labels.max() < 256 else np.uint16)
+        ).save(partial, format='PNG')
+
+
 def det_results_dump(out_file):
     """mmdet's ``DumpDetResults(out_file_path=out_file)`` whose pickle is
     written through ``atomic_output``: the same content (``process`` is
@@ -58,11 +71,11 @@ def det_results_dump(out_file):
 
 
 class SegLabelMapWriter(BaseMetric):
-    """Write each image's predicted label map (class index per pixel,
-    8-bit) to ``out_dir/<image name>.png`` through ``atomic_output``: what
-    mmseg's ``IoUMetric(output_dir=out_dir)`` writes (one added where the
-    dataset reduces the zero label, as ADE20K's official indices start at
-    1), whole or not at all. Computes no metric."""
+    """Write each image's predicted label map (``write_label_map``) to
+    ``out_dir/<image name>.png``: what mmseg's
+    ``IoUMetric(output_dir=out_dir)`` writes (one added where the dataset
+    reduces the zero label, as ADE20K's official indices start at 1),
+    whole or not at all. Computes no metric."""
 
     def __init__(self, out_dir, **kwargs):
         super().__init__(**kwargs)
@@ -70,17 +83,12 @@ class SegLabelMapWriter(BaseMetric):
         os.makedirs(out_dir, exist_ok=True)
 
     def process(self, data_batch, data_samples):
-        from PIL import Image
-
         for sample in data_samples:
             labels = sample['pred_sem_seg']['data'][0].cpu().numpy()
             if sample.get('reduce_zero_label', False):
                 labels = labels + 1
             name = osp.splitext(osp.basename(sample['img_path']))[0] + '.png'
-            with atomic_output(osp.join(self.out_dir, name)) as partial:
-                Image.fromarray(labels.astype(np.uint8)).save(
-                    partial, format='PNG'
-                )
+            write_label_map(osp.join(self.out_dir, name), labels)
             self.results.append(name)
 
     def compute_metrics(self, results):
