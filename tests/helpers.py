@@ -140,18 +140,26 @@ def built_stack(venv):
     return None
 
 
-# The toy detectors (configs/toy/), and the same with a tiny backbone and
-# heads for the tests whose subject is not the model's size.
+# The toy detectors and segmentor (configs/toy/), and the same with a tiny
+# backbone and heads for the tests whose subject is not the model's size.
 TOY_DETECTORS = {
     det: REPO_ROOT / 'configs' / 'toy' / f'{det}_poolformer_s12_toy_coco.py'
     for det in ('retinanet', 'mask_rcnn')
 }
+TOY_CONFIGS = dict(
+    TOY_DETECTORS,
+    semantic_fpn=REPO_ROOT
+    / 'configs'
+    / 'toy'
+    / 'semantic_fpn_poolformer_s12_toy_ade20k.py',
+)
 
 # One block per stage, narrow stages; all four stages' widths, the last
 # three for RetinaNet (backbone out_indices 1..3).
 TINY_DIMS = [16, 32, 64, 64]
-# FPN and head width (toy: 128 RetinaNet, 256 Mask R-CNN); the RetinaNet
-# head's GroupNorm(32) needs 2 channels a group at the 1x1 levels.
+# FPN and head width (toy: 128 RetinaNet and Semantic FPN, 256 Mask
+# R-CNN); the RetinaNet head's GroupNorm(32) needs 2 channels a group at
+# the 1x1 levels.
 TINY_WIDTH = 64
 TINY_HEADS = dict(
     retinanet=(
@@ -172,22 +180,31 @@ TINY_HEADS = dict(
         f'        mask_head=dict(in_channels={TINY_WIDTH},\n'
         f'                       conv_out_channels={TINY_WIDTH})))\n'
     ),
+    semantic_fpn=(
+        f'    neck=dict(in_channels={TINY_DIMS}, out_channels={TINY_WIDTH}),\n'
+        f'    decode_head=dict(in_channels={[TINY_WIDTH] * 4},\n'
+        f'                     channels={TINY_WIDTH // 2}))\n'
+    ),
 )
 
 
-def tiny_config(directory, det):
-    """The toy ``det`` config with a tiny backbone and heads, resolved
-    into one file without bases (the tools parse it faster)."""
+def tiny_config(directory, kind):
+    """The toy ``kind`` config (``'retinanet'``, ``'mask_rcnn'``,
+    ``'semantic_fpn'``) with a tiny backbone and heads, resolved into one
+    file without bases (the tools parse it faster):
+    ``directory/<kind>_tiny_toy_<dataset>.py``."""
     from mmengine.config import Config
 
-    tiny = directory / f'{det}_tiny_base.py'
+    toy = TOY_CONFIGS[kind]
+    tiny = directory / f'{kind}_tiny_base.py'
     tiny.write_text(
-        f'_base_ = [{str(TOY_DETECTORS[det])!r}]\n'
+        f'_base_ = [{str(toy)!r}]\n'
         'model = dict(\n'
         '    backbone=dict(arch=dict(_delete_=True, depths=[1, 1, 1, 1],\n'
-        f'                            dims={TINY_DIMS})),\n' + TINY_HEADS[det]
+        f'                            dims={TINY_DIMS})),\n' + TINY_HEADS[kind]
     )
-    flat = directory / f'{det}_tiny_toy_coco.py'
+    dataset = toy.stem.rsplit('_', 1)[-1]
+    flat = directory / f'{kind}_tiny_toy_{dataset}.py'
     Config.fromfile(str(tiny)).dump(str(flat))
     return flat
 

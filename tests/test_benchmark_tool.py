@@ -401,6 +401,7 @@ def test_config_benchmark_on_random_images_needs_no_dataset(tmp_path):
         '1',
         '--threads',
         '1',
+        '--mac-floor',
         cwd=tmp_path,
         timeout=300,
     )
@@ -409,6 +410,19 @@ def test_config_benchmark_on_random_images_needs_no_dataset(tmp_path):
     assert cells[1:3] == ['cpu', '2']
     assert 'random 96x128 images' in proc.stdout
     assert 'weights: random' in proc.stdout
+    # the floor: the network's MACs at the GEMM rate, never above the
+    # measured median, and the ratio printed is the table's median over it
+    floor = re.search(
+        r'MAC floor: ([\d.]+) GMAC .* at ([\d.]+) GFLOP/s .* = ([\d.]+) ms; '
+        r'median step = ([\d.]+)x the floor',
+        proc.stdout,
+    )
+    assert floor, proc.stdout[-2000:]
+    gmacs, rate, floor_ms, times = map(float, floor.groups())
+    assert gmacs > 0
+    assert floor_ms == pytest.approx(2 * gmacs / rate * 1e3, rel=2e-3)
+    assert times >= 1.0
+    assert times * floor_ms == pytest.approx(float(cells[5]), rel=0.01)
 
 
 @pytest.mark.parametrize(

@@ -8,15 +8,17 @@ SIGKILLed run side by side, then the killed run continues with
 equal the reference's bit for bit (``log_processor.window_size=1``, so each
 logged loss is that iteration's own), although validation ran between the
 last save and the next iteration in the reference only. The segmentation
-run is killed while it writes a checkpoint, with ``max_keep_ckpts=1``. The
-runs are forked from one process that imported the stack once
-(``forked_tools``). The detection runs use a one-block-per-stage backbone
-and narrow heads (what is checked is the resume, not the width); the
-segmentation runs keep the toy network, whose save takes long enough to be
-killed in.
+run is killed while it writes a checkpoint, with ``max_keep_ckpts=1``: its
+``.partial`` file is a named pipe the test reads from, so the save is
+caught mid-write whatever its size and the disk's speed. The runs are
+forked from one process that imported the stack once (``forked_tools``),
+with a one-block-per-stage backbone and narrow heads (what is checked is
+the resume, not the width).
 """
 
+import errno
 import json
+import os
 import signal
 import time
 from pathlib import Path
@@ -28,11 +30,8 @@ import pytest
 from mmmetaformer.checkpoint import read_checkpoint
 
 from .forked_tools import ForkedTool
-from .helpers import REPO_ROOT, tiny_config
+from .helpers import tiny_config
 
-SEG_CONFIG = (
-    REPO_ROOT / 'configs/toy/semantic_fpn_poolformer_s12_toy_ade20k.py'
-)
 # Every iteration draws random numbers: augmentation (python/numpy) and
 # drop path (torch), so a resume that does not restore them gives other
 # losses (measured: without ExactResumeHook they differ after the resume).
@@ -85,6 +84,7 @@ def toy_cwd(tmp_path_factory):
         seed=0,
     )
     tiny_config(cwd, 'retinanet')  # cwd/retinanet_tiny_toy_coco.py
+    tiny_config(cwd, 'semantic_fpn')  # cwd/semantic_fpn_tiny_toy_ade20k.py
     return cwd
 
 
@@ -169,22 +169,57 @@ def test_detection_resumes_bit_exactly_after_sigkill(det_runs):
     )
 
 
+class SaveInFlight:
+    """``ready()`` once ``run`` is writing the checkpoint ``partial``.
+
+    After the run's first checkpoint (its start-up deletes stale
+    ``.partial`` files), ``partial`` becomes a named pipe: the next save
+    opens it as its ``.partial`` file and blocks writing into it until the
+    test reads, and ``ready()`` is true once its first bytes arrive. The
+    run is then killed inside the save, before the file could be complete.
+    """
+
+    def __init__(self, first_checkpoint, partial):
+        self.first_checkpoint, self.partial = first_checkpoint, partial
+        self.fd = None
+
+    def __call__(self):
+        if self.fd is None:
+            if not self.first_checkpoint.exists():
+                return False
+            os.mkfifo(self.partial)
+            self.fd = os.open(self.partial, os.O_RDONLY | os.O_NONBLOCK)
+        try:
+            return bool(os.read(self.fd, 1 << 16))
+        except OSError as exc:  # the writer has not written yet
+            if exc.errno != errno.EAGAIN:
+                raise
+            return False
+
+    def close(self):
+        if self.fd is not None:
+            os.close(self.fd)
+
+
 @pytest.fixture(scope='module')
 def seg_runs(toy_cwd):
     reference, killed = toy_cwd / 'seg_reference', toy_cwd / 'seg_killed'
-    ref_proc = start_training(toy_cwd, SEG_CONFIG, reference, SEG_RUN)
-    proc = start_training(toy_cwd, SEG_CONFIG, killed, SEG_RUN)
+    config = toy_cwd / 'semantic_fpn_tiny_toy_ade20k.py'
+    ref_proc = start_training(toy_cwd, config, reference, SEG_RUN)
+    proc = start_training(toy_cwd, config, killed, SEG_RUN)
     partial = killed / 'iter_4.pth.partial'
-    kill_when(proc, partial.exists, 'the second checkpoint was written')
+    in_flight = SaveInFlight(killed / 'iter_2.pth', partial)
+    try:
+        kill_when(proc, in_flight, 'the second checkpoint was written')
+    finally:
+        in_flight.close()
     finish(ref_proc)
     after_kill = dict(
         partial=partial.exists(),
         files=sorted(p.name for p in killed.glob('iter_*')),
         last=(killed / 'last_checkpoint').read_text().strip(),
     )
-    out = finish(
-        start_training(toy_cwd, SEG_CONFIG, killed, SEG_RUN, '--resume')
-    )
+    out = finish(start_training(toy_cwd, config, killed, SEG_RUN, '--resume'))
     return reference, killed, out, after_kill
 
 

@@ -36,6 +36,18 @@ data and test pipeline, ``test_step`` running the file in onnxruntime
 graph (rescaling to the original image); peak tensor MB counts PyTorch's
 tensors only, so it is reported as n/a there.
 
+``--mac-floor`` adds the time the network's multiply-accumulates take at
+the machine's fp32 GEMM rate: the MACs of the whole exported graph
+(``count_model_macs``: what onnxruntime runs; the PyTorch model runs the
+same layers, its RoI heads on the proposals it keeps rather than the
+graph's fixed number) for the timed image size, over the rate of a
+``2048^3`` matrix product with the same threads. When a timed step is
+faster than that, its own rate is the floor's (a floor is never above a
+measured time). No exact fp32 runtime on this machine does the network's
+work in less, so ``floor / PyTorch ms`` is the lowest latency ratio any
+backend can reach; pre-processing and post-processing outside the network
+come on top.
+
 Without CHECKPOINT the weights are the model's own random initialisation
 (no ImageNet download). Detection post-processing depends on how many
 boxes pass the score threshold, so a trained checkpoint can time
@@ -62,6 +74,8 @@ from mmmetaformer_tools.launch import (
     run_tool,
 )
 from mmmetaformer_tools.measure import (
+    floor_ms,
+    gemm_rate,
     machine_summary,
     parse_hw,
     peak_step_memory,
@@ -124,6 +138,12 @@ def parse_args(argv=None):
         choices=('pytorch', 'onnxruntime'),
         default='pytorch',
         help='onnxruntime: CHECKPOINT is a file from tools/export_onnx.py',
+    )
+    parser.add_argument(
+        '--mac-floor',
+        action='store_true',
+        help="also print the network's MAC floor at the machine's fp32 "
+        'GEMM rate, and the median step against it',
     )
     return parser.parse_args(argv)
 
@@ -269,6 +289,12 @@ def main(argv=None):
         % (peak_step_memory(lambda: step(data), args.device) / 2**20)
     )
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
+    median_ms = statistics.median(step_times) * 1e3
+    floor = (
+        mac_floor(cfg, scope, data, args.device, median_ms)
+        if args.mac_floor
+        else None
+    )
 
     source = (
         f'random {size[0]}x{size[1]} images' if size else 'the test dataset'
@@ -288,8 +314,32 @@ def main(argv=None):
     print(
         f'| {osp.basename(args.config)} | {args.device} | {images} | '
         f'{images / sum(step_times):.2f} | {images / elapsed:.2f} | '
-        f'{statistics.median(step_times) * 1e3:.1f} | {peak} | '
-        f'{rss:.0f} |'
+        f'{median_ms:.1f} | {peak} | {rss:.0f} |'
+    )
+    if floor:
+        print(f'\n{floor}')
+
+
+def mac_floor(cfg, scope, data, device, median_ms):
+    """One line: the network's MACs for ``data``'s image, the floor they
+    make at the fp32 GEMM rate (see the module docstring) and the median
+    step against it."""
+    from mmmetaformer_tools.complexity import count_model_macs
+
+    image = data['inputs'][0][None].float()
+    counted = count_model_macs(build_model(cfg, None, 'cpu'), scope, image)
+    macs = counted['macs']
+    rate, source = gemm_rate(device), 'fp32 GEMM probe'
+    if floor_ms(macs, rate) > median_ms:
+        rate, source = 2 * macs / (median_ms * 1e-3) / 1e9, 'the timed step'
+    floor = floor_ms(macs, rate)
+    share = counted['by_operator'].get('conv', 0) / max(macs, 1)
+    return (
+        f'- MAC floor: {macs / 1e9:.4g} GMAC (the exported network at '
+        f'{image.shape[2]}x{image.shape[3]}, {share:.0%} in convolutions) '
+        f'at {rate:.4g} GFLOP/s ({source}, {torch.get_num_threads()} '
+        f'thread(s)) = {floor:.4g} ms; median step = '
+        f'{median_ms / floor:.2f}x the floor'
     )
 
 

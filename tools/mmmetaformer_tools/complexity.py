@@ -56,6 +56,7 @@ __all__ = [
     'REFERENCE',
     'count_backbone',
     'count_macs',
+    'count_model_macs',
     'count_params',
     'head_macs',
     'head_params',
@@ -269,6 +270,36 @@ def count_macs(model, inputs, fn=None, handles=None):
         )
     finally:
         model.train(was_training)
+
+
+def count_model_macs(model, scope, image):
+    """MACs of the whole network ``tools/export_onnx.py`` writes for
+    ``model``: preprocessing, backbone, neck, heads and the in-graph
+    post-processing of ``mmmetaformer.export`` (a detector's RoI heads on
+    the graph's fixed number of proposals; NMS and RoIAlign are ops without
+    a handle, listed in ``unsupported``).
+
+    Args:
+        model: an mmdet detector or mmseg ``EncoderDecoder``.
+        scope (str): ``'mmdet'`` or ``'mmseg'``.
+        image (Tensor): ``[N, 3, H, W]``, 0-255, as the test pipeline
+            leaves it.
+
+    Returns:
+        dict: as ``count_macs``.
+    """
+    if scope == 'mmdet':
+        from mmmetaformer.export.detector import DetectorGraph
+
+        graph = DetectorGraph(model)
+    else:
+        import copy
+
+        from mmmetaformer.export.segmentor import SegmentorGraph, export_swaps
+
+        graph = SegmentorGraph(copy.deepcopy(model))
+        export_swaps(graph)
+    return count_macs(graph, image.float())
 
 
 def count_backbone(
