@@ -157,6 +157,10 @@ TOY_CONFIGS = dict(
 # One block per stage, narrow stages; all four stages' widths, the last
 # three for RetinaNet (backbone out_indices 1..3).
 TINY_DIMS = [16, 32, 64, 64]
+# The same as a backbone ``arch``: every MetaFormer family takes it (its
+# own mixers and norms at this size), for tests of files and formats whose
+# subject is not the model's size (a checkpoint of it is about 1 MB).
+TINY_ARCH = dict(depths=[1, 1, 1, 1], dims=TINY_DIMS)
 # FPN and head width (toy: 128 RetinaNet and Semantic FPN, 256 Mask
 # R-CNN); the RetinaNet head's GroupNorm(32) needs 2 channels a group at
 # the 1x1 levels.
