@@ -25,6 +25,11 @@ from mmmetaformer.models import (
 from mmmetaformer.models.core import RandomMixing, stage_output_sizes
 from mmmetaformer.registry import MODELS
 from tests.helpers import family_archs, smallest_archs
+from tests.tolerance import (
+    assert_close,
+    assert_gradients_close,
+    model_rounding,
+)
 
 ALL_ARCHS = [(name, arch) for _, name, arch in family_archs()]
 ARCH_IDS = [f'{c}-{a}' for c, a in ALL_ARCHS]
@@ -212,12 +217,10 @@ def test_with_cp_same_outputs_and_gradients(cls_name, arch):
         results.append(
             (outs, {n: p.grad.clone() for n, p in model.named_parameters()})
         )
-    for a, b in zip(results[0][0], results[1][0]):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
-    for name, grad in results[0][1].items():
-        torch.testing.assert_close(
-            grad, results[1][1][name], rtol=1e-4, atol=1e-5, msg=name
-        )
+    rounding = model_rounding(plain)
+    for a, b in zip(results[1][0], results[0][0]):
+        assert_close(a, b, *rounding)
+    assert_gradients_close(results[1][1], results[0][1], *rounding)
 
 
 @pytest.mark.parametrize('cls_name,arch', TINY_ARCHS, ids=TINY_IDS)

@@ -27,6 +27,8 @@ import mmmetaformer  # noqa: F401
 from mmmetaformer.models.core.layers import StarReLU
 from mmmetaformer.registry import MODELS
 
+from .tolerance import assert_close, assert_gradients_close, model_rounding
+
 TINY = dict(depths=[1, 1, 1, 1], dims=[16, 32, 64, 64])
 # one tiny arch per family (ConvMixer with ReLU, as 768/32). The generic
 # ``MetaFormer`` builds the same layers from an arch dict: it has no code of
@@ -147,18 +149,18 @@ def test_fullgraph_compile_equals_eager():
         results.append(
             (
                 [o.detach() for o in outs],
-                [p.grad.clone() for p in model.parameters()],
+                {n: p.grad.clone() for n, p in model.named_parameters()},
             )
         )
     (eager_outs, eager_grads), (outs, grads) = results
+    rounding = model_rounding(model)
     for a, b in zip(outs, eager_outs):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
-    for a, b in zip(grads, eager_grads):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+        assert_close(a, b, *rounding)
+    assert_gradients_close(grads, eager_grads, *rounding)
     model.eval()
     with torch.no_grad():
         for a, b in zip(compiled(x), model(x)):
-            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+            assert_close(a, b, *rounding)
 
 
 # --- forward hooks -------------------------------------------------------

@@ -41,10 +41,14 @@ def model_rounding(model):
     return max(m.weight[0].numel() for m in layers), len(layers)
 
 
-def assert_close(actual, expected, reduction, depth=1, msg='', scale=None):
-    """``actual`` equals ``expected`` up to ``rounding_tolerance`` (dtype of
-    ``expected``), relative to ``scale``: by default the largest magnitude
-    of ``expected``. A quantity that cancels to about zero (the gradient of
+def assert_close(
+    actual, expected, reduction, depth=1, msg='', scale=None, dtype=None
+):
+    """``actual`` equals ``expected`` up to ``rounding_tolerance`` in
+    ``dtype`` (the format the computations round in; default: that of
+    ``expected``, e.g. ``torch.bfloat16`` for fp32 results of an autocast
+    region), relative to ``scale``: by default the largest magnitude of
+    ``expected``. A quantity that cancels to about zero (the gradient of
     a shift that the next layer removes) is compared at the magnitude of
     the terms it sums instead: pass that as ``scale``."""
     assert actual.shape == expected.shape, (msg, actual.shape, expected.shape)
@@ -52,7 +56,8 @@ def assert_close(actual, expected, reduction, depth=1, msg='', scale=None):
     actual = actual.detach().to(expected.dtype)
     if scale is None:
         scale = expected.abs().max().item()
-    allowed = rounding_tolerance(expected.dtype, reduction, depth) * max(
+    dtype = dtype or expected.dtype
+    allowed = rounding_tolerance(dtype, reduction, depth) * max(
         scale, torch.finfo(expected.dtype).tiny
     )
     diff = (actual - expected).abs().max().item()
