@@ -260,3 +260,21 @@ def benchmark_row(stdout, config_name):
     figures = [float(c) for c in cells[3:]]
     assert all(f > 0 for f in figures), cells
     return cells
+
+
+def tiny_variant(directory, config, kind, arch=None):
+    """``config`` (any RetinaNet, Mask R-CNN or Semantic FPN config, ``kind``
+    as in ``TINY_HEADS``) with a tiny backbone (``arch``, by default
+    ``TINY_ARCH``) and the tiny heads of ``tiny_config``, as a config that
+    inherits it (its datasets, recipe and ``custom_imports`` kept):
+    ``directory/<config's stem>_tiny.py``. For tests of a real config's
+    checkpoint layout whose subject is not the model's size."""
+    arch = TINY_ARCH if arch is None else arch
+    tiny = Path(directory) / f'{Path(config).stem}_tiny.py'
+    tiny.write_text(
+        f'_base_ = [{str(config)!r}]\n'
+        'model = dict(\n'
+        f'    backbone=dict(arch=dict(_delete_=True, **{arch!r})),\n'
+        + TINY_HEADS[kind]
+    )
+    return tiny
