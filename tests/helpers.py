@@ -278,3 +278,88 @@ def tiny_variant(directory, config, kind, arch=None):
         + TINY_HEADS[kind]
     )
     return tiny
+
+
+# timm's arguments of each MetaFormer family's variants other than depths
+# and dims (timm.models.metaformer's model functions, e.g.
+# ``poolformer_s12``), for references of that family at any size.
+TIMM_METAFORMER_KWARGS = dict(
+    poolformer=lambda nn, tm: dict(
+        downsample_norm=None,
+        mlp_act=nn.GELU,
+        mlp_bias=True,
+        norm_layers=tm.GroupNorm1,
+        layer_scale_init_values=1e-5,
+        res_scale_init_values=None,
+        use_mlp_head=False,
+    ),
+    poolformerv2=lambda nn, tm: dict(
+        norm_layers=tm.GroupNorm1NoBias, use_mlp_head=False
+    ),
+    convformer=lambda nn, tm: dict(
+        token_mixers=tm.SepConv, norm_layers=tm.LayerNorm2dNoBias
+    ),
+    caformer=lambda nn, tm: dict(
+        token_mixers=[tm.SepConv] * 2 + [tm.Attention] * 2,
+        norm_layers=[tm.LayerNorm2dNoBias] * 2 + [tm.LayerNormNoBias] * 2,
+    ),
+)
+
+
+def module_layout(model):
+    """``(module class names, state-dict keys with every number as '#')``:
+    what a network is built of, whatever its depths and widths."""
+    import re
+
+    return (
+        {type(m).__name__ for m in model.modules()},
+        {re.sub(r'\d+', '#', key) for key in model.state_dict()},
+    )
+
+
+@functools.cache
+def timm_layout(name, features_only=False):
+    """``module_layout`` of ``timm.create_model(name)``, built on the meta
+    device (nothing is computed or written). timm's MetaFormer weight init
+    is skipped there: on meta tensors it keeps nothing and takes seconds
+    (trunc_normal_ decomposed op by op)."""
+    import timm
+    import torch
+    from timm.models.metaformer import MetaFormer
+
+    init = MetaFormer._init_weights
+    MetaFormer._init_weights = lambda self, module: None
+    try:
+        with torch.device('meta'):
+            model = timm.create_model(
+                name, pretrained=False, features_only=features_only
+            )
+    finally:
+        MetaFormer._init_weights = init
+    return module_layout(model)
+
+
+def tiny_timm_metaformer(name, features_only=False):
+    """timm's model ``name`` (``'caformer_s18'``) at ``TINY_ARCH``'s size:
+    timm's ``MetaFormer`` with the variant's other arguments
+    (``TIMM_METAFORMER_KWARGS``), through timm's own builder (with
+    ``features_only``, its stage-features wrapper, as
+    ``timm.create_model(name, features_only=True)`` makes it). Checked to
+    be built of the variant's modules with the variant's key pattern
+    (``timm_layout``), so the tiny reference is that variant made small."""
+    import torch.nn as nn
+    from timm.models import build_model_with_cfg
+    from timm.models import metaformer as tm
+
+    family = name.split('_')[0]
+    model = build_model_with_cfg(
+        tm.MetaFormer,
+        name,
+        pretrained=False,
+        features_only=features_only,
+        feature_cfg=dict(flatten_sequential=True, out_indices=(0, 1, 2, 3)),
+        **TINY_ARCH,
+        **TIMM_METAFORMER_KWARGS[family](nn, tm),
+    )
+    assert module_layout(model) == timm_layout(name, features_only), name
+    return model
