@@ -262,20 +262,35 @@ def benchmark_row(stdout, config_name):
     return cells
 
 
-def tiny_variant(directory, config, kind, arch=None):
+# Widths that grow at every stage, as every published size's do: the
+# authors' PoolFormer and mmpretrain's put a downsampling layer only where
+# the width changes, so their layouts at ``TINY_DIMS`` (64, 64) would lack
+# the last one.
+GROWING_TINY_DIMS = [16, 32, 48, 64]
+
+
+def tiny_variant(directory, config, kind, dims=None, arch=None):
     """``config`` (any RetinaNet, Mask R-CNN or Semantic FPN config, ``kind``
-    as in ``TINY_HEADS``) with a tiny backbone (``arch``, by default
-    ``TINY_ARCH``) and the tiny heads of ``tiny_config``, as a config that
-    inherits it (its datasets, recipe and ``custom_imports`` kept):
-    ``directory/<config's stem>_tiny.py``. For tests of a real config's
-    checkpoint layout whose subject is not the model's size."""
-    arch = TINY_ARCH if arch is None else arch
+    as in ``TINY_HEADS``) with a tiny backbone and the tiny heads of
+    ``tiny_config``, as a config that inherits it (its datasets, recipe and
+    ``custom_imports`` kept): ``directory/<config's stem>_tiny.py``.
+
+    The backbone takes ``arch`` (default: one block a stage, ``dims``),
+    the neck ``dims`` (default ``TINY_DIMS``; RetinaNet's the last three).
+    For tests of a real config's checkpoint layout whose subject is not
+    the model's size.
+    """
+    dims = list(TINY_DIMS if dims is None else dims)
+    arch = dict(depths=[1, 1, 1, 1], dims=dims) if arch is None else arch
     tiny = Path(directory) / f'{Path(config).stem}_tiny.py'
     tiny.write_text(
         f'_base_ = [{str(config)!r}]\n'
         'model = dict(\n'
         f'    backbone=dict(arch=dict(_delete_=True, **{arch!r})),\n'
         + TINY_HEADS[kind]
+        # the neck reads the backbone's widths (TINY_HEADS: TINY_DIMS)
+        + f"model['neck']['in_channels'] = "
+        f'{dims[1:] if kind == "retinanet" else dims}\n'
     )
     return tiny
 
