@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 import pytest
 
-from .helpers import REPO_ROOT, load_tool
+from .helpers import REPO_ROOT, load_tool, tiny_config
 
 PICTURES = ('learning_curves.png', 'detections.jpg', 'segmentation.jpg')
 FIGURE = re.compile(
@@ -28,11 +28,28 @@ FIGURE = re.compile(
 )
 
 
-def run_demo(root, *extra, timeout=600):
+# tools/demo.py with its two toy configs swapped for given ones, the rest
+# of its code path as `make demo` runs it.
+DEMO_WITH_CONFIGS = """
+import importlib.util, sys
+spec = importlib.util.spec_from_file_location('demo', 'tools/demo.py')
+demo = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(demo)
+demo.DET_CONFIG, demo.SEG_CONFIG = sys.argv[1:3]
+sys.exit(demo.main(sys.argv[3:]))
+"""
+
+
+def run_demo(root, *extra, configs=None, timeout=600):
+    """tools/demo.py into ``root``; with ``configs`` (detection,
+    segmentation) in place of its toy configs."""
+    launch = ['tools/demo.py']
+    if configs is not None:
+        launch = ['-c', DEMO_WITH_CONFIGS, *map(str, configs)]
     return subprocess.run(
         [
             sys.executable,
-            'tools/demo.py',
+            *launch,
             '--work-dir',
             str(root / 'work'),
             '--data-dir',
@@ -50,7 +67,9 @@ def run_demo(root, *extra, timeout=600):
 def demo(tmp_path_factory):
     """One tiny demo run with the floors of `make demo`, which any tiny
     run's figures are below: the demo writes its pictures and report,
-    then exits 3 (one run serves every test here)."""
+    then exits 3 (one run serves every test here). Its toy RetinaNet and
+    Semantic FPN have a tiny PoolFormer and heads: the code path is the
+    subject, and their checkpoints are then ~1 MB instead of ~50 MB."""
     root = tmp_path_factory.mktemp('demo')
     proc = run_demo(
         root,
@@ -68,6 +87,10 @@ def demo(tmp_path_factory):
         '2',
         '--seg-iters',
         '2',
+        configs=(
+            tiny_config(root, 'retinanet'),
+            tiny_config(root, 'semantic_fpn'),
+        ),
     )
     assert proc.returncode in (0, 3), (proc.stdout + proc.stderr)[-4000:]
     return root / 'work', proc
@@ -213,7 +236,8 @@ def test_overrides_are_by_name():
 
 @pytest.fixture(scope='module')
 def toy_detector(tmp_path_factory):
-    """The demo's detection config on a 2-image toy set and two untrained
+    """The demo's detection config (with a tiny backbone and heads: the
+    labels are the subject) on a 2-image toy set and two untrained
     checkpoints of it: one written by the Runner (its ``meta`` names the
     classes) and the same weights without ``meta``. Label 0 (airplane)
     scores ~1 on every anchor, so every drawn box carries it."""
@@ -224,6 +248,7 @@ def toy_detector(tmp_path_factory):
 
     demo = demo_module()
     root = tmp_path_factory.mktemp('toy_detector')
+    demo.DET_CONFIG = str(tiny_config(root, 'retinanet'))
     data = toy.make_coco(
         root / 'toy_coco', num_train=2, num_val=2, img_size=64
     )
