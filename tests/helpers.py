@@ -295,6 +295,12 @@ def tiny_variant(directory, config, kind, dims=None, arch=None):
     return tiny
 
 
+# One block a stage, widths that grow at every stage as every published
+# size's do (timm's MetaFormer, like the authors' PoolFormer and
+# mmpretrain's, has no downsampling layer where the width stays) and are
+# multiples of CAFormer's attention head width (32) in stages 3 and 4.
+GROWING_TINY_ARCH = dict(depths=[1, 1, 1, 1], dims=[16, 32, 64, 96])
+
 # timm's arguments of each MetaFormer family's variants other than depths
 # and dims (timm.models.metaformer's model functions, e.g.
 # ``poolformer_s12``), for references of that family at any size.
@@ -355,7 +361,7 @@ def timm_layout(name, features_only=False):
 
 
 def tiny_timm_metaformer(name, features_only=False):
-    """timm's model ``name`` (``'caformer_s18'``) at ``TINY_ARCH``'s size:
+    """timm's model ``name`` (``'caformer_s18'``) at ``GROWING_TINY_ARCH``:
     timm's ``MetaFormer`` with the variant's other arguments
     (``TIMM_METAFORMER_KWARGS``), through timm's own builder (with
     ``features_only``, its stage-features wrapper, as
@@ -373,8 +379,21 @@ def tiny_timm_metaformer(name, features_only=False):
         pretrained=False,
         features_only=features_only,
         feature_cfg=dict(flatten_sequential=True, out_indices=(0, 1, 2, 3)),
-        **TINY_ARCH,
+        **GROWING_TINY_ARCH,
         **TIMM_METAFORMER_KWARGS[family](nn, tm),
     )
     assert module_layout(model) == timm_layout(name, features_only), name
     return model
+
+
+def tiny_backbone_config(directory, backbone_type, arch=None):
+    """A config of just a ``backbone_type`` backbone with ``arch`` (default
+    ``TINY_ARCH``): ``directory/tiny_<type>.py``, for
+    ``convert_checkpoint.py --check-config`` on a tiny checkpoint (without
+    it the tool checks against the published sizes only)."""
+    arch = TINY_ARCH if arch is None else arch
+    path = Path(directory) / f'tiny_{backbone_type.lower()}.py'
+    path.write_text(
+        f'model = dict(backbone=dict(type={backbone_type!r}, arch={arch!r}))\n'
+    )
+    return path
