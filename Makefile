@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 # TEST_WORKERS=0` runs them in this process.
 TEST_WORKERS ?= 2
 
-.PHONY: env lint test test-all demo clean-env
+.PHONY: env lint test test-all test-kernels demo clean-env
 
 env:
 	MMMETAFORMER_VENV=$(abspath $(VENV)) bash tools/setup_env.sh $(STACK)
@@ -34,6 +34,19 @@ test: env
 test-all:
 	$(MAKE) test STACK=current
 	$(MAKE) test STACK=classic
+
+# The numeric contracts on another CPU's kernels: ATen's scalar kernels,
+# oneDNN's SSE4.1 and MKL's SSE4.2 code paths (other blockings, other
+# summation orders), as on an x86-64 CPU without AVX2. The tolerances come
+# from the dtype and the reductions (tests/tolerance.py), so these pass on
+# any CPU; this run checks that on a second kind of kernel.
+KERNEL_TESTS = tests/test_backbones.py tests/test_fast_paths.py \
+	tests/test_fuse.py tests/test_onnx.py tests/test_meta_device.py \
+	tests/test_compile_hooks_amp.py tests/test_checkpoints.py
+test-kernels: env
+	ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=SSE41 \
+	MKL_ENABLE_INSTRUCTIONS=SSE4_2 \
+	$(PYTHON) -m pytest $(KERNEL_TESTS) -q -n $(TEST_WORKERS) --dist loadfile
 
 demo: env
 	$(PYTHON) tools/demo.py
