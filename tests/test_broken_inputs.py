@@ -19,13 +19,9 @@ from mmmetaformer.checkpoint import CorruptCheckpointError, read_checkpoint
 from mmmetaformer.registry import MODELS
 
 from .forked_tools import ForkedTool
-from .helpers import REPO_ROOT
+from .helpers import tiny_config
 from .test_images import png_declaring
 
-DET_CONFIG = REPO_ROOT / 'configs/toy/retinanet_poolformer_s12_toy_coco.py'
-SEG_CONFIG = (
-    REPO_ROOT / 'configs/toy/semantic_fpn_poolformer_s12_toy_ade20k.py'
-)
 DET_SMALL = ['test_dataloader.dataset.pipeline.1.scale=(64,64)']
 SEG_SMALL = [
     'train_dataloader.batch_size=1',
@@ -95,12 +91,17 @@ def cases(tmp_path_factory):
     from mmengine.config import Config
     from mmengine.registry import init_default_scope
 
+    # the toy RetinaNet and Semantic FPN with a tiny backbone and heads:
+    # the broken files, not the model's size, are the subject
+    det_config = tiny_config(cwd, 'retinanet')
+    seg_config = tiny_config(cwd, 'semantic_fpn')
     init_default_scope('mmdet')
-    model = MODELS.build(Config.fromfile(DET_CONFIG).model)
+    model = MODELS.build(Config.fromfile(det_config).model)
     checkpoint = cwd / 'retinanet.pth'
     torch.save({'state_dict': model.state_dict()}, checkpoint)
     truncated = cwd / 'truncated.pth'
-    truncated.write_bytes(checkpoint.read_bytes()[:1_000_000])
+    data = checkpoint.read_bytes()
+    truncated.write_bytes(data[: len(data) // 2])
 
     found = {}
     json_root = copy_toy(clean, cwd, 'json')
@@ -132,7 +133,7 @@ def cases(tmp_path_factory):
         return (
             'test.py',
             [
-                DET_CONFIG,
+                det_config,
                 ckpt,
                 '--work-dir',
                 root / 'work',
@@ -152,7 +153,7 @@ def cases(tmp_path_factory):
         label=(
             'train.py',
             [
-                SEG_CONFIG,
+                seg_config,
                 '--work-dir',
                 label_root / 'work',
                 '--cfg-options',
@@ -174,7 +175,7 @@ def cases(tmp_path_factory):
         ]
         for name, run in started:
             results[name] = run.wait()
-    checkpoint.unlink()  # read by the runs (~50 MB)
+    checkpoint.unlink()  # read by the runs
     found['truncated'] = truncated
     return results, found
 

@@ -13,10 +13,10 @@ ConvFormer and CAFormer.
   Mask2Former R-50 and mmdet's Mask2Former R-50 instance configs, tensor
   by tensor: only the input projections
   that read the backbone differ, and only in their input channels.
-- Toy DINO and toy Mask2Former train 4 iterations on one repeated batch
-  through tools/train.py (loss lower at the end, the constructor's groups
-  logged, a checkpoint), and tools/test.py scores the checkpoint (COCO box
-  mAP, mIoU).
+- Toy DINO and toy Mask2Former (with a tiny backbone of the same family)
+  train 4 iterations on one repeated batch through tools/train.py (loss
+  lower at the end, the constructor's groups logged, a checkpoint), and
+  tools/test.py scores the checkpoint (COCO box mAP, mIoU).
 """
 
 import copy
@@ -38,6 +38,8 @@ from mmmetaformer.models.backbones.metaformer import FAMILY_CLASSES
 
 from .helpers import (
     REPO_ROOT,
+    TINY_ARCH,
+    TINY_DIMS,
     merged_into,
     own_settings,
     pretrained_checkpoint,
@@ -482,13 +484,36 @@ def losses_by_iteration(work_dir):
     return [row['loss'] for row in rows if 'loss' in row]
 
 
+# What reads the backbone: DINO's ChannelMapper (stages 2..4), the
+# Mask2Former pixel decoder (all four stages).
+TINY_INPUTS = dict(
+    dino=f'neck=dict(in_channels={TINY_DIMS[1:]})',
+    mask2former=f'decode_head=dict(in_channels={TINY_DIMS})',
+)
+
+
+def tiny_toy(head, directory):
+    """The toy ``head`` config with a tiny backbone of the same family
+    (its checkpoint is the heads' ~18 MB, not the S18's ~110 MB: the
+    training loop, not the backbone's size, is the subject)."""
+    path = directory / f'{head}_tiny_toy.py'
+    path.write_text(
+        f'_base_ = [{str(TOY[head])!r}]\n'
+        'model = dict(\n'
+        f'    backbone=dict(arch=dict(_delete_=True, **{TINY_ARCH!r})),\n'
+        f'    {TINY_INPUTS[head]})\n'
+    )
+    return path
+
+
 @pytest.fixture(scope='module', params=list(TOY))
 def toy_run(request, toy_data, tmp_path_factory):
     head = request.param
     work_dir = tmp_path_factory.mktemp(f'{head}_work')
+    config = tiny_toy(head, work_dir)
     proc = run_tool(
         'train.py',
-        TOY[head],
+        config,
         '--work-dir',
         work_dir,
         '--cfg-options',
@@ -496,19 +521,19 @@ def toy_run(request, toy_data, tmp_path_factory):
     )
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output[-5000:]
-    return head, work_dir, output
+    return head, work_dir, config, output
 
 
 def test_toy_trains_with_falling_loss(toy_run):
-    head, work_dir, output = toy_run
+    head, work_dir, _, output = toy_run
     losses = losses_by_iteration(work_dir)
     assert len(losses) == 4, losses
     assert all(map(lambda v: v == v and abs(v) < 1e6, losses)), losses
     assert losses[-1] < losses[0], losses
     backbone = (
-        'ConvFormer([3, 3, 9, 3]), decay_type=layer_wise'
+        'ConvFormer([1, 1, 1, 1]), decay_type=layer_wise'
         if head == 'dino'
-        else 'CAFormer([3, 3, 9, 3]), decay_type=stage_wise'
+        else 'CAFormer([1, 1, 1, 1]), decay_type=stage_wise'
     )
     assert f'MetaFormerLayerDecayConstructor: {backbone}' in output
     checkpoint = next(work_dir.glob('*_4.pth'))
@@ -516,11 +541,11 @@ def test_toy_trains_with_falling_loss(toy_run):
 
 
 def test_toy_test_scores_checkpoint(toy_run, toy_data, tmp_path):
-    head, work_dir, _ = toy_run
+    head, work_dir, config, _ = toy_run
     checkpoint = next(work_dir.glob('*_4.pth'))
     proc = run_tool(
         'test.py',
-        TOY[head],
+        config,
         checkpoint,
         '--work-dir',
         tmp_path,
@@ -533,4 +558,4 @@ def test_toy_test_scores_checkpoint(toy_run, toy_data, tmp_path):
         assert re.search(r'coco/bbox_mAP: -?\d\.\d+', output)
     else:
         assert re.search(r'mIoU: [\d.]+', output)
-    checkpoint.unlink()  # its last reader (~100 MB)
+    checkpoint.unlink()  # its last reader
