@@ -30,7 +30,7 @@ from mmmetaformer.engine.checkpoint_hooks import (
 )
 from mmmetaformer.registry import MODELS
 
-from .helpers import REPO_ROOT
+from .helpers import REPO_ROOT, TINY_ARCH, tiny_config
 
 SEG_CONFIG = str(
     REPO_ROOT / 'configs/toy/semantic_fpn_poolformer_s12_toy_ade20k.py'
@@ -279,32 +279,37 @@ def native(state_dict):
     return {'meta': {NATIVE_META_KEY: 1}, 'state_dict': state_dict}
 
 
-def test_in_place_conversion_onto_a_full_disk_keeps_the_source(
-    s12_weights, tmp_path
-):
+def test_in_place_conversion_onto_a_full_disk_keeps_the_source(tmp_path):
     """SRC = DST: the source is read whole, the output written aside; a
-    write that fails leaves the source byte for byte, and no partial."""
+    write that fails leaves the source byte for byte, and no partial. A
+    tiny PoolFormer (~0.6 MB) checked against a tiny config's backbone."""
     src = tmp_path / 'weights.pth'
-    # full size: the converted file must outgrow the 1 MB limit
-    torch.save(
-        native({k: v.contiguous() for k, v in s12_weights.items()}), src
-    )
+    torch.manual_seed(0)
+    weights = MODELS.build(
+        dict(type='PoolFormer', arch=TINY_ARCH)
+    ).state_dict()
+    torch.save(native(weights), src)
+    config = tiny_config(tmp_path, 'semantic_fpn')
+    files = sorted(p.name for p in tmp_path.iterdir())
     before = digest(src)
-    with FileSizeLimit(2**20):
-        line = convert_error_line(src, src, '--arch', 'poolformer_s12')
+    # the converted file (as large as the source) outgrows the limit
+    with FileSizeLimit(src.stat().st_size // 2):
+        line = convert_error_line(src, src, '--check-config', config)
     assert line == (
         f'error: Could not write {src}: File too large '
         '(OSError); the partial file was removed and weights.pth '
         'was left as it was'
     )
     assert digest(src) == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ['weights.pth']
+    assert sorted(p.name for p in tmp_path.iterdir()) == files
     # with room, in place works and gives our format
-    assert CONVERT.main([str(src), str(src), '--arch', 'poolformer_s12']) == 0
+    assert (
+        CONVERT.main([str(src), str(src), '--check-config', str(config)]) == 0
+    )
     converted = read_checkpoint(src)
     assert converted['meta']['source_format'] == 'mmmetaformer'
-    assert set(converted['state_dict']) == set(s12_weights)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ['weights.pth']
+    assert set(converted['state_dict']) == set(weights)
+    assert sorted(p.name for p in tmp_path.iterdir()) == files
 
 
 @pytest.mark.parametrize('dtype', [torch.int64, torch.bool, torch.complex64])
@@ -355,14 +360,11 @@ def test_destination_that_is_a_folder_or_under_a_missing_one(
 # --------------------------------------------------------------------------
 
 
-TINY_DIMS = [16, 32, 64, 128]
-
-
 @pytest.fixture(scope='module')
 def toy(tmp_path_factory):
     """The toy ADE20K (two 64 px scenes), the toy Semantic FPN config with
-    a one-block-per-stage PoolFormer of dims 16..128 (its checkpoints are
-    small), and its training state after one iteration."""
+    a tiny PoolFormer and heads (``tiny_config``: its checkpoints are about
+    a MB), and its training state after one iteration."""
     import os
 
     root = tmp_path_factory.mktemp('tool_outputs')
@@ -373,20 +375,9 @@ def toy(tmp_path_factory):
         img_size=64,
         seed=0,
     )
-    tiny = root / 'tiny.py'
-    tiny.write_text(
-        f'_base_ = [{SEG_CONFIG!r}]\n'
-        'model = dict(\n'
-        '    backbone=dict(arch=dict(_delete_=True, depths=[1, 1, 1, 1],\n'
-        f'                            dims={TINY_DIMS})),\n'
-        f'    neck=dict(in_channels={TINY_DIMS}))\n'
-    )
     # Resolved once into one file without bases: the tools parse it in a
     # fraction of the time the mmseg:: chain takes.
-    from mmengine.config import Config
-
-    config = root / 'tiny_flat.py'
-    Config.fromfile(str(tiny)).dump(str(config))
+    config = tiny_config(root, 'semantic_fpn')
     cwd = os.getcwd()
     os.chdir(root)
     try:
@@ -665,26 +656,16 @@ def written_files(folder):
 
 @pytest.fixture(scope='module')
 def toy_detector(tmp_path_factory):
-    """The toy COCO (two 64 px images) and the toy RetinaNet with a
-    one-block-per-stage PoolFormer of dims 16..128 (its own random
-    weights), flattened; returns ``(folder, config, checkpoint)``."""
+    """The toy COCO (two 64 px images) and the toy RetinaNet with a tiny
+    PoolFormer and heads (``tiny_config``, its own random weights),
+    flattened; returns ``(folder, config, checkpoint)``."""
     from mmengine.config import Config
     from mmengine.registry import init_default_scope
 
     root = tmp_path_factory.mktemp('test_tool_det')
     make_coco(root / 'data' / 'toy_coco', num_train=1, num_val=2, img_size=64)
-    tiny = root / 'tiny.py'
-    base = REPO_ROOT / 'configs/toy/retinanet_poolformer_s12_toy_coco.py'
-    tiny.write_text(
-        f'_base_ = [{str(base)!r}]\n'
-        'model = dict(\n'
-        '    backbone=dict(arch=dict(_delete_=True, depths=[1, 1, 1, 1],\n'
-        f'                            dims={TINY_DIMS})),\n'
-        f'    neck=dict(in_channels={TINY_DIMS[1:]}))\n'
-    )
-    cfg = Config.fromfile(str(tiny))
-    config = root / 'tiny_flat.py'
-    cfg.dump(str(config))
+    config = tiny_config(root, 'retinanet')
+    cfg = Config.fromfile(str(config))
     init_default_scope('mmdet')
     from mmdet.registry import MODELS as DET_MODELS
 
