@@ -263,10 +263,10 @@ def benchmark_row(stdout, config_name):
 
 
 # Widths that grow at every stage, as every published size's do: the
-# authors' PoolFormer and mmpretrain's put a downsampling layer only where
-# the width changes, so their layouts at ``TINY_DIMS`` (64, 64) would lack
-# the last one.
-GROWING_TINY_DIMS = [16, 32, 48, 64]
+# authors' PoolFormer, mmpretrain's and timm's MetaFormer put a downsampling
+# layer only where the width changes, so their layouts at ``TINY_DIMS``
+# (64, 64) lack the last one. Attention stages take 32-channel heads.
+GROWING_TINY_DIMS = [16, 32, 64, 96]
 
 
 def tiny_variant(directory, config, kind, dims=None, arch=None):

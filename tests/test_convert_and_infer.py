@@ -1,35 +1,103 @@
 """tools/convert_checkpoint.py checks what it writes; tools/infer.py takes a
-file, folder or list and writes pictures and predictions."""
+file, folder or list and writes pictures and predictions.
 
+The files are small: a published size's tensors where only their names
+and shapes are judged are views of one zero (kilobytes); what the tools
+write (conversions, a detector's checkpoint) is of one-block, narrow
+models (``tests/helpers.py``)."""
+
+import functools
 import json
+import re
 
 import pytest
 import torch
 
-from tests.helpers import REPO_ROOT, run_tool
+from mmmetaformer.checkpoint import read_checkpoint, to_native
+from mmmetaformer.checkpoint.formats import CLASSIFIER_PREFIXES
+from tests.helpers import (
+    GROWING_TINY_DIMS,
+    REPO_ROOT,
+    load_tool,
+    run_tool,
+    tiny_config,
+    tiny_variant,
+)
 
 CONFIGS = REPO_ROOT / 'configs'
 
 
-@pytest.fixture(scope='module')
-def caformer_timm_file(tmp_path_factory):
-    """CAFormer-S18 weights in timm's layout (random values)."""
+@functools.cache
+def timm_caformer_s18():
     timm = pytest.importorskip('timm')
+    return timm.create_model('caformer_s18', pretrained=False)
+
+
+@pytest.fixture(scope='module')
+def caformer_s18_shapes(tmp_path_factory):
+    """CAFormer-S18's tensors in timm's layout, each a view of one zero
+    (stride 0): the published names and shapes, which are all the format
+    and fit checks judge, in a file of kilobytes instead of 100 MB."""
     path = tmp_path_factory.mktemp('timm') / 'caformer_s18.pth'
     torch.save(
-        timm.create_model('caformer_s18', pretrained=False).state_dict(), path
+        {
+            k: torch.zeros((), dtype=v.dtype).expand(v.shape)
+            for k, v in timm_caformer_s18().state_dict().items()
+        },
+        path,
     )
-    yield path
-    path.unlink()  # ~100 MB, read by the tests below
+    return path
+
+
+def layout(model):
+    """The module classes and the key pattern (digits normalised) of a
+    model: what a narrower, shallower model of the same variant shares."""
+    classes = {type(m).__name__ for m in model.modules()}
+    keys = {re.sub(r'\d+', '#', k) for k in model.state_dict()}
+    return classes, keys
+
+
+@pytest.fixture(scope='module')
+def tiny_caformer_timm(tmp_path_factory):
+    """A CAFormer in timm's layout, one block a stage of growing widths
+    (random values; timm's generic MetaFormer with caformer_s18's mixers and
+    norms, checked against timm's caformer_s18), and
+    ``configs/retinanet_caformer_s18_coco.py`` with that backbone
+    (``tiny_variant``)."""
+    from timm.models.metaformer import (
+        Attention,
+        LayerNorm2dNoBias,
+        LayerNormNoBias,
+        MetaFormer,
+        SepConv,
+    )
+
+    model = MetaFormer(
+        token_mixers=[SepConv, SepConv, Attention, Attention],
+        norm_layers=[LayerNorm2dNoBias] * 2 + [LayerNormNoBias] * 2,
+        depths=[1, 1, 1, 1],
+        dims=GROWING_TINY_DIMS,
+    )
+    assert layout(model) == layout(timm_caformer_s18())
+    directory = tmp_path_factory.mktemp('tiny_timm')
+    path = directory / 'caformer_tiny.pth'
+    torch.save(model.state_dict(), path)
+    config = tiny_variant(
+        directory,
+        CONFIGS / 'retinanet_caformer_s18_coco.py',
+        'retinanet',
+        GROWING_TINY_DIMS,
+    )
+    return path, config
 
 
 def test_weights_converted_in_the_wrong_format_are_refused(
-    caformer_timm_file, tmp_path
+    caformer_s18_shapes, tmp_path
 ):
     dst = tmp_path / 'out.pth'
     proc = run_tool(
         'convert_checkpoint.py',
-        caformer_timm_file,
+        caformer_s18_shapes,
         dst,
         '--format',
         'poolformer_v1',
@@ -43,44 +111,71 @@ def test_weights_converted_in_the_wrong_format_are_refused(
 
 
 def test_converted_weights_name_the_arch_they_fit(
-    caformer_timm_file, tmp_path
+    caformer_s18_shapes, tiny_caformer_timm, tmp_path
 ):
+    """The tool tries every registered arch: timm's CAFormer-S18 tensors
+    fit caformer_s18 alone. Judged here on the published shapes by the
+    tool's own search (the file it would write is 100 MB of zeros); the
+    tool's run converts a tiny CAFormer in timm's layout, writes it and
+    names what it fits (the backbone of a config)."""
+    convert = load_tool('convert_checkpoint.py')
+    state_dict, fmt, _ = to_native(read_checkpoint(caformer_s18_shapes))
+    assert fmt == 'timm'
+    backbone = {
+        k: v
+        for k, v in state_dict.items()
+        if not k.startswith(CLASSIFIER_PREFIXES)
+    }
+    args = convert.parse_args([str(caformer_s18_shapes), 'unused.pth'])
+    assert convert.check_backbone(args, backbone) == ['caformer_s18']
+
+    src, config = tiny_caformer_timm
     dst = tmp_path / 'out.pth'
-    proc = run_tool('convert_checkpoint.py', caformer_timm_file, dst)
+    proc = run_tool(
+        'convert_checkpoint.py', src, dst, '--check-config', config
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert 'they fit caformer_s18' in proc.stdout
+    assert 'format timm, wrote' in proc.stdout
+    assert f'they fit {config}' in proc.stdout
     assert dst.is_file()
-    dst.unlink()  # ~100 MB, checked by the converter itself
 
 
-def test_check_config_accepts_a_backbone_conversion(tmp_path):
+def test_check_config_accepts_a_backbone_conversion(
+    tiny_caformer_timm, tmp_path
+):
+    """A tiny PoolFormer against a config with that backbone, then against
+    one with a CAFormer of the same widths (other mixers and norms)."""
     import mmmetaformer  # noqa: F401
     from mmmetaformer.registry import MODELS
 
     src, dst = tmp_path / 'src.pth', tmp_path / 'dst.pth'
+    dims = GROWING_TINY_DIMS
     torch.save(
-        MODELS.build(dict(type='PoolFormer', arch='s12')).state_dict(), src
+        MODELS.build(
+            dict(type='PoolFormer', arch=dict(depths=[1, 1, 1, 1], dims=dims))
+        ).state_dict(),
+        src,
+    )
+    config = tiny_variant(
+        tmp_path,
+        CONFIGS / 'retinanet_poolformer_s12_coco.py',
+        'retinanet',
+        dims,
     )
     proc = run_tool(
-        'convert_checkpoint.py',
-        src,
-        dst,
-        '--check-config',
-        CONFIGS / 'retinanet_poolformer_s12_coco.py',
+        'convert_checkpoint.py', src, dst, '--check-config', config
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert 'retinanet_poolformer_s12_coco.py' in proc.stdout
+    assert f'they fit {config}' in proc.stdout
     proc = run_tool(
         'convert_checkpoint.py',
         src,
         dst,
         '--check-config',
-        CONFIGS / 'retinanet_caformer_s18_coco.py',
+        tiny_caformer_timm[1],
     )
     assert proc.returncode == 2
     assert 'fit no backbone' in proc.stderr
-    for path in (src, dst):  # ~47 MB each, checked by the converter
-        path.unlink()
 
 
 @pytest.fixture(scope='module')
@@ -95,7 +190,8 @@ def toy_detector(tmp_path_factory):
 
     root = tmp_path_factory.mktemp('infer')
     toy.make_coco(root / 'toy_coco', num_train=1, num_val=3, img_size=64)
-    config = CONFIGS / 'toy' / 'retinanet_poolformer_s12_toy_coco.py'
+    # the toy RetinaNet with a one-block, narrow backbone and heads
+    config = tiny_config(root, 'retinanet')
     cfg = Config.fromfile(str(config))
     init_default_scope('mmdet')
     from mmdet.registry import MODELS
@@ -109,8 +205,7 @@ def toy_detector(tmp_path_factory):
         },
         ckpt,
     )
-    yield config, ckpt, root / 'toy_coco' / 'val2017'
-    ckpt.unlink()  # ~50 MB, read by the tests below
+    return config, ckpt, root / 'toy_coco' / 'val2017'
 
 
 def test_infer_a_folder_writes_pictures_and_json(toy_detector, tmp_path):
