@@ -52,9 +52,8 @@ from mmmetaformer.checkpoint.reader import TORCH_LOAD_IS_SAFE
 from mmmetaformer.registry import MODELS
 
 from .forked_tools import ForkedTool
-from .helpers import REPO_ROOT, load_tool
+from .helpers import TINY_ARCH, load_tool, tiny_backbone_config, tiny_config
 
-DET_CONFIG = REPO_ROOT / 'configs/toy/retinanet_poolformer_s12_toy_coco.py'
 MMDET_TEST_TOOL = str(Path(mmdet.__file__).parent / '.mim/tools/test.py')
 SMALL = [
     'test_dataloader.dataset.pipeline.1.scale=(64,64)',
@@ -465,7 +464,7 @@ def test_converted_safetensors_are_recognised_as_ours(tmp_path):
     """The converter's metadata marks the file as native; it used to be
     dropped on read, and the file taken for a timm one."""
     backbone = MODELS.build(
-        dict(type='PoolFormer', arch='s12', out_norm_cfg=None)
+        dict(type='PoolFormer', arch=TINY_ARCH, out_norm_cfg=None)
     )
     torch.save(backbone.state_dict(), tmp_path / 'timm_style.pth')
     converter = load_tool('convert_checkpoint.py')
@@ -474,11 +473,12 @@ def test_converted_safetensors_are_recognised_as_ours(tmp_path):
             [
                 str(tmp_path / 'timm_style.pth'),
                 str(tmp_path / 'ours.safetensors'),
+                '--check-config',
+                str(tiny_backbone_config(tmp_path, 'PoolFormer')),
             ]
         )
         == 0
     )
-    (tmp_path / 'timm_style.pth').unlink()  # consumed (~47 MB)
     loaded = read_checkpoint(tmp_path / 'ours.safetensors')
     assert loaded['meta']['mmmetaformer_format'] == '1'
     _, fmt, _ = to_native(loaded)
@@ -522,13 +522,21 @@ def toy_cwd(tmp_path_factory):
 
 
 @pytest.fixture(scope='module')
-def toy_checkpoints(toy_cwd):
-    """An exact checkpoint of the toy RetinaNet, a mismatched one, and a
-    planted pickle; the marker file the pickle would write."""
+def det_config(toy_cwd):
+    """The toy RetinaNet with a tiny backbone and heads: the tools' reading
+    and refusing does not depend on the model's size (its checkpoints
+    here are about 1 MB instead of 50)."""
+    return tiny_config(toy_cwd, 'retinanet')
+
+
+@pytest.fixture(scope='module')
+def toy_checkpoints(toy_cwd, det_config):
+    """An exact checkpoint of the tiny toy RetinaNet, a mismatched one, and
+    a planted pickle; the marker file the pickle would write."""
     from mmengine.config import Config
     from mmengine.registry import init_default_scope
 
-    cfg = Config.fromfile(DET_CONFIG)
+    cfg = Config.fromfile(det_config)
     init_default_scope('mmdet')
     model = MODELS.build(cfg.model)
     state_dict = model.state_dict()
@@ -592,7 +600,7 @@ def run_forked_pairs(cwd, runs):
 
 
 @pytest.fixture(scope='module')
-def tool_results(toy_cwd, toy_checkpoints, hostile_checkpoints):
+def tool_results(toy_cwd, det_config, toy_checkpoints, hostile_checkpoints):
     exact, mismatched, evil, _ = toy_checkpoints
     script = hostile_checkpoints['script']
     image = next((toy_cwd / 'data' / 'toy_coco' / 'val2017').glob('*.jpg'))
@@ -605,7 +613,7 @@ def tool_results(toy_cwd, toy_checkpoints, hostile_checkpoints):
             f'test_{tag}': (
                 'test.py',
                 [
-                    DET_CONFIG,
+                    det_config,
                     checkpoint,
                     '--work-dir',
                     toy_cwd / f'work_test_{tag}',
@@ -617,7 +625,7 @@ def tool_results(toy_cwd, toy_checkpoints, hostile_checkpoints):
                 'infer.py',
                 [
                     image,
-                    DET_CONFIG,
+                    det_config,
                     checkpoint,
                     '--out',
                     toy_cwd / f'{tag}.jpg',
@@ -626,7 +634,7 @@ def tool_results(toy_cwd, toy_checkpoints, hostile_checkpoints):
             f'benchmark_{tag}': (
                 'analysis/benchmark.py',
                 [
-                    DET_CONFIG,
+                    det_config,
                     checkpoint,
                     '--image-size',
                     '64x64',
@@ -644,7 +652,7 @@ def tool_results(toy_cwd, toy_checkpoints, hostile_checkpoints):
         resume_path_evil=(
             'train.py',
             [
-                DET_CONFIG,
+                det_config,
                 '--work-dir',
                 toy_cwd / 'work_resume',
                 '--resume',
@@ -656,7 +664,7 @@ def tool_results(toy_cwd, toy_checkpoints, hostile_checkpoints):
         resume_auto_evil=(
             'train.py',
             [
-                DET_CONFIG,
+                det_config,
                 '--work-dir',
                 auto_dir,
                 '--resume',
@@ -667,7 +675,7 @@ def tool_results(toy_cwd, toy_checkpoints, hostile_checkpoints):
         stock_mmdet_test_evil=(
             MMDET_TEST_TOOL,
             [
-                DET_CONFIG,
+                det_config,
                 evil,
                 '--work-dir',
                 toy_cwd / 'work_stock',
@@ -678,7 +686,7 @@ def tool_results(toy_cwd, toy_checkpoints, hostile_checkpoints):
         test_script=(
             'test.py',
             [
-                DET_CONFIG,
+                det_config,
                 script,
                 '--work-dir',
                 toy_cwd / 'work_test_script',
@@ -688,7 +696,7 @@ def tool_results(toy_cwd, toy_checkpoints, hostile_checkpoints):
         ),
         infer_script=(
             'infer.py',
-            [image, DET_CONFIG, script, '--out', toy_cwd / 'script.jpg'],
+            [image, det_config, script, '--out', toy_cwd / 'script.jpg'],
         ),
         convert_script=(
             'convert_checkpoint.py',
@@ -697,7 +705,7 @@ def tool_results(toy_cwd, toy_checkpoints, hostile_checkpoints):
         resume_path_script=(
             'train.py',
             [
-                DET_CONFIG,
+                det_config,
                 '--work-dir',
                 toy_cwd / 'work_resume_script',
                 '--resume',
@@ -709,7 +717,7 @@ def tool_results(toy_cwd, toy_checkpoints, hostile_checkpoints):
         stock_mmdet_test_script=(
             MMDET_TEST_TOOL,
             [
-                DET_CONFIG,
+                det_config,
                 script,
                 '--work-dir',
                 toy_cwd / 'work_stock_script',
@@ -720,7 +728,7 @@ def tool_results(toy_cwd, toy_checkpoints, hostile_checkpoints):
         test_outside=(
             'test.py',
             [
-                DET_CONFIG,
+                det_config,
                 hostile_checkpoints['outside'],
                 '--work-dir',
                 toy_cwd / 'work_outside',
@@ -731,7 +739,7 @@ def tool_results(toy_cwd, toy_checkpoints, hostile_checkpoints):
         test_int_entry=(
             'test.py',
             [
-                DET_CONFIG,
+                det_config,
                 hostile_checkpoints['int_entry'],
                 '--work-dir',
                 toy_cwd / 'work_int_entry',
@@ -743,7 +751,7 @@ def tool_results(toy_cwd, toy_checkpoints, hostile_checkpoints):
         test_exact=(
             'test.py',
             [
-                DET_CONFIG,
+                det_config,
                 exact,
                 '--work-dir',
                 toy_cwd / 'work_exact',
@@ -753,14 +761,7 @@ def tool_results(toy_cwd, toy_checkpoints, hostile_checkpoints):
             ],
         ),
     )
-    results = run_forked_pairs(toy_cwd, runs)
-    # the tools have read them; the tests check outputs only (~50 MB each)
-    for path in (
-        exact,
-        *(hostile_checkpoints[k] for k in ('outside', 'int_entry')),
-    ):
-        path.unlink()
-    return results
+    return run_forked_pairs(toy_cwd, runs)
 
 
 EVIL_RUNS = [
