@@ -2,8 +2,10 @@
 
 * mmdet's and mmseg's own ``tools/train.py`` and ``tools/test.py`` (shipped
   in the installed packages under ``.mim/tools/``) train and test the toy
-  configs in processes that never import mmmetaformer themselves: the
-  configs' ``custom_imports`` does. A trained toy checkpoint, rewritten in
+  configs (inherited with a one-block, narrow backbone and narrow heads,
+  ``tests/helpers.py`` ``tiny_variant``: checkpoints of about a megabyte) in
+  processes that never import mmmetaformer themselves: the configs'
+  ``custom_imports`` does. A trained toy checkpoint, rewritten in
   the published PoolFormer layouts (the authors' mmdet 2.x RetinaNet with
   ``FORK_LAST3``; mmseg's zoo) and converted back, loads in the stock test
   without a key warning (mmseg's reproduces the training run's validation
@@ -11,7 +13,8 @@
   predictions as the original.
 * Drop-in: stock mmdet/mmseg configs with a MetaFormer backbone build and
   run; mmseg's ``model.pretrained`` gets an error that says what to do.
-* ImageNet-21K weights: selectable by URL and loadable in their layout.
+* ImageNet-21K weights: selectable by URL and loadable in their layout (a
+  one-block, narrow CAFormer's file in that layout).
 
 Cost: each stock run is 1-2 iterations on 2 tiny images (module-scoped
 fixtures share the toy data and checkpoints); most of it is the fresh
@@ -43,8 +46,14 @@ from mmmetaformer.models.archs import (
 )
 from mmmetaformer.models.backbones.metaformer import FAMILY_CLASSES
 from mmmetaformer.registry import MODELS
-from tests.helpers import REPO_ROOT, pretrained_checkpoint
+from tests.helpers import (
+    GROWING_TINY_DIMS,
+    REPO_ROOT,
+    pretrained_checkpoint,
+    tiny_variant,
+)
 from tests.test_dense_checkpoints import as_published_file, convert, randomise
+from tests.tolerance import assert_close, model_rounding
 
 CONFIGS = REPO_ROOT / 'configs'
 TOY_DET = CONFIGS / 'toy' / 'retinanet_poolformer_s12_toy_coco.py'
@@ -160,6 +169,20 @@ def test_every_config_declares_custom_imports():
 
 
 @pytest.fixture(scope='module')
+def tiny_toys(tmp_path_factory):
+    """``{'det': path, 'seg': path}``: the toy RetinaNet and Semantic FPN
+    with a one-block backbone of growing widths (as in the published
+    layouts the tests below rewrite them to) and narrow heads."""
+    directory = tmp_path_factory.mktemp('eco_configs')
+    return dict(
+        det=tiny_variant(directory, TOY_DET, 'retinanet', GROWING_TINY_DIMS),
+        seg=tiny_variant(
+            directory, TOY_SEG, 'semantic_fpn', GROWING_TINY_DIMS
+        ),
+    )
+
+
+@pytest.fixture(scope='module')
 def toy_coco(tmp_path_factory):
     return make_coco(
         tmp_path_factory.mktemp('eco') / 'toy_coco',
@@ -193,14 +216,14 @@ def det_options(root):
 
 
 @pytest.fixture(scope='module')
-def det_run(toy_coco, tmp_path_factory):
+def det_run(toy_coco, tiny_toys, tmp_path_factory):
     """mmdet's tools/train.py: one iteration (2 images); the stock test
     below validates."""
     work = tmp_path_factory.mktemp('eco_det')
     output = run(
         [
             stock_tool('mmdet', 'train.py'),
-            TOY_DET,
+            tiny_toys['det'],
             '--work-dir',
             work,
             '--cfg-options',
@@ -214,10 +237,7 @@ def det_run(toy_coco, tmp_path_factory):
         ],
         cwd=work,
     )
-    yield work, output
-    (work / 'epoch_1.pth').unlink(
-        missing_ok=True
-    )  # read by the tests below (~50 MB)
+    return work, output
 
 
 def test_stock_mmdet_train(det_run):
@@ -237,19 +257,17 @@ def det_converted(det_run):
         work / 'epoch_1.pth', map_location='cpu', weights_only=False
     )['state_dict']
     published = as_published_file(state_dict, fork_last3=True)
-    assert 'backbone.network.6.1.layer_scale_2' in published['state_dict']
+    assert 'backbone.network.6.0.layer_scale_2' in published['state_dict']
     torch.save(published, work / 'retinanet_authors_layout.pth')
     assert (
         convert(work / 'retinanet_authors_layout.pth', work / 'converted.pth')
         == 0
     )
-    (work / 'retinanet_authors_layout.pth').unlink()  # consumed
-    yield work / 'converted.pth'
-    (work / 'converted.pth').unlink()  # read by the tests below
+    return work / 'converted.pth'
 
 
 def test_stock_mmdet_test_with_converted_checkpoint(
-    det_run, det_converted, toy_coco
+    det_run, det_converted, toy_coco, tiny_toys
 ):
     """The converted authors'-layout file loads without a key warning and
     is evaluated with CocoMetric (the inferencer test below checks its
@@ -258,7 +276,7 @@ def test_stock_mmdet_test_with_converted_checkpoint(
     output = run(
         [
             stock_tool('mmdet', 'test.py'),
-            TOY_DET,
+            tiny_toys['det'],
             det_converted,
             '--work-dir',
             work / 'test',
@@ -296,13 +314,13 @@ SEG_METRICS = re.compile(r'aAcc: ([\d.]+)\s+mIoU: ([\d.]+)\s+mAcc: ([\d.]+)')
 
 
 @pytest.fixture(scope='module')
-def seg_run(toy_ade, tmp_path_factory):
+def seg_run(toy_ade, tiny_toys, tmp_path_factory):
     """mmseg's tools/train.py: two iterations, then validation."""
     work = tmp_path_factory.mktemp('eco_seg')
     output = run(
         [
             stock_tool('mmseg', 'train.py'),
-            TOY_SEG,
+            tiny_toys['seg'],
             '--work-dir',
             work,
             '--cfg-options',
@@ -317,10 +335,7 @@ def seg_run(toy_ade, tmp_path_factory):
         ],
         cwd=work,
     )
-    yield work, output
-    (work / 'iter_2.pth').unlink(
-        missing_ok=True
-    )  # read by the tests below (~50 MB)
+    return work, output
 
 
 def test_stock_mmseg_train(seg_run):
@@ -349,13 +364,11 @@ def seg_converted(seg_run):
     assert 'backbone.norm0.weight' in published['state_dict']
     torch.save(published, work / 'fpn_zoo_layout.pth')
     assert convert(work / 'fpn_zoo_layout.pth', work / 'converted.pth') == 0
-    (work / 'fpn_zoo_layout.pth').unlink()  # consumed
-    yield work / 'converted.pth'
-    (work / 'converted.pth').unlink()  # read by the tests below
+    return work / 'converted.pth'
 
 
 def test_stock_mmseg_test_with_converted_checkpoint(
-    seg_run, seg_converted, toy_ade
+    seg_run, seg_converted, toy_ade, tiny_toys
 ):
     """Same weights, same validation images: the stock test reproduces the
     training run's validation metrics exactly."""
@@ -363,7 +376,7 @@ def test_stock_mmseg_test_with_converted_checkpoint(
     output = run(
         [
             stock_tool('mmseg', 'test.py'),
-            TOY_SEG,
+            tiny_toys['seg'],
             seg_converted,
             '--work-dir',
             work / 'test',
@@ -383,7 +396,7 @@ def test_stock_mmseg_test_with_converted_checkpoint(
 
 
 def test_inferencers_with_toy_and_converted_checkpoints(
-    det_run, det_converted, seg_run, toy_coco, toy_ade
+    det_run, det_converted, seg_run, toy_coco, toy_ade, tiny_toys
 ):
     """DetInferencer and MMSegInferencer with the trained toy checkpoints;
     the converted authors'-layout RetinaNet predicts exactly what the
@@ -394,7 +407,7 @@ def test_inferencers_with_toy_and_converted_checkpoints(
     from mmseg.apis import MMSegInferencer
 
     det_image = str(sorted((toy_coco / 'val2017').glob('*.jpg'))[0])
-    cfg = Config.fromfile(str(TOY_DET))
+    cfg = Config.fromfile(str(tiny_toys['det']))
     cfg.model.test_cfg.score_thr = 0.0  # one iteration: keep every box
     cfg.test_dataloader.dataset.pipeline[1].scale = (96, 96)  # image size
     det = [
@@ -409,7 +422,7 @@ def test_inferencers_with_toy_and_converted_checkpoints(
         sorted((toy_ade / 'images' / 'validation').glob('*.jpg'))[0]
     )
     seg = MMSegInferencer(
-        model=str(TOY_SEG),
+        model=str(tiny_toys['seg']),
         weights=str(seg_run[0] / 'iter_2.pth'),
         device='cpu',
     )(seg_image)['predictions']
@@ -660,37 +673,39 @@ def test_in21k_weights_in_their_layout_load(family, variant, tmp_path):
     """The in21k file (21841-class head) of the family with attention; the
     in21ft1k / 384 files of both families have the same layout with a
     1000-class head, which the ImageNet-1K tests in test_checkpoints.py
-    load."""
+    load. The layout is what is tested: a one-block backbone of growing
+    widths in it, checked by the converter against that backbone."""
     cls = FAMILY_CLASSES[family]
-    source = randomise(
-        MODELS.build(dict(type=cls, arch='s18', out_norm_cfg=None)), seed=7
+    backbone = dict(
+        type=cls,
+        arch=dict(depths=[1, 1, 1, 1], dims=GROWING_TINY_DIMS),
+        out_norm_cfg=None,
     )
+    source = randomise(MODELS.build(backbone), seed=7)
     num_classes = 21841 if variant == 'in21k' else 1000
+    dim = GROWING_TINY_DIMS[-1]
     published = with_mlp_head(
-        as_baselines_layout(source.state_dict()), 512, num_classes
+        as_baselines_layout(source.state_dict()), dim, num_classes
     )
     src = tmp_path / Path(pretrained_url(family, 's18', variant)).name
     torch.save(published, src)
-    backbone_bytes = 4 * sum(p.numel() for p in source.parameters())
-    # the 21841-class fc2 (179 MB as a plain tensor) costs nothing on disk
-    assert src.stat().st_size < 1.1 * backbone_bytes
-    dst = tmp_path / f'{family}_s18_{variant}_converted.pth'
-    assert convert(src, dst) == 0
-    src.unlink()  # consumed (~90 MB)
+    # the 21841-class fc2 costs nothing on disk (an expanded view)
+    plain_fc2_bytes = 4 * published['head.fc2.weight'].numel()
+    assert src.stat().st_size < plain_fc2_bytes / 10
+    config = tmp_path / 'backbone.py'
+    config.write_text(f'model = dict(backbone={backbone!r})\n')
+    dst = tmp_path / f'{family}_{variant}_converted.pth'
+    assert convert(src, dst, '--check-config', config) == 0
     x = torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(8))
     with torch.no_grad():
         expected = source(x)
     # (init_cfg also takes the published file itself: test_checkpoints.py)
     model = MODELS.build(
-        dict(
-            type=cls,
-            arch='s18',
-            out_norm_cfg=None,
-            init_cfg=dict(type='Pretrained', checkpoint=str(dst)),
-        )
+        dict(backbone, init_cfg=dict(type='Pretrained', checkpoint=str(dst)))
     )
     model.init_weights()
-    dst.unlink()  # read (~90 MB)
+    # the same computation in another memory layout (converted 1x1 convs)
+    reduction, depth = model_rounding(model)
     with torch.no_grad():
         for got, want in zip(model.eval()(x), expected):
-            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+            assert_close(got, want, reduction, depth, msg='features')
