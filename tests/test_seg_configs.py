@@ -37,6 +37,7 @@ from tests.helpers import (
     own_settings,
     run_tool,
     smallest_archs,
+    tiny_config,
 )
 
 CONFIGS = REPO_ROOT / 'configs'
@@ -421,11 +422,14 @@ def metrics_of(proc):
 
 @pytest.fixture(scope='module')
 def toy_seg_run(toy_ade20k, tmp_path_factory):
-    """Train the toy config 4 iterations; ``(process, checkpoint)``."""
+    """Train the toy config with a tiny backbone and heads (its checkpoint
+    ~1 MB instead of ~60: the tools, not the model's size, are the
+    subject) 4 iterations; ``(process, checkpoint, config)``."""
     work_dir = tmp_path_factory.mktemp('toy_seg_work')
+    config = tiny_config(work_dir, 'semantic_fpn')
     proc = run_tool(
         'train.py',
-        TOY_CONFIG,
+        config,
         '--work-dir',
         work_dir,
         '--cfg-options',
@@ -441,11 +445,11 @@ def toy_seg_run(toy_ade20k, tmp_path_factory):
         'train_dataloader.batch_size=2',
     )
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
-    return proc, work_dir / 'iter_4.pth'
+    return proc, work_dir / 'iter_4.pth', config
 
 
 def test_toy_train_saves_checkpoint_and_validates(toy_seg_run):
-    proc, checkpoint = toy_seg_run
+    proc, checkpoint, _ = toy_seg_run
     assert checkpoint.is_file()
     metrics_of(proc)  # validation ran with IoUMetric
 
@@ -461,10 +465,11 @@ def test_toy_test_reports_iou_metric(toy_ade20k, toy_seg_run, mode, tmp_path):
             'model.test_cfg.stride=[48,48]',
         ]
     )
+    _, checkpoint, config = toy_seg_run
     proc = run_tool(
         'test.py',
-        TOY_CONFIG,
-        toy_seg_run[1],
+        config,
+        checkpoint,
         '--work-dir',
         tmp_path,
         '--cfg-options',
@@ -477,7 +482,7 @@ def test_toy_test_reports_iou_metric(toy_ade20k, toy_seg_run, mode, tmp_path):
     # the per-class table: one row per class with IoU and Acc columns
     assert re.search(r'\|\s*Class\s*\|\s*IoU\s*\|\s*Acc\s*\|', out)
     assert re.search(r'\|\s*sky\s*\|\s*[\d.]+\s*\|\s*[\d.]+\s*\|', out)
-    used = Config.fromfile(str(tmp_path / TOY_CONFIG.name))
+    used = Config.fromfile(str(tmp_path / config.name))
     assert used.model.test_cfg.mode == mode
 
 
@@ -489,7 +494,7 @@ def test_infer_writes_segmentation_overlay(toy_ade20k, toy_seg_run, tmp_path):
     proc = run_tool(
         'infer.py',
         image,
-        TOY_CONFIG,
+        toy_seg_run[2],
         toy_seg_run[1],
         '--out',
         out_file,
@@ -505,10 +510,11 @@ def test_infer_writes_segmentation_overlay(toy_ade20k, toy_seg_run, tmp_path):
 
 
 def test_benchmark_segmentation_with_checkpoint(toy_ade20k, toy_seg_run):
+    _, checkpoint, config = toy_seg_run
     proc = run_tool(
         'analysis/benchmark.py',
-        TOY_CONFIG,
-        toy_seg_run[1],
+        config,
+        checkpoint,
         '--num-images',
         '3',
         '--warmup',
@@ -519,7 +525,7 @@ def test_benchmark_segmentation_with_checkpoint(toy_ade20k, toy_seg_run):
         *data_root_options(toy_ade20k, ('test_dataloader',)),
     )
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
-    row = benchmark_row(proc.stdout, TOY_CONFIG.name)
+    row = benchmark_row(proc.stdout, config.name)
     assert row[1:3] == ['cpu', '3']
     assert '- torch threads: 1' in proc.stdout
 
