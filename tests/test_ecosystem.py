@@ -687,6 +687,7 @@ def test_in21k_weights_in_their_layout_load(family, variant, tmp_path):
     published = with_mlp_head(
         as_baselines_layout(source.state_dict()), dim, num_classes
     )
+    # named as published
     src = tmp_path / Path(pretrained_url(family, 's18', variant)).name
     torch.save(published, src)
     # the 21841-class fc2 costs nothing on disk (an expanded view)
@@ -704,7 +705,8 @@ def test_in21k_weights_in_their_layout_load(family, variant, tmp_path):
         dict(backbone, init_cfg=dict(type='Pretrained', checkpoint=str(dst)))
     )
     model.init_weights()
-    # the same computation in another memory layout (converted 1x1 convs)
+    # the same weights back through the converter: equal up to rounding
+    # (the converted tensors may take other kernels or memory layouts)
     reduction, depth = model_rounding(model)
     with torch.no_grad():
         for got, want in zip(model.eval()(x), expected):
