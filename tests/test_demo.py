@@ -1,7 +1,7 @@
 """`make demo` shortened: the same tools/demo.py code path (machine
 measurement, toy sets, both trainings through tools/train.py, validation
-with the real metrics, all pictures) on tiny sets for a couple of
-iterations; and the figure floors that make `make demo` fail.
+with the real metrics, all pictures) on tiny sets and tiny models for a
+couple of iterations; and the figure floors that make `make demo` fail.
 
 The full demo (7-14 minutes of 2 cores) runs with
 ``MMMETAFORMER_FULL_DEMO=1``: it must reach box mAP 0.5 and mIoU 69.5, the
