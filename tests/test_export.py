@@ -70,8 +70,13 @@ def narrow_dense_head(head):
     }
 
 
+# the box heads' fc and conv width and the mask heads' convs (recipe: 1024
+# and 256)
+ROI_WIDTH = 32
+
+
 def narrow_roi_heads(stages=None):
-    """--cfg-options for the RPN, 64-channel box heads (one, or one per
+    """--cfg-options for the RPN, ``ROI_WIDTH`` box heads (one, or one per
     cascade stage) and mask head convs reading the ``TINY_WIDTH`` FPN: the
     recipe's 1024-channel fc layers hold most of a two-stage detector's
     weights."""
@@ -83,13 +88,13 @@ def narrow_roi_heads(stages=None):
         'model.roi_head.bbox_roi_extractor.out_channels': TINY_WIDTH,
         'model.roi_head.mask_roi_extractor.out_channels': TINY_WIDTH,
         'model.roi_head.mask_head.in_channels': TINY_WIDTH,
-        'model.roi_head.mask_head.conv_out_channels': 64,
+        'model.roi_head.mask_head.conv_out_channels': ROI_WIDTH,
     }
     for prefix in prefixes:
         options[f'{prefix}.in_channels'] = TINY_WIDTH
-        options[f'{prefix}.fc_out_channels'] = 64
+        options[f'{prefix}.fc_out_channels'] = ROI_WIDTH
         if stages:  # the cascade's 4conv1fc heads
-            options[f'{prefix}.conv_out_channels'] = 64
+            options[f'{prefix}.conv_out_channels'] = ROI_WIDTH
     return options
 
 
