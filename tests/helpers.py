@@ -262,10 +262,11 @@ def benchmark_row(stdout, config_name):
     return cells
 
 
-# Widths that grow at every stage, as every published size's do: the
-# authors' PoolFormer, mmpretrain's and timm's MetaFormer put a downsampling
-# layer only where the width changes, so their layouts at ``TINY_DIMS``
-# (64, 64) lack the last one. Attention stages take 32-channel heads.
+# Widths that grow at every stage, as every published size's do: timm's
+# MetaFormer has a downsampling layer only where the width changes, so its
+# layouts at ``TINY_DIMS`` (64, 64) lack the last one; the published files
+# of every layout have one at each stage. Stages 3 and 4 are multiples of
+# CAFormer's attention head width (32).
 GROWING_TINY_DIMS = [16, 32, 64, 96]
 
 
@@ -295,11 +296,8 @@ def tiny_variant(directory, config, kind, dims=None, arch=None):
     return tiny
 
 
-# One block a stage, widths that grow at every stage as every published
-# size's do (timm's MetaFormer, like the authors' PoolFormer and
-# mmpretrain's, has no downsampling layer where the width stays) and are
-# multiples of CAFormer's attention head width (32) in stages 3 and 4.
-GROWING_TINY_ARCH = dict(depths=[1, 1, 1, 1], dims=[16, 32, 64, 96])
+# The same as a backbone ``arch``, one block a stage.
+GROWING_TINY_ARCH = dict(depths=[1, 1, 1, 1], dims=GROWING_TINY_DIMS)
 
 # timm's arguments of each MetaFormer family's variants other than depths
 # and dims (timm.models.metaformer's model functions, e.g.
