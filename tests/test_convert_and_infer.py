@@ -8,7 +8,6 @@ models (``tests/helpers.py``)."""
 
 import functools
 import json
-import re
 
 import pytest
 import torch
@@ -21,6 +20,7 @@ from tests.helpers import (
     load_tool,
     run_tool,
     tiny_config,
+    tiny_timm_metaformer,
     tiny_variant,
 )
 
@@ -49,14 +49,6 @@ def caformer_s18_shapes(tmp_path_factory):
     return path
 
 
-def layout(model):
-    """The module classes and the key pattern (digits normalised) of a
-    model: what a narrower, shallower model of the same variant shares."""
-    classes = {type(m).__name__ for m in model.modules()}
-    keys = {re.sub(r'\d+', '#', k) for k in model.state_dict()}
-    return classes, keys
-
-
 @pytest.fixture(scope='module')
 def tiny_caformer_timm(tmp_path_factory):
     """A CAFormer in timm's layout, one block a stage of growing widths
@@ -64,21 +56,7 @@ def tiny_caformer_timm(tmp_path_factory):
     norms, checked against timm's caformer_s18), and
     ``configs/retinanet_caformer_s18_coco.py`` with that backbone
     (``tiny_variant``)."""
-    from timm.models.metaformer import (
-        Attention,
-        LayerNorm2dNoBias,
-        LayerNormNoBias,
-        MetaFormer,
-        SepConv,
-    )
-
-    model = MetaFormer(
-        token_mixers=[SepConv, SepConv, Attention, Attention],
-        norm_layers=[LayerNorm2dNoBias] * 2 + [LayerNormNoBias] * 2,
-        depths=[1, 1, 1, 1],
-        dims=GROWING_TINY_DIMS,
-    )
-    assert layout(model) == layout(timm_caformer_s18())
+    model = tiny_timm_metaformer('caformer_s18')  # checked against timm's
     directory = tmp_path_factory.mktemp('tiny_timm')
     path = directory / 'caformer_tiny.pth'
     torch.save(model.state_dict(), path)

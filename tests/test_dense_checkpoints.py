@@ -44,6 +44,7 @@ from tests.helpers import (
     GROWING_TINY_DIMS,
     REPO_ROOT,
     load_tool,
+    module_layout,
     tiny_variant,
 )
 from tests.tolerance import assert_close, model_rounding
@@ -144,14 +145,6 @@ def tiny_configs(tmp_path_factory):
     return tiny
 
 
-def layout(model):
-    """The module classes and the key pattern (digits normalised) of a
-    model: what a narrower, shallower model of the same variant shares."""
-    classes = {type(m).__name__ for m in model.modules()}
-    keys = {re.sub(r'\d+', '#', k) for k in model.state_dict()}
-    return classes, keys
-
-
 # --- the real reference: mmseg's zoo model -------------------------------
 
 
@@ -161,7 +154,7 @@ def zoo_segmentor(tiny_configs):
     weights; its options are the zoo's PoolFormer-S12 model's (the same
     module classes and key pattern, built in memory only)."""
     tiny = build(tiny_configs['zoo'], 'mmseg')
-    assert layout(tiny) == layout(build(ZOO_CONFIG, 'mmseg'))
+    assert module_layout(tiny) == module_layout(build(ZOO_CONFIG, 'mmseg'))
     return randomise(tiny)
 
 
