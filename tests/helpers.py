@@ -338,24 +338,13 @@ def module_layout(model):
 
 @functools.cache
 def timm_layout(name, features_only=False):
-    """``module_layout`` of ``timm.create_model(name)``, built on the meta
-    device (nothing is computed or written). timm's MetaFormer weight init
-    is skipped there: on meta tensors it keeps nothing and takes seconds
-    (trunc_normal_ decomposed op by op)."""
+    """``module_layout`` of ``timm.create_model(name)`` (built in memory,
+    under a second; nothing is written)."""
     import timm
-    import torch
-    from timm.models.metaformer import MetaFormer
 
-    init = MetaFormer._init_weights
-    MetaFormer._init_weights = lambda self, module: None
-    try:
-        with torch.device('meta'):
-            model = timm.create_model(
-                name, pretrained=False, features_only=features_only
-            )
-    finally:
-        MetaFormer._init_weights = init
-    return module_layout(model)
+    return module_layout(
+        timm.create_model(name, pretrained=False, features_only=features_only)
+    )
 
 
 def tiny_timm_metaformer(name, features_only=False):
