@@ -64,20 +64,19 @@ def timm_model(name, **kwargs):
     return randomised(timm.create_model(name, pretrained=False, **kwargs))
 
 
-def ours(cls_name, arch, checkpoint=None, **kwargs):
+def ours(cls_name, arch, checkpoint=None, out_norms=False, **kwargs):
+    """Our backbone, its weights from ``checkpoint`` through ``init_cfg``;
+    without the output norms (what timm's features lack) unless
+    ``out_norms``."""
     init_cfg = (
         dict(type='Pretrained', checkpoint=str(checkpoint))
         if checkpoint
         else None
     )
+    if not out_norms:
+        kwargs['out_norm_cfg'] = None
     model = MODELS.build(
-        dict(
-            type=cls_name,
-            arch=arch,
-            out_norm_cfg=None,
-            init_cfg=init_cfg,
-            **kwargs,
-        )
+        dict(type=cls_name, arch=arch, init_cfg=init_cfg, **kwargs)
     )
     model.init_weights()
     return model.eval()
@@ -336,14 +335,7 @@ def test_poolformer_v1_parity_with_mmpretrain(tmp_path):
             assert report['format'] == 'mmpretrain'
         else:
             torch.save(checkpoint, path)
-            model = MODELS.build(
-                dict(
-                    type='PoolFormer',
-                    arch=arch,
-                    init_cfg=dict(type='Pretrained', checkpoint=str(path)),
-                )
-            )
-            model.init_weights()
+            model = ours('PoolFormer', arch, path, out_norms=True)
         with torch.no_grad():
             assert_features_equal(model.eval()(x), reference(x), model)
 
@@ -507,26 +499,12 @@ def test_output_norms_load_from_our_format_and_are_new_otherwise(
         },
         path,
     )
-    loaded = MODELS.build(
-        dict(
-            type='PoolFormer',
-            arch=GROWING_TINY_ARCH,
-            init_cfg=dict(type='Pretrained', checkpoint=str(path)),
-        )
-    )
-    loaded.init_weights()
+    loaded = ours('PoolFormer', GROWING_TINY_ARCH, path, out_norms=True)
     assert torch.all(loaded.out_norms['2'].weight == 3.0)
     # ImageNet weights have no output norms: they keep their init.
     path = tmp_path / 'imagenet.pth'
     torch.save(native, path)
-    fresh = MODELS.build(
-        dict(
-            type='PoolFormer',
-            arch=GROWING_TINY_ARCH,
-            init_cfg=dict(type='Pretrained', checkpoint=str(path)),
-        )
-    )
-    fresh.init_weights()
+    fresh = ours('PoolFormer', GROWING_TINY_ARCH, path, out_norms=True)
     assert torch.all(fresh.out_norms['2'].weight == 1.0)
 
 
