@@ -159,6 +159,18 @@ TIMM_SMALLEST = sorted(
 )
 
 
+def assert_timm_features(model, reference):
+    """``model``'s stage features are timm ``reference``'s
+    ``forward_intermediates`` on an odd-sized input."""
+    x = torch.randn(1, 3, 97, 131)
+    with torch.no_grad():
+        assert_features_equal(
+            model(x),
+            reference.forward_intermediates(x, intermediates_only=True),
+            model,
+        )
+
+
 @pytest.mark.parametrize('timm_name', sorted(TIMM_TO_OURS))
 def test_timm_parity_at_every_size(timm_name):
     """timm weights of every published size, loaded from memory by the
@@ -168,13 +180,7 @@ def test_timm_parity_at_every_size(timm_name):
     report = load_pretrained(model, reference.state_dict())
     assert report['format'] == 'timm'
     model.eval()
-    x = torch.randn(1, 3, 97, 131)
-    with torch.no_grad():
-        assert_features_equal(
-            model(x),
-            reference.forward_intermediates(x, intermediates_only=True),
-            model,
-        )
+    assert_timm_features(model, reference)
 
 
 @pytest.mark.parametrize('timm_name', TIMM_SMALLEST)
@@ -185,13 +191,7 @@ def test_timm_parity_through_init_cfg(timm_name, tmp_path):
     path = tmp_path / f'{timm_name}_tiny.pth'
     torch.save(reference.state_dict(), path)
     model = ours(TIMM_TO_OURS[timm_name][0], GROWING_TINY_ARCH, path)
-    x = torch.randn(1, 3, 97, 131)
-    with torch.no_grad():
-        assert_features_equal(
-            model(x),
-            reference.forward_intermediates(x, intermediates_only=True),
-            model,
-        )
+    assert_timm_features(model, reference)
 
 
 def test_timm_features_only_parity_and_safetensors(tmp_path):
