@@ -274,6 +274,24 @@ def second_size(size, scope):
     return tuple(out)
 
 
+def export_graph(model, scope):
+    """The traceable graph of ``model`` that ``export_model`` writes (in
+    eval mode): ``DetectorGraph`` (sharing the detector's modules) or
+    ``SegmentorGraph`` of a copy with ``export_swaps`` applied (the swaps
+    change modules: the model stays mmseg's)."""
+    if scope == 'mmdet':
+        from .detector import DetectorGraph
+
+        return DetectorGraph(model).eval()
+    import copy
+
+    from .segmentor import SegmentorGraph, export_swaps
+
+    graph = SegmentorGraph(copy.deepcopy(model)).eval()
+    export_swaps(graph)
+    return graph
+
+
 def export_model(
     cfg,
     scope,
@@ -311,18 +329,7 @@ def export_model(
             )
             cfg.model.test_cfg = dict(test_cfg, mode='whole')
     model, dataset_meta = build_model(cfg, scope, checkpoint)
-    if scope == 'mmdet':
-        from .detector import DetectorGraph
-
-        graph = DetectorGraph(model).eval()
-    else:
-        import copy
-
-        from .segmentor import SegmentorGraph, export_swaps
-
-        # the swaps change modules: export a copy, the model stays mmseg's
-        graph = SegmentorGraph(copy.deepcopy(model)).eval()
-        export_swaps(graph)
+    graph = export_graph(model, scope)
     names = list(graph.output_names)
     axes = dict(image={0: 'batch', 2: 'height', 3: 'width'})
     for name in names:

@@ -327,6 +327,9 @@ def mac_floor(cfg, scope, data, device, median_ms):
     from mmmetaformer_tools.complexity import count_model_macs
 
     image = data['inputs'][0][None].float()
+    # a fresh CPU model of the config: with --backend onnxruntime the timed
+    # one has the file's session bound, which a segmentor's graph (a copy)
+    # cannot copy
     counted = count_model_macs(build_model(cfg, None, 'cpu'), scope, image)
     macs = counted['macs']
     rate, source = gemm_rate(device), 'fp32 GEMM probe'

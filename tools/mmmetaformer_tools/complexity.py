@@ -288,18 +288,9 @@ def count_model_macs(model, scope, image):
     Returns:
         dict: as ``count_macs``.
     """
-    if scope == 'mmdet':
-        from mmmetaformer.export.detector import DetectorGraph
+    from mmmetaformer.export.exporter import export_graph
 
-        graph = DetectorGraph(model)
-    else:
-        import copy
-
-        from mmmetaformer.export.segmentor import SegmentorGraph, export_swaps
-
-        graph = SegmentorGraph(copy.deepcopy(model))
-        export_swaps(graph)
-    return count_macs(graph, image.float())
+    return count_macs(export_graph(model, scope), image.float())
 
 
 def count_backbone(
